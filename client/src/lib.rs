@@ -1,0 +1,1 @@
+//! dfs client (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! dfs coordinator (placeholder until its issue lands).

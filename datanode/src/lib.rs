@@ -1,0 +1,1 @@
+//! dfs datanode (placeholder until its issue lands).

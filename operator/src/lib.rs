@@ -1,0 +1,1 @@
+//! dfs operator (placeholder until its issue lands).

@@ -1,0 +1,43 @@
+//! The dfs wire protocol.
+//!
+//! The IDL lives beside this crate (`common.proto`, `coordinator.proto`,
+//! `datanode.proto`, package `dfs.v1`); `build.rs` compiles it with `protox`,
+//! a pure-Rust protobuf compiler, so no system `protoc` is needed, and
+//! `tonic-prost-build` generates the messages and both services' clients and
+//! servers. `ChunkData.data` is generated as `bytes::Bytes` so chunk frames
+//! move through the data path without copies.
+//!
+//! ```text
+//!   client ──UploadFile/ConfirmUpload/DownloadFile──▶ Coordinator
+//!     │                                                  ▲
+//!     │ PrepareChunkUpload / UploadChunkStream           │ RegisterDataNode
+//!     ▼                                                  │ DataNodeHeartbeat
+//!   DataNode (primary) ──ReplicateChunk──▶ DataNode (replicas)
+//! ```
+
+/// Version 1 of the protocol (`package dfs.v1`).
+pub mod v1 {
+    #![allow(
+        missing_docs,
+        clippy::doc_lazy_continuation,
+        clippy::large_enum_variant
+    )]
+    tonic::include_proto!("dfs.v1");
+}
+
+pub mod frame;
+
+pub use v1::*;
+
+/// Default size of the data in one `ChunkData` frame: 256 KiB.
+pub const DEFAULT_FRAME_BYTES: usize = 256 * 1024;
+
+/// Largest frame a server accepts by default. gRPC messages carry a little
+/// overhead beyond the data, so the transport limit is set a bit above it.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// gRPC message size limit that fits the largest frame plus its envelope.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = DEFAULT_MAX_FRAME_BYTES + 64 * 1024;
+
+/// Length of a chunk id: 32 lowercase hex characters (128 bits).
+pub const CHUNK_ID_LEN: usize = 32;
