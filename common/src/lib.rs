@@ -1,0 +1,16 @@
+//! Plumbing shared by the dfs services and tools.
+//!
+//! - [`http`]: the `/metrics`, `/healthz` and `/readyz` endpoint every service
+//!   exposes for Prometheus and Kubernetes probes.
+//! - [`size`]: byte sizes with suffixes (`64MiB`) for flags.
+//! - [`transport`]: gRPC transport settings (TCP_NODELAY, message limits) so
+//!   every server and client of the data path is tuned the same way.
+//! - [`telemetry`]: tracing set-up for binaries.
+//! - [`shutdown`]: the SIGTERM / Ctrl-C future servers drain on.
+
+pub mod http;
+pub mod shutdown;
+pub mod size;
+pub mod telemetry;
+pub mod time;
+pub mod transport;
