@@ -1,1 +1,289 @@
-//! dfs datanode (placeholder until its issue lands).
+//! The dfs datanode: durable chunk storage and the streaming data path.
+//!
+//! ```text
+//!            PrepareChunkUpload / UploadChunkStream      ReplicateChunk
+//!  client ─────────────────────────────────────▶ [service] ──▶ [pipeline] ──▶ other datanodes
+//!         ◀──────── DownloadChunkStream ──────── [read]          │
+//!                                                   │            ▼
+//!                                                   └──────▶ [store] (temp → fsync → rename)
+//!                                                               ▲
+//!  coordinator ◀── Register / Heartbeat ── [membership]         │ [scrub] re-verifies
+//!              ──▶ commands (replicate, delete, config, report)
+//! ```
+//!
+//! - [`config`]: flags and `DFS_…` environment variables.
+//! - [`store`]: chunk files with per-block CRC32C, atomic commit, capacity.
+//! - [`pipeline`]: the upload on the primary and its frame-by-frame fan-out;
+//!   the receiving side on replicas.
+//! - [`read`]: verified streaming reads (downloads and repair sends).
+//! - [`membership`]: registration, heartbeats, coordinator commands.
+//! - [`scrub`]: background re-verification.
+//! - [`metrics`]: the Prometheus registry served at `/metrics`.
+//!
+//! [`run`] binds the listeners and serves until shutdown; [`Datanode::start`]
+//! takes pre-bound listeners (tests bind `127.0.0.1:0`).
+
+pub mod config;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod pipeline;
+pub mod read;
+pub mod scrub;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use dfs_common::http::Readiness;
+use dfs_proto::data_node_server::DataNodeServer;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use metrics::Metrics;
+
+use node::{Node, Peers, Sessions, blocking};
+use store::{Store, StoreError};
+
+/// Why the datanode could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DatanodeError {
+    /// A listener could not be bound.
+    #[error("failed to bind {what} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be opened.
+    #[error("failed to open the chunk store: {0}")]
+    OpenStore(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("failed to serve gRPC: {0}")]
+    ServeGrpc(#[from] tonic::transport::Error),
+    /// The metrics server failed.
+    #[error("failed to serve metrics: {0}")]
+    ServeMetrics(std::io::Error),
+    /// Reading a listener's address failed.
+    #[error("failed to read the listener address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// Binds `--listen` and `--metrics-addr` and serves until `shutdown`
+/// resolves, then drains in-flight streams.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DatanodeError> {
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DatanodeError::Bind {
+            what: "gRPC",
+            addr: config.listen,
+            source,
+        })?;
+    let metrics = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| DatanodeError::Bind {
+            what: "metrics",
+            addr: config.metrics_addr,
+            source,
+        })?;
+    Datanode::start(config, grpc, metrics)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// Serves on pre-bound listeners until `shutdown` resolves.
+pub async fn run_with_listeners(
+    config: Config,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DatanodeError> {
+    Datanode::start(config, grpc, metrics)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// A datanode whose store is open and whose listeners are bound, ready to
+/// serve.
+pub struct Datanode {
+    node: Arc<Node>,
+    grpc: TcpListener,
+    metrics_listener: TcpListener,
+}
+
+impl Datanode {
+    /// Opens the store (cleaning leftovers, indexing chunks) and loads or
+    /// creates the node id.
+    pub async fn start(
+        config: Config,
+        grpc: TcpListener,
+        metrics_listener: TcpListener,
+    ) -> Result<Datanode, DatanodeError> {
+        let bound = grpc.local_addr().map_err(DatanodeError::LocalAddr)?;
+        let metrics = Metrics::new();
+        let data_dir = config.data_dir.clone();
+        let capacity = config.capacity.map(|c| c.0);
+        let reserve = config.reserve.0;
+        let m = metrics.clone();
+        let (store, node_id) = blocking(move || {
+            std::fs::create_dir_all(&data_dir).map_err(|source| StoreError::Io {
+                action: "create",
+                path: data_dir.clone(),
+                source,
+            })?;
+            let node_id = load_or_create_node_id(&data_dir)?;
+            let store = Store::open(&data_dir, capacity, reserve, m)?;
+            Ok((store, node_id))
+        })
+        .await?;
+        let advertise = config.advertise_for(bound);
+        tracing::info!(%node_id, %advertise, listen = %bound, version = env!("CARGO_PKG_VERSION"), "datanode starting");
+        let node = Arc::new(Node {
+            sessions: Sessions::new(config.session_timeout, metrics.clone()),
+            config,
+            node_id,
+            advertise,
+            store,
+            metrics,
+            peers: Peers::default(),
+        });
+        Ok(Datanode {
+            node,
+            grpc,
+            metrics_listener,
+        })
+    }
+
+    /// The stable node id.
+    pub fn node_id(&self) -> &str {
+        &self.node.node_id
+    }
+
+    /// The endpoint advertised to the coordinator.
+    pub fn advertise(&self) -> &str {
+        &self.node.advertise
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.node.metrics.clone()
+    }
+
+    /// Serves gRPC and metrics, registers with the coordinator, heartbeats
+    /// and scrubs until `shutdown` resolves (or stdin closes with
+    /// `--exit-with-parent`); in-flight streams are drained before returning.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DatanodeError> {
+        let node = self.node;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        {
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+        }
+        if node.config.exit_with_parent {
+            let stop_tx = stop_tx.clone();
+            tokio::spawn(async move {
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 256];
+                while let Ok(n) = stdin.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                tracing::info!("stdin closed (--exit-with-parent), shutting down");
+                let _ = stop_tx.send(true);
+            });
+        }
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let scrub_rate = Arc::new(AtomicU64::new(node.config.scrub_bytes_per_second.0));
+        let ctl = Arc::new(membership::Control::new(&node, scrub_rate.clone()));
+        let background = [
+            tokio::spawn(membership::run(node.clone(), ctl, stop_rx.clone())),
+            tokio::spawn(scrub::run(node.clone(), scrub_rate, stop_rx.clone())),
+            tokio::spawn(reap_sessions(node.clone(), stop_rx.clone())),
+        ];
+
+        let readiness = Readiness::default();
+        let http = dfs_common::http::serve(
+            self.metrics_listener,
+            node.metrics.registry.clone(),
+            readiness.clone(),
+            wait(stop_rx.clone()),
+        );
+        let service = DataNodeServer::new(service::DataNodeService::new(node.clone()))
+            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES);
+        let grpc = dfs_common::transport::server()
+            .concurrency_limit_per_connection(256)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                dfs_common::transport::incoming(self.grpc),
+                wait(stop_rx.clone()),
+            );
+        readiness.set(true);
+        let (grpc_result, http_result) = tokio::join!(grpc, async {
+            let r = http.await;
+            readiness.set(false);
+            r
+        });
+        for task in background {
+            task.abort();
+        }
+        tracing::info!(node_id = %node.node_id, "datanode stopped");
+        grpc_result?;
+        http_result.map_err(DatanodeError::ServeMetrics)
+    }
+}
+
+async fn reap_sessions(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => node.sessions.reap(),
+        }
+    }
+}
+
+/// Reads `<data-dir>/node_id`, or creates it (32 random hex characters,
+/// written atomically) on first start.
+fn load_or_create_node_id(data_dir: &Path) -> Result<String, StoreError> {
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if dfs_proto::frame::is_valid_chunk_id(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(s) => tracing::warn!(content = %s.trim(), "invalid node_id file, generating a new id"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(StoreError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    }
+    let id = node::random_id();
+    store::write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}

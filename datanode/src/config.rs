@@ -1,0 +1,204 @@
+//! Command-line and environment configuration of a datanode.
+//!
+//! Every flag is also readable from a `DFS_…` environment variable so a
+//! Kubernetes pod spec can configure the node without a command line. The
+//! struct works both as the `dfs-datanode` binary's arguments and embedded as
+//! a subcommand of another CLI (`dfs datanode …`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dfs_common::size::ByteSize;
+use dfs_common::time::parse_duration;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7101";
+/// Default coordinator endpoint.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7000";
+/// Default metrics/probe listen address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9101";
+/// Default scrubber rate: slow enough to stay out of the clients' way.
+pub const DEFAULT_SCRUB_BYTES_PER_SECOND: &str = "16MiB";
+/// Default lifetime of a prepared session that no stream has used yet.
+pub const DEFAULT_SESSION_TIMEOUT: &str = "5m";
+/// Default time a replica may block the pipeline before it is dropped.
+pub const DEFAULT_REPLICA_STALL_TIMEOUT: &str = "10s";
+/// Default heartbeat interval until the coordinator says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "3s";
+/// Default interval between full chunk reports.
+pub const DEFAULT_FULL_REPORT_INTERVAL: &str = "10m";
+/// Default pause between two scrubber passes over the whole store.
+pub const DEFAULT_SCRUB_INTERVAL: &str = "1h";
+/// Default number of repair replications run at the same time.
+pub const DEFAULT_MAX_CONCURRENT_REPLICATIONS: usize = 3;
+
+/// Configuration of one datanode.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(about = "dfs datanode: stores chunk replicas and streams them over gRPC")]
+pub struct Config {
+    /// Address the gRPC service listens on.
+    #[arg(long, env = "DFS_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Endpoint other nodes and clients use to reach this node (default:
+    /// http://<listen>). Set it to the pod's DNS name in Kubernetes.
+    #[arg(long, env = "DFS_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Coordinator gRPC endpoint to register and heartbeat with.
+    #[arg(long, env = "DFS_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+
+    /// Directory holding the chunks, the node id and temporary files.
+    #[arg(long, env = "DFS_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "DFS_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+
+    /// Failure zone (Kubernetes label topology.kubernetes.io/zone).
+    #[arg(long, env = "DFS_ZONE", default_value = "")]
+    pub zone: String,
+
+    /// Rack within the zone.
+    #[arg(long, env = "DFS_RACK", default_value = "")]
+    pub rack: String,
+
+    /// Host (Kubernetes node name); placement never puts two replicas on one.
+    #[arg(long, env = "DFS_HOST", default_value = "")]
+    pub host: String,
+
+    /// Bytes this node may use for chunks (e.g. 100GiB). Default: the size of
+    /// the data directory's volume minus the reserve.
+    #[arg(long, env = "DFS_CAPACITY")]
+    pub capacity: Option<ByteSize>,
+
+    /// Bytes of the volume kept free for everything else (e.g. 1GiB).
+    #[arg(long, env = "DFS_RESERVE", default_value = "0")]
+    pub reserve: ByteSize,
+
+    /// Replicas (counting the primary) that must store a chunk before an upload
+    /// succeeds, when the client does not say; 0 means all of them.
+    #[arg(long, env = "DFS_WRITE_QUORUM", default_value_t = 0)]
+    pub write_quorum: u32,
+
+    /// Largest ChunkData frame accepted; larger frames are rejected.
+    #[arg(long, env = "DFS_MAX_FRAME_BYTES", default_value = "1MiB")]
+    pub max_frame_bytes: ByteSize,
+
+    /// Rate at which the background scrubber re-reads stored chunks; 0
+    /// disables it.
+    #[arg(long, env = "DFS_SCRUB_BYTES_PER_SECOND", default_value = DEFAULT_SCRUB_BYTES_PER_SECOND)]
+    pub scrub_bytes_per_second: ByteSize,
+
+    /// Pause between two scrubber passes over the whole store.
+    #[arg(long, env = "DFS_SCRUB_INTERVAL", default_value = DEFAULT_SCRUB_INTERVAL, value_parser = parse_duration)]
+    pub scrub_interval: Duration,
+
+    /// How long a prepared session (or an idle stream) lives before it expires
+    /// and its reserved space is released.
+    #[arg(long, env = "DFS_SESSION_TIMEOUT", default_value = DEFAULT_SESSION_TIMEOUT, value_parser = parse_duration)]
+    pub session_timeout: Duration,
+
+    /// How long a replica may block the upload pipeline (full buffers, no
+    /// final answer) before it is dropped from the upload.
+    #[arg(long, env = "DFS_REPLICA_STALL_TIMEOUT", default_value = DEFAULT_REPLICA_STALL_TIMEOUT, value_parser = parse_duration)]
+    pub replica_stall_timeout: Duration,
+
+    /// Heartbeat interval used until the coordinator sets one.
+    #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Interval between full chunk reports to the coordinator.
+    #[arg(long, env = "DFS_FULL_REPORT_INTERVAL", default_value = DEFAULT_FULL_REPORT_INTERVAL, value_parser = parse_duration)]
+    pub full_report_interval: Duration,
+
+    /// Repair replications (commanded by the coordinator) run at the same
+    /// time, so repair never starves client traffic.
+    #[arg(long, env = "DFS_MAX_CONCURRENT_REPLICATIONS", default_value_t = DEFAULT_MAX_CONCURRENT_REPLICATIONS)]
+    pub max_concurrent_replications: usize,
+
+    /// Exit when stdin reaches end of file: a supervisor holding the other end
+    /// of a pipe takes its children down with it, even when SIGKILLed.
+    #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
+    pub exit_with_parent: bool,
+}
+
+impl Config {
+    /// A configuration with every default, for `data_dir` (tests, embedding).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            advertise: None,
+            coordinator: DEFAULT_COORDINATOR.to_string(),
+            data_dir: data_dir.into(),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default"),
+            zone: String::new(),
+            rack: String::new(),
+            host: String::new(),
+            capacity: None,
+            reserve: ByteSize(0),
+            write_quorum: 0,
+            max_frame_bytes: ByteSize(dfs_proto::DEFAULT_MAX_FRAME_BYTES as u64),
+            scrub_bytes_per_second: DEFAULT_SCRUB_BYTES_PER_SECOND.parse().expect("valid"),
+            scrub_interval: parse_duration(DEFAULT_SCRUB_INTERVAL).expect("valid"),
+            session_timeout: parse_duration(DEFAULT_SESSION_TIMEOUT).expect("valid"),
+            replica_stall_timeout: parse_duration(DEFAULT_REPLICA_STALL_TIMEOUT).expect("valid"),
+            heartbeat_interval: parse_duration(DEFAULT_HEARTBEAT_INTERVAL).expect("valid"),
+            full_report_interval: parse_duration(DEFAULT_FULL_REPORT_INTERVAL).expect("valid"),
+            max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,
+            exit_with_parent: false,
+        }
+    }
+
+    /// The endpoint advertised to the coordinator: `--advertise`, or
+    /// `http://<addr>` where `addr` is the address actually bound.
+    pub fn advertise_for(&self, bound: SocketAddr) -> String {
+        match &self.advertise {
+            Some(a) if a.contains("://") => a.clone(),
+            Some(a) => format!("http://{a}"),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_parse_and_match_new() {
+        let parsed = Config::try_parse_from(["anything", "--data-dir", "/tmp/x"]).unwrap();
+        let built = Config::new("/tmp/x");
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+        assert_eq!(
+            parsed.advertise_for("127.0.0.1:7101".parse().unwrap()),
+            "http://127.0.0.1:7101"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = Config::try_parse_from([
+            "dfs-datanode",
+            "--data-dir",
+            "/d",
+            "--capacity",
+            "64MiB",
+            "--session-timeout",
+            "500ms",
+            "--advertise",
+            "dn-0.dfs:7101",
+        ])
+        .unwrap();
+        assert_eq!(c.capacity, Some(ByteSize(64 << 20)));
+        assert_eq!(c.session_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.advertise_for("0.0.0.0:7101".parse().unwrap()),
+            "http://dn-0.dfs:7101"
+        );
+    }
+}

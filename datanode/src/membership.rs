@@ -1,0 +1,359 @@
+//! Membership: registration with the coordinator, the heartbeat stream and
+//! the commands that come back on it.
+//!
+//! ```text
+//!  register ──▶ open DataNodeHeartbeat ──▶ full report (batches of 10,000)
+//!     ▲                                       │
+//!     │ backoff (≤ 5 s)                       ▼
+//!  stream broke / NOT_FOUND ◀── every interval: Heartbeat{info, deltas, results}
+//!                                 ◀── HeartbeatResponse{commands}: replicate,
+//!                                     delete, config, request report
+//! ```
+//!
+//! Reads and writes keep being served while the coordinator is away; chunk
+//! changes accumulate in the store's delta and a full report follows every
+//! (re-)registration anyway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dfs_proto::coordinator_client::CoordinatorClient;
+use dfs_proto::{
+    ChunkReport, CommandResult, DataNodeCommand, Heartbeat, HeartbeatResponse, NodeHealth,
+    NodeInfo, RegisterDataNodeRequest, Topology, data_node_command,
+};
+use tokio::sync::{Mutex, Notify, Semaphore, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::node::{CONNECT_TIMEOUT, Node, Target, blocking};
+use crate::pipeline::chunk_meta;
+use crate::service::parse_id;
+
+/// Chunks per heartbeat in a full report.
+pub const REPORT_BATCH: usize = 10_000;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings the coordinator can change at run time, and the work queued for
+/// the next heartbeat.
+pub struct Control {
+    heartbeat_ms: AtomicU64,
+    /// Scrubber rate in bytes per second (read by the scrubber).
+    pub scrub_rate: Arc<AtomicU64>,
+    report_requested: Notify,
+    wake: Notify,
+    results: Mutex<Vec<CommandResult>>,
+    replications: Arc<Semaphore>,
+}
+
+impl Control {
+    /// Settings from the node's configuration.
+    pub fn new(node: &Node, scrub_rate: Arc<AtomicU64>) -> Self {
+        Control {
+            heartbeat_ms: AtomicU64::new(node.config.heartbeat_interval.as_millis() as u64),
+            scrub_rate,
+            report_requested: Notify::new(),
+            wake: Notify::new(),
+            results: Mutex::new(Vec::new()),
+            replications: Arc::new(Semaphore::new(
+                node.config.max_concurrent_replications.max(1),
+            )),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(10))
+    }
+
+    async fn push_result(&self, result: CommandResult) {
+        self.results.lock().await.push(result);
+        self.wake.notify_one();
+    }
+}
+
+/// Capacity and health now.
+pub fn node_info(node: &Node) -> NodeInfo {
+    let cap = node.store.capacity();
+    let sessions: i64 = ["upload", "replicate"]
+        .iter()
+        .map(|k| node.metrics.active_sessions.with_label_values(&[k]).get())
+        .sum();
+    let health = if cap.free < dfs_proto::DEFAULT_FRAME_BYTES as u64 {
+        NodeHealth::Full
+    } else {
+        NodeHealth::Healthy
+    };
+    NodeInfo {
+        free_bytes: cap.free,
+        total_bytes: cap.total,
+        health: health as i32,
+        used_bytes: cap.used,
+        chunk_count: cap.chunks,
+        active_sessions: sessions.max(0) as u32,
+        reserved_bytes: cap.promised,
+    }
+}
+
+/// Keeps the node registered and heartbeating until shutdown.
+pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+    let channel = match dfs_common::transport::lazy_channel(
+        &node.config.coordinator,
+        CONNECT_TIMEOUT,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(coordinator = %node.config.coordinator, "invalid coordinator address, not registering: {e}");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_START;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            result = session(&node, &ctl, channel.clone(), &mut backoff) => {
+                if let Err(st) = result {
+                    tracing::warn!(coordinator = %node.config.coordinator, "coordinator session ended, re-registering in {backoff:?}: {}", st.message());
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One registration and heartbeat stream; returns when it breaks.
+async fn session(
+    node: &Arc<Node>,
+    ctl: &Arc<Control>,
+    channel: Channel,
+    backoff: &mut Duration,
+) -> Result<(), Status> {
+    let mut client = CoordinatorClient::new(channel)
+        .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES * 8)
+        .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES * 8);
+    let request = RegisterDataNodeRequest {
+        node_id: node.node_id.clone(),
+        address: node.advertise.clone(),
+        info: Some(node_info(node)),
+        topology: Some(Topology {
+            zone: node.config.zone.clone(),
+            rack: node.config.rack.clone(),
+            host: node.config.host.clone(),
+        }),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let registered =
+        match tokio::time::timeout(REGISTER_TIMEOUT, client.register_data_node(request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(st)) => {
+                node.metrics
+                    .registrations
+                    .with_label_values(&["error"])
+                    .inc();
+                return Err(st);
+            }
+            Err(_) => {
+                node.metrics
+                    .registrations
+                    .with_label_values(&["error"])
+                    .inc();
+                return Err(Status::deadline_exceeded("registration timed out"));
+            }
+        };
+    node.metrics.registrations.with_label_values(&["ok"]).inc();
+    *backoff = BACKOFF_START;
+    if registered.heartbeat_interval_ms > 0 {
+        ctl.heartbeat_ms
+            .store(registered.heartbeat_interval_ms, Ordering::Relaxed);
+    }
+    tracing::info!(node_id = %node.node_id, cluster_id = %registered.cluster_id, interval = ?ctl.interval(), "registered with the coordinator");
+
+    let (tx, rx) = mpsc::channel(4);
+    let sender = tokio::spawn(send_heartbeats(node.clone(), ctl.clone(), tx));
+    let result = async {
+        let mut responses = client
+            .data_node_heartbeat(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        loop {
+            match responses.message().await? {
+                Some(r) => handle_response(node, ctl, r),
+                None => {
+                    return Err(Status::unavailable(
+                        "coordinator closed the heartbeat stream",
+                    ));
+                }
+            }
+        }
+    }
+    .await;
+    sender.abort();
+    result
+}
+
+async fn send_full_report(node: &Node, tx: &mpsc::Sender<Heartbeat>) -> Result<(), ()> {
+    let store = node.store.clone();
+    let chunks = tokio::task::spawn_blocking(move || store.full_report())
+        .await
+        .map_err(|_| ())?;
+    let metas: Vec<_> = chunks.iter().map(|(id, c)| chunk_meta(id, *c)).collect();
+    let batches: Vec<&[dfs_proto::ChunkMeta]> = if metas.is_empty() {
+        vec![&[]]
+    } else {
+        metas.chunks(REPORT_BATCH).collect()
+    };
+    let n = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let hb = Heartbeat {
+            node_id: node.node_id.clone(),
+            info: Some(node_info(node)),
+            chunk_report: Some(ChunkReport {
+                chunks: batch.to_vec(),
+                first: i == 0,
+                last: i + 1 == n,
+            }),
+            ..Default::default()
+        };
+        tx.send(hb).await.map_err(|_| ())?;
+    }
+    tracing::debug!(chunks = metas.len(), batches = n, "sent full chunk report");
+    Ok(())
+}
+
+async fn send_heartbeats(
+    node: Arc<Node>,
+    ctl: Arc<Control>,
+    tx: mpsc::Sender<Heartbeat>,
+) -> Result<(), ()> {
+    send_full_report(&node, &tx).await?;
+    let mut last_full = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ctl.interval()) => {}
+            () = ctl.wake.notified() => {}
+            () = ctl.report_requested.notified() => {
+                send_full_report(&node, &tx).await?;
+                last_full = Instant::now();
+            }
+        }
+        let delta = node.store.take_delta();
+        let results = std::mem::take(&mut *ctl.results.lock().await);
+        node.store.update_gauges();
+        let hb = Heartbeat {
+            node_id: node.node_id.clone(),
+            info: Some(node_info(&node)),
+            chunk_report: None,
+            added_chunks: delta
+                .added
+                .iter()
+                .map(|(id, c)| chunk_meta(id, *c))
+                .collect(),
+            removed_chunks: delta.removed.iter().map(|id| id.to_string()).collect(),
+            corrupt_chunks: delta.corrupt.iter().map(|id| id.to_string()).collect(),
+            command_results: results,
+        };
+        tx.send(hb).await.map_err(|_| ())?;
+        if last_full.elapsed() >= node.config.full_report_interval {
+            send_full_report(&node, &tx).await?;
+            last_full = Instant::now();
+        }
+    }
+}
+
+fn handle_response(node: &Arc<Node>, ctl: &Arc<Control>, response: HeartbeatResponse) {
+    for command in response.commands {
+        tokio::spawn(execute(node.clone(), ctl.clone(), command));
+    }
+}
+
+/// Executes one command and queues its result for the next heartbeat.
+async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
+    let command_id = command.command_id;
+    let (kind, result): (&str, Result<(), String>) = match command.command {
+        Some(data_node_command::Command::Replicate(c)) => {
+            let result = async {
+                let meta = c.chunk.ok_or("replicate command without chunk")?;
+                let id = parse_id(&meta.chunk_id).map_err(|s| s.message().to_string())?;
+                let target = c.target.ok_or("replicate command without target")?;
+                let _permit = ctl
+                    .replications
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "shutting down")?;
+                tracing::info!(chunk_id = %id, target = %target.node_id, "replicating chunk (repair)");
+                crate::read::replicate_to(
+                    node.clone(),
+                    id,
+                    Target {
+                        node_id: target.node_id,
+                        address: target.address,
+                    },
+                    format!("repair-{command_id}"),
+                    c.max_bytes_per_second,
+                )
+                .await
+                .map_err(|st| st.message().to_string())
+            }
+            .await;
+            ("replicate", result.map_err(|e: String| e))
+        }
+        Some(data_node_command::Command::Delete(d)) => {
+            let mut errors = Vec::new();
+            for raw in d.chunk_ids {
+                match parse_id(&raw) {
+                    Ok(id) => {
+                        let store = node.store.clone();
+                        if let Err(e) = blocking(move || store.delete(&id)).await {
+                            errors.push(format!("{raw}: {e}"));
+                        }
+                    }
+                    Err(st) => errors.push(st.message().to_string()),
+                }
+            }
+            let r = if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            };
+            ("delete", r)
+        }
+        Some(data_node_command::Command::Config(c)) => {
+            if c.heartbeat_interval_ms > 0 {
+                ctl.heartbeat_ms
+                    .store(c.heartbeat_interval_ms, Ordering::Relaxed);
+            }
+            if c.scrub_bytes_per_second > 0 {
+                ctl.scrub_rate
+                    .store(c.scrub_bytes_per_second, Ordering::Relaxed);
+            }
+            ("config", Ok(()))
+        }
+        Some(data_node_command::Command::RequestReport(_)) => {
+            ctl.report_requested.notify_one();
+            ("request_report", Ok(()))
+        }
+        None => ("unknown", Err("unknown command".to_string())),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .commands
+        .with_label_values(&[kind, outcome])
+        .inc();
+    if let Err(e) = &result {
+        tracing::warn!(command_id, kind, "command failed: {e}");
+    }
+    ctl.push_result(CommandResult {
+        command_id,
+        ok: result.is_ok(),
+        error: result.err().unwrap_or_default(),
+    })
+    .await;
+}

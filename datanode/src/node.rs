@@ -1,0 +1,249 @@
+//! State shared by every part of a running datanode: its identity, the
+//! store, the session tables and the connections to other datanodes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dfs_proto::data_node_client::DataNodeClient;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::store::{ChunkId, Reservation, Store, StoreError};
+
+/// Connect timeout for other datanodes and the coordinator.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A running datanode's shared state.
+pub struct Node {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Stable node id.
+    pub node_id: String,
+    /// Endpoint advertised to the coordinator.
+    pub advertise: String,
+    /// The chunk store.
+    pub store: Arc<Store>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Open upload and download sessions.
+    pub sessions: Sessions,
+    /// Channels to other datanodes.
+    pub peers: Peers,
+}
+
+impl Node {
+    /// Largest frame accepted, in bytes.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.config.max_frame_bytes.0 as usize
+    }
+}
+
+/// A replica target of an upload.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Its node id.
+    pub node_id: String,
+    /// Its gRPC endpoint.
+    pub address: String,
+}
+
+/// A prepared upload: what PrepareChunkUpload promised, waiting for its stream.
+pub struct UploadSession {
+    /// The chunk.
+    pub chunk_id: ChunkId,
+    /// Announced size.
+    pub size: u64,
+    /// Announced checksum, when the writer knew it.
+    pub checksum: Option<u32>,
+    /// Other replicas, in placement order.
+    pub targets: Vec<Target>,
+    /// Replicas (counting this node) needed for success.
+    pub quorum: usize,
+    /// Space promised to the session.
+    pub reservation: Reservation,
+    expires: Instant,
+    _gauge: GaugeGuard,
+}
+
+/// Session tables. Prepared sessions expire after `--session-timeout`,
+/// releasing the space they were promised.
+pub struct Sessions {
+    timeout: Duration,
+    metrics: Metrics,
+    uploads: Mutex<HashMap<String, UploadSession>>,
+    downloads: Mutex<HashMap<String, (ChunkId, Instant)>>,
+}
+
+/// A fresh random id (32 lowercase hex characters).
+pub fn random_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Sessions {
+    /// Empty tables.
+    pub fn new(timeout: Duration, metrics: Metrics) -> Self {
+        Sessions {
+            timeout,
+            metrics,
+            uploads: Mutex::default(),
+            downloads: Mutex::default(),
+        }
+    }
+
+    /// How long a prepared session lives.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Records a prepared upload under `session_id` (a fresh one if empty).
+    /// Returns the id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_upload(
+        &self,
+        session_id: String,
+        chunk_id: ChunkId,
+        size: u64,
+        checksum: Option<u32>,
+        targets: Vec<Target>,
+        quorum: usize,
+        reservation: Reservation,
+    ) -> String {
+        let id = if session_id.is_empty() {
+            random_id()
+        } else {
+            session_id
+        };
+        let gauge = self
+            .metrics
+            .active_sessions
+            .with_label_values(&["prepared"]);
+        let session = UploadSession {
+            chunk_id,
+            size,
+            checksum,
+            targets,
+            quorum,
+            reservation,
+            expires: Instant::now() + self.timeout,
+            _gauge: GaugeGuard::new(gauge),
+        };
+        self.uploads
+            .lock()
+            .expect("sessions lock")
+            .insert(id.clone(), session);
+        id
+    }
+
+    /// Takes a prepared upload for its stream (a session is used once).
+    pub fn take_upload(&self, session_id: &str) -> Option<UploadSession> {
+        let s = self
+            .uploads
+            .lock()
+            .expect("sessions lock")
+            .remove(session_id)?;
+        (s.expires > Instant::now()).then_some(s)
+    }
+
+    /// Records a download session for `chunk_id`; returns its id.
+    pub fn insert_download(&self, chunk_id: ChunkId) -> String {
+        let id = random_id();
+        self.downloads
+            .lock()
+            .expect("sessions lock")
+            .insert(id.clone(), (chunk_id, Instant::now() + self.timeout));
+        id
+    }
+
+    /// The chunk of a live download session.
+    pub fn download(&self, session_id: &str) -> Option<ChunkId> {
+        let map = self.downloads.lock().expect("sessions lock");
+        map.get(session_id)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Drops expired sessions (and their reservations).
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let expired: Vec<UploadSession> = {
+            let mut map = self.uploads.lock().expect("sessions lock");
+            let ids: Vec<String> = map
+                .iter()
+                .filter(|(_, s)| s.expires <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            ids.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for s in &expired {
+            tracing::info!(chunk_id = %s.chunk_id, "upload session expired unused");
+        }
+        self.downloads
+            .lock()
+            .expect("sessions lock")
+            .retain(|_, (_, exp)| *exp > now);
+    }
+}
+
+/// Lazily connected, cached channels to other datanodes: one HTTP/2
+/// connection per peer carries every concurrent stream to it.
+#[derive(Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// A client for the datanode at `address`.
+    pub fn client(&self, address: &str) -> Result<DataNodeClient<Channel>, Status> {
+        let channel = {
+            let mut map = self.channels.lock().expect("peers lock");
+            match map.get(address) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = dfs_common::transport::lazy_channel(address, CONNECT_TIMEOUT).map_err(
+                        |e| {
+                            Status::invalid_argument(format!(
+                                "invalid datanode address {address:?}: {e}"
+                            ))
+                        },
+                    )?;
+                    map.insert(address.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(DataNodeClient::new(channel)
+            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
+    }
+}
+
+/// Maps a store error to the gRPC status a caller sees.
+pub fn status(e: StoreError) -> Status {
+    match &e {
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::Corrupt { .. } | StoreError::Mismatch { .. } => {
+            Status::data_loss(e.to_string())
+        }
+        StoreError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
+        StoreError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        StoreError::Cancelled => Status::cancelled(e.to_string()),
+        StoreError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Io {
+            action: "run blocking task",
+            path: Default::default(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}

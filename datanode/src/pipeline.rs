@@ -1,0 +1,668 @@
+//! The write path: a client's upload on the primary, fanned out frame by
+//! frame to the other replicas, and the receiving side of that fan-out.
+//!
+//! ```text
+//!  client ──frames──▶ primary ─┬─▶ local writer thread (bounded channel) ─▶ temp file
+//!         ◀──acks────          ├─▶ ReplicateChunk ─▶ replica A (bounded channel)
+//!                              └─▶ ReplicateChunk ─▶ replica B (bounded channel)
+//! ```
+//!
+//! Every hop verifies each frame's CRC32C before acking, writing or
+//! forwarding it. Frames are `Bytes`, so the fan-out shares one buffer. All
+//! channels are bounded: a slow disk or replica slows the client down rather
+//! than growing memory, and a replica that blocks for longer than
+//! `--replica-stall-timeout` is dropped from the upload. On `is_final` the
+//! primary checks size and checksum before forwarding the final frame, so a
+//! bad upload never commits anywhere; if the write quorum is not reached the
+//! copies that did commit are deleted again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dfs_proto::{
+    ChecksumAlgorithm, ChunkData, ChunkDataAck, ChunkMeta, ChunkReplicas, DeleteChunkRequest,
+    ReplicaFailure, ReplicateChunkHeader, ReplicateChunkRequest, UploadChunkResponse,
+    replicate_chunk_request, upload_chunk_response,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::metrics::{GaugeGuard, stream};
+use crate::node::{Node, Target, status};
+use crate::store::{ChunkId, Store, StoreError, StoredChunk};
+
+/// Frames queued towards the local writer thread.
+const WRITER_QUEUE_FRAMES: usize = 4;
+/// Frames queued towards each replica.
+const FORWARD_QUEUE_FRAMES: usize = 4;
+
+/// The sender half of a response stream.
+pub type Responses = mpsc::Sender<Result<UploadChunkResponse, Status>>;
+
+/// The wire form of a stored chunk.
+pub fn chunk_meta(id: &ChunkId, c: StoredChunk) -> ChunkMeta {
+    ChunkMeta {
+        chunk_id: id.to_string(),
+        checksum: c.checksum,
+        size: c.size,
+        checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
+    }
+}
+
+fn ack(offset: u64, frames: u64) -> UploadChunkResponse {
+    UploadChunkResponse {
+        kind: Some(upload_chunk_response::Kind::Ack(ChunkDataAck {
+            offset,
+            frames,
+        })),
+    }
+}
+
+/// Validates the frames of one chunk as they arrive: size limit, contiguous
+/// offsets, frame checksum, and at the end total size and whole checksum.
+struct FrameCheck {
+    size: u64,
+    checksum: Option<u32>,
+    max_frame: usize,
+    offset: u64,
+    crc: u32,
+    frames: u64,
+}
+
+impl FrameCheck {
+    fn new(size: u64, checksum: Option<u32>, max_frame: usize) -> Self {
+        FrameCheck {
+            size,
+            checksum,
+            max_frame,
+            offset: 0,
+            crc: 0,
+            frames: 0,
+        }
+    }
+
+    fn accept(&mut self, f: &ChunkData) -> Result<(), Status> {
+        let len = f.data.len() as u64;
+        if f.data.len() > self.max_frame {
+            return Err(Status::invalid_argument(format!(
+                "frame of {len} bytes at offset {} exceeds the maximum of {} bytes",
+                f.offset, self.max_frame
+            )));
+        }
+        if f.offset != self.offset {
+            return Err(Status::invalid_argument(format!(
+                "frame at offset {} but {} bytes were received: frames must be contiguous (gap or overlap)",
+                f.offset, self.offset
+            )));
+        }
+        if !f.verify() {
+            return Err(Status::data_loss(format!(
+                "frame at offset {}: checksum mismatch (frame says {:08x}, data has {:08x})",
+                f.offset,
+                f.frame_checksum,
+                dfs_proto::frame::checksum(&f.data)
+            )));
+        }
+        if self.offset + len > self.size {
+            return Err(Status::invalid_argument(format!(
+                "frame at offset {} of {len} bytes goes past the announced size of {}",
+                f.offset, self.size
+            )));
+        }
+        self.offset += len;
+        self.frames += 1;
+        self.crc = dfs_proto::frame::checksum_append(self.crc, &f.data);
+        if f.is_final {
+            if self.offset != self.size {
+                return Err(Status::invalid_argument(format!(
+                    "final frame after {} bytes, but the chunk size is {}",
+                    self.offset, self.size
+                )));
+            }
+            if let Some(want) = self.checksum
+                && want != self.crc
+            {
+                return Err(Status::data_loss(format!(
+                    "chunk checksum mismatch: data has crc32c {:08x}, expected {want:08x}",
+                    self.crc
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts checksum failures when a status says DATA_LOSS.
+fn count_failure(node: &Node, st: &Status) {
+    if st.code() == tonic::Code::DataLoss {
+        node.metrics
+            .checksum_failures
+            .with_label_values(&["frame"])
+            .inc();
+    }
+}
+
+enum WriterMsg {
+    Data(Bytes),
+    Finish(u64, Option<u32>),
+}
+
+/// The local copy: a blocking writer thread fed through a bounded channel, so
+/// disk writes never block the async threads and never queue unboundedly.
+/// Dropping it before `finish` removes the temp file.
+struct LocalWrite {
+    tx: Option<mpsc::Sender<WriterMsg>>,
+    join: Option<JoinHandle<Result<StoredChunk, StoreError>>>,
+}
+
+impl LocalWrite {
+    fn start(store: Arc<Store>, id: ChunkId) -> Self {
+        let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_FRAMES);
+        let join = tokio::task::spawn_blocking(move || {
+            let mut w = store.create_writer(&id)?;
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    WriterMsg::Data(b) => w.write(&b)?,
+                    WriterMsg::Finish(size, checksum) => return w.finish(size, checksum),
+                }
+            }
+            Err(StoreError::Cancelled)
+        });
+        LocalWrite {
+            tx: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    async fn result(&mut self) -> Status {
+        match self.join.take() {
+            Some(j) => match j.await {
+                Ok(Err(e)) => status(e),
+                Ok(Ok(_)) => Status::internal("local writer finished early"),
+                Err(e) => Status::internal(format!("local writer failed: {e}")),
+            },
+            None => Status::internal("local writer already finished"),
+        }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+        let tx = self.tx.as_ref().expect("writer open");
+        if tx.send(WriterMsg::Data(data)).await.is_err() {
+            return Err(self.result().await);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<StoredChunk, Status> {
+        let tx = self.tx.take().expect("writer open");
+        if tx.send(WriterMsg::Finish(size, checksum)).await.is_err() {
+            return Err(self.result().await);
+        }
+        match self.join.take().expect("writer running").await {
+            Ok(r) => r.map_err(status),
+            Err(e) => Err(Status::internal(format!("local writer failed: {e}"))),
+        }
+    }
+}
+
+/// One replica target of an upload: a ReplicateChunk stream fed through a
+/// bounded channel.
+struct Forward {
+    target: Target,
+    tx: Option<mpsc::Sender<ReplicateChunkRequest>>,
+    task: JoinHandle<Result<ChunkReplicas, Status>>,
+    failure: Option<String>,
+}
+
+impl Forward {
+    fn start(node: &Node, target: Target, header: ReplicateChunkHeader) -> Self {
+        let (tx, rx) = mpsc::channel(FORWARD_QUEUE_FRAMES);
+        let first = ReplicateChunkRequest {
+            kind: Some(replicate_chunk_request::Kind::Header(header)),
+        };
+        // The channel is empty, so the header always fits.
+        let _ = tx.try_send(first);
+        let client = node.peers.client(&target.address);
+        let task = tokio::spawn(async move {
+            let mut client = client?;
+            let mut responses = client
+                .replicate_chunk(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            while let Some(m) = responses.message().await? {
+                if let Some(upload_chunk_response::Kind::Replicas(r)) = m.kind {
+                    return Ok(r);
+                }
+            }
+            Err(Status::unavailable(
+                "replica closed the stream without an answer",
+            ))
+        });
+        Forward {
+            target,
+            tx: Some(tx),
+            task,
+            failure: None,
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    fn fail(&mut self, node: &Node, reason: String, kind: &str) {
+        tracing::warn!(target_node = %self.target.node_id, "dropping replica from upload: {reason}");
+        node.metrics
+            .replicas_dropped
+            .with_label_values(&[kind])
+            .inc();
+        self.tx = None;
+        self.task.abort();
+        self.failure = Some(reason);
+    }
+
+    /// Forwards one frame; a replica that is gone or blocks for longer than
+    /// the stall timeout is dropped.
+    async fn send(&mut self, node: &Node, frame: ChunkData, stall: Duration) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        let len = frame.data.len() as u64;
+        let req = ReplicateChunkRequest {
+            kind: Some(replicate_chunk_request::Kind::Data(frame)),
+        };
+        match tokio::time::timeout(stall, tx.send(req)).await {
+            Ok(Ok(())) => {
+                node.metrics
+                    .bytes_out
+                    .with_label_values(&[stream::FORWARD])
+                    .inc_by(len);
+                node.metrics
+                    .frames_out
+                    .with_label_values(&[stream::FORWARD])
+                    .inc();
+                true
+            }
+            Ok(Err(_)) => {
+                // The stream is gone: the task holds the reason.
+                let reason = match tokio::time::timeout(stall, &mut self.task).await {
+                    Ok(Ok(Err(st))) => st.message().to_string(),
+                    Ok(Ok(Ok(_))) => "replica answered before the final frame".to_string(),
+                    _ => "replica stream closed".to_string(),
+                };
+                self.fail(node, reason, "error");
+                false
+            }
+            Err(_) => {
+                self.fail(
+                    node,
+                    format!("replica stalled for more than {stall:?}"),
+                    "stall",
+                );
+                false
+            }
+        }
+    }
+
+    /// Waits for the replica's final answer.
+    async fn finish(&mut self, node: &Node, wait: Duration) -> bool {
+        if !self.live() {
+            return false;
+        }
+        self.tx = None;
+        match tokio::time::timeout(wait, &mut self.task).await {
+            Ok(Ok(Ok(_))) => true,
+            Ok(Ok(Err(st))) => {
+                self.fail(node, st.message().to_string(), "error");
+                false
+            }
+            Ok(Err(e)) => {
+                self.fail(node, format!("replica task failed: {e}"), "error");
+                false
+            }
+            Err(_) => {
+                self.fail(node, format!("no durable answer within {wait:?}"), "stall");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        // An aborted upload resets the replica's stream, which removes its
+        // partial data.
+        self.task.abort();
+    }
+}
+
+/// Waits for the next frame; a client idle for longer than the session
+/// timeout is treated as gone.
+async fn next_frame(
+    frames: &mut Streaming<ChunkData>,
+    idle: Duration,
+) -> Result<ChunkData, Status> {
+    match tokio::time::timeout(idle, frames.message()).await {
+        Ok(Ok(Some(f))) => Ok(f),
+        Ok(Ok(None)) => Err(Status::aborted(
+            "stream ended without a final frame; partial data removed",
+        )),
+        Ok(Err(st)) => Err(st),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no frame for {idle:?}; partial data removed"
+        ))),
+    }
+}
+
+/// UploadChunkStream on the primary: receives, stores and fans out one chunk.
+pub async fn upload(
+    node: Arc<Node>,
+    mut frames: Streaming<ChunkData>,
+    out: Responses,
+) -> Result<ChunkReplicas, Status> {
+    let idle = node.sessions.timeout();
+    let first = next_frame(&mut frames, idle).await?;
+    let session = node
+        .sessions
+        .take_upload(&first.session_id)
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "unknown or expired upload session {:?}",
+                first.session_id
+            ))
+        })?;
+    let _gauge = GaugeGuard::new(node.metrics.active_sessions.with_label_values(&["upload"]));
+    let started = Instant::now();
+    let chunk_id = session.chunk_id.clone();
+    let session_id = first.session_id.clone();
+    let span = tracing::info_span!("upload", chunk_id = %chunk_id, session_id = %session_id);
+
+    let result = async {
+        let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
+        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone());
+        let header = ReplicateChunkHeader {
+            session_id: session_id.clone(),
+            chunk: Some(ChunkMeta {
+                chunk_id: chunk_id.to_string(),
+                checksum: session.checksum.unwrap_or(0),
+                size: session.size,
+                checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
+            }),
+            source_node_id: node.node_id.clone(),
+        };
+        let mut forwards: Vec<Forward> = session
+            .targets
+            .iter()
+            .map(|t| Forward::start(&node, t.clone(), header.clone()))
+            .collect();
+        let stall = node.config.replica_stall_timeout;
+        let mut frame = first;
+        loop {
+            if let Err(st) = check.accept(&frame) {
+                count_failure(&node, &st);
+                return Err(st);
+            }
+            let len = frame.data.len() as u64;
+            node.metrics
+                .bytes_in
+                .with_label_values(&[stream::UPLOAD])
+                .inc_by(len);
+            node.metrics
+                .frames_in
+                .with_label_values(&[stream::UPLOAD])
+                .inc();
+            let is_final = frame.is_final;
+            local.write(frame.data.clone()).await?;
+            for f in forwards.iter_mut().filter(|f| f.live()) {
+                let copy = ChunkData {
+                    data: frame.data.clone(),
+                    offset: frame.offset,
+                    is_final,
+                    frame_checksum: frame.frame_checksum,
+                    session_id: String::new(),
+                };
+                f.send(&node, copy, stall).await;
+            }
+            if out.send(Ok(ack(check.offset, check.frames))).await.is_err() {
+                return Err(Status::cancelled("client went away"));
+            }
+            if is_final {
+                break;
+            }
+            frame = next_frame(&mut frames, idle).await?;
+        }
+
+        // Durability: the local fsync+rename and the replicas' answers, in parallel.
+        let checksum = check.crc;
+        let wait = stall * 3;
+        let (local_result, _) = tokio::join!(
+            local.finish(session.size, Some(checksum)),
+            futures::future::join_all(forwards.iter_mut().map(|f| f.finish(&node, wait)))
+        );
+        let stored = match local_result {
+            Ok(s) => s,
+            Err(st) => {
+                rollback(&node, &chunk_id, &forwards, false).await;
+                return Err(st);
+            }
+        };
+        let mut replicas = vec![node.node_id.clone()];
+        let mut failed = Vec::new();
+        for f in &forwards {
+            match &f.failure {
+                None => replicas.push(f.target.node_id.clone()),
+                Some(reason) => failed.push(ReplicaFailure {
+                    node_id: f.target.node_id.clone(),
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        if replicas.len() < session.quorum {
+            rollback(&node, &chunk_id, &forwards, true).await;
+            let reasons: Vec<String> = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.node_id, f.reason))
+                .collect();
+            return Err(Status::unavailable(format!(
+                "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
+                replicas.len(),
+                1 + forwards.len(),
+                session.quorum,
+                reasons.join("; ")
+            )));
+        }
+        tracing::debug!(replicas = ?replicas, "chunk stored");
+        Ok(ChunkReplicas {
+            replicas,
+            chunk: Some(chunk_meta(&chunk_id, stored)),
+            failed,
+        })
+    }
+    .instrument(span)
+    .await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .upload_seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(st) = &result {
+        tracing::warn!(chunk_id = %chunk_id, session_id = %session_id, "upload failed: {}", st.message());
+    }
+    result
+}
+
+/// Removes the copies of a chunk whose upload did not reach its quorum: the
+/// local one and every replica that did store it.
+async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, forwards: &[Forward], local: bool) {
+    let store = node.store.clone();
+    let id = chunk_id.clone();
+    if local && let Err(e) = crate::node::blocking(move || store.delete(&id)).await {
+        tracing::error!(chunk_id = %chunk_id, "failed to roll back local copy: {e:#}");
+    }
+    let deletes = forwards.iter().filter(|f| f.live()).map(|f| {
+        let node = node.clone();
+        let target = f.target.clone();
+        let chunk_id = chunk_id.to_string();
+        async move {
+            let result = async {
+                let mut client = node.peers.client(&target.address)?;
+                client
+                    .delete_chunk(DeleteChunkRequest {
+                        chunk_id: chunk_id.clone(),
+                    })
+                    .await
+            };
+            match tokio::time::timeout(node.config.replica_stall_timeout, result).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(st)) => tracing::error!(target_node = %target.node_id, "failed to roll back replica: {}", st.message()),
+                Err(_) => tracing::error!(target_node = %target.node_id, "failed to roll back replica: timed out"),
+            }
+        }
+    });
+    futures::future::join_all(deletes).await;
+}
+
+/// ReplicateChunk on a replica: the receiving side of the fan-out (and of
+/// repairs). Header first, then frames, each verified before it is acked.
+pub async fn replicate(
+    node: Arc<Node>,
+    mut requests: Streaming<ReplicateChunkRequest>,
+    out: Responses,
+) -> Result<ChunkReplicas, Status> {
+    let idle = node.sessions.timeout();
+    let header = match requests.message().await? {
+        Some(ReplicateChunkRequest {
+            kind: Some(replicate_chunk_request::Kind::Header(h)),
+        }) => h,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first ReplicateChunk message must be the header",
+            ));
+        }
+        None => return Err(Status::invalid_argument("empty ReplicateChunk stream")),
+    };
+    let meta = header
+        .chunk
+        .ok_or_else(|| Status::invalid_argument("ReplicateChunk header without chunk"))?;
+    let (chunk_id, size, checksum) = crate::service::parse_meta(&meta)?;
+    let _gauge = GaugeGuard::new(
+        node.metrics
+            .active_sessions
+            .with_label_values(&["replicate"]),
+    );
+    let started = Instant::now();
+    let reservation = node.store.reserve(size).map_err(status)?;
+    let result = async {
+        let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
+        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone());
+        loop {
+            let frame = match tokio::time::timeout(idle, requests.message()).await {
+                Ok(Ok(Some(ReplicateChunkRequest {
+                    kind: Some(replicate_chunk_request::Kind::Data(f)),
+                }))) => f,
+                Ok(Ok(Some(_))) => {
+                    return Err(Status::invalid_argument(
+                        "a ReplicateChunk stream carries one header, then frames",
+                    ));
+                }
+                Ok(Ok(None)) => {
+                    return Err(Status::aborted(
+                        "stream ended without a final frame; partial data removed",
+                    ));
+                }
+                Ok(Err(st)) => return Err(st),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no frame for {idle:?}; partial data removed"
+                    )));
+                }
+            };
+            if let Err(st) = check.accept(&frame) {
+                count_failure(&node, &st);
+                return Err(st);
+            }
+            node.metrics
+                .bytes_in
+                .with_label_values(&[stream::REPLICATE])
+                .inc_by(frame.data.len() as u64);
+            node.metrics
+                .frames_in
+                .with_label_values(&[stream::REPLICATE])
+                .inc();
+            local.write(frame.data).await?;
+            if frame.is_final {
+                break;
+            }
+            if out.send(Ok(ack(check.offset, check.frames))).await.is_err() {
+                return Err(Status::cancelled("sender went away"));
+            }
+        }
+        let stored = local.finish(size, Some(check.crc)).await?;
+        Ok(ChunkReplicas {
+            replicas: vec![node.node_id.clone()],
+            chunk: Some(chunk_meta(&chunk_id, stored)),
+            failed: vec![],
+        })
+    }
+    .await;
+    drop(reservation);
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .replication_seconds
+        .with_label_values(&["receive", outcome])
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(st) = &result {
+        tracing::warn!(chunk_id = %chunk_id, session_id = %header.session_id, source = %header.source_node_id, "replica write failed: {}", st.message());
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(data: &'static [u8], offset: u64, is_final: bool) -> ChunkData {
+        ChunkData::frame(Bytes::from_static(data), offset, is_final)
+    }
+
+    #[test]
+    fn frame_check_rejects_bad_frames() {
+        let mut c = FrameCheck::new(10, Some(dfs_proto::frame::checksum(b"0123456789")), 8);
+        assert!(c.accept(&frame(b"01234", 0, false)).is_ok());
+        // Gap and overlap.
+        assert_eq!(
+            c.accept(&frame(b"56789", 6, true)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            c.accept(&frame(b"456789", 4, true)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        // Corrupted frame.
+        let mut bad = frame(b"56789", 5, true);
+        bad.frame_checksum ^= 1;
+        assert_eq!(c.accept(&bad).unwrap_err().code(), tonic::Code::DataLoss);
+        // Too large.
+        assert_eq!(
+            c.accept(&frame(b"567890123", 5, true)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert!(c.accept(&frame(b"56789", 5, true)).is_ok());
+    }
+
+    #[test]
+    fn frame_check_verifies_size_and_checksum_at_the_end() {
+        let mut c = FrameCheck::new(4, None, 8);
+        assert_eq!(
+            c.accept(&frame(b"abc", 0, true)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut c = FrameCheck::new(3, Some(1), 8);
+        assert_eq!(
+            c.accept(&frame(b"abc", 0, true)).unwrap_err().code(),
+            tonic::Code::DataLoss
+        );
+    }
+}

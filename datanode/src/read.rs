@@ -1,0 +1,241 @@
+//! The read path: chunks streamed out as verified frames, to clients
+//! (DownloadChunkStream) and to other datanodes (repair replication).
+//!
+//! A blocking thread reads block by block into a reused scratch buffer,
+//! verifies each block's CRC32C, and cuts frames out of a reused `BytesMut`
+//! into a bounded channel: a slow consumer slows the reader, and no chunk is
+//! ever held in memory whole.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use dfs_proto::{
+    ChunkData, ReplicateChunkHeader, ReplicateChunkRequest, replicate_chunk_request,
+    upload_chunk_response,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::metrics::stream;
+use crate::node::{Node, Target, status};
+use crate::pipeline::chunk_meta;
+use crate::store::{ChunkId, Store, StoreError};
+
+/// Frames queued towards a reader's consumer.
+const READ_QUEUE_FRAMES: usize = 4;
+
+/// Paces a blocking reader to `rate` bytes per second (0 = unthrottled).
+pub struct Pacer {
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    /// Starts pacing now.
+    pub fn new() -> Self {
+        Pacer {
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Accounts for `n` more bytes and sleeps until the rate allows them.
+    pub fn consume(&mut self, n: u64, rate: u64) {
+        self.bytes += n;
+        if rate == 0 {
+            self.started = Instant::now();
+            self.bytes = 0;
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles a read failure: corruption removes the chunk and reports it.
+pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> Status {
+    if let StoreError::Corrupt { reason, .. } = &e {
+        store
+            .metrics()
+            .checksum_failures
+            .with_label_values(&[source])
+            .inc();
+        store.mark_corrupt(id, reason);
+    }
+    status(e)
+}
+
+/// Streams `[offset, offset + length)` of chunk `id` (length 0 = to the end)
+/// as frames of `frame_bytes` into `tx`, paced to `rate` bytes/s.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_read(
+    store: Arc<Store>,
+    id: ChunkId,
+    offset: u64,
+    length: u64,
+    frame_bytes: usize,
+    rate: u64,
+    kind: &'static str,
+    tx: mpsc::Sender<Result<ChunkData, Status>>,
+) -> JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            let reader = store.open_reader(&id)?;
+            let size = reader.meta().size;
+            let end = if length == 0 {
+                size.max(offset)
+            } else {
+                offset.saturating_add(length)
+            };
+            let metrics = store.metrics().clone();
+            let mut buf = BytesMut::with_capacity(frame_bytes * READ_QUEUE_FRAMES);
+            let mut pos = offset;
+            let mut pacer = Pacer::new();
+            let mut scratch = Vec::new();
+            let mut sent_final = false;
+            reader.read_range(offset, length, &mut scratch, |mut s| {
+                while !s.is_empty() {
+                    let n = (frame_bytes - buf.len()).min(s.len());
+                    buf.extend_from_slice(&s[..n]);
+                    s = &s[n..];
+                    let done = pos + buf.len() as u64 == end;
+                    if buf.len() == frame_bytes || done {
+                        let data = buf.split().freeze();
+                        if buf.capacity() < frame_bytes {
+                            // Reclaims the old allocation once every frame
+                            // cut from it has been sent and dropped.
+                            buf.reserve(frame_bytes * READ_QUEUE_FRAMES);
+                        }
+                        let len = data.len() as u64;
+                        let frame = ChunkData::frame(data, pos, done);
+                        pos += len;
+                        if tx.blocking_send(Ok(frame)).is_err() {
+                            return false;
+                        }
+                        sent_final |= done;
+                        metrics.bytes_out.with_label_values(&[kind]).inc_by(len);
+                        metrics.frames_out.with_label_values(&[kind]).inc();
+                        pacer.consume(len, rate);
+                    }
+                }
+                true
+            })?;
+            if !sent_final {
+                // Empty range (or empty chunk): one empty final frame.
+                let _ = tx.blocking_send(Ok(ChunkData::frame(Default::default(), pos, true)));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) | Err(StoreError::Cancelled) => {}
+            Err(e) => {
+                let st = read_failed(&store, &id, e, "read");
+                let _ = tx.blocking_send(Err(st));
+            }
+        }
+    })
+}
+
+/// Copies chunk `id` to `target` over ReplicateChunk (coordinator-commanded
+/// repair): header with the known checksum, then verified frames, paced to
+/// `rate` bytes/s. Returns when the target holds the chunk durably.
+pub async fn replicate_to(
+    node: Arc<Node>,
+    id: ChunkId,
+    target: Target,
+    session_id: String,
+    rate: u64,
+) -> Result<(), Status> {
+    let stored = node
+        .store
+        .get(&id)
+        .ok_or_else(|| Status::not_found(format!("chunk {id} is not stored on this node")))?;
+    let started = Instant::now();
+    let header = ReplicateChunkRequest {
+        kind: Some(replicate_chunk_request::Kind::Header(
+            ReplicateChunkHeader {
+                session_id,
+                chunk: Some(chunk_meta(&id, stored)),
+                source_node_id: node.node_id.clone(),
+            },
+        )),
+    };
+    let (frames_tx, mut frames_rx) = mpsc::channel(READ_QUEUE_FRAMES);
+    let reader = spawn_read(
+        node.store.clone(),
+        id.clone(),
+        0,
+        0,
+        dfs_proto::DEFAULT_FRAME_BYTES,
+        rate,
+        stream::FORWARD,
+        frames_tx,
+    );
+    // Frames go out until the first read error, which is kept to explain
+    // why the stream ended early (the target then discards its partial copy).
+    let (req_tx, req_rx) = mpsc::channel(READ_QUEUE_FRAMES);
+    let _ = req_tx.try_send(header);
+    let pump = tokio::spawn(async move {
+        while let Some(item) = frames_rx.recv().await {
+            match item {
+                Ok(frame) => {
+                    let req = ReplicateChunkRequest {
+                        kind: Some(replicate_chunk_request::Kind::Data(frame)),
+                    };
+                    if req_tx.send(req).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(st) => return Some(st),
+            }
+        }
+        None
+    });
+    let result = async {
+        let mut client = node.peers.client(&target.address)?;
+        let mut responses = client
+            .replicate_chunk(ReceiverStream::new(req_rx))
+            .await?
+            .into_inner();
+        while let Some(m) = responses.message().await? {
+            if let Some(upload_chunk_response::Kind::Replicas(_)) = m.kind {
+                return Ok(());
+            }
+        }
+        Err(Status::unavailable(
+            "target closed the stream without an answer",
+        ))
+    }
+    .await;
+    let read_error = match result {
+        Ok(()) => None,
+        Err(_) => {
+            pump.abort();
+            pump.await.unwrap_or_default()
+        }
+    };
+    reader.abort();
+    let result = match (result, read_error) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(local)) => Err(local),
+        (Err(remote), None) => Err(remote),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    node.metrics
+        .replication_seconds
+        .with_label_values(&["repair", outcome])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}

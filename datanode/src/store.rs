@@ -1,0 +1,956 @@
+//! Durable chunk storage on the local disk.
+//!
+//! Layout under `--data-dir`:
+//!
+//! ```text
+//! node_id                      stable node id (atomic write)
+//! tmp/<id>.<n>.tmp             chunks being written (removed at start-up)
+//! chunks/<id[0..2]>/<id[2..4]>/<id>
+//!                              complete chunks; two levels of 256-way fan-out
+//!                              keep every directory small even with millions
+//! ```
+//!
+//! A chunk file is the data followed by a table of CRC32C checksums, one per
+//! [`BLOCK_BYTES`] block, and a fixed footer (magic, size, whole-chunk
+//! checksum, block size, checksum of the table and of the footer itself).
+//! Keeping everything in one file means one rename makes a chunk visible
+//! atomically; the per-block table lets a range read verify exactly the blocks
+//! it touches instead of the whole chunk.
+//!
+//! Writes go to a temp file, are fsynced, renamed into place and the directory
+//! is fsynced: a crash leaves either nothing visible or the whole chunk.
+//! Every method here blocks; async callers use `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
+
+/// Size of a checksummed block inside a chunk file.
+pub const BLOCK_BYTES: usize = 256 * 1024;
+const FOOTER_LEN: usize = 40;
+const MAGIC: &[u8; 8] = b"DFSCHNK1";
+/// Environment variable of the crash-safety test: `crash-before-rename` makes
+/// the process abort after a chunk's temp file is fsynced and before it is
+/// renamed into place, like a power cut at the worst moment.
+pub const FAULT_ENV: &str = "DFS_DATANODE_FAULT";
+
+/// A validated chunk id: 32 lowercase hex characters. Only this type is ever
+/// turned into a path, so `../../etc/passwd` cannot reach the file system.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct ChunkId(String);
+
+/// A chunk id that is not 32 lowercase hex characters.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid chunk id {0:?}: expected 32 lowercase hex characters")]
+pub struct InvalidChunkId(pub String);
+
+impl ChunkId {
+    /// Validates `s`.
+    pub fn parse(s: &str) -> Result<Self, InvalidChunkId> {
+        if dfs_proto::frame::is_valid_chunk_id(s) {
+            Ok(ChunkId(s.to_string()))
+        } else {
+            Err(InvalidChunkId(s.chars().take(80).collect()))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Size and checksum of a stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Bytes of data.
+    pub size: u64,
+    /// CRC32C of the whole chunk.
+    pub checksum: u32,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The chunk is not stored here.
+    #[error("chunk {chunk_id} not found")]
+    NotFound {
+        /// The chunk.
+        chunk_id: ChunkId,
+    },
+    /// The chunk's bytes no longer match their checksums.
+    #[error("chunk {chunk_id} is corrupt: {reason}")]
+    Corrupt {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What did not match.
+        reason: String,
+    },
+    /// Written data does not match what was announced.
+    #[error("chunk {chunk_id}: {reason}")]
+    Mismatch {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What did not match.
+        reason: String,
+    },
+    /// Not enough room for the chunk.
+    #[error("not enough space: {needed} bytes needed, {free} free")]
+    NoSpace {
+        /// Bytes asked for.
+        needed: u64,
+        /// Bytes free after the reserve and open sessions.
+        free: u64,
+    },
+    /// The range asked for is outside the chunk.
+    #[error("range {offset}+{length} is outside chunk {chunk_id} of {size} bytes")]
+    OutOfRange {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        length: u64,
+        /// Size of the chunk.
+        size: u64,
+    },
+    /// The reader of a range stopped early (the consumer went away).
+    #[error("read cancelled")]
+    Cancelled,
+    /// An I/O call failed.
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Capacity of the node now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Bytes usable by dfs in total.
+    pub total: u64,
+    /// Bytes free for new chunks (after the reserve and open sessions).
+    pub free: u64,
+    /// Bytes used by stored chunks.
+    pub used: u64,
+    /// Bytes promised to open sessions.
+    pub promised: u64,
+    /// Chunks stored.
+    pub chunks: u64,
+}
+
+/// Changes since the last heartbeat, for the coordinator's incremental report.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// Chunks stored.
+    pub added: Vec<(ChunkId, StoredChunk)>,
+    /// Chunks removed.
+    pub removed: Vec<ChunkId>,
+    /// Chunks found corrupt and removed.
+    pub corrupt: Vec<ChunkId>,
+}
+
+impl Delta {
+    /// True when there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.corrupt.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    chunks: HashMap<ChunkId, StoredChunk>,
+    used: u64,
+    promised: u64,
+    delta: Delta,
+}
+
+/// The chunk store of one data directory.
+pub struct Store {
+    chunks_dir: PathBuf,
+    tmp_dir: PathBuf,
+    capacity: Option<u64>,
+    reserve: u64,
+    state: Mutex<State>,
+    metrics: Metrics,
+    tmp_seq: AtomicU64,
+    crash_before_rename: bool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`: removes leftovers of
+    /// interrupted writes and indexes the chunks present. Chunks whose footer
+    /// does not validate are removed and reported as corrupt.
+    pub fn open(
+        data_dir: &Path,
+        capacity: Option<u64>,
+        reserve: u64,
+        metrics: Metrics,
+    ) -> Result<Arc<Store>, StoreError> {
+        let chunks_dir = data_dir.join("chunks");
+        let tmp_dir = data_dir.join("tmp");
+        fs::create_dir_all(&chunks_dir).map_err(io_err("create", &chunks_dir))?;
+        fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
+        let mut cleaned = 0;
+        for entry in fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
+            let entry = entry.map_err(io_err("list", &tmp_dir))?;
+            let path = entry.path();
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(io_err("remove leftover", &path))?;
+            cleaned += 1;
+        }
+        if cleaned > 0 {
+            tracing::info!(cleaned, "removed leftovers of interrupted writes");
+            sync_dir(&tmp_dir)?;
+        }
+        let store = Arc::new(Store {
+            chunks_dir,
+            tmp_dir,
+            capacity,
+            reserve,
+            state: Mutex::new(State::default()),
+            metrics,
+            tmp_seq: AtomicU64::new(0),
+            crash_before_rename: std::env::var(FAULT_ENV).as_deref() == Ok("crash-before-rename"),
+        });
+        store.scan()?;
+        Ok(store)
+    }
+
+    fn scan(&self) -> Result<(), StoreError> {
+        let mut found = Vec::new();
+        let mut bad = Vec::new();
+        for l1 in read_dir_sorted(&self.chunks_dir)? {
+            for l2 in read_dir_sorted(&l1)? {
+                for file in read_dir_sorted(&l2)? {
+                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    let Ok(id) = ChunkId::parse(name) else {
+                        tracing::warn!(path = %file.display(), "ignoring unexpected file in chunk store");
+                        continue;
+                    };
+                    if file != self.chunk_path(&id) {
+                        tracing::warn!(path = %file.display(), "ignoring chunk in the wrong directory");
+                        continue;
+                    }
+                    match ChunkReader::open_path(&id, &file) {
+                        Ok(r) => found.push((id, r.meta())),
+                        Err(e) => {
+                            tracing::warn!("removing unreadable chunk at start-up: {e:#}");
+                            bad.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        {
+            let mut st = self.state.lock().expect("store lock");
+            for (id, meta) in found {
+                st.used += meta.size;
+                st.chunks.insert(id, meta);
+            }
+        }
+        for id in bad {
+            self.mark_corrupt(&id, "unreadable footer at start-up");
+        }
+        self.update_gauges();
+        tracing::info!(chunks = self.chunk_count(), "chunk store opened");
+        Ok(())
+    }
+
+    /// Where chunk `id` lives.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        let s = id.as_str();
+        self.chunks_dir.join(&s[0..2]).join(&s[2..4]).join(s)
+    }
+
+    /// The stored chunk, if any.
+    pub fn get(&self, id: &ChunkId) -> Option<StoredChunk> {
+        self.state
+            .lock()
+            .expect("store lock")
+            .chunks
+            .get(id)
+            .copied()
+    }
+
+    /// Number of chunks stored.
+    pub fn chunk_count(&self) -> u64 {
+        self.state.lock().expect("store lock").chunks.len() as u64
+    }
+
+    /// Ids of every stored chunk (for the scrubber).
+    pub fn ids(&self) -> Vec<ChunkId> {
+        let mut ids: Vec<_> = self
+            .state
+            .lock()
+            .expect("store lock")
+            .chunks
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every stored chunk, for a full report. The incremental additions and
+    /// removals pending so far are cleared, since the full report covers them.
+    pub fn full_report(&self) -> Vec<(ChunkId, StoredChunk)> {
+        let mut st = self.state.lock().expect("store lock");
+        st.delta.added.clear();
+        st.delta.removed.clear();
+        st.chunks.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Takes the changes since the previous call.
+    pub fn take_delta(&self) -> Delta {
+        std::mem::take(&mut self.state.lock().expect("store lock").delta)
+    }
+
+    /// Capacity now: the volume (statvfs) or `--capacity`, minus the reserve,
+    /// minus what open sessions were promised.
+    pub fn capacity(&self) -> Capacity {
+        let (used, promised, chunks) = {
+            let st = self.state.lock().expect("store lock");
+            (st.used, st.promised, st.chunks.len() as u64)
+        };
+        self.capacity_with(used, promised, chunks)
+    }
+
+    fn capacity_with(&self, used: u64, promised: u64, chunks: u64) -> Capacity {
+        let (fs_total, fs_avail) = match rustix::fs::statvfs(&self.chunks_dir) {
+            Ok(s) => (
+                s.f_blocks.saturating_mul(s.f_frsize),
+                s.f_bavail.saturating_mul(s.f_frsize),
+            ),
+            Err(e) => {
+                tracing::warn!("failed to statvfs the data directory: {e}");
+                (0, 0)
+            }
+        };
+        let volume_free = fs_avail.saturating_sub(self.reserve);
+        let (total, free) = match self.capacity {
+            Some(cap) => (cap, cap.saturating_sub(used).min(volume_free)),
+            None => (fs_total.saturating_sub(self.reserve), volume_free),
+        };
+        Capacity {
+            total,
+            free: free.saturating_sub(promised),
+            used,
+            promised,
+            chunks,
+        }
+    }
+
+    /// Promises `bytes` to a session; RESOURCE_EXHAUSTED-style refusal when
+    /// they do not fit next to what is already promised. The promise is
+    /// released when the returned guard drops.
+    pub fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, StoreError> {
+        let mut st = self.state.lock().expect("store lock");
+        let cap = self.capacity_with(st.used, st.promised, st.chunks.len() as u64);
+        if bytes > cap.free {
+            return Err(StoreError::NoSpace {
+                needed: bytes,
+                free: cap.free,
+            });
+        }
+        st.promised += bytes;
+        self.metrics.capacity_reserved.set(st.promised as i64);
+        Ok(Reservation {
+            store: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Starts writing chunk `id` into a fresh temp file.
+    pub fn create_writer(self: &Arc<Self>, id: &ChunkId) -> Result<ChunkWriter, StoreError> {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp_dir.join(format!("{id}.{n}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        Ok(ChunkWriter {
+            store: self.clone(),
+            id: id.clone(),
+            file: Some(file),
+            tmp,
+            size: 0,
+            crc: 0,
+            block_crc: 0,
+            block_len: 0,
+            table: Vec::new(),
+        })
+    }
+
+    fn commit(&self, id: &ChunkId, tmp: &Path, meta: StoredChunk) -> Result<(), StoreError> {
+        let dest = self.chunk_path(id);
+        let parent = dest.parent().expect("chunk path has a parent");
+        if !parent.exists() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+            // Make the new directories' entries durable too.
+            let grandparent = parent.parent().expect("fan-out dir has a parent");
+            sync_dir(grandparent)?;
+            sync_dir(&self.chunks_dir)?;
+        }
+        if self.crash_before_rename {
+            tracing::error!(chunk_id = %id, "fault injection: aborting before rename");
+            std::process::abort();
+        }
+        fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        sync_dir(parent)?;
+        {
+            let mut st = self.state.lock().expect("store lock");
+            if let Some(old) = st.chunks.insert(id.clone(), meta) {
+                st.used -= old.size;
+            }
+            st.used += meta.size;
+            st.delta.added.push((id.clone(), meta));
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Deletes chunk `id`; `Ok(false)` when it was not stored (still a
+    /// success: deletes are idempotent). The removal is reported either way so
+    /// the coordinator forgets the replica.
+    pub fn delete(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let path = self.chunk_path(id);
+        let existed = match fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        };
+        if existed && let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        {
+            let mut st = self.state.lock().expect("store lock");
+            if let Some(old) = st.chunks.remove(id) {
+                st.used -= old.size;
+            }
+            st.delta.removed.push(id.clone());
+        }
+        self.update_gauges();
+        Ok(existed)
+    }
+
+    /// Removes a chunk whose bytes no longer match and reports it as corrupt.
+    /// It is not kept aside: the coordinator re-replicates it from a good copy.
+    pub fn mark_corrupt(&self, id: &ChunkId, reason: &str) {
+        tracing::error!(chunk_id = %id, reason, "chunk is corrupt; removing it");
+        let path = self.chunk_path(id);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::error!(chunk_id = %id, "failed to remove corrupt chunk: {e}");
+        }
+        {
+            let mut st = self.state.lock().expect("store lock");
+            if let Some(old) = st.chunks.remove(id) {
+                st.used -= old.size;
+            }
+            if !st.delta.corrupt.contains(id) {
+                st.delta.corrupt.push(id.clone());
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Opens chunk `id` for reading (footer and block table validated).
+    pub fn open_reader(&self, id: &ChunkId) -> Result<ChunkReader, StoreError> {
+        if self.get(id).is_none() {
+            return Err(StoreError::NotFound {
+                chunk_id: id.clone(),
+            });
+        }
+        match ChunkReader::open_path(id, &self.chunk_path(id)) {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound {
+                    chunk_id: id.clone(),
+                })
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                self.metrics
+                    .checksum_failures
+                    .with_label_values(&["read"])
+                    .inc();
+                self.mark_corrupt(id, &e.to_string());
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Refreshes the capacity gauges.
+    pub fn update_gauges(&self) {
+        let cap = self.capacity();
+        self.metrics.chunks_stored.set(cap.chunks as i64);
+        self.metrics.capacity_used.set(cap.used as i64);
+        self.metrics.capacity_free.set(cap.free as i64);
+        self.metrics.capacity_total.set(cap.total as i64);
+        self.metrics.capacity_reserved.set(cap.promised as i64);
+    }
+
+    /// The metrics the store updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Space promised to an open session; released on drop.
+pub struct Reservation {
+    store: Arc<Store>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut st = self.store.state.lock().expect("store lock");
+        st.promised = st.promised.saturating_sub(self.bytes);
+        self.store.metrics.capacity_reserved.set(st.promised as i64);
+    }
+}
+
+/// A chunk being written to its temp file. Dropping it without
+/// [`ChunkWriter::finish`] removes the temp file: nothing partial stays.
+pub struct ChunkWriter {
+    store: Arc<Store>,
+    id: ChunkId,
+    file: Option<File>,
+    tmp: PathBuf,
+    size: u64,
+    crc: u32,
+    block_crc: u32,
+    block_len: usize,
+    table: Vec<u8>,
+}
+
+impl ChunkWriter {
+    /// Appends `data`, updating the whole-chunk and per-block checksums.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        let file = self.file.as_mut().expect("writer not finished");
+        file.write_all(data).map_err(io_err("write", &self.tmp))?;
+        self.size += data.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        while !data.is_empty() {
+            let n = (BLOCK_BYTES - self.block_len).min(data.len());
+            self.block_crc = crc32c::crc32c_append(self.block_crc, &data[..n]);
+            self.block_len += n;
+            data = &data[n..];
+            if self.block_len == BLOCK_BYTES {
+                self.table.extend_from_slice(&self.block_crc.to_le_bytes());
+                self.block_crc = 0;
+                self.block_len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Checks the size (and the checksum when known), appends the block table
+    /// and footer, fsyncs, renames into place and fsyncs the directory.
+    pub fn finish(
+        mut self,
+        expected_size: u64,
+        expected_checksum: Option<u32>,
+    ) -> Result<StoredChunk, StoreError> {
+        if self.size != expected_size {
+            return Err(StoreError::Mismatch {
+                chunk_id: self.id.clone(),
+                reason: format!("received {} bytes, expected {expected_size}", self.size),
+            });
+        }
+        if let Some(want) = expected_checksum
+            && want != self.crc
+        {
+            return Err(StoreError::Mismatch {
+                chunk_id: self.id.clone(),
+                reason: format!(
+                    "checksum mismatch: data has crc32c {:08x}, expected {want:08x}",
+                    self.crc
+                ),
+            });
+        }
+        if self.block_len > 0 {
+            self.table.extend_from_slice(&self.block_crc.to_le_bytes());
+        }
+        let footer = Footer {
+            size: self.size,
+            checksum: self.crc,
+            block_bytes: BLOCK_BYTES as u32,
+            table_crc: crc32c::crc32c(&self.table),
+        }
+        .encode();
+        let mut file = self.file.take().expect("writer not finished");
+        let tmp = self.tmp.clone();
+        let result = (|| {
+            file.write_all(&self.table).map_err(io_err("write", &tmp))?;
+            file.write_all(&footer).map_err(io_err("write", &tmp))?;
+            file.sync_all().map_err(io_err("fsync", &tmp))?;
+            drop(file);
+            let meta = StoredChunk {
+                size: self.size,
+                checksum: self.crc,
+            };
+            self.store.commit(&self.id, &tmp, meta)?;
+            Ok(meta)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        // Either renamed or removed: nothing for Drop to clean.
+        self.tmp = PathBuf::new();
+        result
+    }
+}
+
+impl Drop for ChunkWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.file.take();
+            if let Err(e) = fs::remove_file(&self.tmp)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %self.tmp.display(), "failed to remove partial chunk: {e}");
+            }
+        }
+    }
+}
+
+struct Footer {
+    size: u64,
+    checksum: u32,
+    block_bytes: u32,
+    table_crc: u32,
+}
+
+impl Footer {
+    fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..16].copy_from_slice(&self.size.to_le_bytes());
+        b[16..20].copy_from_slice(&self.checksum.to_le_bytes());
+        b[20..24].copy_from_slice(&self.block_bytes.to_le_bytes());
+        // Algorithm 1 = CRC32C, as in the protocol's ChecksumAlgorithm.
+        b[24..28].copy_from_slice(&1u32.to_le_bytes());
+        b[28..32].copy_from_slice(&self.table_crc.to_le_bytes());
+        // 32..36 reserved (zero).
+        let crc = crc32c::crc32c(&b[..36]);
+        b[36..40].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; FOOTER_LEN]) -> Result<Footer, String> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        if &b[0..8] != MAGIC {
+            return Err("bad footer magic".into());
+        }
+        if crc32c::crc32c(&b[..36]) != u32_at(36) {
+            return Err("footer checksum mismatch".into());
+        }
+        if u32_at(24) != 1 {
+            return Err(format!("unknown checksum algorithm {}", u32_at(24)));
+        }
+        let block_bytes = u32_at(20);
+        if block_bytes == 0 {
+            return Err("zero block size".into());
+        }
+        Ok(Footer {
+            size: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            checksum: u32_at(16),
+            block_bytes,
+            table_crc: u32_at(28),
+        })
+    }
+}
+
+/// An open chunk whose footer and block table validated. Every byte it hands
+/// out belongs to a block whose checksum was verified just before.
+pub struct ChunkReader {
+    id: ChunkId,
+    file: File,
+    path: PathBuf,
+    footer: Footer,
+    table: Vec<u32>,
+}
+
+impl ChunkReader {
+    fn open_path(id: &ChunkId, path: &Path) -> Result<ChunkReader, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            chunk_id: id.clone(),
+            reason,
+        };
+        let file = File::open(path).map_err(io_err("open", path))?;
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        if len < FOOTER_LEN as u64 {
+            return Err(corrupt(format!("file of {len} bytes has no footer")));
+        }
+        let mut fb = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut fb, len - FOOTER_LEN as u64)
+            .map_err(io_err("read footer", path))?;
+        let footer = Footer::decode(&fb).map_err(corrupt)?;
+        let blocks = footer.size.div_ceil(footer.block_bytes as u64);
+        if footer.size + blocks * 4 + FOOTER_LEN as u64 != len {
+            return Err(corrupt(format!(
+                "file length {len} does not match size {}",
+                footer.size
+            )));
+        }
+        let mut raw = vec![0u8; blocks as usize * 4];
+        file.read_exact_at(&mut raw, footer.size)
+            .map_err(io_err("read block table", path))?;
+        if crc32c::crc32c(&raw) != footer.table_crc {
+            return Err(corrupt("block table checksum mismatch".into()));
+        }
+        let table = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(ChunkReader {
+            id: id.clone(),
+            file,
+            path: path.to_path_buf(),
+            footer,
+            table,
+        })
+    }
+
+    /// Size and checksum recorded for the chunk.
+    pub fn meta(&self) -> StoredChunk {
+        StoredChunk {
+            size: self.footer.size,
+            checksum: self.footer.checksum,
+        }
+    }
+
+    /// Reads `[offset, offset + length)` (length 0 = to the end), block by
+    /// block into `scratch` (reused by the caller), verifying each block
+    /// before passing the requested part of it to `emit`. A whole-chunk read
+    /// also checks the whole-chunk checksum. `emit` returning false stops the
+    /// read with [`StoreError::Cancelled`].
+    pub fn read_range(
+        &self,
+        offset: u64,
+        length: u64,
+        scratch: &mut Vec<u8>,
+        mut emit: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let size = self.footer.size;
+        let length = if length == 0 {
+            size.saturating_sub(offset)
+        } else {
+            length
+        };
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= size && offset <= size)
+            .ok_or_else(|| StoreError::OutOfRange {
+                chunk_id: self.id.clone(),
+                offset,
+                length,
+                size,
+            })?;
+        if length == 0 {
+            return Ok(());
+        }
+        let bs = self.footer.block_bytes as u64;
+        let whole = offset == 0 && end == size;
+        let mut crc = 0u32;
+        for block in offset / bs..end.div_ceil(bs) {
+            let start = block * bs;
+            let len = bs.min(size - start) as usize;
+            scratch.resize(len, 0);
+            self.file
+                .read_exact_at(scratch, start)
+                .map_err(io_err("read", &self.path))?;
+            let got = crc32c::crc32c(scratch);
+            if got != self.table[block as usize] {
+                return Err(StoreError::Corrupt {
+                    chunk_id: self.id.clone(),
+                    reason: format!("block {block} checksum mismatch"),
+                });
+            }
+            if whole {
+                crc = crc32c::crc32c_append(crc, scratch);
+            }
+            let from = offset.saturating_sub(start) as usize;
+            let to = (end - start).min(len as u64) as usize;
+            if !emit(&scratch[from..to]) {
+                return Err(StoreError::Cancelled);
+            }
+        }
+        if whole && crc != self.footer.checksum {
+            return Err(StoreError::Corrupt {
+                chunk_id: self.id.clone(),
+                reason: "whole-chunk checksum mismatch".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        out.push(entry.map_err(io_err("list", dir))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Fsyncs a directory so a rename or creation inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(contents).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId::parse(&format!("{n:02x}{}", "ab".repeat(15))).unwrap()
+    }
+
+    fn store(dir: &Path) -> Arc<Store> {
+        Store::open(dir, None, 0, Metrics::new()).unwrap()
+    }
+
+    fn write(store: &Arc<Store>, id: &ChunkId, data: &[u8]) -> StoredChunk {
+        let mut w = store.create_writer(id).unwrap();
+        for part in data.chunks(100_000) {
+            w.write(part).unwrap();
+        }
+        w.finish(data.len() as u64, Some(crc32c::crc32c(data)))
+            .unwrap()
+    }
+
+    fn read(store: &Store, id: &ChunkId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let r = store.open_reader(id)?;
+        let mut out = Vec::new();
+        r.read_range(offset, len, &mut Vec::new(), |b| {
+            out.extend_from_slice(b);
+            true
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn writes_reads_ranges_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data: Vec<u8> = (0..(BLOCK_BYTES * 2 + 1234))
+            .map(|i| (i * 7) as u8)
+            .collect();
+        let meta = write(&s, &id(1), &data);
+        assert_eq!(meta.size, data.len() as u64);
+        assert_eq!(read(&s, &id(1), 0, 0).unwrap(), data);
+        for (off, len) in [(0u64, 1u64), (BLOCK_BYTES as u64 - 3, 10), (1000, 300_000)] {
+            assert_eq!(
+                read(&s, &id(1), off, len).unwrap(),
+                &data[off as usize..(off + len) as usize]
+            );
+        }
+        assert!(matches!(
+            read(&s, &id(1), data.len() as u64, 1),
+            Err(StoreError::OutOfRange { .. })
+        ));
+        write(&s, &id(2), b"");
+        drop(s);
+        let s = store(dir.path());
+        assert_eq!(s.chunk_count(), 2);
+        assert_eq!(s.get(&id(1)), Some(meta));
+        assert_eq!(read(&s, &id(2), 0, 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn mismatch_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut w = s.create_writer(&id(3)).unwrap();
+        w.write(b"hello").unwrap();
+        assert!(matches!(
+            w.finish(5, Some(1)),
+            Err(StoreError::Mismatch { .. })
+        ));
+        let mut w = s.create_writer(&id(3)).unwrap();
+        w.write(b"hel").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(s.get(&id(3)).is_none());
+    }
+
+    #[test]
+    fn flipped_byte_is_detected_in_the_touched_block_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data = vec![5u8; BLOCK_BYTES * 2];
+        write(&s, &id(4), &data);
+        let path = s.chunk_path(&id(4));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[BLOCK_BYTES + 10] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        // The first block is intact and still served.
+        assert_eq!(read(&s, &id(4), 0, 100).unwrap(), vec![5u8; 100]);
+        assert!(matches!(
+            read(&s, &id(4), 0, 0),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn reservations_count_against_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Some(1000), 0, Metrics::new()).unwrap();
+        let a = s.reserve(600).unwrap();
+        assert!(matches!(s.reserve(600), Err(StoreError::NoSpace { .. })));
+        drop(a);
+        let _b = s.reserve(600).unwrap();
+    }
+}
