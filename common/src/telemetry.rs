@@ -1,5 +1,7 @@
 //! Tracing set-up for the binaries: human-readable logs on stderr, filtered
-//! by `RUST_LOG` (default `info`).
+//! by `RUST_LOG` (default `info`), coloured only when stderr is a terminal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,5 +13,7 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for people; log files stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
