@@ -1,1 +1,274 @@
-//! dfs coordinator (placeholder until its issue lands).
+//! The dfs coordinator: namespace, placement, durable metadata, datanode
+//! liveness and automatic re-replication.
+//!
+//! ```text
+//!            gRPC (service.rs: validation, Status mapping, metrics)
+//!              │ reads                         │ mutations
+//!              ▼                               ▼
+//!   ┌──── State (one lock) ────┐      store::Committer (group commit)
+//!   │ namespace::Namespace  ◀──┼────── apply(Command) ─▶ redb log + snapshot
+//!   │ cluster::Cluster         │
+//!   │   liveness, replica map, │ ◀── heartbeats (chunk reports)
+//!   │   outboxes               │ ──▶ tick: repair::plan, placement, orphans
+//!   └──────────────────────────┘
+//! ```
+//!
+//! - [`namespace`]: the pure metadata state machine (commands → state).
+//! - [`store`]: redb operations log + snapshots, group commit.
+//! - [`placement`] and [`repair`]: pure planning functions.
+//! - [`cluster`]: soft state (liveness, replica locations) and the repair driver.
+//! - [`service`]: the gRPC edge; [`metrics`]: Prometheus.
+
+pub mod cluster;
+pub mod config;
+pub mod metrics;
+pub mod namespace;
+pub mod path;
+pub mod placement;
+pub mod repair;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfs_common::http::Readiness;
+use dfs_common::time::now_unix_ms;
+use dfs_common::transport;
+use dfs_proto::coordinator_server::CoordinatorServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use metrics::Metrics;
+
+use crate::cluster::{Cluster, Timing};
+use crate::namespace::Command;
+use crate::service::{CoordinatorService, Ctx, Hook, State};
+use crate::store::{Committer, ProposeError, Store, StoreError};
+
+/// Why the coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A listener could not be bound.
+    #[error("failed to bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The metadata store failed to open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Initialising the cluster id failed.
+    #[error("failed to initialise cluster id: {0}")]
+    Init(#[from] ProposeError),
+    /// The gRPC server failed.
+    #[error("failed to serve gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// A background task panicked.
+    #[error("failed to join {task}: {source}")]
+    Join {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Binds `--listen` and `--metrics-addr`, then serves until `shutdown`
+/// resolves (or stdin closes with `--exit-with-parent`).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    config.validate()?;
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| CoordinatorError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let metrics = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| CoordinatorError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    serve(config, grpc, metrics, shutdown).await
+}
+
+fn timing(config: &Config) -> Timing {
+    Timing {
+        heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+        suspect_after_ms: config.suspect_after().as_millis() as u64,
+        dead_after_ms: config.dead_after.as_millis() as u64,
+        orphan_grace_ms: config.orphan_grace.as_millis() as u64,
+        over_replication_grace_ms: config.over_replication_grace.as_millis() as u64,
+        repair_streams_per_node: config.repair_streams_per_node,
+        repair_bytes_per_second: config.repair_bytes_per_second.0,
+        chunk_size: config.chunk_size.0,
+    }
+}
+
+async fn stdin_eof() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 512];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Serves on pre-bound listeners (gRPC and metrics); `listen` and
+/// `metrics_addr` in `config` are ignored. Tests bind `127.0.0.1:0`.
+pub async fn serve(
+    config: Config,
+    grpc: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CoordinatorError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    let (store, ns) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .map_err(|source| CoordinatorError::Join {
+            task: "store open",
+            source,
+        })??;
+    let cluster = Cluster::new(timing(&config), &ns, now_unix_ms());
+    let needs_id = ns.cluster_id().is_empty();
+    let state = Arc::new(Mutex::new(State { ns, cluster }));
+    let (committer, commit_task) = Committer::start(store, state.clone(), Hook);
+    if needs_id {
+        committer
+            .propose(Command::InitCluster {
+                cluster_id: format!("{:032x}", rand::random::<u128>()),
+            })
+            .await?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Ctx {
+        state,
+        committer,
+        config: config.clone(),
+        metrics: metrics.clone(),
+        streams: Mutex::new(Default::default()),
+        shutdown: stop_rx.clone(),
+    });
+    {
+        let ctx = ctx.clone();
+        let exit_with_parent = config.exit_with_parent;
+        tokio::spawn(async move {
+            let parent = async {
+                if exit_with_parent {
+                    stdin_eof().await;
+                    tracing::info!("stdin closed, shutting down");
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = shutdown => {}
+                () = parent => {}
+            }
+            let _ = stop_tx.send(true);
+            ctx.streams.lock().expect("streams lock poisoned").clear();
+        });
+    }
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let readiness = Readiness::default();
+    let metrics_task = tokio::spawn(dfs_common::http::serve(
+        metrics_listener,
+        metrics.registry.clone(),
+        readiness.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let tick_task = tokio::spawn(tick_loop(ctx.clone(), stop_rx.clone()));
+
+    let svc = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
+        .max_decoding_message_size(transport::MAX_MESSAGE_BYTES.max(64 << 20))
+        .max_encoding_message_size(usize::MAX);
+    let addr = grpc.local_addr().ok();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        grpc = ?addr,
+        data_dir = %config.data_dir.display(),
+        "coordinator serving"
+    );
+    readiness.set(true);
+    drop(ctx);
+    let served = transport::server()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(transport::incoming(grpc), stopped(stop_rx))
+        .await;
+    readiness.set(false);
+    tick_task.await.map_err(|source| CoordinatorError::Join {
+        task: "repair loop",
+        source,
+    })?;
+    match metrics_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("metrics endpoint failed: {e}"),
+        Err(e) => tracing::warn!("metrics endpoint panicked: {e}"),
+    }
+    commit_task.await.map_err(|source| CoordinatorError::Join {
+        task: "committer",
+        source,
+    })?;
+    served?;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn tick_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let period = (ctx.config.heartbeat_interval / 2)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let now = now_unix_ms();
+        let expired = {
+            let mut guard = ctx.lock();
+            let st = &mut *guard;
+            st.cluster.tick(&st.ns, now);
+            let status = st.cluster.status(&st.ns, now);
+            let states: Vec<_> = status.iter().map(|s| s.state).collect();
+            ctx.metrics.refresh(
+                &states,
+                st.cluster.capacity(&st.ns, now),
+                st.ns.file_count(),
+                st.ns.dir_count(),
+                st.ns.chunk_count(),
+                st.cluster.stats(),
+                &st.cluster.heartbeat_ages(now),
+            );
+            st.ns.uploads().values().any(|u| u.expires_at_ms <= now)
+        };
+        ctx.flush_outboxes();
+        if expired {
+            match ctx
+                .committer
+                .propose(Command::ExpireUploads { now_ms: now })
+                .await
+            {
+                Ok(outcome) => tracing::info!(?outcome, "expired uploads"),
+                Err(e) => tracing::warn!("failed to expire uploads: {e:#}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,1219 @@
+//! Soft cluster state: datanode liveness, the replica map, command outboxes
+//! and the repair loop's driver. No I/O: the clock is passed in, commands are
+//! queued per node for the gRPC edge to deliver.
+//!
+//! ```text
+//!   heartbeats ──▶ Cluster::on_heartbeat ──▶ replica map, liveness
+//!   every tick ──▶ Cluster::tick ──▶ repair::plan / excess / orphans ──▶ outboxes
+//! ```
+//!
+//! Replica locations are not part of the durable state machine (like HDFS
+//! block locations): they are seeded at start from the replicas recorded at
+//! confirm time and reconciled by the datanodes' chunk reports.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::namespace::{ChunkId, ChunkOwner, ChunkRecord, Namespace, NodeId, NodeRecord};
+use crate::placement::Candidate;
+use crate::repair::{self, Need};
+
+/// Timing and throttling settings.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Expected heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a node is suspect.
+    pub suspect_after_ms: u64,
+    /// Silence after which a node is dead.
+    pub dead_after_ms: u64,
+    /// How long an unreferenced chunk lives before deletion.
+    pub orphan_grace_ms: u64,
+    /// How long a chunk stays over-replicated before the excess is deleted.
+    pub over_replication_grace_ms: u64,
+    /// Concurrent repair streams per node (as source or target).
+    pub repair_streams_per_node: u32,
+    /// Repair bandwidth per node (0 = unthrottled).
+    pub repair_bytes_per_second: u64,
+    /// Default chunk size (a node with less free space is full).
+    pub chunk_size: u64,
+}
+
+/// Self-reported node health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// Not reported.
+    #[default]
+    Unspecified,
+    /// Serving reads and writes.
+    Healthy,
+    /// No room.
+    Full,
+    /// Serving with errors.
+    Degraded,
+    /// Shutting down.
+    Draining,
+}
+
+/// Capacity and health a node reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Free bytes.
+    pub free_bytes: u64,
+    /// Usable bytes.
+    pub total_bytes: u64,
+    /// Health.
+    pub health: Health,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// Stored chunks.
+    pub chunk_count: u64,
+    /// Open sessions.
+    pub active_sessions: u32,
+    /// Reserved bytes.
+    pub reserved_bytes: u64,
+}
+
+/// A node's state as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Heartbeating, accepting chunks.
+    Healthy,
+    /// Heartbeating, no room.
+    Full,
+    /// Silent for a short while.
+    Suspect,
+    /// Silent past dead-after.
+    Dead,
+    /// Being decommissioned.
+    Draining,
+    /// Drained.
+    Decommissioned,
+    /// In maintenance.
+    Maintenance,
+}
+
+impl NodeState {
+    /// Every state, for metrics.
+    pub const ALL: [NodeState; 7] = [
+        NodeState::Healthy,
+        NodeState::Full,
+        NodeState::Suspect,
+        NodeState::Dead,
+        NodeState::Draining,
+        NodeState::Decommissioned,
+        NodeState::Maintenance,
+    ];
+
+    /// Lowercase label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeState::Healthy => "healthy",
+            NodeState::Full => "full",
+            NodeState::Suspect => "suspect",
+            NodeState::Dead => "dead",
+            NodeState::Draining => "draining",
+            NodeState::Decommissioned => "decommissioned",
+            NodeState::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// Identity and checksum of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkMetaRec {
+    /// Chunk id.
+    pub id: ChunkId,
+    /// Checksum.
+    pub checksum: u32,
+    /// Size.
+    pub size: u64,
+    /// Algorithm (wire value).
+    pub algorithm: i32,
+}
+
+/// A command for a datanode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Copy a chunk to another node.
+    Replicate {
+        command_id: u64,
+        chunk: ChunkMetaRec,
+        target_id: NodeId,
+        target_address: String,
+        max_bytes_per_second: u64,
+    },
+    /// Delete chunks.
+    Delete {
+        command_id: u64,
+        chunk_ids: Vec<ChunkId>,
+    },
+}
+
+/// Result of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Command id.
+    pub command_id: u64,
+    /// Success.
+    pub ok: bool,
+    /// Error message.
+    pub error: String,
+}
+
+/// A batch of a full chunk report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportBatch {
+    /// Chunks held.
+    pub chunks: Vec<ChunkId>,
+    /// First batch.
+    pub first: bool,
+    /// Last batch.
+    pub last: bool,
+}
+
+/// One heartbeat, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatEvent {
+    /// Sender.
+    pub node_id: NodeId,
+    /// Capacity and health.
+    pub info: NodeInfo,
+    /// Part of a full report.
+    pub report: Option<ReportBatch>,
+    /// Chunks stored since the last heartbeat.
+    pub added: Vec<ChunkId>,
+    /// Chunks removed.
+    pub removed: Vec<ChunkId>,
+    /// Chunks found corrupt.
+    pub corrupt: Vec<ChunkId>,
+    /// Command results.
+    pub results: Vec<CommandOutcome>,
+}
+
+/// Errors of the cluster layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Heartbeat or admin call for a node that is not registered.
+    #[error("datanode {node_id} is not registered (register first)")]
+    UnknownNode { node_id: NodeId },
+}
+
+/// A datanode as reported by status calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Durable record.
+    pub record: NodeRecord,
+    /// State.
+    pub state: NodeState,
+    /// Last reported info.
+    pub info: NodeInfo,
+    /// Last heartbeat (ms).
+    pub last_heartbeat_ms: u64,
+    /// Replicas recorded on it.
+    pub chunk_count: u64,
+    /// Safe to remove (draining nodes).
+    pub safe_to_remove: bool,
+    /// End of maintenance (ms, 0 when none).
+    pub maintenance_until_ms: u64,
+}
+
+/// Redundancy summary, refreshed each tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedundancyStats {
+    /// Chunks below their factor with at least one live replica.
+    pub under_replicated: u64,
+    /// Chunks with no live replica.
+    pub missing: u64,
+    /// Chunks above their factor.
+    pub over_replicated: u64,
+    /// Chunks waiting for (or in) repair.
+    pub repair_queue: u64,
+    /// Repairs in flight.
+    pub repairs_in_flight: u64,
+    /// Bytes still to copy.
+    pub repair_bytes_remaining: u64,
+    /// Seconds until full redundancy at the current rate.
+    pub repair_eta_seconds: u64,
+    /// Repairs completed since start.
+    pub repairs_completed: u64,
+    /// Orphan replicas deleted since start.
+    pub orphans_deleted: u64,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    info: NodeInfo,
+    last_heartbeat_ms: u64,
+    maintenance_until_ms: u64,
+    planned_bytes: u64,
+    outbox: Vec<NodeCommand>,
+    report: Option<HashSet<ChunkId>>,
+    chunks: HashSet<ChunkId>,
+    safe_to_remove: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Repair {
+    chunk_id: ChunkId,
+    source: NodeId,
+    target: NodeId,
+    size: u64,
+    deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+/// Per-node facts computed once per tick.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    state: NodeState,
+    liveness: Liveness,
+    /// Its replicas count toward the replication factor.
+    counts: bool,
+    /// May send a chunk now.
+    source: bool,
+}
+
+/// The soft cluster state.
+#[derive(Debug)]
+pub struct Cluster {
+    timing: Timing,
+    live: HashMap<NodeId, Live>,
+    replicas: HashMap<ChunkId, BTreeSet<NodeId>>,
+    orphan_since: HashMap<ChunkId, u64>,
+    over_since: HashMap<ChunkId, u64>,
+    inflight: HashMap<u64, Repair>,
+    next_command_id: u64,
+    completions: VecDeque<(u64, u64)>,
+    stats: RedundancyStats,
+    rng: StdRng,
+}
+
+const RATE_WINDOW_MS: u64 = 60_000;
+
+impl Cluster {
+    /// Builds the soft state for a freshly loaded namespace: every known node
+    /// is considered heard from at `now_ms`, replicas come from the confirm
+    /// records.
+    pub fn new(timing: Timing, ns: &Namespace, now_ms: u64) -> Self {
+        let mut cluster = Cluster {
+            timing,
+            live: HashMap::new(),
+            replicas: HashMap::new(),
+            orphan_since: HashMap::new(),
+            over_since: HashMap::new(),
+            inflight: HashMap::new(),
+            next_command_id: 1,
+            completions: VecDeque::new(),
+            stats: RedundancyStats::default(),
+            rng: StdRng::from_os_rng(),
+        };
+        for id in ns.nodes().keys() {
+            cluster.live.insert(
+                id.clone(),
+                Live {
+                    last_heartbeat_ms: now_ms,
+                    ..Live::default()
+                },
+            );
+        }
+        let mut seeds = Vec::new();
+        ns.for_each_file_chunk(|_, c| seeds.push(c.clone()));
+        cluster.on_confirmed(&seeds);
+        cluster
+    }
+
+    /// The timing settings.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    fn add_replica(&mut self, chunk: &str, node: &str) {
+        self.replicas
+            .entry(chunk.to_string())
+            .or_default()
+            .insert(node.to_string());
+        if let Some(l) = self.live.get_mut(node) {
+            l.chunks.insert(chunk.to_string());
+        }
+    }
+
+    fn remove_replica(&mut self, chunk: &str, node: &str) {
+        if let Some(set) = self.replicas.get_mut(chunk) {
+            set.remove(node);
+            if set.is_empty() {
+                self.replicas.remove(chunk);
+            }
+        }
+        if let Some(l) = self.live.get_mut(node) {
+            l.chunks.remove(chunk);
+        }
+    }
+
+    /// Records the replicas of freshly confirmed chunks.
+    pub fn on_confirmed(&mut self, chunks: &[ChunkRecord]) {
+        for c in chunks {
+            for n in &c.replicas {
+                self.add_replica(&c.id, n);
+            }
+        }
+    }
+
+    /// A node registered (or re-registered).
+    pub fn on_register(&mut self, node_id: &str, info: NodeInfo, now_ms: u64) {
+        let live = self.live.entry(node_id.to_string()).or_default();
+        live.info = info;
+        live.last_heartbeat_ms = now_ms;
+        live.planned_bytes = 0;
+    }
+
+    /// Applies one heartbeat; returns the commands to deliver with the reply
+    /// and the node's state.
+    pub fn on_heartbeat(
+        &mut self,
+        ns: &Namespace,
+        ev: HeartbeatEvent,
+        now_ms: u64,
+    ) -> Result<(Vec<NodeCommand>, NodeState), ClusterError> {
+        let Some(record) = ns.nodes().get(&ev.node_id) else {
+            return Err(ClusterError::UnknownNode {
+                node_id: ev.node_id,
+            });
+        };
+        let node = ev.node_id.as_str();
+        {
+            let live = self.live.entry(ev.node_id.clone()).or_default();
+            live.info = ev.info;
+            live.last_heartbeat_ms = now_ms;
+            live.planned_bytes = 0;
+        }
+        if let Some(batch) = &ev.report {
+            let live = self.live.get_mut(node).expect("inserted above");
+            if batch.first || live.report.is_none() {
+                live.report = Some(HashSet::new());
+            }
+            let seen = live.report.as_mut().expect("set above");
+            seen.extend(batch.chunks.iter().cloned());
+            for c in &batch.chunks {
+                self.add_replica(c, node);
+            }
+            if batch.last {
+                let live = self.live.get_mut(node).expect("inserted above");
+                let seen = live.report.take().unwrap_or_default();
+                let lost: Vec<ChunkId> = live
+                    .chunks
+                    .iter()
+                    .filter(|c| !seen.contains(*c))
+                    .cloned()
+                    .collect();
+                if !lost.is_empty() {
+                    tracing::info!(
+                        node_id = node,
+                        lost = lost.len(),
+                        "full report: replicas gone"
+                    );
+                }
+                for c in lost {
+                    self.remove_replica(&c, node);
+                }
+            }
+        }
+        for c in &ev.added {
+            self.add_replica(c, node);
+            let done: Vec<u64> = self
+                .inflight
+                .iter()
+                .filter(|(_, r)| r.chunk_id == *c && r.target == node)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in done {
+                let r = self.inflight.remove(&id).expect("listed above");
+                self.stats.repairs_completed += 1;
+                self.completions.push_back((now_ms, r.size));
+            }
+        }
+        for c in &ev.removed {
+            self.remove_replica(c, node);
+        }
+        for c in &ev.corrupt {
+            tracing::warn!(node_id = node, chunk_id = %c, "corrupt replica reported; repairing");
+            self.remove_replica(c, node);
+        }
+        for r in &ev.results {
+            if !r.ok {
+                tracing::warn!(node_id = node, command_id = r.command_id, error = %r.error, "command failed");
+                self.inflight.remove(&r.command_id);
+            }
+        }
+        let record = record.clone();
+        let live = self.live.get_mut(node).expect("inserted above");
+        let commands = std::mem::take(&mut live.outbox);
+        let state = self.view(&record, now_ms).state;
+        Ok((commands, state))
+    }
+
+    /// Takes the queued commands of a node.
+    pub fn take_outbox(&mut self, node_id: &str) -> Vec<NodeCommand> {
+        self.live
+            .get_mut(node_id)
+            .map(|l| std::mem::take(&mut l.outbox))
+            .unwrap_or_default()
+    }
+
+    /// Nodes with queued commands.
+    pub fn nodes_with_commands(&self) -> Vec<NodeId> {
+        self.live
+            .iter()
+            .filter(|(_, l)| !l.outbox.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Puts a node into maintenance until `until_ms` (0 ends it).
+    pub fn set_maintenance(&mut self, node_id: &str, until_ms: u64) {
+        self.live
+            .entry(node_id.to_string())
+            .or_default()
+            .maintenance_until_ms = until_ms;
+    }
+
+    fn view(&self, record: &NodeRecord, now_ms: u64) -> View {
+        let default = Live::default();
+        let live = self.live.get(&record.node_id).unwrap_or(&default);
+        let age = now_ms.saturating_sub(live.last_heartbeat_ms);
+        let liveness = if age >= self.timing.dead_after_ms {
+            Liveness::Dead
+        } else if age >= self.timing.suspect_after_ms {
+            Liveness::Suspect
+        } else {
+            Liveness::Alive
+        };
+        let maintenance = live.maintenance_until_ms > now_ms;
+        let state = if maintenance {
+            NodeState::Maintenance
+        } else if record.draining && live.safe_to_remove {
+            NodeState::Decommissioned
+        } else if liveness == Liveness::Dead {
+            NodeState::Dead
+        } else if record.draining {
+            NodeState::Draining
+        } else if liveness == Liveness::Suspect {
+            NodeState::Suspect
+        } else if live.info.health == Health::Full
+            || live.info.free_bytes < self.timing.chunk_size.min(live.info.total_bytes.max(1))
+        {
+            NodeState::Full
+        } else {
+            NodeState::Healthy
+        };
+        View {
+            state,
+            liveness,
+            counts: !record.draining && (maintenance || liveness != Liveness::Dead),
+            source: liveness == Liveness::Alive && !maintenance,
+        }
+    }
+
+    /// Nodes that may receive new chunks, with free space net of what was
+    /// planned on them since their last heartbeat.
+    pub fn placement_candidates(&self, ns: &Namespace, now_ms: u64) -> Vec<Candidate> {
+        ns.nodes()
+            .values()
+            .filter_map(|rec| {
+                let live = self.live.get(&rec.node_id)?;
+                let view = self.view(rec, now_ms);
+                let ok_health = matches!(live.info.health, Health::Healthy | Health::Unspecified);
+                (view.state == NodeState::Healthy && ok_health).then(|| Candidate {
+                    node_id: rec.node_id.clone(),
+                    zone: rec.topology.zone.clone(),
+                    rack: rec.topology.rack.clone(),
+                    host: rec.topology.host.clone(),
+                    free_bytes: live.info.free_bytes.saturating_sub(live.planned_bytes),
+                })
+            })
+            .collect()
+    }
+
+    /// Accounts bytes planned on a node until its next heartbeat.
+    pub fn reserve(&mut self, node_id: &str, bytes: u64) {
+        if let Some(l) = self.live.get_mut(node_id) {
+            l.planned_bytes = l.planned_bytes.saturating_add(bytes);
+        }
+    }
+
+    /// Live replicas of a chunk, healthiest first (never dead nodes).
+    pub fn read_replicas(&self, ns: &Namespace, chunk_id: &str, now_ms: u64) -> Vec<NodeRecord> {
+        let Some(holders) = self.replicas.get(chunk_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(u8, u64, NodeRecord)> = holders
+            .iter()
+            .filter_map(|n| {
+                let rec = ns.nodes().get(n)?;
+                let view = self.view(rec, now_ms);
+                let live = self.live.get(n)?;
+                let rank = match (view.liveness, view.state) {
+                    (Liveness::Dead, _) => return None,
+                    (Liveness::Suspect, _) => 2,
+                    (_, NodeState::Healthy) if live.info.health != Health::Degraded => 0,
+                    _ => 1,
+                };
+                Some((rank, u64::MAX - live.info.free_bytes, rec.clone()))
+            })
+            .collect();
+        out.sort_by_key(|a| (a.0, a.1));
+        out.into_iter().map(|(_, _, r)| r).collect()
+    }
+
+    /// Every node with its state.
+    pub fn status(&self, ns: &Namespace, now_ms: u64) -> Vec<NodeStatus> {
+        ns.nodes()
+            .values()
+            .map(|rec| {
+                let default = Live::default();
+                let live = self.live.get(&rec.node_id).unwrap_or(&default);
+                let view = self.view(rec, now_ms);
+                NodeStatus {
+                    record: rec.clone(),
+                    state: view.state,
+                    info: live.info,
+                    last_heartbeat_ms: live.last_heartbeat_ms,
+                    chunk_count: live.chunks.len() as u64,
+                    safe_to_remove: rec.draining && live.safe_to_remove,
+                    maintenance_until_ms: if live.maintenance_until_ms > now_ms {
+                        live.maintenance_until_ms
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The latest redundancy summary.
+    pub fn stats(&self) -> RedundancyStats {
+        self.stats
+    }
+
+    /// Holders of a chunk (any state), for tests and diagnostics.
+    pub fn holders(&self, chunk_id: &str) -> Vec<NodeId> {
+        self.replicas
+            .get(chunk_id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn command_id(&mut self) -> u64 {
+        let id = self.next_command_id;
+        self.next_command_id += 1;
+        id
+    }
+
+    /// One pass of the repair loop: expires maintenance and stale repairs,
+    /// plans re-replication, deletes over-replicated and orphan replicas
+    /// after their grace periods, refreshes the summary.
+    pub fn tick(&mut self, ns: &Namespace, now_ms: u64) {
+        for (id, l) in &mut self.live {
+            if l.maintenance_until_ms != 0 && l.maintenance_until_ms <= now_ms {
+                tracing::info!(node_id = %id, "maintenance ended");
+                l.maintenance_until_ms = 0;
+            }
+        }
+        self.inflight.retain(|id, r| {
+            let keep = r.deadline_ms > now_ms;
+            if !keep {
+                tracing::warn!(command_id = id, chunk_id = %r.chunk_id, "repair timed out");
+            }
+            keep
+        });
+        while self
+            .completions
+            .front()
+            .is_some_and(|(t, _)| t + RATE_WINDOW_MS < now_ms)
+        {
+            self.completions.pop_front();
+        }
+
+        let views: HashMap<&str, View> = ns
+            .nodes()
+            .values()
+            .map(|r| (r.node_id.as_str(), self.view(r, now_ms)))
+            .collect();
+        let mut inflight_by_chunk: HashMap<&str, u32> = HashMap::new();
+        let mut busy: HashMap<String, u32> = HashMap::new();
+        for r in self.inflight.values() {
+            *inflight_by_chunk.entry(r.chunk_id.as_str()).or_default() += 1;
+            *busy.entry(r.source.clone()).or_default() += 1;
+            *busy.entry(r.target.clone()).or_default() += 1;
+        }
+        let topology: HashMap<String, Candidate> = ns
+            .nodes()
+            .values()
+            .map(|r| {
+                let free = self
+                    .live
+                    .get(&r.node_id)
+                    .map(|l| l.info.free_bytes)
+                    .unwrap_or(0);
+                (
+                    r.node_id.clone(),
+                    Candidate {
+                        node_id: r.node_id.clone(),
+                        zone: r.topology.zone.clone(),
+                        rack: r.topology.rack.clone(),
+                        host: r.topology.host.clone(),
+                        free_bytes: free,
+                    },
+                )
+            })
+            .collect();
+
+        let mut stats = RedundancyStats {
+            repairs_completed: self.stats.repairs_completed,
+            orphans_deleted: self.stats.orphans_deleted,
+            ..RedundancyStats::default()
+        };
+        let mut needs = Vec::new();
+        let mut deletes: HashMap<NodeId, Vec<ChunkId>> = HashMap::new();
+        let mut over_now: HashSet<ChunkId> = HashSet::new();
+        let empty = BTreeSet::new();
+        for (chunk, owner) in ns.chunk_index() {
+            let ChunkOwner::File {
+                size, replication, ..
+            } = *owner
+            else {
+                continue;
+            };
+            let holders = self.replicas.get(chunk).unwrap_or(&empty);
+            let mut good = Vec::new();
+            let mut live_count = 0;
+            let mut sources = Vec::new();
+            let mut healthy = Vec::new();
+            for n in holders {
+                let Some(v) = views.get(n.as_str()) else {
+                    continue;
+                };
+                if v.liveness != Liveness::Dead {
+                    live_count += 1;
+                }
+                if v.counts {
+                    good.push(n.clone());
+                }
+                if v.source {
+                    sources.push(n.clone());
+                }
+                if matches!(v.state, NodeState::Healthy | NodeState::Full)
+                    && let Some(c) = topology.get(n)
+                {
+                    healthy.push(c.clone());
+                }
+            }
+            if live_count == 0 {
+                stats.missing += 1;
+            } else if (good.len() as u32) < replication {
+                stats.under_replicated += 1;
+            }
+            let inflight = inflight_by_chunk.get(chunk.as_str()).copied().unwrap_or(0);
+            if (good.len() as u32) < replication {
+                stats.repair_queue += 1;
+                stats.repair_bytes_remaining += size * u64::from(replication - good.len() as u32);
+                if !sources.is_empty() {
+                    needs.push(Need {
+                        chunk_id: chunk.clone(),
+                        size,
+                        replication,
+                        good,
+                        sources,
+                        holders: holders.iter().cloned().collect(),
+                        inflight,
+                    });
+                }
+            } else if healthy.len() as u32 > replication && inflight == 0 {
+                stats.over_replicated += 1;
+                over_now.insert(chunk.clone());
+                let since = *self.over_since.entry(chunk.clone()).or_insert(now_ms);
+                if now_ms.saturating_sub(since) >= self.timing.over_replication_grace_ms {
+                    for victim in repair::excess(&healthy, replication) {
+                        deletes.entry(victim).or_default().push(chunk.clone());
+                    }
+                }
+            }
+        }
+        self.over_since.retain(|c, _| over_now.contains(c));
+
+        // Orphans: replicas of chunks no file or open upload references.
+        let mut orphan_now = HashSet::new();
+        for (chunk, holders) in &self.replicas {
+            if ns.chunk_owner(chunk).is_some() {
+                continue;
+            }
+            orphan_now.insert(chunk.clone());
+            let since = *self.orphan_since.entry(chunk.clone()).or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= self.timing.orphan_grace_ms {
+                for n in holders {
+                    if views
+                        .get(n.as_str())
+                        .is_some_and(|v| v.liveness == Liveness::Alive)
+                    {
+                        deletes.entry(n.clone()).or_default().push(chunk.clone());
+                        stats.orphans_deleted += 1;
+                    }
+                }
+            }
+        }
+        self.orphan_since.retain(|c, _| orphan_now.contains(c));
+
+        for (node, chunks) in deletes {
+            for c in &chunks {
+                self.remove_replica(c, &node);
+                if !self.replicas.contains_key(c) {
+                    self.orphan_since.remove(c);
+                }
+            }
+            let command_id = self.command_id();
+            tracing::info!(node_id = %node, chunks = chunks.len(), "deleting surplus replicas");
+            if let Some(l) = self.live.get_mut(&node) {
+                l.outbox.push(NodeCommand::Delete {
+                    command_id,
+                    chunk_ids: chunks,
+                });
+            }
+        }
+
+        // Re-replication.
+        let targets: Vec<Candidate> = self.placement_candidates(ns, now_ms);
+        let orders = repair::plan(
+            needs,
+            &targets,
+            &topology,
+            &mut busy,
+            self.timing.repair_streams_per_node.max(1),
+            &mut self.rng,
+        );
+        let per_stream = self.timing.repair_bytes_per_second
+            / u64::from(self.timing.repair_streams_per_node.max(1));
+        for order in orders {
+            let Some(ChunkOwner::File {
+                checksum,
+                algorithm,
+                ..
+            }) = ns.chunk_owner(&order.chunk_id)
+            else {
+                continue;
+            };
+            let Some(target) = ns.nodes().get(&order.target) else {
+                continue;
+            };
+            let command_id = self.command_id();
+            let transfer_ms = order
+                .size
+                .saturating_mul(1000)
+                .checked_div(per_stream)
+                .unwrap_or(0);
+            let deadline_ms = now_ms
+                + (transfer_ms * 4)
+                    .max(self.timing.heartbeat_interval_ms * 20)
+                    .max(10_000);
+            tracing::info!(chunk_id = %order.chunk_id, source = %order.source, target = %order.target, command_id, "repair");
+            self.inflight.insert(
+                command_id,
+                Repair {
+                    chunk_id: order.chunk_id.clone(),
+                    source: order.source.clone(),
+                    target: order.target.clone(),
+                    size: order.size,
+                    deadline_ms,
+                },
+            );
+            if let Some(l) = self.live.get_mut(&order.source) {
+                l.outbox.push(NodeCommand::Replicate {
+                    command_id,
+                    chunk: ChunkMetaRec {
+                        id: order.chunk_id,
+                        checksum,
+                        size: order.size,
+                        algorithm,
+                    },
+                    target_id: target.node_id.clone(),
+                    target_address: target.address.clone(),
+                    max_bytes_per_second: per_stream,
+                });
+            }
+        }
+
+        // Decommission progress.
+        for rec in ns.nodes().values() {
+            if !rec.draining {
+                continue;
+            }
+            let Some(live) = self.live.get(&rec.node_id) else {
+                continue;
+            };
+            let safe = live.chunks.iter().all(|c| {
+                let Some(ChunkOwner::File { replication, .. }) = ns.chunk_owner(c) else {
+                    return true;
+                };
+                let elsewhere = self
+                    .replicas
+                    .get(c)
+                    .map(|h| {
+                        h.iter()
+                            .filter(|n| *n != &rec.node_id)
+                            .filter(|n| {
+                                views.get(n.as_str()).is_some_and(|v| {
+                                    v.liveness == Liveness::Alive
+                                        && matches!(v.state, NodeState::Healthy | NodeState::Full)
+                                })
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                elsewhere as u32 >= replication
+            });
+            if let Some(l) = self.live.get_mut(&rec.node_id) {
+                if safe && !l.safe_to_remove {
+                    tracing::info!(node_id = %rec.node_id, "drained: safe to remove");
+                }
+                l.safe_to_remove = safe;
+            }
+        }
+        for rec in ns.nodes().values() {
+            if !rec.draining
+                && let Some(l) = self.live.get_mut(&rec.node_id)
+            {
+                l.safe_to_remove = false;
+            }
+        }
+
+        stats.repairs_in_flight = self.inflight.len() as u64;
+        let window_bytes: u64 = self.completions.iter().map(|(_, b)| b).sum();
+        let rate = if window_bytes > 0 {
+            window_bytes as f64 / (RATE_WINDOW_MS as f64 / 1000.0)
+        } else {
+            let per_node = if self.timing.repair_bytes_per_second == 0 {
+                100.0 * 1024.0 * 1024.0
+            } else {
+                self.timing.repair_bytes_per_second as f64
+            };
+            per_node * (targets.len().max(1) as f64)
+        };
+        stats.repair_eta_seconds = if stats.repair_bytes_remaining == 0 {
+            0
+        } else {
+            (stats.repair_bytes_remaining as f64 / rate).ceil() as u64
+        };
+        self.stats = stats;
+    }
+
+    /// Sum of usable and used capacity over nodes that are not dead.
+    pub fn capacity(&self, ns: &Namespace, now_ms: u64) -> (u64, u64) {
+        let mut total = 0;
+        let mut used = 0;
+        for rec in ns.nodes().values() {
+            if self.view(rec, now_ms).liveness == Liveness::Dead {
+                continue;
+            }
+            if let Some(l) = self.live.get(&rec.node_id) {
+                total += l.info.total_bytes;
+                used += l.info.used_bytes;
+            }
+        }
+        (total, used)
+    }
+
+    /// Heartbeat age of every node, in milliseconds.
+    pub fn heartbeat_ages(&self, now_ms: u64) -> Vec<(NodeId, u64)> {
+        self.live
+            .iter()
+            .map(|(id, l)| (id.clone(), now_ms.saturating_sub(l.last_heartbeat_ms)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::{Command, PlannedChunkRecord, TopologyRecord, Upload};
+
+    fn timing() -> Timing {
+        Timing {
+            heartbeat_interval_ms: 100,
+            suspect_after_ms: 200,
+            dead_after_ms: 1000,
+            orphan_grace_ms: 500,
+            over_replication_grace_ms: 500,
+            repair_streams_per_node: 2,
+            repair_bytes_per_second: 0,
+            chunk_size: 10,
+        }
+    }
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            free_bytes: 1 << 30,
+            total_bytes: 1 << 30,
+            health: Health::Healthy,
+            ..NodeInfo::default()
+        }
+    }
+
+    fn setup(nodes: usize) -> (Namespace, Cluster) {
+        let mut ns = Namespace::new();
+        for i in 0..nodes {
+            ns.apply(&Command::RegisterNode(NodeRecord {
+                node_id: format!("n{i}"),
+                address: format!("http://n{i}"),
+                topology: TopologyRecord::default(),
+                version: String::new(),
+                draining: false,
+            }))
+            .unwrap();
+        }
+        let mut cluster = Cluster::new(timing(), &ns, 0);
+        for i in 0..nodes {
+            cluster.on_register(&format!("n{i}"), info(), 0);
+        }
+        (ns, cluster)
+    }
+
+    const C: &str = "0123456789abcdef0123456789abcdef";
+
+    fn store_file(ns: &mut Namespace, cluster: &mut Cluster, replicas: &[&str]) {
+        ns.apply(&Command::BeginUpload(Upload {
+            upload_id: "u".into(),
+            path: "/f".into(),
+            size: 10,
+            chunk_size: 10,
+            replication: 3,
+            write_quorum: 2,
+            overwrite: false,
+            chunks: vec![PlannedChunkRecord {
+                index: 0,
+                chunk_id: C.into(),
+                offset: 0,
+                size: 10,
+                nodes: vec![],
+            }],
+            expires_at_ms: u64::MAX,
+        }))
+        .unwrap();
+        let chunks = vec![ChunkRecord {
+            id: C.into(),
+            checksum: 1,
+            size: 10,
+            algorithm: 1,
+            replicas: replicas.iter().map(|s| s.to_string()).collect(),
+        }];
+        ns.apply(&Command::ConfirmUpload {
+            upload_id: "u".into(),
+            chunks: chunks.clone(),
+            now_ms: 0,
+        })
+        .unwrap();
+        cluster.on_confirmed(&chunks);
+    }
+
+    fn beat(ns: &Namespace, cluster: &mut Cluster, node: &str, now: u64) -> Vec<NodeCommand> {
+        let ev = HeartbeatEvent {
+            node_id: node.into(),
+            info: info(),
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(ns, ev, now).unwrap().0
+    }
+
+    #[test]
+    fn liveness_goes_suspect_then_dead_and_repair_starts_only_when_dead() {
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        // n2 goes silent; at 300 ms it is suspect: nothing is repaired.
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 300);
+        }
+        cluster.tick(&ns, 300);
+        let states: HashMap<_, _> = cluster
+            .status(&ns, 300)
+            .into_iter()
+            .map(|s| (s.record.node_id, s.state))
+            .collect();
+        assert_eq!(states["n2"], NodeState::Suspect);
+        assert!(cluster.nodes_with_commands().is_empty());
+        // Suspect replicas are served last.
+        let order: Vec<_> = cluster
+            .read_replicas(&ns, C, 300)
+            .into_iter()
+            .map(|r| r.node_id)
+            .collect();
+        assert_eq!(order.last().unwrap(), "n2");
+        // Dead at 1100 ms: repaired from n0/n1 to n3, and not served.
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 1100);
+        }
+        cluster.tick(&ns, 1100);
+        assert_eq!(cluster.stats().under_replicated, 1);
+        let order: Vec<_> = cluster
+            .read_replicas(&ns, C, 1100)
+            .into_iter()
+            .map(|r| r.node_id)
+            .collect();
+        assert!(!order.contains(&"n2".to_string()));
+        let mut orders = Vec::new();
+        for n in cluster.nodes_with_commands() {
+            orders.extend(cluster.take_outbox(&n));
+        }
+        assert_eq!(orders.len(), 1);
+        let NodeCommand::Replicate { target_id, .. } = &orders[0] else {
+            panic!()
+        };
+        assert_eq!(target_id, "n3");
+        // Not re-issued while in flight; completed by the target's report.
+        cluster.tick(&ns, 1150);
+        assert!(cluster.nodes_with_commands().is_empty());
+        let ev = HeartbeatEvent {
+            node_id: "n3".into(),
+            info: info(),
+            added: vec![C.into()],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 1200).unwrap();
+        cluster.tick(&ns, 1200);
+        assert_eq!(cluster.stats().under_replicated, 0);
+        assert_eq!(cluster.stats().repairs_completed, 1);
+    }
+
+    #[test]
+    fn maintenance_suppresses_repair() {
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        cluster.set_maintenance("n2", 5000);
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 2000);
+        }
+        cluster.tick(&ns, 2000);
+        assert!(cluster.nodes_with_commands().is_empty());
+        assert_eq!(cluster.status(&ns, 2000)[2].state, NodeState::Maintenance);
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 5001);
+        }
+        cluster.tick(&ns, 5001);
+        assert_eq!(cluster.nodes_with_commands().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_replica_is_dropped_and_orphans_are_deleted_after_grace() {
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        let orphan = "ffffffffffffffffffffffffffffffff";
+        let ev = HeartbeatEvent {
+            node_id: "n3".into(),
+            info: info(),
+            added: vec![orphan.into()],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 10).unwrap();
+        let ev = HeartbeatEvent {
+            node_id: "n1".into(),
+            info: info(),
+            corrupt: vec![C.into()],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 10).unwrap();
+        assert_eq!(cluster.holders(C), ["n0", "n2"]);
+        cluster.tick(&ns, 10);
+        // Repair queued, orphan not yet deleted.
+        let cmds = cluster
+            .take_outbox("n0")
+            .into_iter()
+            .chain(cluster.take_outbox("n2"));
+        assert_eq!(cmds.count(), 1);
+        assert!(cluster.take_outbox("n3").is_empty());
+        for n in ["n0", "n1", "n2", "n3"] {
+            beat(&ns, &mut cluster, n, 600);
+        }
+        cluster.tick(&ns, 600);
+        assert_eq!(
+            cluster.take_outbox("n3"),
+            [NodeCommand::Delete {
+                command_id: 2,
+                chunk_ids: vec![orphan.into()]
+            }]
+        );
+        assert!(cluster.holders(orphan).is_empty());
+    }
+
+    #[test]
+    fn full_report_drops_missing_replicas_and_draining_becomes_safe() {
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        let ev = HeartbeatEvent {
+            node_id: "n2".into(),
+            info: info(),
+            report: Some(ReportBatch {
+                chunks: vec![],
+                first: true,
+                last: true,
+            }),
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 10).unwrap();
+        assert_eq!(cluster.holders(C), ["n0", "n1"]);
+
+        ns.apply(&Command::SetDraining {
+            node_id: "n0".into(),
+            draining: true,
+        })
+        .unwrap();
+        cluster.tick(&ns, 20);
+        let st = &cluster.status(&ns, 20)[0];
+        assert_eq!((st.state, st.safe_to_remove), (NodeState::Draining, false));
+        // Two copies are needed (from n0 or n1 to n2 and n3).
+        let mut targets = Vec::new();
+        for n in cluster.nodes_with_commands() {
+            for c in cluster.take_outbox(&n) {
+                if let NodeCommand::Replicate { target_id, .. } = c {
+                    targets.push(target_id);
+                }
+            }
+        }
+        targets.sort();
+        assert_eq!(targets, ["n2", "n3"]);
+        for t in targets {
+            let ev = HeartbeatEvent {
+                node_id: t,
+                info: info(),
+                added: vec![C.into()],
+                ..HeartbeatEvent::default()
+            };
+            cluster.on_heartbeat(&ns, ev, 30).unwrap();
+        }
+        beat(&ns, &mut cluster, "n0", 30);
+        beat(&ns, &mut cluster, "n1", 30);
+        cluster.tick(&ns, 40);
+        let st = &cluster.status(&ns, 40)[0];
+        assert_eq!(
+            (st.state, st.safe_to_remove),
+            (NodeState::Decommissioned, true)
+        );
+    }
+
+    #[test]
+    fn heartbeat_from_unknown_node_is_rejected() {
+        let (ns, mut cluster) = setup(1);
+        let ev = HeartbeatEvent {
+            node_id: "zz".into(),
+            ..HeartbeatEvent::default()
+        };
+        assert!(matches!(
+            cluster.on_heartbeat(&ns, ev, 0),
+            Err(ClusterError::UnknownNode { .. })
+        ));
+    }
+}

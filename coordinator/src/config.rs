@@ -1,0 +1,175 @@
+//! Command-line / environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dfs_common::size::ByteSize;
+use dfs_common::time::parse_duration;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// Default metrics/probe address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9100";
+/// Default replication factor.
+pub const DEFAULT_REPLICATION: u32 = 3;
+/// Default chunk size.
+pub const DEFAULT_CHUNK_SIZE: &str = "64MiB";
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "3s";
+/// Default dead-after.
+pub const DEFAULT_DEAD_AFTER: &str = "30s";
+/// Default maintenance duration when the caller gives none.
+pub const DEFAULT_MAINTENANCE: Duration = Duration::from_secs(600);
+/// Largest replication factor accepted.
+pub const MAX_REPLICATION: u32 = 16;
+
+/// Configuration of the coordinator (`dfs-coordinator` flags, also usable as
+/// an embedded subcommand).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = "dfs coordinator: namespace, placement, liveness and repair")]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "DFS_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Directory holding the metadata database (created if missing).
+    #[arg(long, env = "DFS_DATA_DIR", default_value = "dfs-coordinator-data")]
+    pub data_dir: PathBuf,
+    /// Address of the /metrics, /healthz and /readyz HTTP endpoint.
+    #[arg(long, env = "DFS_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Default replication factor of new files.
+    #[arg(long, env = "DFS_REPLICATION", default_value_t = DEFAULT_REPLICATION)]
+    pub replication: u32,
+    /// Default chunk size of new files (e.g. 64MiB).
+    #[arg(long, env = "DFS_CHUNK_SIZE", default_value = DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: ByteSize,
+    /// How often datanodes heartbeat (e.g. 3s, 500ms).
+    #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is suspect (served last, not repaired);
+    /// default: twice the heartbeat interval.
+    #[arg(long, env = "DFS_SUSPECT_AFTER", value_parser = parse_duration)]
+    pub suspect_after: Option<Duration>,
+    /// Silence after which a node is dead and its replicas are repaired.
+    #[arg(long, env = "DFS_DEAD_AFTER", default_value = DEFAULT_DEAD_AFTER, value_parser = parse_duration)]
+    pub dead_after: Duration,
+    /// How long an upload may stay unconfirmed before its chunks are reclaimed.
+    #[arg(long, env = "DFS_UPLOAD_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub upload_ttl: Duration,
+    /// How long a chunk referenced by no file and no open upload is kept
+    /// before its replicas are deleted.
+    #[arg(long, env = "DFS_ORPHAN_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+    /// How long a chunk may stay over-replicated before the excess replicas
+    /// are deleted.
+    #[arg(long, env = "DFS_OVER_REPLICATION_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub over_replication_grace: Duration,
+    /// Concurrent repair streams per datanode (as source or target).
+    #[arg(long, env = "DFS_REPAIR_STREAMS_PER_NODE", default_value_t = 2)]
+    pub repair_streams_per_node: u32,
+    /// Repair bandwidth per datanode, split over its streams (0 = unthrottled).
+    #[arg(long, env = "DFS_REPAIR_BYTES_PER_SECOND", default_value = "100MiB")]
+    pub repair_bytes_per_second: ByteSize,
+    /// Longest maintenance window an admin may request.
+    #[arg(long, env = "DFS_MAINTENANCE_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub maintenance_max: Duration,
+    /// Replicas per chunk that ConfirmUpload requires; default: a majority of
+    /// the file's replication factor (2 of 3), capped at the factor.
+    #[arg(long, env = "DFS_WRITE_QUORUM")]
+    pub write_quorum: Option<u32>,
+    /// Exit gracefully when stdin reaches end-of-file (for supervisors that
+    /// hold a pipe to the child's stdin).
+    #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
+    pub exit_with_parent: bool,
+}
+
+/// Configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range.
+    #[error("invalid --{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+impl Config {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |flag, reason: &str| {
+            Err(ConfigError::Invalid {
+                flag,
+                reason: reason.to_string(),
+            })
+        };
+        if self.replication == 0 || self.replication > MAX_REPLICATION {
+            return bad("replication", "must be between 1 and 16");
+        }
+        if self.chunk_size.0 == 0 {
+            return bad("chunk-size", "must be positive");
+        }
+        if self.heartbeat_interval.is_zero() {
+            return bad("heartbeat-interval", "must be positive");
+        }
+        if self.dead_after <= self.suspect_after() {
+            return bad("dead-after", "must be longer than suspect-after");
+        }
+        if self.write_quorum == Some(0) {
+            return bad("write-quorum", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Suspect-after, defaulted.
+    pub fn suspect_after(&self) -> Duration {
+        self.suspect_after.unwrap_or(self.heartbeat_interval * 2)
+    }
+
+    /// Write quorum for a file with `replication` replicas.
+    pub fn quorum_for(&self, replication: u32) -> u32 {
+        self.write_quorum
+            .unwrap_or(replication / 2 + 1)
+            .clamp(1, replication.max(1))
+    }
+
+    /// A configuration with defaults, for tests and embedding.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        use clap::Parser;
+        let mut c = Config::parse_from(["dfs-coordinator"]);
+        c.data_dir = data_dir.into();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn parses_flags_and_defaults() {
+        let c = Config::parse_from([
+            "x",
+            "--chunk-size",
+            "1MiB",
+            "--heartbeat-interval",
+            "100ms",
+            "--dead-after",
+            "1s",
+            "--write-quorum",
+            "3",
+        ]);
+        assert_eq!(c.chunk_size.0, 1 << 20);
+        assert_eq!(c.suspect_after(), Duration::from_millis(200));
+        assert_eq!(c.quorum_for(2), 2);
+        c.validate().unwrap();
+        let d = Config::for_data_dir("/tmp/x");
+        assert_eq!(d.quorum_for(3), 2);
+        assert_eq!(d.quorum_for(1), 1);
+        assert_eq!(d.listen.to_string(), DEFAULT_LISTEN);
+        assert!(
+            Config::parse_from(["x", "--dead-after", "1s"])
+                .validate()
+                .is_err()
+        );
+    }
+}

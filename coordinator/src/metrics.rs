@@ -1,0 +1,247 @@
+//! Prometheus metrics of the coordinator (own [`Registry`]).
+
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::cluster::{NodeState, RedundancyStats};
+
+/// Every coordinator metric.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// The registry served at /metrics.
+    pub registry: Registry,
+    datanodes: IntGaugeVec,
+    capacity_total: IntGauge,
+    capacity_used: IntGauge,
+    files: IntGauge,
+    directories: IntGauge,
+    chunks: IntGauge,
+    under_replicated: IntGauge,
+    missing: IntGauge,
+    over_replicated: IntGauge,
+    repair_queue: IntGauge,
+    repairs_in_flight: IntGauge,
+    repairs_completed: IntCounter,
+    orphans_deleted: IntCounter,
+    repair_remaining: IntGauge,
+    repair_eta: IntGauge,
+    rpc_requests: IntCounterVec,
+    rpc_duration: HistogramVec,
+    heartbeat_age: GaugeVec,
+    /// Metadata commits (write transactions).
+    pub commits: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
+        Metrics {
+            datanodes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("dfs_coordinator_datanodes", "Datanodes by state."),
+                    &["state"],
+                )
+                .expect("valid metric"),
+            ),
+            capacity_total: g(
+                "dfs_coordinator_capacity_total_bytes",
+                "Usable capacity of live datanodes.",
+            ),
+            capacity_used: g(
+                "dfs_coordinator_capacity_used_bytes",
+                "Bytes used on live datanodes.",
+            ),
+            files: g("dfs_coordinator_files", "Files in the namespace."),
+            directories: g(
+                "dfs_coordinator_directories",
+                "Directories in the namespace.",
+            ),
+            chunks: g("dfs_coordinator_chunks", "Chunks referenced by files."),
+            under_replicated: g(
+                "dfs_coordinator_under_replicated_chunks",
+                "Chunks below their replication factor.",
+            ),
+            missing: g(
+                "dfs_coordinator_missing_chunks",
+                "Chunks with no live replica.",
+            ),
+            over_replicated: g(
+                "dfs_coordinator_over_replicated_chunks",
+                "Chunks above their replication factor.",
+            ),
+            repair_queue: g(
+                "dfs_coordinator_repair_queue_chunks",
+                "Chunks waiting for re-replication.",
+            ),
+            repairs_in_flight: g(
+                "dfs_coordinator_repairs_in_flight",
+                "Re-replications in progress.",
+            ),
+            repairs_completed: reg(
+                &r,
+                IntCounter::new(
+                    "dfs_coordinator_repairs_completed_total",
+                    "Re-replications completed.",
+                )
+                .expect("valid metric"),
+            ),
+            orphans_deleted: reg(
+                &r,
+                IntCounter::new(
+                    "dfs_coordinator_orphan_replicas_deleted_total",
+                    "Orphan replicas deleted.",
+                )
+                .expect("valid metric"),
+            ),
+            repair_remaining: g(
+                "dfs_coordinator_repair_remaining_bytes",
+                "Bytes still to copy to restore full redundancy.",
+            ),
+            repair_eta: g(
+                "dfs_coordinator_repair_eta_seconds",
+                "Estimated seconds until full redundancy.",
+            ),
+            rpc_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "dfs_coordinator_rpc_requests_total",
+                        "gRPC requests by method and status code.",
+                    ),
+                    &["method", "code"],
+                )
+                .expect("valid metric"),
+            ),
+            rpc_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "dfs_coordinator_rpc_duration_seconds",
+                        "gRPC latency by method.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["method"],
+                )
+                .expect("valid metric"),
+            ),
+            heartbeat_age: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "dfs_coordinator_heartbeat_age_seconds",
+                        "Seconds since each datanode's last heartbeat.",
+                    ),
+                    &["node_id"],
+                )
+                .expect("valid metric"),
+            ),
+            commits: reg(
+                &r,
+                IntCounter::new(
+                    "dfs_coordinator_metadata_commits_total",
+                    "Metadata write transactions.",
+                )
+                .expect("valid metric"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Records one RPC.
+    pub fn rpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.rpc_requests
+            .with_label_values(&[method, code_label(code)])
+            .inc();
+        self.rpc_duration
+            .with_label_values(&[method])
+            .observe(seconds);
+    }
+
+    /// Refreshes the gauges from a status snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refresh(
+        &self,
+        states: &[NodeState],
+        capacity: (u64, u64),
+        files: u64,
+        directories: u64,
+        chunks: u64,
+        stats: RedundancyStats,
+        ages_ms: &[(String, u64)],
+    ) {
+        for s in NodeState::ALL {
+            let n = states.iter().filter(|x| **x == s).count();
+            self.datanodes.with_label_values(&[s.label()]).set(n as i64);
+        }
+        self.capacity_total.set(capacity.0 as i64);
+        self.capacity_used.set(capacity.1 as i64);
+        self.files.set(files as i64);
+        self.directories.set(directories as i64);
+        self.chunks.set(chunks as i64);
+        self.under_replicated.set(stats.under_replicated as i64);
+        self.missing.set(stats.missing as i64);
+        self.over_replicated.set(stats.over_replicated as i64);
+        self.repair_queue.set(stats.repair_queue as i64);
+        self.repairs_in_flight.set(stats.repairs_in_flight as i64);
+        let done = stats.repairs_completed;
+        if done > self.repairs_completed.get() {
+            self.repairs_completed
+                .inc_by(done - self.repairs_completed.get());
+        }
+        if stats.orphans_deleted > self.orphans_deleted.get() {
+            self.orphans_deleted
+                .inc_by(stats.orphans_deleted - self.orphans_deleted.get());
+        }
+        self.repair_remaining
+            .set(stats.repair_bytes_remaining as i64);
+        self.repair_eta.set(stats.repair_eta_seconds as i64);
+        for (node, age) in ages_ms {
+            self.heartbeat_age
+                .with_label_values(&[node.as_str()])
+                .set(*age as f64 / 1000.0);
+        }
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
