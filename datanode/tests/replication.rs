@@ -1,0 +1,189 @@
+//! Pipelined replication: the primary forwards frames to two more
+//! datanodes while it is still receiving, and copes with a replica dying.
+
+mod common;
+
+use common::*;
+use dfs_proto::*;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_forwarded_to_two_replicas_while_still_receiving() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let r2 = TestNode::start(dirs[2].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let id = chunk_id();
+    let bytes = data(4 * 1024 * 1024 + 99, 11);
+    let p = prepare(
+        &mut c,
+        meta(&id, &bytes, false),
+        vec![r1.target(), r2.target()],
+        0,
+    )
+    .await
+    .unwrap();
+    let all = frames(&p.session_id, &bytes);
+    let n = all.len();
+    let (tx, rx) = mpsc::channel(4);
+    let mut uc = c.clone();
+    let upload = tokio::spawn(async move { finish_upload(&mut uc, rx).await });
+    let mut it = all.into_iter();
+    for f in it.by_ref().take(n / 2) {
+        tx.send(f).await.unwrap();
+    }
+    // Both replicas receive frames before the client has sent the rest:
+    // replication is pipelined, not done after the whole chunk arrived.
+    eventually("replicas receive the first frames", || {
+        r1.counter("dfs_datanode_frames_in_total", "replicate") > 0
+            && r2.counter("dfs_datanode_frames_in_total", "replicate") > 0
+    })
+    .await;
+    for f in it {
+        tx.send(f).await.unwrap();
+    }
+    let r = upload.await.unwrap().unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![
+            primary.node_id.clone(),
+            r1.node_id.clone(),
+            r2.node_id.clone()
+        ]
+    );
+    assert!(r.failed.is_empty());
+    assert_eq!(r.chunk.unwrap().checksum, frame::checksum(&bytes));
+    for node in [&primary, &r1, &r2] {
+        let got = download(&mut node.client().await, &id, 0, 0).await.unwrap();
+        assert!(got == bytes, "copy on {}", node.node_id);
+    }
+    for n in [primary, r1, r2] {
+        n.stop().await;
+    }
+}
+
+/// Starts a datanode on its own runtime so the test can kill it abruptly
+/// (every socket closes, nothing drains), like a crashed process.
+fn start_killable(dir: std::path::PathBuf) -> (tokio::runtime::Runtime, NodeAddress) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = rt.block_on(TestNode::start(&dir, |_| {}));
+    let target = node.target();
+    std::mem::forget(node);
+    (rt, target)
+}
+
+async fn replica_dies_mid_stream(
+    write_quorum: u32,
+) -> (
+    Result<ChunkReplicas, tonic::Status>,
+    Vec<tempfile::TempDir>,
+    String,
+    String,
+    String,
+) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let dying_dir = dirs[2].path().to_path_buf();
+    let (rt, dying) = tokio::task::spawn_blocking(move || start_killable(dying_dir))
+        .await
+        .unwrap();
+    let mut c = primary.client().await;
+    let id = chunk_id();
+    let bytes = data(3 * 1024 * 1024, 5);
+    let p = prepare(
+        &mut c,
+        meta(&id, &bytes, true),
+        vec![r1.target(), dying.clone()],
+        write_quorum,
+    )
+    .await
+    .unwrap();
+    let all = frames(&p.session_id, &bytes);
+    let n = all.len();
+    let (tx, rx) = mpsc::channel(4);
+    let mut uc = c.clone();
+    let upload = tokio::spawn(async move { finish_upload(&mut uc, rx).await });
+    let mut it = all.into_iter();
+    for f in it.by_ref().take(n / 2) {
+        tx.send(f).await.unwrap();
+    }
+    eventually("first replica receives frames", || {
+        r1.counter("dfs_datanode_frames_in_total", "replicate") > 0
+    })
+    .await;
+    // The third node dies mid-stream.
+    tokio::task::spawn_blocking(move || rt.shutdown_background())
+        .await
+        .unwrap();
+    for f in it {
+        tx.send(f).await.unwrap();
+    }
+    let result = upload.await.unwrap();
+    let (pid, rid) = (primary.node_id.clone(), r1.node_id.clone());
+    primary.stop().await;
+    r1.stop().await;
+    (result, dirs, id, pid, rid + "/" + &dying.node_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_dying_mid_stream_is_dropped_while_the_quorum_holds() {
+    let (result, dirs, _id, primary, ids) = replica_dies_mid_stream(2).await;
+    let (r1, dead) = ids.split_once('/').unwrap();
+    let r = result.unwrap();
+    assert_eq!(r.replicas, vec![primary, r1.to_string()]);
+    assert_eq!(r.failed.len(), 1);
+    assert_eq!(r.failed[0].node_id, dead);
+    assert_eq!(chunk_files(dirs[0].path()).len(), 1);
+    assert_eq!(chunk_files(dirs[1].path()).len(), 1);
+    assert!(chunk_files(dirs[2].path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_quorum_the_upload_fails_and_nothing_stays() {
+    let (result, dirs, _id, _, _) = replica_dies_mid_stream(0).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::Aborted),
+        "{err:?}"
+    );
+    assert!(err.message().contains("quorum"), "{}", err.message());
+    for d in &dirs[..2] {
+        assert!(
+            chunk_files(d.path()).is_empty(),
+            "{:?}",
+            chunk_files(d.path())
+        );
+        assert!(files_under(&d.path().join("tmp")).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_replica_is_reported_as_failed() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let nowhere = NodeAddress {
+        node_id: "f".repeat(32),
+        address: "http://127.0.0.1:9".into(),
+    };
+    let id = chunk_id();
+    let bytes = data(600_000, 2);
+    let r = upload(&mut c, &id, &bytes, vec![nowhere, r1.target()], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert_eq!(r.failed[0].node_id, "f".repeat(32));
+    primary.stop().await;
+    r1.stop().await;
+}

@@ -1,0 +1,371 @@
+//! Upload and download on a single datanode: round trips, range reads,
+//! integrity and input validation, capacity.
+
+mod common;
+
+use common::*;
+use dfs_proto::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_chunk_round_trip_with_hash_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let sizes = [0usize, 1, 4096, DEFAULT_FRAME_BYTES, 3 * 1024 * 1024 + 17];
+    let mut chunks = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let id = chunk_id();
+        let bytes = data(*size, i as u64 + 1);
+        let r = upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+        assert_eq!(r.replicas, vec![node.node_id.clone()]);
+        let stored = r.chunk.unwrap();
+        assert_eq!(stored.checksum, frame::checksum(&bytes));
+        assert_eq!(stored.size, *size as u64);
+        chunks.push((id, bytes));
+    }
+    // A file assembled from its chunks hashes the same as the original.
+    let mut original = 0u32;
+    let mut downloaded = 0u32;
+    for (id, bytes) in &chunks {
+        let got = download(&mut c, id, 0, 0).await.unwrap();
+        assert_eq!(got.len(), bytes.len());
+        original = frame::checksum_append(original, bytes);
+        downloaded = frame::checksum_append(downloaded, &got);
+        assert!(got == *bytes);
+    }
+    assert_eq!(original, downloaded);
+
+    // PrepareChunkDownload + session-based download.
+    let (id, bytes) = &chunks[4];
+    let p = c
+        .prepare_chunk_download(PrepareChunkDownloadRequest {
+            chunk_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.chunk.unwrap().size, bytes.len() as u64);
+    let mut s = c
+        .download_chunk_stream(DownloadChunkStreamRequest {
+            session_id: p.session_id,
+            frame_bytes: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(f) = s.message().await.unwrap() {
+        assert!(f.data.len() <= 100_000);
+        got.extend_from_slice(&f.data);
+    }
+    assert!(got == *bytes);
+
+    // Idempotent retry: already stored with the same checksum.
+    let p = prepare(&mut c, meta(id, bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    assert!(p.already_stored);
+
+    // Metrics are exported over HTTP.
+    let body = http_get(node.metrics_addr, "/metrics").await;
+    assert!(body.contains("dfs_datanode_bytes_in_total{stream=\"upload\"}"));
+    assert!(body.contains("dfs_datanode_chunks_stored 5"));
+    assert!(body.contains("dfs_datanode_upload_duration_seconds_bucket"));
+    assert!(
+        http_get(node.metrics_addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    node.stop().await;
+
+    // Everything survives a restart.
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    for (id, bytes) in &chunks {
+        assert!(download(&mut c, id, 0, 0).await.unwrap() == *bytes);
+    }
+    node.stop().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_return_exactly_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let id = chunk_id();
+    let bytes = data(1024 * 1024 + 333, 7);
+    upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+    let n = bytes.len() as u64;
+    for (off, len) in [
+        (0u64, 1u64),
+        (1, 10),
+        (262_143, 2),
+        (262_144, 262_144),
+        (100_000, 700_000),
+        (n - 5, 5),
+        (n - 5, 0),
+        (n, 0),
+    ] {
+        let got = download(&mut c, &id, off, len).await.unwrap();
+        let end = if len == 0 { n } else { off + len };
+        assert!(
+            got == bytes[off as usize..end as usize],
+            "range {off}+{len}"
+        );
+    }
+    let err = download(&mut c, &id, n - 1, 2).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_mismatches_are_rejected_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let bytes = data(700_000, 3);
+
+    // Whole-chunk checksum announced at prepare does not match the data.
+    let id = chunk_id();
+    let mut m = meta(&id, &bytes, true);
+    m.checksum ^= 0xdead;
+    let p = prepare(&mut c, m, vec![], 0).await.unwrap();
+    let err = send_frames(&mut c, frames(&p.session_id, &bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("checksum"), "{}", err.message());
+
+    // A frame corrupted in flight (its CRC no longer matches its bytes).
+    let id2 = chunk_id();
+    let p = prepare(&mut c, meta(&id2, &bytes, false), vec![], 0)
+        .await
+        .unwrap();
+    let mut f = frames(&p.session_id, &bytes);
+    let mut corrupted = f[1].data.to_vec();
+    corrupted[10] ^= 0x40;
+    f[1].data = corrupted.into();
+    let err = send_frames(&mut c, f).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+
+    for id in [&id, &id2] {
+        let err = download(&mut c, id, 0, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    eventually("temp files removed", || {
+        files_under(&dir.path().join("tmp")).is_empty()
+    })
+    .await;
+    assert!(chunk_files(dir.path()).is_empty());
+    assert!(node.counter("dfs_datanode_checksum_failures_total", "frame") >= 2);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_are_rejected_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| {
+        c.max_frame_bytes = dfs_common::size::ByteSize(512 * 1024);
+    })
+    .await;
+    let mut c = node.client().await;
+    let bytes = data(1024 * 1024, 9);
+
+    // Unknown session.
+    let err = send_frames(&mut c, frames("no-such-session", &bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A gap in the offsets.
+    let id = chunk_id();
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    let mut f = frames(&p.session_id, &bytes);
+    f.remove(1);
+    let err = send_frames(&mut c, f).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("contiguous"), "{}", err.message());
+
+    // An overlap.
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    let mut f = frames(&p.session_id, &bytes);
+    f[1].offset -= 1;
+    let err = send_frames(&mut c, f).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // A frame over the configured maximum.
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    let mut big = dfs_proto::ChunkData::frame(bytes::Bytes::from(bytes.clone()), 0, true);
+    big.session_id = p.session_id.clone();
+    let err = send_frames(&mut c, vec![big]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("maximum"), "{}", err.message());
+
+    // The stream ends without is_final.
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    let mut f = frames(&p.session_id, &bytes);
+    f.pop();
+    let err = send_frames(&mut c, f).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+
+    // A session is used once.
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    send_frames(&mut c, frames(&p.session_id, &bytes))
+        .await
+        .unwrap();
+    let err = send_frames(&mut c, frames(&p.session_id, &bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    eventually("temp files removed", || {
+        files_under(&dir.path().join("tmp")).is_empty()
+    })
+    .await;
+    assert_eq!(chunk_files(dir.path()).len(), 1);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| {
+        c.session_timeout = std::time::Duration::from_millis(50);
+        c.capacity = Some(dfs_common::size::ByteSize(1000));
+    })
+    .await;
+    let mut c = node.client().await;
+    let bytes = data(800, 1);
+    let id = chunk_id();
+    let p = prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let err = send_frames(&mut c, frames(&p.session_id, &bytes))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The expired session's space is released again.
+    eventually("reservation released", || {
+        node.counter("dfs_datanode_capacity_reserved_bytes", "") == 0
+    })
+    .await;
+    prepare(&mut c, meta(&id, &bytes, true), vec![], 0)
+        .await
+        .unwrap();
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_ids_are_rejected_before_touching_the_disk() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let node = TestNode::start(&dir, |_| {}).await;
+    let mut c = node.client().await;
+    let before = files_under(root.path());
+    for bad in [
+        "../../etc/passwd",
+        "../node_id",
+        "/etc/passwd",
+        "",
+        "0123456789ABCDEF0123456789ABCDEF",
+        "0123456789abcdef0123456789abcde/",
+    ] {
+        let m = ChunkMeta {
+            chunk_id: bad.into(),
+            size: 3,
+            ..Default::default()
+        };
+        let err = prepare(&mut c, m, vec![], 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        let err = download(&mut c, bad, 0, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        let err = c
+            .delete_chunk(DeleteChunkRequest {
+                chunk_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        let err = c
+            .prepare_chunk_download(PrepareChunkDownloadRequest {
+                chunk_id: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+    assert_eq!(files_under(root.path()), before);
+    assert!(dir.join("node_id").exists());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_refused_counting_open_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| {
+        c.capacity = Some(dfs_common::size::ByteSize(1024 * 1024));
+    })
+    .await;
+    let mut c = node.client().await;
+    let too_big = ChunkMeta {
+        chunk_id: chunk_id(),
+        size: 2 * 1024 * 1024,
+        ..Default::default()
+    };
+    let err = prepare(&mut c, too_big, vec![], 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+
+    // 600 KiB fits once; a second 600 KiB does not while the first session is open.
+    let a = data(600 * 1024, 1);
+    let id_a = chunk_id();
+    let pa = prepare(&mut c, meta(&id_a, &a, true), vec![], 0)
+        .await
+        .unwrap();
+    let b = data(600 * 1024, 2);
+    let err = prepare(&mut c, meta(&chunk_id(), &b, true), vec![], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Stored, the first chunk still uses the space.
+    send_frames(&mut c, frames(&pa.session_id, &a))
+        .await
+        .unwrap();
+    let err = prepare(&mut c, meta(&chunk_id(), &b, true), vec![], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Deleted, it frees the space.
+    let deleted = c
+        .delete_chunk(DeleteChunkRequest { chunk_id: id_a })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.deleted);
+    prepare(&mut c, meta(&chunk_id(), &b, true), vec![], 0)
+        .await
+        .unwrap();
+    node.stop().await;
+}
