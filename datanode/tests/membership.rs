@@ -1,0 +1,454 @@
+//! Registration, heartbeats and coordinator commands against a small fake
+//! coordinator; the scrubber and the read path reporting corruption.
+
+mod common;
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use dfs_proto::coordinator_server::{Coordinator, CoordinatorServer};
+use dfs_proto::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+type Pushed = mpsc::Sender<Result<HeartbeatResponse, Status>>;
+
+#[derive(Default)]
+struct Recorded {
+    registrations: Vec<RegisterDataNodeRequest>,
+    heartbeats: Vec<Heartbeat>,
+    streams: Vec<Pushed>,
+}
+
+/// Records what datanodes send and lets the test push commands.
+#[derive(Clone, Default)]
+struct FakeCoordinator(Arc<Mutex<Recorded>>);
+
+impl FakeCoordinator {
+    async fn start() -> (FakeCoordinator, String) {
+        let fake = FakeCoordinator::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let svc = CoordinatorServer::new(fake.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (fake, addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Recorded) -> T) -> T {
+        f(&self.0.lock().unwrap())
+    }
+
+    async fn push(&self, commands: Vec<DataNodeCommand>) {
+        let tx = self
+            .with(|r| r.streams.last().cloned())
+            .expect("a heartbeat stream");
+        tx.send(Ok(HeartbeatResponse {
+            commands,
+            state: NodeState::Healthy as i32,
+        }))
+        .await
+        .unwrap();
+    }
+
+    fn result(&self, id: u64) -> Option<CommandResult> {
+        self.with(|r| {
+            r.heartbeats
+                .iter()
+                .flat_map(|h| h.command_results.iter())
+                .find(|c| c.command_id == id)
+                .cloned()
+        })
+    }
+
+    /// Chunks of the latest complete full report.
+    fn last_full_report(&self) -> Option<Vec<String>> {
+        self.with(|r| {
+            let mut current: Option<Vec<String>> = None;
+            let mut complete = None;
+            for h in &r.heartbeats {
+                if let Some(rep) = &h.chunk_report {
+                    if rep.first {
+                        current = Some(Vec::new());
+                    }
+                    if let Some(c) = current.as_mut() {
+                        c.extend(rep.chunks.iter().map(|m| m.chunk_id.clone()));
+                    }
+                    if rep.last {
+                        complete = current.take();
+                    }
+                }
+            }
+            complete
+        })
+    }
+
+    fn reports_count(&self) -> usize {
+        self.with(|r| {
+            r.heartbeats
+                .iter()
+                .filter(|h| h.chunk_report.as_ref().is_some_and(|c| c.last))
+                .count()
+        })
+    }
+
+    fn seen(&self, f: impl Fn(&Heartbeat) -> bool) -> bool {
+        self.with(|r| r.heartbeats.iter().any(f))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("fake coordinator"))
+}
+
+#[tonic::async_trait]
+impl Coordinator for FakeCoordinator {
+    async fn register_data_node(
+        &self,
+        request: Request<RegisterDataNodeRequest>,
+    ) -> Result<Response<RegisterDataNodeResponse>, Status> {
+        let req = request.into_inner();
+        let node_id = req.node_id.clone();
+        self.0.lock().unwrap().registrations.push(req);
+        Ok(Response::new(RegisterDataNodeResponse {
+            node_id,
+            heartbeat_interval_ms: 50,
+            cluster_id: "test".into(),
+        }))
+    }
+
+    type DataNodeHeartbeatStream = BoxStream<HeartbeatResponse>;
+
+    async fn data_node_heartbeat(
+        &self,
+        request: Request<Streaming<Heartbeat>>,
+    ) -> Result<Response<Self::DataNodeHeartbeatStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        self.0.lock().unwrap().streams.push(tx);
+        let rec = self.0.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(hb)) = inbound.message().await {
+                rec.lock().unwrap().heartbeats.push(hb);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn upload_file(
+        &self,
+        _: Request<UploadFileRequest>,
+    ) -> Result<Response<UploadPlan>, Status> {
+        unimplemented()
+    }
+    async fn confirm_upload(
+        &self,
+        _: Request<ConfirmUploadRequest>,
+    ) -> Result<Response<ConfirmUploadResponse>, Status> {
+        unimplemented()
+    }
+    async fn abort_upload(
+        &self,
+        _: Request<AbortUploadRequest>,
+    ) -> Result<Response<AbortUploadResponse>, Status> {
+        unimplemented()
+    }
+    async fn replan_chunk(
+        &self,
+        _: Request<ReplanChunkRequest>,
+    ) -> Result<Response<PlannedChunk>, Status> {
+        unimplemented()
+    }
+    async fn download_file(
+        &self,
+        _: Request<DownloadFileRequest>,
+    ) -> Result<Response<DownloadFileResponse>, Status> {
+        unimplemented()
+    }
+    async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<FileInfo>, Status> {
+        unimplemented()
+    }
+    async fn list_directory(
+        &self,
+        _: Request<ListDirectoryRequest>,
+    ) -> Result<Response<ListDirectoryResponse>, Status> {
+        unimplemented()
+    }
+    async fn stat(&self, _: Request<StatRequest>) -> Result<Response<FileInfo>, Status> {
+        unimplemented()
+    }
+    async fn delete(&self, _: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        unimplemented()
+    }
+    async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<FileInfo>, Status> {
+        unimplemented()
+    }
+    async fn list_nodes(
+        &self,
+        _: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        unimplemented()
+    }
+    async fn get_cluster_status(
+        &self,
+        _: Request<GetClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        unimplemented()
+    }
+    async fn decommission_node(
+        &self,
+        _: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<DataNodeStatus>, Status> {
+        unimplemented()
+    }
+    async fn set_node_maintenance(
+        &self,
+        _: Request<SetNodeMaintenanceRequest>,
+    ) -> Result<Response<DataNodeStatus>, Status> {
+        unimplemented()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_reports_and_executes_commands() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestNode::start(dirs[0].path(), |c| {
+        c.coordinator = coord_addr.clone();
+        c.zone = "z1".into();
+        c.rack = "r1".into();
+        c.host = "h1".into();
+    })
+    .await;
+    let b = TestNode::start(dirs[1].path(), |_| {}).await;
+
+    // Registration with id, address, topology, capacity; then a full report
+    // (one batch, first and last, even for an empty store).
+    eventually("registration and first full report", || {
+        coord.last_full_report().is_some()
+    })
+    .await;
+    coord.with(|r| {
+        let reg = &r.registrations[0];
+        assert_eq!(reg.node_id, a.node_id);
+        assert_eq!(reg.address, a.address);
+        let t = reg.topology.clone().unwrap();
+        assert_eq!(
+            (t.zone.as_str(), t.rack.as_str(), t.host.as_str()),
+            ("z1", "r1", "h1")
+        );
+        assert!(reg.info.as_ref().unwrap().total_bytes > 0);
+    });
+    assert_eq!(coord.last_full_report().unwrap(), Vec::<String>::new());
+
+    // Stored chunks show up as incremental additions.
+    let mut c = a.client().await;
+    let (x, y) = (chunk_id(), chunk_id());
+    let (bx, by) = (data(300_000, 1), data(900_000, 2));
+    upload(&mut c, &x, &bx, vec![], 0).await.unwrap();
+    upload(&mut c, &y, &by, vec![], 0).await.unwrap();
+    eventually("added chunks reported", || {
+        coord.seen(|h| h.added_chunks.iter().any(|m| m.chunk_id == x))
+            && coord.seen(|h| {
+                h.added_chunks
+                    .iter()
+                    .any(|m| m.chunk_id == y && m.size == 900_000)
+            })
+    })
+    .await;
+
+    // Delete X, replicate Y to B.
+    coord
+        .push(vec![
+            DataNodeCommand {
+                command_id: 1,
+                command: Some(data_node_command::Command::Delete(DeleteChunksCommand {
+                    chunk_ids: vec![x.clone()],
+                })),
+            },
+            DataNodeCommand {
+                command_id: 2,
+                command: Some(data_node_command::Command::Replicate(
+                    ReplicateChunkCommand {
+                        chunk: Some(meta(&y, &by, true)),
+                        target: Some(b.target()),
+                        max_bytes_per_second: 0,
+                    },
+                )),
+            },
+        ])
+        .await;
+    eventually("command results", || {
+        coord.result(1).is_some() && coord.result(2).is_some()
+    })
+    .await;
+    assert!(coord.result(1).unwrap().ok);
+    let r2 = coord.result(2).unwrap();
+    assert!(r2.ok, "{}", r2.error);
+    eventually("removal reported", || {
+        coord.seen(|h| h.removed_chunks.contains(&x))
+    })
+    .await;
+    assert_eq!(
+        download(&mut c, &x, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(download(&mut b.client().await, &y, 0, 0).await.unwrap() == by);
+
+    // Replicating a chunk this node does not hold fails cleanly.
+    coord
+        .push(vec![DataNodeCommand {
+            command_id: 3,
+            command: Some(data_node_command::Command::Replicate(
+                ReplicateChunkCommand {
+                    chunk: Some(meta(&x, &bx, true)),
+                    target: Some(b.target()),
+                    max_bytes_per_second: 0,
+                },
+            )),
+        }])
+        .await;
+    eventually("failed command result", || coord.result(3).is_some()).await;
+    assert!(!coord.result(3).unwrap().ok);
+
+    // A requested report lists exactly what is stored.
+    let before = coord.reports_count();
+    coord
+        .push(vec![DataNodeCommand {
+            command_id: 4,
+            command: Some(data_node_command::Command::RequestReport(
+                RequestChunkReport {},
+            )),
+        }])
+        .await;
+    eventually("requested full report", || coord.reports_count() > before).await;
+    assert_eq!(coord.last_full_report().unwrap(), vec![y.clone()]);
+
+    // The coordinator drops the node: it re-registers and reports again.
+    let tx = coord.with(|r| r.streams.last().cloned()).unwrap();
+    tx.send(Err(Status::not_found("unknown node")))
+        .await
+        .unwrap();
+    eventually("re-registration", || {
+        coord.with(|r| r.registrations.len() >= 2)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_while_the_coordinator_is_away() {
+    // Nothing listens at the coordinator address at first.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| {
+        c.coordinator = format!("http://127.0.0.1:{port}")
+    })
+    .await;
+    let mut c = node.client().await;
+    let id = chunk_id();
+    let bytes = data(10_000, 4);
+    upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+    assert!(download(&mut c, &id, 0, 0).await.unwrap() == bytes);
+    eventually("failed registrations counted", || {
+        node.counter("dfs_datanode_registrations_total", "error") >= 2
+    })
+    .await;
+
+    // The coordinator comes up: the node registers and reports its chunk.
+    let fake = FakeCoordinator::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServer::new(fake.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    eventually("full report after late registration", || {
+        fake.last_full_report()
+            .is_some_and(|r| r == vec![id.clone()])
+    })
+    .await;
+    node.stop().await;
+}
+
+fn flip_byte(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn chunk_path(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    dir.join("chunks").join(&id[0..2]).join(&id[2..4]).join(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_finds_flipped_bytes_and_reports_them() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| {
+        c.coordinator = coord_addr.clone();
+        c.scrub_bytes_per_second = dfs_common::size::ByteSize(1 << 30);
+        c.scrub_interval = Duration::from_millis(20);
+    })
+    .await;
+    let mut c = node.client().await;
+    let (good, bad) = (chunk_id(), chunk_id());
+    let bytes = data(600_000, 8);
+    upload(&mut c, &good, &bytes, vec![], 0).await.unwrap();
+    upload(&mut c, &bad, &bytes, vec![], 0).await.unwrap();
+    flip_byte(&chunk_path(dir.path(), &bad), 400_000);
+
+    eventually("corrupt chunk reported", || {
+        coord.seen(|h| h.corrupt_chunks.contains(&bad))
+    })
+    .await;
+    assert!(node.counter("dfs_datanode_checksum_failures_total", "scrub") >= 1);
+    assert!(!coord.seen(|h| h.corrupt_chunks.contains(&good)));
+    // The corrupt copy is no longer served; the good one still is.
+    assert_eq!(
+        download(&mut c, &bad, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(download(&mut c, &good, 0, 0).await.unwrap() == bytes);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_corrupt_chunk_gets_data_loss_and_reports_it() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| c.coordinator = coord_addr.clone()).await;
+    let mut c = node.client().await;
+    let id = chunk_id();
+    let bytes = data(600_000, 8);
+    upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+    flip_byte(&chunk_path(dir.path(), &id), 300_000);
+    // A range in the intact first block is still served (verified per block).
+    assert!(download(&mut c, &id, 0, 1000).await.unwrap() == bytes[..1000]);
+    let err = download(&mut c, &id, 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    eventually("corrupt chunk reported", || {
+        coord.seen(|h| h.corrupt_chunks.contains(&id))
+    })
+    .await;
+    assert_eq!(
+        download(&mut c, &id, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    node.stop().await;
+}
