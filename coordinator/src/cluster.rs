@@ -560,10 +560,13 @@ impl Cluster {
                 let rec = ns.nodes().get(n)?;
                 let view = self.view(rec, now_ms);
                 let live = self.live.get(n)?;
-                let rank = match (view.liveness, view.state) {
-                    (Liveness::Dead, _) => return None,
-                    (Liveness::Suspect, _) => 2,
-                    (_, NodeState::Healthy) if live.info.health != Health::Degraded => 0,
+                let rank = match (view.state, view.liveness) {
+                    // A node in maintenance is listed (last when silent).
+                    (NodeState::Maintenance, Liveness::Alive) => 1,
+                    (NodeState::Maintenance, _) => 2,
+                    (_, Liveness::Dead) => return None,
+                    (_, Liveness::Suspect) => 2,
+                    (NodeState::Healthy, _) if live.info.health != Health::Degraded => 0,
                     _ => 1,
                 };
                 Some((rank, u64::MAX - live.info.free_bytes, rec.clone()))
