@@ -1,1 +1,49 @@
-//! dfs client (placeholder until its issue lands).
+//! The dfs client library: what in-cluster Rust programs (and the `dfs`
+//! command-line tool) use to talk to a dfs cluster.
+//!
+//! ```text
+//!   Client ──UploadFile──────────▶ coordinator ──▶ UploadPlan (chunk → nodes)
+//!     │  per chunk, N in parallel:
+//!     ├──PrepareChunkUpload/UploadChunkStream──▶ primary ──ReplicateChunk──▶ replicas
+//!     └──ConfirmUpload─────────────▶ coordinator  (the file becomes visible atomically)
+//!
+//!   Client ──DownloadFile────────▶ coordinator ──▶ chunk map (replicas, healthiest first)
+//!     └──DownloadChunkStream──▶ first replica; on failure or bad bytes the next one
+//! ```
+//!
+//! Every frame carries a CRC32C that the client computes on upload and checks
+//! on download, and every chunk's whole checksum is compared end to end with
+//! what the datanodes stored and what the coordinator recorded.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use dfs_client::{Client, ClientConfig, PutOptions};
+//!
+//! # async fn demo() -> Result<(), dfs_client::ClientError> {
+//! let client = Client::connect(ClientConfig::new("http://127.0.0.1:7000")).await?;
+//! client.mkdir("/reports", true).await?;
+//! let info = client
+//!     .put_file("report.csv".as_ref(), "/reports/2026.csv", &PutOptions::default())
+//!     .await?;
+//! println!("stored {} bytes in {} chunks", info.size, info.chunk_count);
+//! client.get_file("/reports/2026.csv", "copy.csv".as_ref()).await?;
+//! for entry in client.list("/reports").await? {
+//!     println!("{}", entry.path);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod error;
+mod get;
+mod put;
+mod source;
+
+pub use client::{Client, ClientConfig, ProgressFn};
+pub use error::ClientError;
+pub use put::PutOptions;
+
+/// Generated protocol types the public API returns (`FileInfo`,
+/// `DownloadFileResponse`, `DataNodeStatus`, `ClusterStatus`, …).
+pub use dfs_proto as proto;

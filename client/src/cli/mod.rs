@@ -1,0 +1,228 @@
+//! Command-line definitions and dispatch.
+
+/// Prints a line to stdout, ignoring a closed pipe (`dfs ls | head`): the
+/// reader went away, which is not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod bench;
+mod output;
+mod transfer;
+mod up;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dfs_client::{Client, ClientConfig};
+use dfs_common::size::ByteSize;
+
+/// Default coordinator endpoint: the one `dfs up` starts by default.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7000";
+
+/// dfs: a Kubernetes-native distributed file system.
+#[derive(Parser, Debug)]
+#[command(name = "dfs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Coordinator gRPC endpoint.
+    #[arg(long, global = true, env = "DFS_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+
+    /// Chunks transferred in parallel by put and get.
+    #[arg(long, global = true, default_value_t = 4)]
+    concurrency: usize,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local cluster (a coordinator and N datanodes) and run it until Ctrl-C.
+    Up(up::UpArgs),
+    /// Upload a local file (`-` for stdin) to a remote path.
+    Put {
+        /// Replication factor (default: the cluster's).
+        #[arg(long, short = 'r')]
+        replication: Option<u32>,
+        /// Chunk size, e.g. 4MiB (default: the cluster's).
+        #[arg(long)]
+        chunk_size: Option<ByteSize>,
+        /// Replace the remote file if it exists (atomically).
+        #[arg(long)]
+        overwrite: bool,
+        /// Local file, or `-` for standard input.
+        local: String,
+        /// Remote path, e.g. /data/file.bin.
+        remote: String,
+    },
+    /// Download a remote file to a local path (`-` for stdout).
+    Get {
+        /// Remote path.
+        remote: String,
+        /// Local file, or `-` for standard output.
+        local: String,
+    },
+    /// List a directory.
+    Ls {
+        /// Remote directory (default /).
+        #[arg(default_value = "/")]
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a file or directory (JSON lists every chunk and its replicas).
+    Stat {
+        /// Remote path.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a directory and its missing parents.
+    Mkdir {
+        /// Remote directory.
+        path: String,
+    },
+    /// Delete a file, or a directory with -r.
+    Rm {
+        /// Delete a directory and everything below it.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Remote path.
+        path: String,
+    },
+    /// Rename or move a file or directory.
+    Mv {
+        /// Existing remote path.
+        source: String,
+        /// New remote path.
+        destination: String,
+    },
+    /// List datanodes: id, address, state, used/total, last heartbeat.
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Health summary: datanodes by state, under-replicated and missing chunks.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a datanode before removing it (or cancel with --cancel).
+    Decommission {
+        /// Node id (see `dfs nodes`).
+        node: String,
+        /// Cancel a decommission in progress.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Measure put/get throughput and small-file operations per second.
+    Bench(bench::BenchArgs),
+    /// Run a coordinator (same as the dfs-coordinator binary).
+    Coordinator(dfs_coordinator::Config),
+    /// Run a datanode (same as the dfs-datanode binary).
+    Datanode(dfs_datanode::Config),
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let connect = || async {
+        let mut config = ClientConfig::new(cli.coordinator.clone());
+        config.concurrency = cli.concurrency.max(1);
+        Client::connect(config).await
+    };
+    match cli.command {
+        Command::Up(args) => {
+            dfs_common::telemetry::init("info");
+            up::run(args).await
+        }
+        Command::Bench(args) => bench::run(&connect().await?, args).await,
+        Command::Coordinator(config) => {
+            dfs_common::telemetry::init("info");
+            dfs_coordinator::run(config, dfs_common::shutdown::signal())
+                .await
+                .context("coordinator failed")
+        }
+        Command::Datanode(config) => {
+            dfs_common::telemetry::init("info");
+            dfs_datanode::run(config, dfs_common::shutdown::signal())
+                .await
+                .context("datanode failed")
+        }
+        Command::Put {
+            replication,
+            chunk_size,
+            overwrite,
+            local,
+            remote,
+        } => {
+            let options = dfs_client::PutOptions {
+                replication: replication.unwrap_or(0),
+                chunk_size: chunk_size.map_or(0, |s| s.0),
+                overwrite,
+                progress: None,
+            };
+            transfer::put(&connect().await?, &local, &remote, options).await
+        }
+        Command::Get { remote, local } => transfer::get(&connect().await?, &remote, &local).await,
+        Command::Ls { path, json } => {
+            let entries = connect().await?.list(&path).await?;
+            output::print_list(&entries, json);
+            Ok(())
+        }
+        Command::Stat { path, json } => {
+            let client = connect().await?;
+            let info = client.stat(&path).await?;
+            let map = if info.file_type == dfs_proto::FileType::File as i32 {
+                Some(client.chunk_map(&path).await?)
+            } else {
+                None
+            };
+            output::print_stat(&info, map.as_ref(), json);
+            Ok(())
+        }
+        Command::Mkdir { path } => {
+            connect().await?.mkdir(&path, true).await?;
+            Ok(())
+        }
+        Command::Rm { recursive, path } => {
+            connect().await?.delete(&path, recursive).await?;
+            Ok(())
+        }
+        Command::Mv {
+            source,
+            destination,
+        } => {
+            connect().await?.rename(&source, &destination).await?;
+            Ok(())
+        }
+        Command::Nodes { json } => {
+            let nodes = connect().await?.nodes().await?;
+            output::print_nodes(&nodes, json);
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = connect().await?.status().await?;
+            output::print_status(&status, json);
+            Ok(())
+        }
+        Command::Decommission { node, cancel } => {
+            let status = connect().await?.decommission(&node, cancel).await?;
+            output::print_nodes(std::slice::from_ref(&status), false);
+            Ok(())
+        }
+    }
+}
+
+/// `-` means the standard stream; anything else a local path.
+fn local_target(arg: &str) -> Option<PathBuf> {
+    (arg != "-").then(|| PathBuf::from(arg))
+}

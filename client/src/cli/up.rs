@@ -1,0 +1,313 @@
+//! `dfs up`: a whole local cluster from one command.
+//!
+//! Starts a coordinator and N datanodes on 127.0.0.1 as supervised child
+//! processes of this executable (`dfs coordinator …`, `dfs datanode …`), each
+//! with its own directory under `--data-dir` and its log in `DIR/logs/`.
+//! A child that dies is restarted after a short pause; Ctrl-C (or SIGTERM)
+//! closes the children's stdin, on which they shut down cleanly
+//! (`--exit-with-parent`), so no process outlives the supervisor even when the
+//! supervisor itself is killed. Restarted on the same directory, the cluster
+//! finds all its data again: node ids and metadata live in the directories.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dfs_client::{Client, ClientConfig};
+use dfs_common::size::ByteSize;
+use dfs_proto::NodeState;
+use tokio::process::{Child, Command};
+
+/// Pause before a dead child is restarted.
+const RESTART_DELAY: Duration = Duration::from_secs(2);
+/// How long a child may take to stop after its stdin closed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the cluster to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Flags of `dfs up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Directory holding every node's data (one subdirectory per node).
+    #[arg(long, default_value = "./dfs-data")]
+    data_dir: PathBuf,
+    /// Number of datanodes.
+    #[arg(long, default_value_t = 3)]
+    datanodes: usize,
+    /// Default replication factor (default: min(3, datanodes)).
+    #[arg(long)]
+    replication: Option<u32>,
+    /// Default chunk size of new files (default: the coordinator's, 64MiB).
+    #[arg(long)]
+    chunk_size: Option<ByteSize>,
+    /// Coordinator gRPC address. Port 0 picks free ports for every service.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// First datanode gRPC port (datanode i listens on this + i).
+    #[arg(long, default_value_t = 7101)]
+    datanode_port: u16,
+    /// Coordinator metrics port; datanode i serves metrics on this + 1 + i.
+    #[arg(long, default_value_t = 9100)]
+    metrics_port: u16,
+    /// Heartbeat interval of the cluster (e.g. 3s, 500ms).
+    #[arg(long, default_value = "3s")]
+    heartbeat_interval: String,
+    /// Time after which a silent datanode is declared dead and repaired around.
+    #[arg(long, default_value = "30s")]
+    dead_after: String,
+}
+
+/// One supervised service.
+struct Service {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    restart_at: Option<Instant>,
+}
+
+impl Service {
+    fn spawn(&mut self, exe: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open log {}", self.log.display()))?;
+        let child = Command::new(exe)
+            .args(&self.args)
+            // The child exits when this pipe closes (--exit-with-parent).
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.name))?;
+        self.child = Some(child);
+        self.restart_at = None;
+        Ok(())
+    }
+
+    fn pid(&self) -> String {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .map_or_else(|| "-".into(), |p| p.to_string())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Runs the cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.datanodes == 0 {
+        bail!("--datanodes must be at least 1");
+    }
+    let replication = args.replication.unwrap_or(3.min(args.datanodes as u32));
+    if replication == 0 || replication as usize > args.datanodes {
+        bail!(
+            "--replication {replication} needs at least {replication} datanodes, but --datanodes is {}",
+            args.datanodes
+        );
+    }
+    let pick = args.listen.port() == 0;
+    let port = |fixed: u16| -> anyhow::Result<u16> { if pick { free_port() } else { Ok(fixed) } };
+    let coordinator_addr = SocketAddr::new(args.listen.ip(), port(args.listen.port())?);
+    let coordinator_url = format!("http://{coordinator_addr}");
+    let coordinator_metrics = SocketAddr::new(args.listen.ip(), port(args.metrics_port)?);
+
+    let data_dir = &args.data_dir;
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let exe = std::env::current_exe().context("cannot locate the dfs executable")?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+
+    let mut coordinator_args = vec![
+        "coordinator".to_string(),
+        "--listen".into(),
+        coordinator_addr.to_string(),
+        "--metrics-addr".into(),
+        coordinator_metrics.to_string(),
+        "--data-dir".into(),
+        data_dir.join("coordinator").display().to_string(),
+        "--replication".into(),
+        replication.to_string(),
+        "--heartbeat-interval".into(),
+        args.heartbeat_interval.clone(),
+        "--dead-after".into(),
+        args.dead_after.clone(),
+        "--exit-with-parent".into(),
+    ];
+    if let Some(size) = args.chunk_size {
+        coordinator_args.extend(["--chunk-size".into(), size.0.to_string()]);
+    }
+    let mut services = vec![Service {
+        name: "coordinator".into(),
+        args: coordinator_args,
+        log: logs.join("coordinator.log"),
+        child: None,
+        restart_at: None,
+    }];
+    let mut endpoints = vec![(
+        "coordinator".to_string(),
+        coordinator_url.clone(),
+        coordinator_metrics,
+        data_dir.join("coordinator"),
+    )];
+    for i in 0..args.datanodes {
+        let listen = SocketAddr::new(args.listen.ip(), port(args.datanode_port + i as u16)?);
+        let metrics = SocketAddr::new(args.listen.ip(), port(args.metrics_port + 1 + i as u16)?);
+        let dir = data_dir.join(format!("datanode-{i}"));
+        services.push(Service {
+            name: format!("datanode-{i}"),
+            args: vec![
+                "datanode".into(),
+                "--listen".into(),
+                listen.to_string(),
+                "--metrics-addr".into(),
+                metrics.to_string(),
+                "--coordinator".into(),
+                coordinator_url.clone(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                // Each local datanode is its own failure domain, so a local
+                // cluster can hold `replication` copies on one machine.
+                "--host".into(),
+                format!("{host}-dn{i}"),
+                "--heartbeat-interval".into(),
+                args.heartbeat_interval.clone(),
+                "--exit-with-parent".into(),
+            ],
+            log: logs.join(format!("datanode-{i}.log")),
+            child: None,
+            restart_at: None,
+        });
+        endpoints.push((
+            format!("datanode-{i}"),
+            format!("http://{listen}"),
+            metrics,
+            dir,
+        ));
+    }
+    for service in &mut services {
+        service.spawn(&exe)?;
+    }
+
+    let ready = tokio::select! {
+        r = wait_ready(&coordinator_url, args.datanodes) => r,
+        () = dfs_common::shutdown::signal() => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
+    };
+    if let Err(e) = ready {
+        stop(&mut services).await;
+        return Err(e.context(format!(
+            "the cluster did not come up; see the logs in {}",
+            logs.display()
+        )));
+    }
+
+    say!("dfs cluster is up (replication {replication})");
+    for ((name, url, metrics, dir), service) in endpoints.iter().zip(&services) {
+        say!(
+            "  {name:<12} {url:<24} metrics http://{metrics}/metrics  pid {}  data {}",
+            service.pid(),
+            dir.display()
+        );
+    }
+    say!("  logs         {}", logs.display());
+    say!("coordinator endpoint: {coordinator_url}   (export DFS_COORDINATOR={coordinator_url})");
+    say!("Press Ctrl-C to stop.");
+
+    supervise(&mut services, &exe).await;
+    stop(&mut services).await;
+    say!("dfs cluster stopped");
+    Ok(())
+}
+
+/// Waits until the coordinator answers and `datanodes` nodes are healthy.
+async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("coordinator not reachable yet");
+    while Instant::now() < deadline {
+        let mut config = ClientConfig::new(coordinator);
+        config.connect_timeout = Duration::from_secs(1);
+        config.request_timeout = Duration::from_secs(2);
+        match Client::connect(config).await {
+            Ok(client) => match client.nodes().await {
+                Ok(nodes) => {
+                    let healthy = nodes
+                        .iter()
+                        .filter(|n| n.state == NodeState::Healthy as i32)
+                        .count();
+                    if healthy >= datanodes {
+                        return Ok(());
+                    }
+                    last = format!("{healthy} of {datanodes} datanodes healthy");
+                }
+                Err(e) => last = e.to_string(),
+            },
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("timed out after {READY_TIMEOUT:?}: {last}")
+}
+
+/// Restarts children that die, until Ctrl-C or SIGTERM.
+async fn supervise(services: &mut [Service], exe: &Path) {
+    let shutdown = dfs_common::shutdown::signal();
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        for service in services.iter_mut() {
+            if let Some(child) = service.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                tracing::warn!(
+                    "{} exited ({status}); restarting in {RESTART_DELAY:?} (log: {})",
+                    service.name,
+                    service.log.display()
+                );
+                service.child = None;
+                service.restart_at = Some(Instant::now() + RESTART_DELAY);
+            }
+            if service.restart_at.is_some_and(|at| Instant::now() >= at) {
+                match service.spawn(exe) {
+                    Ok(()) => tracing::info!("{} restarted, pid {}", service.name, service.pid()),
+                    Err(e) => {
+                        tracing::error!("failed to restart {}: {e:#}", service.name);
+                        service.restart_at = Some(Instant::now() + RESTART_DELAY);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops every child: datanodes first, then the coordinator. Closing stdin
+/// asks for a clean shutdown; a child still running after the grace period
+/// is killed.
+async fn stop(services: &mut [Service]) {
+    for service in services.iter_mut().rev() {
+        let Some(mut child) = service.child.take() else {
+            continue;
+        };
+        drop(child.stdin.take());
+        match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "{} did not stop in {STOP_GRACE:?}; killing it",
+                    service.name
+                );
+                let _ = child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The [`Client`]: a connection to a coordinator plus a cache of channels to
+//! the datanodes it names, and the namespace and admin calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfs_proto::coordinator_client::CoordinatorClient;
+use dfs_proto::data_node_client::DataNodeClient;
+use dfs_proto::{
+    ClusterStatus, DataNodeStatus, DecommissionNodeRequest, DeleteRequest, DeleteResponse,
+    DownloadFileRequest, DownloadFileResponse, FileInfo, GetClusterStatusRequest,
+    ListDirectoryRequest, ListNodesRequest, MkdirRequest, RenameRequest, SetNodeMaintenanceRequest,
+    StatRequest,
+};
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+
+/// Called with the number of bytes transferred since the previous call, so
+/// callers can draw progress (the CLI's progress bar).
+pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// How to reach a cluster and how hard to try.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Coordinator gRPC endpoint, e.g. `http://127.0.0.1:7000`.
+    pub coordinator: String,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Deadline of each unary call to the coordinator.
+    pub request_timeout: Duration,
+    /// Longest silence tolerated on a chunk stream (no ack, no frame) before
+    /// the transfer is abandoned and retried elsewhere. Guards against a
+    /// stalled datanode hanging the client forever.
+    pub stream_idle_timeout: Duration,
+    /// Chunks transferred in parallel by one put or get.
+    pub concurrency: usize,
+    /// Data bytes per frame (256 KiB by default).
+    pub frame_bytes: usize,
+    /// Attempts per chunk upload (each re-planned on other nodes).
+    pub upload_attempts: u32,
+}
+
+impl ClientConfig {
+    /// Defaults for `coordinator`: 5 s connect, 30 s calls, 30 s stream
+    /// idle timeout, 4 parallel chunks, 256 KiB frames, 4 attempts.
+    pub fn new(coordinator: impl Into<String>) -> Self {
+        ClientConfig {
+            coordinator: coordinator.into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(30),
+            concurrency: 4,
+            frame_bytes: dfs_proto::DEFAULT_FRAME_BYTES,
+            upload_attempts: 4,
+        }
+    }
+}
+
+/// A connection to a dfs cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) config: ClientConfig,
+    pub(crate) coordinator: CoordinatorClient<Channel>,
+    datanodes: Arc<Mutex<HashMap<String, DataNodeClient<Channel>>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("coordinator", &self.config.coordinator)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to the coordinator; fails fast, naming the address, when it
+    /// cannot be reached.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let endpoint = dfs_common::transport::endpoint(&config.coordinator, config.connect_timeout)
+            .map_err(|e| ClientError::InvalidEndpoint {
+                address: config.coordinator.clone(),
+                reason: e.to_string(),
+            })?
+            .timeout(config.request_timeout);
+        let channel =
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| ClientError::CoordinatorUnreachable {
+                    address: config.coordinator.clone(),
+                    reason: source_chain(&e),
+                })?;
+        let coordinator = CoordinatorClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        Ok(Client {
+            config,
+            coordinator,
+            datanodes: Arc::default(),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// A client of the datanode at `address`, sharing one lazily connected
+    /// HTTP/2 connection per address.
+    pub(crate) fn datanode(&self, address: &str) -> Result<DataNodeClient<Channel>, String> {
+        let mut cache = self.datanodes.lock().expect("datanode cache lock poisoned");
+        if let Some(client) = cache.get(address) {
+            return Ok(client.clone());
+        }
+        let channel = dfs_common::transport::lazy_channel(address, self.config.connect_timeout)
+            .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
+        let client = DataNodeClient::new(channel)
+            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES);
+        cache.insert(address.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Describes one path.
+    pub async fn stat(&self, path: &str) -> Result<FileInfo, ClientError> {
+        self.coordinator
+            .clone()
+            .stat(StatRequest { path: path.into() })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status("Stat", path, s))
+    }
+
+    /// Creates a directory; with `parents`, also its missing parents (and an
+    /// existing directory is not an error).
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileInfo, ClientError> {
+        self.coordinator
+            .clone()
+            .mkdir(MkdirRequest {
+                path: path.into(),
+                parents,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status("Mkdir", path, s))
+    }
+
+    /// Lists a directory (every page), in name order.
+    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>, ClientError> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .coordinator
+                .clone()
+                .list_directory(ListDirectoryRequest {
+                    path: path.into(),
+                    page_token,
+                    page_size: 0,
+                })
+                .await
+                .map_err(|s| ClientError::from_status("ListDirectory", path, s))?
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Deletes a file, or a directory (`recursive` for a non-empty one).
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<DeleteResponse, ClientError> {
+        self.coordinator
+            .clone()
+            .delete(DeleteRequest {
+                path: path.into(),
+                recursive,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status("Delete", path, s))
+    }
+
+    /// Renames or moves `source` to `destination` atomically.
+    pub async fn rename(&self, source: &str, destination: &str) -> Result<FileInfo, ClientError> {
+        self.coordinator
+            .clone()
+            .rename(RenameRequest {
+                source: source.into(),
+                destination: destination.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| {
+                let path = if s.code() == tonic::Code::AlreadyExists {
+                    destination
+                } else {
+                    source
+                };
+                ClientError::from_status("Rename", path, s)
+            })
+    }
+
+    /// The chunk map of a file: every chunk with its checksum and replicas.
+    pub async fn chunk_map(&self, path: &str) -> Result<DownloadFileResponse, ClientError> {
+        self.coordinator
+            .clone()
+            .download_file(DownloadFileRequest { path: path.into() })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status("DownloadFile", path, s))
+    }
+
+    /// Every datanode the coordinator knows, with its state.
+    pub async fn nodes(&self) -> Result<Vec<DataNodeStatus>, ClientError> {
+        self.coordinator
+            .clone()
+            .list_nodes(ListNodesRequest {})
+            .await
+            .map(|r| r.into_inner().nodes)
+            .map_err(|s| ClientError::rpc("ListNodes", s))
+    }
+
+    /// Health summary of the cluster.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.coordinator
+            .clone()
+            .get_cluster_status(GetClusterStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::rpc("GetClusterStatus", s))
+    }
+
+    /// Starts draining a datanode (or cancels it).
+    pub async fn decommission(
+        &self,
+        node_id: &str,
+        cancel: bool,
+    ) -> Result<DataNodeStatus, ClientError> {
+        self.coordinator
+            .clone()
+            .decommission_node(DecommissionNodeRequest {
+                node_id: node_id.into(),
+                cancel,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::rpc("DecommissionNode", s))
+    }
+
+    /// Puts a datanode into (or out of) maintenance for at most `duration`.
+    pub async fn set_maintenance(
+        &self,
+        node_id: &str,
+        enabled: bool,
+        duration: Duration,
+    ) -> Result<DataNodeStatus, ClientError> {
+        self.coordinator
+            .clone()
+            .set_node_maintenance(SetNodeMaintenanceRequest {
+                node_id: node_id.into(),
+                enabled,
+                duration_seconds: duration.as_secs(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::rpc("SetNodeMaintenance", s))
+    }
+}
+
+/// An error with its sources, on one line ("transport error: connection refused").
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,126 @@
+//! What can go wrong talking to a cluster, typed so that callers (and the
+//! CLI's one-line messages) can act on it.
+
+use std::path::PathBuf;
+
+use tonic::{Code, Status};
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator endpoint could not be reached.
+    #[error("cannot reach the coordinator at {address}: {reason}")]
+    CoordinatorUnreachable {
+        /// The endpoint tried.
+        address: String,
+        /// Why (transport error).
+        reason: String,
+    },
+    /// The endpoint URL is malformed.
+    #[error("invalid coordinator address {address:?}: {reason}")]
+    InvalidEndpoint {
+        /// The URL given.
+        address: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The remote path does not exist.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The remote path.
+        path: String,
+    },
+    /// The remote path already exists.
+    #[error("{path}: already exists (use --overwrite to replace a file)")]
+    AlreadyExists {
+        /// The remote path.
+        path: String,
+    },
+    /// The request was refused as malformed (bad path, bad size, …).
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The cluster cannot do it in its current state (e.g. too few datanodes
+    /// for the replication factor, a non-empty directory without recursion).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A chunk could not be stored after every retry.
+    #[error("failed to upload chunk {index} of {path} after {attempts} attempts: {last_error}")]
+    UploadChunk {
+        /// Remote path being written.
+        path: String,
+        /// Index of the chunk.
+        index: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last_error: String,
+    },
+    /// No replica of a chunk could serve intact bytes.
+    #[error("failed to read chunk {index} ({chunk_id}) of {path} from any replica: {last_error}")]
+    DownloadChunk {
+        /// Remote path being read.
+        path: String,
+        /// Index of the chunk.
+        index: u64,
+        /// The chunk id.
+        chunk_id: String,
+        /// The last failure.
+        last_error: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Local I/O on a stream (stdin/stdout or a caller's reader/writer).
+    #[error("local I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Any other RPC failure.
+    #[error("{method} failed: {}", status.message())]
+    Rpc {
+        /// The RPC that failed.
+        method: &'static str,
+        /// The status returned.
+        status: Box<Status>,
+    },
+}
+
+impl ClientError {
+    /// Maps a coordinator status for an operation on `path` to a typed error.
+    pub(crate) fn from_status(method: &'static str, path: &str, status: Status) -> Self {
+        match status.code() {
+            Code::NotFound => ClientError::NotFound {
+                path: path.to_string(),
+            },
+            Code::AlreadyExists => ClientError::AlreadyExists {
+                path: path.to_string(),
+            },
+            Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_string()),
+            Code::FailedPrecondition | Code::ResourceExhausted => {
+                ClientError::FailedPrecondition(status.message().to_string())
+            }
+            _ => ClientError::Rpc {
+                method,
+                status: Box::new(status),
+            },
+        }
+    }
+
+    /// Maps a status of a call that is not about a path.
+    pub(crate) fn rpc(method: &'static str, status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_string()),
+            Code::FailedPrecondition | Code::NotFound => {
+                ClientError::FailedPrecondition(status.message().to_string())
+            }
+            _ => ClientError::Rpc {
+                method,
+                status: Box::new(status),
+            },
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Reading a file: fetch the chunk map, stream each chunk from its first
+//! replica, fall over to the next replica (resuming at the same offset) when
+//! one fails or sends bad bytes, and verify every chunk's checksum end to end.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dfs_proto::{ChunkLocation, DownloadChunkStreamRequest, FileInfo};
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::source::PositionalWriter;
+
+/// Where downloaded bytes go.
+enum Sink<'a, W> {
+    /// A local file written at each chunk's offset: a chunk can be rewritten
+    /// from scratch when its bytes turn out wrong.
+    File(&'a PositionalWriter),
+    /// A stream that only goes forward (stdout, a caller's writer).
+    Stream(&'a mut W),
+    /// Nowhere: the bytes are verified and dropped.
+    Discard,
+}
+
+impl<W: AsyncWrite + Unpin> Sink<'_, W> {
+    async fn put(&mut self, file_offset: u64, data: Bytes) -> std::io::Result<()> {
+        match self {
+            Sink::File(writer) => writer.write(file_offset, data).await,
+            Sink::Stream(writer) => writer.write_all(&data).await,
+            Sink::Discard => Ok(()),
+        }
+    }
+
+    fn can_rewind(&self) -> bool {
+        !matches!(self, Sink::Stream(_))
+    }
+}
+
+impl Client {
+    /// Downloads `remote` into the local file `local`. The bytes land in a
+    /// temporary file beside it that is renamed into place only once every
+    /// chunk is verified, so `local` is never left half-written.
+    pub async fn get_file(&self, remote: &str, local: &Path) -> Result<FileInfo, ClientError> {
+        self.get_file_with_progress(remote, local, None).await
+    }
+
+    /// [`Client::get_file`] reporting progress as bytes arrive.
+    pub async fn get_file_with_progress(
+        &self,
+        remote: &str,
+        local: &Path,
+        progress: Option<crate::ProgressFn>,
+    ) -> Result<FileInfo, ClientError> {
+        let map = self.chunk_map(remote).await?;
+        let file_info = map.file.unwrap_or_default();
+        let local_err = |source| ClientError::Local {
+            path: local.to_path_buf(),
+            source,
+        };
+        let dir = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let size = file_info.size;
+        let temp = tokio::task::spawn_blocking(move || {
+            let temp = tempfile::NamedTempFile::new_in(&dir)?;
+            temp.as_file().set_len(size)?;
+            Ok::<_, std::io::Error>(temp)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(local_err)?;
+        let file: Arc<File> = Arc::new(temp.as_file().try_clone().map_err(local_err)?);
+        let writer = PositionalWriter::start(file.clone());
+
+        let fetched: Result<(), ClientError> = futures::stream::iter(map.chunks)
+            .map(|loc| {
+                let writer = &writer;
+                let progress = progress.clone();
+                async move {
+                    let mut sink = Sink::<tokio::io::Sink>::File(writer);
+                    self.download_chunk(remote, &loc, &mut sink, progress.as_ref())
+                        .await
+                }
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .try_collect()
+            .await;
+        let finished = writer.finish().await;
+        fetched?;
+        finished.map_err(local_err)?;
+        let local_path = local.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            temp.as_file().sync_all()?;
+            temp.persist(&local_path).map_err(|e| e.error)?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(local_err)?;
+        Ok(file_info)
+    }
+
+    /// Reads every chunk of `remote` from its replicas, in parallel, and
+    /// verifies every frame and chunk checksum, storing nothing: an end-to-end
+    /// integrity check of a file, and the read path `dfs bench` measures.
+    pub async fn verify(&self, remote: &str) -> Result<FileInfo, ClientError> {
+        let map = self.chunk_map(remote).await?;
+        futures::stream::iter(map.chunks)
+            .map(|loc| async move {
+                let mut sink = Sink::<tokio::io::Sink>::Discard;
+                self.download_chunk(remote, &loc, &mut sink, None).await
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .try_collect::<()>()
+            .await?;
+        Ok(map.file.unwrap_or_default())
+    }
+
+    /// Streams `remote` into `writer`, chunk after chunk, in order.
+    pub async fn get<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+    ) -> Result<FileInfo, ClientError> {
+        self.get_with_progress(remote, writer, None).await
+    }
+
+    /// [`Client::get`] reporting progress as bytes arrive.
+    pub async fn get_with_progress<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        writer: &mut W,
+        progress: Option<crate::ProgressFn>,
+    ) -> Result<FileInfo, ClientError> {
+        let map = self.chunk_map(remote).await?;
+        let mut sink = Sink::Stream(writer);
+        for loc in &map.chunks {
+            self.download_chunk(remote, loc, &mut sink, progress.as_ref())
+                .await?;
+        }
+        if let Sink::Stream(w) = sink {
+            w.flush().await?;
+        }
+        Ok(map.file.unwrap_or_default())
+    }
+
+    /// Downloads one chunk into `sink`, trying its replicas in order.
+    async fn download_chunk<W: AsyncWrite + Unpin>(
+        &self,
+        remote: &str,
+        loc: &ChunkLocation,
+        sink: &mut Sink<'_, W>,
+        progress: Option<&crate::ProgressFn>,
+    ) -> Result<(), ClientError> {
+        let meta = loc.chunk.clone().unwrap_or_default();
+        let fail = |last_error: String| ClientError::DownloadChunk {
+            path: remote.to_string(),
+            index: loc.index,
+            chunk_id: meta.chunk_id.clone(),
+            last_error,
+        };
+        if loc.replicas.is_empty() {
+            return Err(fail("no live replica".into()));
+        }
+        // Bytes of this chunk delivered (and verified frame by frame) so far,
+        // and the running checksum over them.
+        let mut done = 0u64;
+        let mut crc = 0u32;
+        let mut last_error = String::new();
+        for replica in &loc.replicas {
+            match self
+                .stream_chunk_from(
+                    &replica.address,
+                    &meta.chunk_id,
+                    loc.offset,
+                    &mut done,
+                    &mut crc,
+                    meta.size,
+                    sink,
+                    progress,
+                )
+                .await
+            {
+                Ok(()) if crc == meta.checksum => return Ok(()),
+                Ok(()) => {
+                    last_error = format!(
+                        "{} sent bytes whose checksum {crc:08x} does not match the recorded {:08x}",
+                        replica.node_id, meta.checksum
+                    );
+                    if !sink.can_rewind() {
+                        return Err(fail(last_error));
+                    }
+                    done = 0;
+                    crc = 0;
+                }
+                Err(e) => last_error = format!("{}: {e}", replica.node_id),
+            }
+            tracing::warn!(chunk = %meta.chunk_id, "replica failed, trying the next: {last_error}");
+        }
+        Err(fail(last_error))
+    }
+
+    /// Streams the rest of a chunk (from `*done`) from one replica.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_chunk_from<W: AsyncWrite + Unpin>(
+        &self,
+        address: &str,
+        chunk_id: &str,
+        file_offset: u64,
+        done: &mut u64,
+        crc: &mut u32,
+        size: u64,
+        sink: &mut Sink<'_, W>,
+        progress: Option<&crate::ProgressFn>,
+    ) -> Result<(), String> {
+        if *done == size {
+            return Ok(());
+        }
+        let mut datanode = self.datanode(address)?;
+        let idle = self.config.stream_idle_timeout;
+        let request = DownloadChunkStreamRequest {
+            session_id: String::new(),
+            chunk_id: chunk_id.to_string(),
+            offset: *done,
+            length: size - *done,
+            frame_bytes: self.config.frame_bytes as u32,
+        };
+        let mut frames = tokio::time::timeout(idle, datanode.download_chunk_stream(request))
+            .await
+            .map_err(|_| format!("no answer within {idle:?}"))?
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        while *done < size {
+            let frame = tokio::time::timeout(idle, frames.message())
+                .await
+                .map_err(|_| format!("stalled: no frame for {idle:?}"))?
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .ok_or_else(|| format!("stream ended at offset {} of {size}", *done))?;
+            if frame.offset != *done {
+                return Err(format!(
+                    "frame at offset {}, expected {}",
+                    frame.offset, *done
+                ));
+            }
+            if !frame.verify() {
+                return Err(format!(
+                    "frame at offset {} failed its checksum",
+                    frame.offset
+                ));
+            }
+            let len = frame.data.len() as u64;
+            if len == 0 && !frame.is_final {
+                return Err("empty frame".into());
+            }
+            if *done + len > size {
+                return Err(format!("replica sent more than the chunk's {size} bytes"));
+            }
+            *crc = dfs_proto::frame::checksum_append(*crc, &frame.data);
+            sink.put(file_offset + *done, frame.data)
+                .await
+                .map_err(|e| format!("local write failed: {e}"))?;
+            *done += len;
+            if let Some(progress) = progress {
+                progress(len);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! `dfs`: the command-line tool of dfs.
+//!
+//! Thin edge over the client library: parse flags, run one command, print a
+//! result (human-readable or `--json`), and turn every failure into one clear
+//! line and a non-zero exit. `dfs up` starts a whole local cluster;
+//! `dfs coordinator` and `dfs datanode` run the services themselves (the same
+//! code as the `dfs-coordinator` and `dfs-datanode` binaries), which is how
+//! `dfs up` supervises them as child processes from one executable.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, no backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

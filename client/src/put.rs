@@ -1,0 +1,402 @@
+//! Writing a file: plan with the coordinator, stream every chunk to its
+//! primary datanode (which fans it out to the other replicas), re-plan a
+//! failed chunk on other nodes, then confirm so the file appears atomically.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dfs_proto::upload_chunk_response::Kind;
+use dfs_proto::{
+    AbortUploadRequest, ChecksumAlgorithm, ChunkMeta, ConfirmUploadRequest, ConfirmedChunk,
+    FileInfo, PlannedChunk, PrepareChunkUploadRequest, ReplanChunkRequest, UploadFileRequest,
+    UploadPlan,
+};
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncRead;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::client::{Client, ProgressFn, source_chain};
+use crate::error::ClientError;
+use crate::source::{Source, read_chunk_frames};
+
+/// Options of a put.
+#[derive(Clone, Default)]
+pub struct PutOptions {
+    /// Replication factor; 0 means the cluster default.
+    pub replication: u32,
+    /// Chunk size in bytes; 0 means the cluster default.
+    pub chunk_size: u64,
+    /// Replace an existing file atomically instead of failing.
+    pub overwrite: bool,
+    /// Called as bytes are acknowledged by the datanodes.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for PutOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutOptions")
+            .field("replication", &self.replication)
+            .field("chunk_size", &self.chunk_size)
+            .field("overwrite", &self.overwrite)
+            .finish()
+    }
+}
+
+/// Why one attempt at a chunk failed, and whether its primary is to blame.
+struct AttemptError {
+    message: String,
+    /// The primary could not be reached or broke mid-stream: re-plan
+    /// without it.
+    blame_primary: bool,
+}
+
+impl AttemptError {
+    fn status(stage: &str, node: &str, status: &tonic::Status) -> Self {
+        let blame_primary = matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+        ) || status.code() == Code::ResourceExhausted;
+        AttemptError {
+            message: format!("{stage} on {node}: {}", status.message()),
+            blame_primary,
+        }
+    }
+
+    fn other(message: String) -> Self {
+        AttemptError {
+            message,
+            blame_primary: false,
+        }
+    }
+}
+
+impl Client {
+    /// Uploads the local file `local` to `remote`.
+    pub async fn put_file(
+        &self,
+        local: &Path,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<FileInfo, ClientError> {
+        let file = File::open(local).map_err(|source| ClientError::Local {
+            path: local.to_path_buf(),
+            source,
+        })?;
+        let meta = file.metadata().map_err(|source| ClientError::Local {
+            path: local.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(ClientError::Local {
+                path: local.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+            });
+        }
+        self.put_source(Source::File(Arc::new(file)), meta.len(), remote, options)
+            .await
+    }
+
+    /// Uploads bytes already in memory (small objects) to `remote`, without
+    /// copying them.
+    pub async fn put_bytes(
+        &self,
+        data: bytes::Bytes,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<FileInfo, ClientError> {
+        let size = data.len() as u64;
+        self.put_source(Source::Memory(data), size, remote, options)
+            .await
+    }
+
+    /// Uploads everything `reader` yields to `remote`.
+    ///
+    /// The bytes are spooled to an anonymous temporary file first: the
+    /// coordinator plans with the file's size, and a chunk that fails must be
+    /// re-readable to be retried on other nodes. Memory stays bounded.
+    pub async fn put_reader<R: AsyncRead + Unpin>(
+        &self,
+        mut reader: R,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<FileInfo, ClientError> {
+        let spool = tokio::task::spawn_blocking(tempfile::tempfile)
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut spool = tokio::fs::File::from_std(spool);
+        let size = tokio::io::copy(&mut reader, &mut spool).await?;
+        let spool = spool.into_std().await;
+        self.put_source(Source::File(Arc::new(spool)), size, remote, options)
+            .await
+    }
+
+    async fn put_source(
+        &self,
+        source: Source,
+        size: u64,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<FileInfo, ClientError> {
+        let plan = self
+            .coordinator
+            .clone()
+            .upload_file(UploadFileRequest {
+                path: remote.into(),
+                size,
+                replication: options.replication,
+                chunk_size: options.chunk_size,
+                overwrite: options.overwrite,
+            })
+            .await
+            .map_err(|s| ClientError::from_status("UploadFile", remote, s))?
+            .into_inner();
+        tracing::debug!(upload_id = %plan.upload_id, chunks = plan.chunks.len(), "upload planned");
+
+        let uploaded: Result<Vec<ConfirmedChunk>, ClientError> =
+            futures::stream::iter(plan.chunks.clone())
+                .map(|chunk| self.upload_chunk(&plan, chunk, &source, remote, options))
+                .buffer_unordered(self.config.concurrency.max(1))
+                .try_collect()
+                .await;
+        let mut chunks = match uploaded {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                self.abort(&plan.upload_id).await;
+                return Err(e);
+            }
+        };
+        chunks.sort_by_key(|c| c.index);
+        let confirmed = self
+            .coordinator
+            .clone()
+            .confirm_upload(ConfirmUploadRequest {
+                upload_id: plan.upload_id.clone(),
+                chunks,
+            })
+            .await;
+        match confirmed {
+            Ok(r) => Ok(r.into_inner().file.unwrap_or_default()),
+            Err(status) => {
+                self.abort(&plan.upload_id).await;
+                Err(ClientError::from_status("ConfirmUpload", remote, status))
+            }
+        }
+    }
+
+    /// Best-effort abort so the coordinator reclaims the chunks now rather
+    /// than when the upload expires.
+    async fn abort(&self, upload_id: &str) {
+        let request = AbortUploadRequest {
+            upload_id: upload_id.into(),
+        };
+        if let Err(status) = self.coordinator.clone().abort_upload(request).await {
+            tracing::debug!("abort of upload {upload_id} failed: {}", status.message());
+        }
+    }
+
+    /// Uploads one chunk, re-planning it on other nodes after a failure.
+    async fn upload_chunk(
+        &self,
+        plan: &UploadPlan,
+        mut planned: PlannedChunk,
+        source: &Source,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<ConfirmedChunk, ClientError> {
+        let attempts = self.config.upload_attempts.max(1);
+        let mut exclude: Vec<String> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self
+                .upload_chunk_once(plan, &planned, source, options)
+                .await
+            {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
+            tracing::warn!(
+                index = planned.index,
+                attempt,
+                "chunk upload failed: {}",
+                error.message
+            );
+            let give_up = |last_error: String| ClientError::UploadChunk {
+                path: remote.to_string(),
+                index: planned.index,
+                attempts: attempt,
+                last_error,
+            };
+            if attempt >= attempts {
+                return Err(give_up(error.message));
+            }
+            if error.blame_primary
+                && let Some(primary) = planned.nodes.first()
+                && !exclude.contains(&primary.node_id)
+            {
+                exclude.push(primary.node_id.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            let replanned = self
+                .coordinator
+                .clone()
+                .replan_chunk(ReplanChunkRequest {
+                    upload_id: plan.upload_id.clone(),
+                    index: planned.index,
+                    exclude_nodes: exclude.clone(),
+                })
+                .await;
+            planned = match replanned {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    return Err(give_up(format!(
+                        "{}; re-planning failed: {}",
+                        error.message,
+                        status.message()
+                    )));
+                }
+            };
+        }
+    }
+
+    /// One attempt: prepare on the primary, stream the frames, wait for the
+    /// replicas that stored the chunk durably.
+    async fn upload_chunk_once(
+        &self,
+        plan: &UploadPlan,
+        planned: &PlannedChunk,
+        source: &Source,
+        options: &PutOptions,
+    ) -> Result<ConfirmedChunk, AttemptError> {
+        let primary = planned
+            .nodes
+            .first()
+            .ok_or_else(|| AttemptError::other("the plan names no datanode".into()))?;
+        let mut datanode = self
+            .datanode(&primary.address)
+            .map_err(AttemptError::other)?;
+        let node = primary.node_id.as_str();
+
+        let prepared = tokio::time::timeout(
+            self.config.request_timeout,
+            datanode.prepare_chunk_upload(PrepareChunkUploadRequest {
+                chunk: Some(ChunkMeta {
+                    chunk_id: planned.chunk_id.clone(),
+                    checksum: 0,
+                    size: planned.size,
+                    checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
+                }),
+                targets: planned.nodes[1..].to_vec(),
+                write_quorum: plan.write_quorum,
+                session_id: String::new(),
+            }),
+        )
+        .await
+        .map_err(|_| AttemptError {
+            message: format!("PrepareChunkUpload on {node} timed out"),
+            blame_primary: true,
+        })?
+        .map_err(|s| AttemptError::status("PrepareChunkUpload", node, &s))?
+        .into_inner();
+
+        let (frames, reader) = read_chunk_frames(
+            source,
+            planned.offset,
+            planned.size,
+            self.config.frame_bytes,
+        );
+        let session_id = prepared.session_id;
+        let mut first = true;
+        let outgoing = tokio_stream::StreamExt::map_while(
+            ReceiverStream::new(frames),
+            move |frame| match frame {
+                Ok(mut frame) => {
+                    if first {
+                        frame.session_id = session_id.clone();
+                        first = false;
+                    }
+                    Some(frame)
+                }
+                // A local read error ends the stream without is_final: the
+                // datanode discards the partial chunk.
+                Err(_) => None,
+            },
+        );
+
+        let idle = self.config.stream_idle_timeout;
+        let mut responses = tokio::time::timeout(idle, datanode.upload_chunk_stream(outgoing))
+            .await
+            .map_err(|_| AttemptError {
+                message: format!("UploadChunkStream to {node} timed out"),
+                blame_primary: true,
+            })?
+            .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?
+            .into_inner();
+
+        let mut acked = 0u64;
+        let stored = loop {
+            let message = tokio::time::timeout(idle, responses.message())
+                .await
+                .map_err(|_| AttemptError {
+                    message: format!("{node} stalled: no progress for {idle:?}"),
+                    blame_primary: true,
+                })?
+                .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?;
+            match message.and_then(|m| m.kind) {
+                Some(Kind::Ack(ack)) => {
+                    if let Some(progress) = &options.progress
+                        && ack.offset > acked
+                    {
+                        progress(ack.offset - acked);
+                    }
+                    acked = acked.max(ack.offset);
+                }
+                Some(Kind::Replicas(replicas)) => break replicas,
+                None => {
+                    return Err(AttemptError {
+                        message: format!("{node} closed the upload stream without an answer"),
+                        blame_primary: true,
+                    });
+                }
+            }
+        };
+        let crc = reader
+            .await
+            .map_err(|e| AttemptError::other(format!("local reader failed: {e}")))?
+            .map_err(|e| AttemptError::other(format!("local read failed: {}", source_chain(&e))))?;
+        if let Some(progress) = &options.progress
+            && planned.size > acked
+        {
+            progress(planned.size - acked);
+        }
+        let chunk = stored.chunk.unwrap_or_default();
+        if chunk.checksum != crc || chunk.size != planned.size || chunk.chunk_id != planned.chunk_id
+        {
+            return Err(AttemptError::other(format!(
+                "{node} stored chunk {} with checksum {:08x} and size {}, expected {:08x} and {}",
+                planned.chunk_id, chunk.checksum, chunk.size, crc, planned.size
+            )));
+        }
+        if (stored.replicas.len() as u32) < plan.write_quorum {
+            return Err(AttemptError::other(format!(
+                "only {} of the {} required replicas stored chunk {}",
+                stored.replicas.len(),
+                plan.write_quorum,
+                planned.chunk_id
+            )));
+        }
+        Ok(ConfirmedChunk {
+            index: planned.index,
+            chunk: Some(ChunkMeta {
+                chunk_id: planned.chunk_id.clone(),
+                checksum: crc,
+                size: planned.size,
+                checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
+            }),
+            replicas: stored.replicas,
+        })
+    }
+}

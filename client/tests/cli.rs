@@ -1,0 +1,379 @@
+//! End-to-end tests of the `dfs` tool: `dfs up` runs a real cluster (a
+//! coordinator and three datanodes as separate processes) on free ports in a
+//! temp dir, and the CLI talks to it like a user would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rand::RngCore;
+
+/// A `dfs up` cluster that is stopped (and its children with it) on drop,
+/// also when a test fails.
+struct Cluster {
+    up: Child,
+    coordinator: String,
+    /// (service name, pid) as printed by `dfs up`.
+    pids: Vec<(String, u32)>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let mut up = Command::new(env!("CARGO_BIN_EXE_dfs"))
+            .args(["up", "--datanodes", "3", "--listen", "127.0.0.1:0"])
+            .args(["--heartbeat-interval", "200ms", "--dead-after", "5s"])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("DFS_COORDINATOR")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("dfs up starts");
+        let stdout = up.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Keep draining after the test stopped listening, so the
+                // supervisor never writes into a closed pipe.
+                let _ = tx.send(line);
+            }
+        });
+        let mut cluster = Cluster {
+            up,
+            coordinator: String::new(),
+            pids: Vec::new(),
+        };
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => line,
+                Err(e) => panic!("dfs up did not report readiness: {e}"),
+            };
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "pid") {
+                cluster
+                    .pids
+                    .push((words[0].to_string(), words[i + 1].parse().expect("pid")));
+            }
+            if let Some(rest) = line.strip_prefix("coordinator endpoint: ") {
+                cluster.coordinator = rest.split_whitespace().next().unwrap().to_string();
+                break;
+            }
+        }
+        assert_eq!(
+            cluster.pids.len(),
+            4,
+            "coordinator and 3 datanodes: {:?}",
+            cluster.pids
+        );
+        cluster
+    }
+
+    fn dfs(&self) -> assert_cmd::Command {
+        let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_dfs"));
+        cmd.env("DFS_COORDINATOR", &self.coordinator)
+            .env("RUST_LOG", "warn")
+            .timeout(Duration::from_secs(120));
+        cmd
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        self.pids
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", self.pids))
+            .1
+    }
+
+    /// Stops `dfs up` with SIGTERM and waits for it (and its children).
+    fn stop(mut self) {
+        signal(self.up.id(), "TERM");
+        let _ = self.up.wait();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if matches!(self.up.try_wait(), Ok(None)) {
+            signal(self.up.id(), "TERM");
+            let _ = self.up.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status();
+}
+
+fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
+    let mut data = vec![0u8; len];
+    rand::rng().fill_bytes(&mut data);
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+fn json(output: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(output).expect("valid JSON")
+}
+
+/// Asserts a command failed with one clear `error:` line and no panic.
+fn assert_clear_error(out: &std::process::Output, needle: &str) {
+    assert!(!out.status.success(), "must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "got: {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "got: {stderr}");
+}
+
+#[test]
+fn put_get_stat_ls_rm_and_survive_a_killed_datanode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&tmp.path().join("data"));
+    let local = random_file(tmp.path(), "in.bin", 5 * 1024 * 1024 + 12345);
+
+    cluster.dfs().args(["mkdir", "/data"]).assert().success();
+    cluster
+        .dfs()
+        .args(["put", "--chunk-size", "1MiB"])
+        .arg(&local)
+        .arg("/data/file.bin")
+        .assert()
+        .success();
+
+    let out = tmp.path().join("out.bin");
+    cluster
+        .dfs()
+        .args(["get", "/data/file.bin"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap(),
+        "byte-identical"
+    );
+
+    // stat --json lists every chunk on 3 distinct nodes.
+    let stat = cluster
+        .dfs()
+        .args(["stat", "--json", "/data/file.bin"])
+        .output()
+        .unwrap();
+    assert!(stat.status.success());
+    let stat = json(&stat.stdout);
+    assert_eq!(stat["size"], 5 * 1024 * 1024 + 12345);
+    let chunks = stat["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 6);
+    let mut total = 0;
+    for chunk in chunks {
+        let mut replicas: Vec<&str> = chunk["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        replicas.sort();
+        replicas.dedup();
+        assert_eq!(replicas.len(), 3, "3 distinct replicas: {chunk}");
+        assert_eq!(chunk["id"].as_str().unwrap().len(), 32);
+        total += chunk["size"].as_u64().unwrap();
+    }
+    assert_eq!(total, 5 * 1024 * 1024 + 12345);
+
+    let ls = cluster
+        .dfs()
+        .args(["ls", "--json", "/data"])
+        .output()
+        .unwrap();
+    let ls = json(&ls.stdout);
+    assert_eq!(ls[0]["path"], "/data/file.bin");
+
+    // stdin/stdout.
+    cluster
+        .dfs()
+        .args(["put", "-", "/data/small.txt"])
+        .write_stdin("hello from stdin\n")
+        .assert()
+        .success();
+    cluster
+        .dfs()
+        .args(["get", "/data/small.txt", "-"])
+        .assert()
+        .success()
+        .stdout("hello from stdin\n");
+
+    // mv and rm.
+    cluster
+        .dfs()
+        .args(["mv", "/data/small.txt", "/small.txt"])
+        .assert()
+        .success();
+    cluster.dfs().args(["rm", "/small.txt"]).assert().success();
+    let gone = cluster.dfs().args(["stat", "/small.txt"]).output().unwrap();
+    assert_clear_error(&gone, "no such file");
+
+    // nodes and status.
+    let nodes = cluster.dfs().args(["nodes", "--json"]).output().unwrap();
+    let nodes = json(&nodes.stdout);
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    let status = cluster.dfs().args(["status", "--json"]).output().unwrap();
+    let status = json(&status.stdout);
+    assert_eq!(status["missing_chunks"], 0);
+    assert!(status["files"].as_u64().unwrap() >= 1);
+
+    // A datanode killed with SIGKILL: the file is still readable.
+    signal(cluster.pid("datanode-0"), "KILL");
+    let out2 = tmp.path().join("out2.bin");
+    cluster
+        .dfs()
+        .args(["get", "/data/file.bin"])
+        .arg(&out2)
+        .assert()
+        .success();
+    assert!(
+        std::fs::read(&out2).unwrap() == std::fs::read(&local).unwrap(),
+        "byte-identical after SIGKILL"
+    );
+
+    cluster.dfs().args(["rm", "-r", "/data"]).assert().success();
+    let gone = cluster
+        .dfs()
+        .args(["stat", "/data/file.bin"])
+        .output()
+        .unwrap();
+    assert_clear_error(&gone, "no such file");
+    cluster.stop();
+}
+
+#[test]
+fn restart_on_the_same_dir_keeps_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let local = random_file(tmp.path(), "in.bin", 3 * 1024 * 1024 + 7);
+    let cluster = Cluster::start(&data);
+    cluster
+        .dfs()
+        .args(["put", "--chunk-size", "1MiB"])
+        .arg(&local)
+        .arg("/kept.bin")
+        .assert()
+        .success();
+    cluster.stop();
+
+    // New ports, same directory: the datanodes re-register at new addresses.
+    let cluster = Cluster::start(&data);
+    let out = tmp.path().join("out.bin");
+    cluster
+        .dfs()
+        .args(["get", "/kept.bin"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(
+        std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap(),
+        "byte-identical after restart"
+    );
+    cluster.stop();
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Coordinator unreachable: the message names the address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let out = assert_cmd::Command::new(env!("CARGO_BIN_EXE_dfs"))
+        .args(["--coordinator", &addr, "ls", "/"])
+        .output()
+        .unwrap();
+    assert_clear_error(&out, &addr);
+
+    let cluster = Cluster::start(&tmp.path().join("data"));
+    let local = random_file(tmp.path(), "in.bin", 1000);
+
+    // Missing local file.
+    let out = cluster
+        .dfs()
+        .args(["put", "/no/such/local/file", "/x"])
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "/no/such/local/file");
+
+    // Remote path not found.
+    let out = cluster
+        .dfs()
+        .args(["get", "/missing.bin"])
+        .arg(tmp.path().join("o"))
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "/missing.bin: no such file");
+
+    // Too few datanodes for the replication factor.
+    let out = cluster
+        .dfs()
+        .args(["put", "-r", "5"])
+        .arg(&local)
+        .arg("/r5")
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "datanode");
+
+    // Path already exists, then --overwrite replaces it.
+    cluster
+        .dfs()
+        .arg("put")
+        .arg(&local)
+        .arg("/dup")
+        .assert()
+        .success();
+    let out = cluster
+        .dfs()
+        .arg("put")
+        .arg(&local)
+        .arg("/dup")
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "already exists");
+    cluster
+        .dfs()
+        .args(["put", "--overwrite"])
+        .arg(&local)
+        .arg("/dup")
+        .assert()
+        .success();
+
+    // Bad path and bad size suffix.
+    let out = cluster
+        .dfs()
+        .arg("put")
+        .arg(&local)
+        .arg("relative/../path")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = cluster
+        .dfs()
+        .args(["put", "--chunk-size", "4parsecs"])
+        .arg(&local)
+        .arg("/y")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4parsecs"));
+    cluster.stop();
+}
