@@ -187,3 +187,101 @@ async fn an_unreachable_replica_is_reported_as_failed() {
     primary.stop().await;
     r1.stop().await;
 }
+
+/// A replica that accepts the stream and then never reads from it.
+struct StalledReplica;
+
+type Boxed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl dfs_proto::data_node_server::DataNode for StalledReplica {
+    async fn prepare_chunk_upload(
+        &self,
+        _: tonic::Request<PrepareChunkUploadRequest>,
+    ) -> Result<tonic::Response<PrepareChunkUploadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stalled"))
+    }
+    type UploadChunkStreamStream = Boxed<UploadChunkResponse>;
+    async fn upload_chunk_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<ChunkData>>,
+    ) -> Result<tonic::Response<Self::UploadChunkStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stalled"))
+    }
+    async fn prepare_chunk_download(
+        &self,
+        _: tonic::Request<PrepareChunkDownloadRequest>,
+    ) -> Result<tonic::Response<PrepareChunkDownloadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stalled"))
+    }
+    type DownloadChunkStreamStream = Boxed<ChunkData>;
+    async fn download_chunk_stream(
+        &self,
+        _: tonic::Request<DownloadChunkStreamRequest>,
+    ) -> Result<tonic::Response<Self::DownloadChunkStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stalled"))
+    }
+    type ReplicateChunkStream = Boxed<UploadChunkResponse>;
+    async fn replicate_chunk(
+        &self,
+        request: tonic::Request<tonic::Streaming<ReplicateChunkRequest>>,
+    ) -> Result<tonic::Response<Self::ReplicateChunkStream>, tonic::Status> {
+        let inbound = request.into_inner();
+        // Hold the request stream open without reading it.
+        let out = futures::stream::unfold(inbound, |s| async move {
+            std::future::pending::<()>().await;
+            Some((Ok(UploadChunkResponse::default()), s))
+        });
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+    async fn delete_chunk(
+        &self,
+        _: tonic::Request<DeleteChunkRequest>,
+    ) -> Result<tonic::Response<DeleteChunkResponse>, tonic::Status> {
+        Ok(tonic::Response::new(DeleteChunkResponse { deleted: false }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_is_dropped_after_the_stall_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled = NodeAddress {
+        node_id: "e".repeat(32),
+        address: format!("http://{}", listener.local_addr().unwrap()),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(dfs_proto::data_node_server::DataNodeServer::new(
+                StalledReplica,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let id = chunk_id();
+    let bytes = data(8 * 1024 * 1024, 6);
+    let r = upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert_eq!(r.failed.len(), 1);
+    assert!(
+        r.failed[0].reason.contains("stalled"),
+        "{}",
+        r.failed[0].reason
+    );
+    assert_eq!(
+        primary.counter("dfs_datanode_replicas_dropped_total", "stall"),
+        1
+    );
+    primary.stop().await;
+    r1.stop().await;
+}
