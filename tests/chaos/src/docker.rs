@@ -1,0 +1,1 @@
+//! Containers on a user-defined Docker network, for the partition scenario.
