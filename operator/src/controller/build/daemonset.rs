@@ -1,0 +1,153 @@
+//! The datanode DaemonSet: hostPath data directory, updateStrategy OnDelete
+//! (the operator deletes one outdated pod at a time, behind the coordinator's
+//! maintenance gate), topology from the Kubernetes node.
+//!
+//! The node name comes from the downward API (`spec.nodeName` → `DFS_HOST`).
+//! The downward API cannot read node labels, so the zone comes from the
+//! topology ConfigMap (node name → zone, kept by the operator from the zone
+//! label of the nodes) mounted into the pod: a small shell prelude exports
+//! `DFS_ZONE` from it before exec'ing the datanode.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HostPathVolumeSource,
+    ObjectFieldSelector, PodTemplateSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::configmap::{KEY_COORDINATOR, KEY_RESERVE};
+use super::statefulset::{container_port, env_from_config, finish_template, pod_spec, probe};
+use super::{
+    CONTAINER_DATA_DIR, DATANODE, DATANODE_METRICS_PORT, DATANODE_PORT, Names, TOPOLOGY_MOUNT,
+    meta, selector_labels,
+};
+use crate::controller::validate::ValidSpec;
+use crate::crd::DfsCluster;
+
+/// Node selector that matches no node: a stopped cluster runs no datanode.
+pub const STOPPED_SELECTOR: (&str, &str) = ("dfs.io/stopped", "true");
+
+/// Shell prelude: zone from the topology ConfigMap, then exec the datanode.
+pub const ENTRYPOINT: &str = "export DFS_ZONE=\"$(cat \"/etc/dfs/topology/$DFS_HOST\" 2>/dev/null || echo default)\"; exec dfs-datanode \"$@\"";
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (DaemonSet, String) {
+    let spec = &cluster.spec.datanode;
+    let names = Names(&v.name);
+    let image = &cluster.spec.image;
+    let mut env = vec![
+        field_env("POD_IP", "status.podIP"),
+        field_env("DFS_HOST", "spec.nodeName"),
+        EnvVar {
+            name: "DFS_ADVERTISE".into(),
+            value: Some(format!("http://$(POD_IP):{DATANODE_PORT}")),
+            ..EnvVar::default()
+        },
+        env_from_config(v, "DFS_COORDINATOR", KEY_COORDINATOR),
+        env_from_config(v, "DFS_RESERVE", KEY_RESERVE),
+    ];
+    env.extend(spec.env.iter().cloned());
+    let mut args = vec![
+        "dfs-datanode".to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{DATANODE_PORT}"),
+        "--data-dir".into(),
+        CONTAINER_DATA_DIR.into(),
+        "--metrics-addr".into(),
+        format!("0.0.0.0:{DATANODE_METRICS_PORT}"),
+    ];
+    args.extend(spec.args.iter().cloned());
+    let container = Container {
+        name: DATANODE.into(),
+        image: Some(format!("{}:{}", image.repository, image.tag)),
+        image_pull_policy: Some(image.pull_policy.as_str().into()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), ENTRYPOINT.into()]),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![
+            container_port("grpc", DATANODE_PORT),
+            container_port("metrics", DATANODE_METRICS_PORT),
+        ]),
+        readiness_probe: Some(probe("/readyz", "metrics")),
+        liveness_probe: Some(probe("/healthz", "metrics")),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: CONTAINER_DATA_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "topology".into(),
+                mount_path: TOPOLOGY_MOUNT.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let mut scheduling = spec.scheduling.clone();
+    if cluster.spec.cluster_operation.stopped {
+        scheduling
+            .node_selector
+            .insert(STOPPED_SELECTOR.0.into(), STOPPED_SELECTOR.1.into());
+    }
+    let mut pod = pod_spec(cluster, &scheduling, container);
+    pod.volumes = Some(vec![
+        Volume {
+            name: "data".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: spec.data_dir.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "topology".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.topology(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(super::labels(v, cluster, Some(DATANODE))),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod),
+    };
+    let (template, hash) = finish_template(template, spec.pod_overrides.as_ref(), config_hash);
+    let ds = DaemonSet {
+        metadata: meta(v, cluster, names.datanode(), Some(DATANODE)),
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&v.name, Some(DATANODE))),
+                ..LabelSelector::default()
+            },
+            template,
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..DaemonSetUpdateStrategy::default()
+            }),
+            ..DaemonSetSpec::default()
+        },
+        ..DaemonSet::default()
+    };
+    (ds, hash)
+}

@@ -1,0 +1,232 @@
+//! Builders against YAML fixtures (`operator/testdata/*.yaml`) and golden
+//! files (`*.golden.yaml`). Regenerate the golden files with
+//! `UPDATE_GOLDEN=1 cargo test -p dfs-operator build::tests`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::controller::validate::validate;
+
+fn testdata(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+fn fixture(name: &str) -> DfsCluster {
+    let text = std::fs::read_to_string(testdata(&format!("{name}.yaml"))).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn observed() -> Observed {
+    Observed {
+        zones: BTreeMap::from([
+            ("node-a".into(), "zone-1".into()),
+            ("node-b".into(), "zone-2".into()),
+        ]),
+        service_monitor_crd: true,
+    }
+}
+
+fn render(d: &Desired) -> String {
+    let mut docs: Vec<String> = vec![
+        serde_yaml::to_string(&d.config).unwrap(),
+        serde_yaml::to_string(&d.topology).unwrap(),
+    ];
+    docs.extend(d.services.iter().map(|s| serde_yaml::to_string(s).unwrap()));
+    docs.extend(d.pdbs.iter().map(|s| serde_yaml::to_string(s).unwrap()));
+    docs.push(serde_yaml::to_string(&d.statefulset).unwrap());
+    docs.push(serde_yaml::to_string(&d.daemonset).unwrap());
+    docs.extend(
+        d.service_monitor
+            .iter()
+            .map(|s| serde_yaml::to_string(s).unwrap()),
+    );
+    docs.join("---\n")
+}
+
+fn check_golden(name: &str) -> Desired {
+    let cluster = fixture(name);
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    let got = render(&d);
+    let path = testdata(&format!("{name}.golden.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "{name}: built objects differ from {} (UPDATE_GOLDEN=1 to regenerate):\n{got}",
+        path.display()
+    );
+    d
+}
+
+#[test]
+fn minimal_cluster_matches_golden() {
+    let d = check_golden("minimal");
+    // Defaults: metrics Services and a ServiceMonitor (its CRD exists here).
+    assert_eq!(d.services.len(), 4);
+    assert!(d.service_monitor.is_some());
+    assert_eq!(d.statefulset.spec.replicas, Some(1));
+}
+
+#[test]
+fn full_cluster_matches_golden() {
+    let d = check_golden("full");
+    assert_eq!(d.services.len(), 2, "metrics disabled: no metrics Services");
+    assert!(d.service_monitor.is_none());
+    let sts = &d.statefulset;
+    assert_eq!(sts.spec.replicas, Some(3));
+    let retention = sts
+        .spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    let pod = sts.spec.template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("high"),
+        "pod overrides merged"
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/dfs:1.2.3")
+    );
+    let ds_pod = d.daemonset.spec.template.spec.as_ref().unwrap();
+    let host = ds_pod.volumes.as_ref().unwrap()[0]
+        .host_path
+        .as_ref()
+        .unwrap();
+    assert_eq!(host.path, "/mnt/disk1/dfs");
+    assert_eq!(
+        d.config.data.as_ref().unwrap()["chunkSize"],
+        (16u64 << 20).to_string()
+    );
+    assert_eq!(
+        d.config.data.as_ref().unwrap()["reserve"],
+        (10u64 << 30).to_string()
+    );
+}
+
+#[test]
+fn every_object_is_owned_and_labelled() {
+    let cluster = fixture("minimal");
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    let mut metas = vec![
+        &d.config.metadata,
+        &d.topology.metadata,
+        &d.statefulset.metadata,
+        &d.daemonset.metadata,
+    ];
+    metas.extend(d.services.iter().map(|s| &s.metadata));
+    metas.extend(d.pdbs.iter().map(|s| &s.metadata));
+    metas.extend(d.service_monitor.iter().map(|s| &s.metadata));
+    for m in metas {
+        let owner = &m.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "DfsCluster");
+        assert_eq!(owner.controller, Some(true));
+        let labels = m.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], MANAGER);
+        assert_eq!(m.namespace.as_deref(), Some("storage"));
+    }
+}
+
+#[test]
+fn datanode_topology_and_update_strategy() {
+    let cluster = fixture("minimal");
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    let ds = &d.daemonset.spec;
+    assert_eq!(
+        ds.update_strategy.as_ref().unwrap().type_.as_deref(),
+        Some("OnDelete")
+    );
+    let c = &ds.template.spec.as_ref().unwrap().containers[0];
+    let env: BTreeMap<_, _> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let host = env["DFS_HOST"]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(host.field_path, "spec.nodeName");
+    assert_eq!(
+        env["DFS_ADVERTISE"].value.as_deref(),
+        Some("http://$(POD_IP):7101")
+    );
+    assert_eq!(d.topology.data.as_ref().unwrap()["node-a"], "zone-1");
+    assert_eq!(
+        d.config.data.as_ref().unwrap()["coordinator"],
+        "http://demo-coordinator.storage.svc:7000"
+    );
+}
+
+#[test]
+fn template_hash_follows_spec_and_config_but_not_topology() {
+    let mut cluster = fixture("minimal");
+    let v = validate(&cluster).unwrap();
+    let a = desired(&cluster, &v, &observed());
+    let b = desired(&cluster, &v, &Observed::default());
+    assert_eq!(a.datanode_hash, b.datanode_hash, "zones do not roll pods");
+    cluster.spec.replication = 2;
+    let c = desired(&cluster, &v, &observed());
+    assert_ne!(a.datanode_hash, c.datanode_hash, "config changes roll pods");
+    assert_ne!(a.coordinator_hash, c.coordinator_hash);
+    cluster.spec.image.tag = "9.9.9".into();
+    let e = desired(&cluster, &v, &observed());
+    assert_ne!(c.datanode_hash, e.datanode_hash, "image changes roll pods");
+    let ann = e
+        .daemonset
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(ann[TEMPLATE_HASH], e.datanode_hash);
+}
+
+#[test]
+fn stopped_cluster_runs_nothing() {
+    let mut cluster = fixture("minimal");
+    cluster.spec.cluster_operation.stopped = true;
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    assert_eq!(d.statefulset.spec.replicas, Some(0));
+    let sel = d
+        .daemonset
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .node_selector
+        .as_ref()
+        .unwrap();
+    assert_eq!(sel["dfs.io/stopped"], "true");
+}
+
+#[test]
+fn merge_patch_follows_rfc_7386() {
+    let mut t = serde_json::json!({"a": {"b": 1, "c": 2}, "d": [1]});
+    merge_patch(
+        &mut t,
+        &serde_json::json!({"a": {"b": null, "e": 3}, "d": [2]}),
+    );
+    assert_eq!(t, serde_json::json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+}

@@ -1,0 +1,686 @@
+//! Controller scenarios against a mocked API server: kube's `Client` over
+//! `tower_test::mock::pair`. Each [`Scenario`] lists the calls one reconcile
+//! must make, in order (method, path, body check, response); the coordinator
+//! is a [`FakeCoordinator`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::build::{self, Observed};
+use super::{Context, reconcile};
+use crate::coordinator::{ClusterFacts, Coordinator, CoordinatorError, DatanodeFact, NodeState};
+use crate::crd::{DfsCluster, FINALIZER};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Check = Box<dyn Fn(&Value) + Send>;
+type Respond = Box<dyn Fn(&Value) -> Value + Send>;
+
+/// One expected API call.
+pub struct Call {
+    method: &'static str,
+    path: String,
+    query: Vec<&'static str>,
+    check: Check,
+    respond: Respond,
+}
+
+impl Call {
+    fn new(method: &'static str, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            check: Box::new(|_| {}),
+            respond: Box::new(|body| body.clone()),
+        }
+    }
+    fn query(mut self, q: &'static str) -> Self {
+        self.query.push(q);
+        self
+    }
+    fn check(mut self, f: impl Fn(&Value) + Send + 'static) -> Self {
+        self.check = Box::new(f);
+        self
+    }
+    fn respond(mut self, f: impl Fn(&Value) -> Value + Send + 'static) -> Self {
+        self.respond = Box::new(f);
+        self
+    }
+    fn reply(self, v: Value) -> Self {
+        self.respond(move |_| v.clone())
+    }
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// Answers the expected calls in order, asserting each; then fails on any
+/// further call that arrives within a short grace period.
+async fn serve(mut handle: Handle, calls: Vec<Call>) {
+    let total = calls.len();
+    for (i, call) in calls.into_iter().enumerate() {
+        let Some((req, send)) = handle.next_request().await else {
+            panic!("call {i}/{total} ({}) never came", call.describe());
+        };
+        let got = format!("{} {}", req.method(), req.uri().path());
+        assert_eq!(got, call.describe(), "call {i}/{total}");
+        let query = req.uri().query().unwrap_or("").to_string();
+        for q in &call.query {
+            assert!(
+                query.contains(q),
+                "call {i} ({got}): query {query:?} lacks {q:?}"
+            );
+        }
+        let bytes = req.into_body().collect_bytes().await.expect("request body");
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("request body is JSON")
+        };
+        (call.check)(&body);
+        let out = (call.respond)(&body);
+        send.send_response(
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&out).expect("json")))
+                .expect("response"),
+        );
+    }
+    if let Ok(Some((req, _))) =
+        tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+    {
+        panic!("unexpected extra call {} {}", req.method(), req.uri());
+    }
+}
+
+/// The coordinator, faked: answers with the facts set by the test and
+/// records maintenance calls (and applies them to its facts).
+#[derive(Default)]
+pub struct FakeCoordinator {
+    facts: Mutex<Option<ClusterFacts>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeCoordinator {
+    fn set(&self, facts: Option<ClusterFacts>) {
+        *self.facts.lock().unwrap() = facts;
+    }
+    fn take_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl Coordinator for FakeCoordinator {
+    fn cluster_status<'a>(
+        &'a self,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<ClusterFacts, CoordinatorError>> {
+        assert_eq!(url, "http://test-coordinator.default.svc:7000");
+        let facts = self.facts.lock().unwrap().clone();
+        Box::pin(async move {
+            facts.ok_or_else(|| CoordinatorError::Call {
+                method: "GetClusterStatus",
+                url: url.to_string(),
+                status: Box::new(tonic::Status::unavailable("connection refused")),
+            })
+        })
+    }
+
+    fn set_maintenance<'a>(
+        &'a self,
+        _url: &'a str,
+        node_id: &'a str,
+        enabled: bool,
+        _duration: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        self.calls.lock().unwrap().push(format!(
+            "maintenance {node_id} {}",
+            if enabled { "on" } else { "off" }
+        ));
+        if let Some(f) = self.facts.lock().unwrap().as_mut() {
+            for n in f.nodes.iter_mut().filter(|n| n.node_id == node_id) {
+                n.state = if enabled {
+                    NodeState::Maintenance
+                } else {
+                    NodeState::Healthy
+                };
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn cluster(spec: Value) -> DfsCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "dfs.io/v1alpha1",
+        "kind": "DfsCluster",
+        "metadata": {"name": "test", "namespace": "default", "uid": "uid-1", "generation": 1, "resourceVersion": "7"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn with_finalizer(mut c: DfsCluster) -> DfsCluster {
+    c.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    c
+}
+
+fn facts(nodes: &[(&str, NodeState)], under: u64) -> ClusterFacts {
+    ClusterFacts {
+        nodes: nodes
+            .iter()
+            .map(|(h, s)| DatanodeFact {
+                node_id: format!("id-{h}"),
+                host: (*h).into(),
+                state: *s,
+            })
+            .collect(),
+        under_replicated_chunks: under,
+        missing_chunks: 0,
+        capacity_total_bytes: 100 << 30,
+        capacity_used_bytes: 25 << 30,
+    }
+}
+
+/// Desired template hashes of `c`.
+fn hashes(c: &DfsCluster, zones: bool) -> (String, String) {
+    let v = super::validate::validate(c).unwrap();
+    let observed = Observed {
+        zones: if zones {
+            node_zones()
+        } else {
+            Default::default()
+        },
+        service_monitor_crd: false,
+    };
+    let d = build::desired(c, &v, &observed);
+    (d.coordinator_hash, d.datanode_hash)
+}
+
+fn node_zones() -> std::collections::BTreeMap<String, String> {
+    [("node-a", "zone-1"), ("node-b", "zone-2")]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+fn node(name: &str, zone: &str, label: Option<&str>) -> Value {
+    let mut labels = json!({"topology.kubernetes.io/zone": zone});
+    if let Some(l) = label {
+        labels["dfs.io/datanode"] = json!(l);
+    }
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// A pod of component `component` on `node` with template `hash`.
+fn pod(name: &str, component: &str, node: &str, hash: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "default",
+            "labels": {"app.kubernetes.io/name": "dfs", "app.kubernetes.io/instance": "test", "app.kubernetes.io/component": component},
+            "annotations": {"dfs.io/template-hash": hash},
+        },
+        "spec": {"nodeName": node, "containers": [{"name": component}]},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    })
+}
+
+const NS: &str = "/api/v1/namespaces/default";
+const APPS: &str = "/apis/apps/v1/namespaces/default";
+const POLICY: &str = "/apis/policy/v1/namespaces/default";
+const DFS: &str = "/apis/dfs.io/v1alpha1/namespaces/default/dfsclusters/test";
+
+fn ssa(path: String) -> Call {
+    Call::new("PATCH", path)
+        .query("fieldManager=dfs-operator")
+        .query("force=true")
+        .check(|b| {
+            let owner = &b["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "DfsCluster", "{b}");
+            assert_eq!(owner["uid"], "uid-1");
+            assert_eq!(
+                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "dfs-operator"
+            );
+        })
+}
+
+/// Workload readiness the SSA responses report.
+#[derive(Clone, Copy)]
+struct Ready {
+    coordinator: i32,
+    datanodes: i32,
+    datanodes_desired: i32,
+}
+
+const NOT_READY: Ready = Ready {
+    coordinator: 0,
+    datanodes: 0,
+    datanodes_desired: 0,
+};
+
+/// Reads, applies and prunes: the calls of every reconcile of a valid spec.
+fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call> {
+    vec![
+        Call::new("GET", "/api/v1/nodes").reply(list("Node", node_items)),
+        Call::new("GET", format!("{NS}/pods"))
+            .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest")
+            .reply(list("Pod", pods)),
+        ssa(format!("{NS}/configmaps/test-config")).check(|b| {
+            assert_eq!(b["data"]["replication"], "3");
+            assert_eq!(b["data"]["coordinator"], "http://test-coordinator.default.svc:7000");
+        }),
+        ssa(format!("{NS}/configmaps/test-topology")).check(|b| {
+            assert_eq!(b["data"], json!({"node-a": "zone-1", "node-b": "zone-2"}));
+        }),
+        ssa(format!("{NS}/services/test-coordinator-headless")).check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
+        ssa(format!("{NS}/services/test-coordinator")),
+        ssa(format!("{NS}/services/test-coordinator-metrics")),
+        ssa(format!("{NS}/services/test-datanode-metrics")),
+        ssa(format!("{POLICY}/poddisruptionbudgets/test-coordinator")).check(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),
+        ssa(format!("{POLICY}/poddisruptionbudgets/test-datanode")),
+        ssa(format!("{APPS}/statefulsets/test-coordinator"))
+            .check(|b| {
+                assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
+                assert_eq!(b["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
+            })
+            .respond(move |b| {
+                let mut b = b.clone();
+                b["status"] = json!({"replicas": ready.coordinator, "readyReplicas": ready.coordinator});
+                b
+            }),
+        ssa(format!("{APPS}/daemonsets/test-datanode"))
+            .check(|b| {
+                assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
+                assert_eq!(b["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"], "/var/lib/dfs-data");
+            })
+            .respond(move |b| {
+                let mut b = b.clone();
+                b["status"] = json!({
+                    "currentNumberScheduled": ready.datanodes_desired, "desiredNumberScheduled": ready.datanodes_desired,
+                    "numberMisscheduled": 0, "numberReady": ready.datanodes,
+                });
+                b
+            }),
+        Call::new("GET", format!("{NS}/services"))
+            .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest%2Capp.kubernetes.io%2Fmanaged-by%3Ddfs-operator")
+            .reply(list(
+                "Service",
+                ["test-coordinator-headless", "test-coordinator", "test-coordinator-metrics", "test-datanode-metrics"]
+                    .iter()
+                    .map(|n| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n, "namespace": "default"}}))
+                    .collect(),
+            )),
+    ]
+}
+
+fn two_nodes() -> Vec<Value> {
+    vec![
+        node("node-a", "zone-1", None),
+        node("node-b", "zone-2", None),
+    ]
+}
+
+/// A status write, checked by `f`; answers with the object carrying it.
+fn status_write(obj: &DfsCluster, f: impl Fn(&Value) + Send + 'static) -> Call {
+    let obj = serde_json::to_value(obj).unwrap();
+    Call::new("PATCH", format!("{DFS}/status"))
+        .query("fieldManager=dfs-operator")
+        .check(move |b| {
+            assert_eq!(b["apiVersion"], "dfs.io/v1alpha1");
+            assert_eq!(b["kind"], "DfsCluster");
+            f(b)
+        })
+        .respond(move |b| {
+            let mut o = obj.clone();
+            o["status"] = b["status"].clone();
+            o
+        })
+}
+
+/// What a scenario needs and expects.
+pub enum Scenario {
+    /// A new DfsCluster: finalizer, every object, first status.
+    FirstCreate,
+    /// A valid cluster whose status is current: applies (idempotent), no writes.
+    NoOp(DfsCluster),
+    /// Workloads became ready and the coordinator reports facts: status and
+    /// Node labels follow.
+    StatusUpdate,
+    /// A bad spec: one Warning event and a status, then nothing.
+    InvalidSpec,
+    /// An invalid spec already reported for this generation: no call at all.
+    InvalidSpecReported(DfsCluster),
+    /// Deletion with deletionPolicy Delete: volumes go, labels go, finalizer goes.
+    Finalize,
+}
+
+/// Runs `calls` against `reconcile(obj)`.
+async fn run(obj: DfsCluster, calls: Vec<Call>, coordinator: Arc<FakeCoordinator>) -> Action {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context::new(client, coordinator, false));
+    let server = tokio::spawn(serve(handle, calls));
+    let action = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(obj), ctx.clone()),
+    )
+    .await
+    .expect("reconcile finished")
+    .expect("reconcile succeeded");
+    server.await.expect("every expected call, and no other");
+    assert_eq!(ctx.metrics.reconciles.get(), 1);
+    action
+}
+
+impl Scenario {
+    fn object(&self) -> DfsCluster {
+        match self {
+            Scenario::FirstCreate => cluster(json!({})),
+            Scenario::NoOp(c) | Scenario::InvalidSpecReported(c) => c.clone(),
+            Scenario::StatusUpdate => with_finalizer(cluster(json!({}))),
+            Scenario::InvalidSpec => with_finalizer(cluster(json!({"replication": 0}))),
+            Scenario::Finalize => {
+                let mut c = with_finalizer(cluster(json!({"deletionPolicy": "Delete"})));
+                c.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ));
+                c
+            }
+        }
+    }
+
+    fn calls(&self, obj: &DfsCluster) -> Vec<Call> {
+        match self {
+            Scenario::FirstCreate => {
+                let with = with_finalizer(obj.clone());
+                let echo = serde_json::to_value(&with).unwrap();
+                let mut calls = vec![
+                    Call::new("PATCH", DFS)
+                        .check(|b| {
+                            assert_eq!(b["metadata"]["finalizers"], json!([FINALIZER]));
+                            assert_eq!(
+                                b["metadata"]["resourceVersion"], "7",
+                                "optimistic concurrency"
+                            );
+                        })
+                        .reply(echo),
+                ];
+                calls.extend(pipeline(two_nodes(), vec![], NOT_READY));
+                calls.push(status_write(obj, |b| {
+                    let s = &b["status"];
+                    assert_eq!(s["observedGeneration"], 1);
+                    assert_eq!(s["phase"], "Pending");
+                    assert_eq!(s["coordinator"]["summary"], "0/1");
+                    assert_eq!(s["conditions"][0]["type"], "Available");
+                    assert_eq!(s["conditions"][0]["status"], "False");
+                    assert_eq!(s["conditions"][2]["reason"], "CoordinatorUnreachable");
+                }));
+                calls
+            }
+            Scenario::NoOp(_) => pipeline(two_nodes(), vec![], NOT_READY),
+            Scenario::StatusUpdate => {
+                let (ch, dh) = hashes(obj, true);
+                let pods = vec![
+                    pod("test-coordinator-0", "coordinator", "node-a", &ch, true),
+                    pod("test-datanode-a", "datanode", "node-a", &dh, true),
+                    pod("test-datanode-b", "datanode", "node-b", &dh, true),
+                ];
+                let ready = Ready {
+                    coordinator: 1,
+                    datanodes: 2,
+                    datanodes_desired: 2,
+                };
+                let mut calls = pipeline(two_nodes(), pods, ready);
+                calls.push(
+                    Call::new("PATCH", "/api/v1/nodes/node-a")
+                        .check(|b| {
+                            assert_eq!(
+                                b,
+                                &json!({"metadata": {"labels": {"dfs.io/datanode": "ready"}}})
+                            )
+                        })
+                        .reply(node("node-a", "zone-1", Some("ready"))),
+                );
+                calls.push(
+                    Call::new("PATCH", "/api/v1/nodes/node-b")
+                        .check(|b| {
+                            assert_eq!(
+                                b,
+                                &json!({"metadata": {"labels": {"dfs.io/datanode": "full"}}})
+                            )
+                        })
+                        .reply(node("node-b", "zone-2", Some("full"))),
+                );
+                calls.push(status_write(obj, |b| {
+                    let s = &b["status"];
+                    assert_eq!(s["phase"], "Running", "{s}");
+                    assert_eq!(s["datanodes"]["summary"], "2/2");
+                    assert_eq!(s["capacity"], "25.0 GiB/100.0 GiB");
+                    assert_eq!(s["capacityUsedBytes"], 25u64 << 30);
+                    assert_eq!(s["underReplicatedChunks"], 0);
+                    assert_eq!(
+                        s["nodes"][1],
+                        json!({"nodeId": "id-node-b", "host": "node-b", "state": "FULL"})
+                    );
+                    assert_eq!(s["conditions"][0]["status"], "True");
+                    assert_eq!(s["conditions"][1]["status"], "False");
+                    assert_eq!(s["conditions"][2]["status"], "False");
+                }));
+                calls
+            }
+            Scenario::InvalidSpec => vec![
+                Call::new("POST", "/apis/events.k8s.io/v1/namespaces/default/events").check(|b| {
+                    assert_eq!(b["type"], "Warning");
+                    assert_eq!(b["reason"], "InvalidSpec");
+                    assert!(
+                        b["note"]
+                            .as_str()
+                            .unwrap()
+                            .contains("replication must be between 1 and 16")
+                    );
+                    assert_eq!(b["regarding"]["name"], "test");
+                }),
+                status_write(obj, |b| {
+                    assert_eq!(b["status"]["phase"], "Invalid");
+                    assert_eq!(b["status"]["observedGeneration"], 1);
+                    assert_eq!(b["status"]["conditions"][0]["reason"], "InvalidSpec");
+                }),
+            ],
+            Scenario::InvalidSpecReported(_) => vec![],
+            Scenario::Finalize => {
+                let mut done = serde_json::to_value(obj).unwrap();
+                done["metadata"]["finalizers"] = json!([]);
+                vec![
+                    Call::new("DELETE", format!("{NS}/persistentvolumeclaims"))
+                        .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest%2Capp.kubernetes.io%2Fcomponent%3Dcoordinator")
+                        .reply(list("PersistentVolumeClaim", vec![])),
+                    Call::new("GET", format!("{NS}/pods"))
+                        .reply(list("Pod", vec![pod("test-datanode-a", "datanode", "node-a", "h", true)])),
+                    Call::new("PATCH", "/api/v1/nodes/node-a")
+                        .check(|b| assert_eq!(b, &json!({"metadata": {"labels": {"dfs.io/datanode": null}}})))
+                        .reply(node("node-a", "zone-1", None)),
+                    Call::new("PATCH", DFS)
+                        .check(|b| assert_eq!(b["metadata"]["finalizers"], json!([])))
+                        .reply(done),
+                ]
+            }
+        }
+    }
+
+    /// Runs the scenario with the given coordinator facts.
+    async fn run(self, facts: Option<ClusterFacts>) -> Action {
+        let obj = self.object();
+        let calls = self.calls(&obj);
+        let fake = Arc::new(FakeCoordinator::default());
+        fake.set(facts);
+        let action = run(obj, calls, fake.clone()).await;
+        assert!(fake.take_calls().is_empty(), "no maintenance call expected");
+        action
+    }
+}
+
+#[tokio::test]
+async fn first_create() {
+    let action = Scenario::FirstCreate.run(None).await;
+    assert_eq!(action, Action::requeue(super::REQUEUE_BUSY));
+}
+
+/// Captures the status the first reconcile writes, then reconciles the object
+/// carrying it: only reads and (idempotent) applies, no write.
+#[tokio::test]
+async fn no_op_re_reconcile() {
+    let obj = with_finalizer(cluster(json!({})));
+    let captured = Arc::new(Mutex::new(Value::Null));
+    let mut calls = pipeline(two_nodes(), vec![], NOT_READY);
+    let sink = captured.clone();
+    calls.push(status_write(&obj, move |b| {
+        *sink.lock().unwrap() = b["status"].clone()
+    }));
+    run(obj.clone(), calls, Arc::new(FakeCoordinator::default())).await;
+    let mut again = obj;
+    again.status = Some(serde_json::from_value(captured.lock().unwrap().clone()).unwrap());
+    Scenario::NoOp(again).run(None).await;
+}
+
+#[tokio::test]
+async fn status_update_and_node_labels() {
+    let f = facts(
+        &[("node-a", NodeState::Healthy), ("node-b", NodeState::Full)],
+        0,
+    );
+    let action = Scenario::StatusUpdate.run(Some(f)).await;
+    assert_eq!(action, Action::requeue(super::REQUEUE_IDLE));
+}
+
+#[tokio::test]
+async fn invalid_spec_warns_once_and_waits() {
+    let action = Scenario::InvalidSpec.run(None).await;
+    assert_eq!(action, Action::await_change());
+    let mut reported = Scenario::InvalidSpec.object();
+    reported.status = Some(super::status::invalid(
+        Some(1),
+        "bad",
+        None,
+        "2026-01-01T00:00:00Z",
+    ));
+    let action = Scenario::InvalidSpecReported(reported).run(None).await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn finalizer_deletes_data_and_releases() {
+    let action = Scenario::Finalize.run(None).await;
+    assert_eq!(action, Action::await_change());
+}
+
+/// The datanode roll, one reconcile at a time: maintenance first, then one
+/// pod deleted, nothing while it restarts, maintenance released, next node.
+#[tokio::test]
+async fn datanode_roll_is_one_at_a_time_and_gated() {
+    let obj = {
+        let mut c = with_finalizer(cluster(json!({})));
+        c.status = Some(Default::default());
+        c
+    };
+    let (ch, dh) = hashes(&obj, true);
+    let fake = Arc::new(FakeCoordinator::default());
+    let labelled = || {
+        vec![
+            node("node-a", "zone-1", Some("ready")),
+            node("node-b", "zone-2", Some("ready")),
+        ]
+    };
+    let ready = Ready {
+        coordinator: 1,
+        datanodes: 2,
+        datanodes_desired: 2,
+    };
+    let coordinator_pod = || pod("test-coordinator-0", "coordinator", "node-a", &ch, true);
+    let status_any = || status_write(&obj, |_| {});
+    let pass = |pods: Vec<Value>, extra: Vec<Call>, f: ClusterFacts| {
+        let fake = fake.clone();
+        let obj = obj.clone();
+        let mut calls = pipeline(labelled(), pods, ready);
+        calls.extend(extra);
+        fake.set(Some(f));
+        async move {
+            run(obj, calls, fake.clone()).await;
+            fake.take_calls()
+        }
+    };
+    let healthy = |under| {
+        facts(
+            &[
+                ("node-a", NodeState::Healthy),
+                ("node-b", NodeState::Healthy),
+            ],
+            under,
+        )
+    };
+
+    let unhealthy_a = || {
+        Call::new("PATCH", "/api/v1/nodes/node-a")
+            .check(|b| assert_eq!(b["metadata"]["labels"]["dfs.io/datanode"], "unhealthy"))
+            .reply(node("node-a", "zone-1", Some("unhealthy")))
+    };
+
+    // 1. Both datanodes outdated, replication healthy: maintenance for node-a only.
+    let pods = vec![
+        coordinator_pod(),
+        pod("dn-a", "datanode", "node-a", "old", true),
+        pod("dn-b", "datanode", "node-b", "old", true),
+    ];
+    let calls = pass(pods.clone(), vec![status_any()], healthy(0)).await;
+    assert_eq!(calls, ["maintenance id-node-a on"]);
+
+    // 2. node-a in maintenance, nothing under-replicated: its pod (only) is deleted.
+    let mut f = healthy(0);
+    f.nodes[0].state = NodeState::Maintenance;
+    let delete = Call::new("DELETE", format!("{NS}/pods/dn-a")).reply(pods[1].clone());
+    let calls = pass(pods, vec![delete, unhealthy_a(), status_any()], f.clone()).await;
+    assert!(calls.is_empty(), "{calls:?}");
+
+    // 3. The new pod is starting: no delete, no maintenance call.
+    let starting = vec![
+        coordinator_pod(),
+        pod("dn-a2", "datanode", "node-a", &dh, false),
+        pod("dn-b", "datanode", "node-b", "old", true),
+    ];
+    let calls = pass(starting, vec![unhealthy_a(), status_any()], f.clone()).await;
+    assert!(calls.is_empty(), "{calls:?}");
+
+    // 4. New pod ready, but chunks are under-replicated: maintenance ends, node-b waits.
+    f.under_replicated_chunks = 2;
+    let ready_pods = vec![
+        coordinator_pod(),
+        pod("dn-a2", "datanode", "node-a", &dh, true),
+        pod("dn-b", "datanode", "node-b", "old", true),
+    ];
+    let calls = pass(ready_pods.clone(), vec![unhealthy_a(), status_any()], f).await;
+    assert_eq!(calls, ["maintenance id-node-a off"]);
+
+    // 5. Replication restored: node-b enters maintenance.
+    let calls = pass(ready_pods, vec![status_any()], healthy(0)).await;
+    assert_eq!(calls, ["maintenance id-node-b on"]);
+}
+
+#[test]
+fn backoff_grows_and_caps() {
+    assert_eq!(super::backoff(1), Duration::from_secs(5));
+    assert_eq!(super::backoff(3), Duration::from_secs(20));
+    assert_eq!(super::backoff(30), super::BACKOFF_MAX);
+}

@@ -1,0 +1,710 @@
+//! The reconcile pipeline and the Controller that drives it.
+//!
+//! [`reconcile`] runs: finalizer → pause check → [`validate`] (pure) → read
+//! (Nodes, Pods, coordinator facts) → [`build`] (pure) → [`apply`]
+//! (server-side apply + prune) → roll step ([`roll`]) and Node labels
+//! ([`nodes`]) → status ([`status`], written only when it changed).
+//!
+//! The main stream is filtered on generation and deletion, so status writes
+//! (which do not change the generation) never trigger another reconcile of the
+//! same spec. Owned objects are watched, so a hand-edited StatefulSet is put
+//! back. Invalid specs emit one Warning event and wait for a change; errors
+//! requeue with exponential backoff.
+
+pub mod apply;
+pub mod build;
+pub mod nodes;
+pub mod roll;
+pub mod status;
+pub mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::coordinator::{ClusterFacts, Coordinator, GrpcCoordinator};
+use crate::crd::{DeletionPolicy, DfsCluster, DfsClusterStatus, FINALIZER};
+use crate::leader::LeaseConfig;
+use crate::metrics::Metrics;
+use build::{COORDINATOR, DATANODE, MANAGER, NODE_LABEL, Observed, TEMPLATE_HASH};
+use roll::{PodView, Step};
+
+/// Requeue while a roll or a start-up is under way.
+pub const REQUEUE_BUSY: Duration = Duration::from_secs(10);
+/// Requeue of a settled cluster, to refresh the coordinator's facts.
+pub const REQUEUE_IDLE: Duration = Duration::from_secs(60);
+/// First backoff after an error; doubles per consecutive failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest backoff.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long the maintenance of a restarting datanode lasts at most.
+pub const MAINTENANCE_DURATION: Duration = Duration::from_secs(600);
+
+/// Why a reconcile failed. Each is transient and retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Server-side apply of an owned object failed.
+    #[error("failed to apply {kind} {name}: {source}")]
+    Apply {
+        /// Kind of the object.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Listing objects failed.
+    #[error("failed to list {kind}: {source}")]
+    List {
+        /// Kind listed.
+        kind: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Deleting an object failed.
+    #[error("failed to delete {kind} {name}: {source}")]
+    Delete {
+        /// Kind of the object.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Patching the DfsCluster's finalizers failed.
+    #[error("failed to update the finalizers of {name}: {source}")]
+    Finalizer {
+        /// DfsCluster name.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Labelling a Node failed.
+    #[error("failed to label node {node}: {source}")]
+    LabelNode {
+        /// Node name.
+        node: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Writing the status failed.
+    #[error("failed to write the status of {name}: {source}")]
+    WriteStatus {
+        /// DfsCluster name.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// Publishing an event failed.
+    #[error("failed to publish an event: {0}")]
+    PublishEvent(#[source] kube::Error),
+    /// The coordinator refused or missed a maintenance request.
+    #[error("failed to set maintenance of datanode {node_id}: {source}")]
+    SetMaintenance {
+        /// Datanode id.
+        node_id: String,
+        /// Cause.
+        source: crate::coordinator::CoordinatorError,
+    },
+}
+
+impl Error {
+    /// Bounded label for the failures metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Apply { .. } => "apply",
+            Error::List { .. } => "list",
+            Error::Delete { .. } => "delete",
+            Error::Finalizer { .. } => "finalizer",
+            Error::LabelNode { .. } => "label_node",
+            Error::WriteStatus { .. } => "write_status",
+            Error::PublishEvent(_) => "publish_event",
+            Error::SetMaintenance { .. } => "set_maintenance",
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The clusters' coordinators.
+    pub coordinator: Arc<dyn Coordinator>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// The ServiceMonitor CRD was found at start.
+    pub service_monitor_crd: bool,
+    /// Consecutive failures per DfsCluster, for backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with fresh metrics and no failure history.
+    pub fn new(
+        client: Client,
+        coordinator: Arc<dyn Coordinator>,
+        service_monitor_crd: bool,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Self {
+            client,
+            coordinator,
+            metrics: Metrics::default(),
+            recorder,
+            service_monitor_crd,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(obj: &DfsCluster) -> String {
+        format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Reconciles one DfsCluster (the Controller's callback).
+pub async fn reconcile(obj: Arc<DfsCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.duration.start_timer();
+    ctx.metrics.reconciles.inc();
+    let span = tracing::info_span!("reconcile", cluster = %Context::key(&obj));
+    let result = reconcile_inner(&obj, &ctx).instrument(span).await;
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Context::key(&obj));
+    }
+    result
+}
+
+/// Requeue with exponential backoff after a failure.
+pub fn error_policy(obj: Arc<DfsCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&[err.metric_label()])
+        .inc();
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(Context::key(&obj)).or_insert(0);
+    *n += 1;
+    let delay = backoff(*n);
+    tracing::warn!(cluster = %Context::key(&obj), retry_in = ?delay, "reconcile failed: {err:#}");
+    Action::requeue(delay)
+}
+
+/// Backoff after `n` consecutive failures.
+pub fn backoff(n: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+}
+
+async fn write_status(
+    api: &Api<DfsCluster>,
+    name: &str,
+    status: &DfsClusterStatus,
+) -> Result<(), Error> {
+    let patch = json!({
+        "apiVersion": DfsCluster::api_version(&()),
+        "kind": DfsCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        name: name.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+async fn set_finalizers(
+    api: &Api<DfsCluster>,
+    obj: &DfsCluster,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| Error::Finalizer {
+        name: obj.name_any(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn pod_view(p: &Pod) -> PodView {
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    PodView {
+        name: p.name_any(),
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+        hash: p.annotations().get(TEMPLATE_HASH).cloned(),
+        ready,
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// The cluster's pods by component.
+async fn list_pods(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<(Vec<PodView>, Vec<PodView>), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = api
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={name},app.kubernetes.io/name=dfs"
+        )))
+        .await
+        .map_err(|source| Error::List {
+            kind: "Pod".into(),
+            source,
+        })?;
+    let of = |component: &str| {
+        pods.items
+            .iter()
+            .filter(|p| {
+                p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some(component)
+            })
+            .map(pod_view)
+            .collect::<Vec<_>>()
+    };
+    Ok((of(COORDINATOR), of(DATANODE)))
+}
+
+async fn label_nodes(
+    client: &Client,
+    changes: &BTreeMap<String, Option<String>>,
+) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    for (node, value) in changes {
+        tracing::info!(%node, label = ?value, "labelling node");
+        let patch = json!({"metadata": {"labels": {NODE_LABEL: value}}});
+        api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::LabelNode {
+                node: node.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+async fn delete_pod(ctx: &Context, ns: &str, pod: &str) -> Result<(), Error> {
+    tracing::info!(%pod, "deleting outdated pod");
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    apply::delete_ignoring_absent(api.delete(pod, &DeleteParams::default()).await, "Pod", pod)?;
+    ctx.metrics.pods_rolled.inc();
+    Ok(())
+}
+
+/// Deletion: clean up per `deletionPolicy`, then release the finalizer.
+async fn finalize(
+    obj: &DfsCluster,
+    ctx: &Context,
+    api: &Api<DfsCluster>,
+    ns: &str,
+) -> Result<Action, Error> {
+    let name = obj.name_any();
+    if obj.spec.deletion_policy == DeletionPolicy::Delete {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+        let selector =
+            format!("app.kubernetes.io/instance={name},app.kubernetes.io/component={COORDINATOR}");
+        tracing::info!(cluster = %name, "deletionPolicy Delete: deleting the coordinator's volumes");
+        pvcs.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&selector),
+        )
+        .await
+        .map_err(|source| Error::Delete {
+            kind: "PersistentVolumeClaim".into(),
+            name: selector.clone(),
+            source,
+        })?;
+    }
+    // Nodes that ran this cluster's datanodes lose the label.
+    let (_, datanodes) = list_pods(&ctx.client, ns, &name).await?;
+    let changes: BTreeMap<String, Option<String>> = datanodes
+        .iter()
+        .filter_map(|p| p.node.clone())
+        .map(|n| (n, None))
+        .collect();
+    label_nodes(&ctx.client, &changes).await?;
+    let rest: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(api, obj, rest).await?;
+    Ok(Action::await_change())
+}
+
+async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let api: Api<DfsCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = obj.metadata.generation;
+    let previous = obj.status.as_ref();
+
+    if obj.metadata.deletion_timestamp.is_some() {
+        if obj.finalizers().iter().any(|f| f == FINALIZER) {
+            return finalize(obj, ctx, &api, &ns).await;
+        }
+        return Ok(Action::await_change());
+    }
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut all = obj.finalizers().to_vec();
+        all.push(FINALIZER.to_string());
+        set_finalizers(&api, obj, all).await?;
+    }
+    if obj.spec.cluster_operation.reconciliation_paused {
+        let s = status::paused(generation, previous);
+        if Some(&s) != previous {
+            write_status(&api, &name, &s).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let valid = match validate::validate(obj) {
+        Ok(v) => v,
+        Err(invalid) => {
+            if !status::reported_invalid(previous, generation) {
+                tracing::warn!(cluster = %name, "{invalid}");
+                ctx.recorder
+                    .publish(
+                        &Event {
+                            type_: EventType::Warning,
+                            reason: "InvalidSpec".into(),
+                            note: Some(invalid.to_string()),
+                            action: "Validate".into(),
+                            secondary: None,
+                        },
+                        &obj.object_ref(&()),
+                    )
+                    .await
+                    .map_err(Error::PublishEvent)?;
+                write_status(
+                    &api,
+                    &name,
+                    &status::invalid(generation, &invalid.to_string(), previous, &now()),
+                )
+                .await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Read.
+    let node_list = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::List {
+            kind: "Node".into(),
+            source,
+        })?;
+    let zone_label = &obj.spec.datanode.zone_label;
+    let zones: BTreeMap<String, String> = node_list
+        .items
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.labels().get(zone_label)?.clone())))
+        .collect();
+    let current_labels: BTreeMap<String, Option<String>> = node_list
+        .items
+        .iter()
+        .map(|n| (n.name_any(), n.labels().get(NODE_LABEL).cloned()))
+        .collect();
+    let (coordinator_pods, datanode_pods) = list_pods(&ctx.client, &ns, &name).await?;
+    let url = build::coordinator_url(&name, &ns);
+    let facts: Option<ClusterFacts> = if obj.spec.cluster_operation.stopped {
+        None
+    } else {
+        match ctx.coordinator.cluster_status(&url).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::info!(cluster = %name, "coordinator not answering: {e}");
+                None
+            }
+        }
+    };
+
+    // Build and apply.
+    let observed = Observed {
+        zones,
+        service_monitor_crd: ctx.service_monitor_crd,
+    };
+    let desired = build::desired(obj, &valid, &observed);
+    let applied =
+        apply::apply_all(&ctx.client, &ns, &name, &desired, ctx.service_monitor_crd).await?;
+
+    // Act: one roll step, maintenance releases, node labels.
+    let coordinator_step =
+        roll::plan_coordinator(&coordinator_pods, &desired.coordinator_hash, facts.as_ref());
+    let datanode_plan = if coordinator_step.rolling() {
+        roll::Plan {
+            exit_maintenance: Vec::new(),
+            step: Step::Wait("the coordinator rolls first".into()),
+        }
+    } else {
+        roll::plan_datanodes(&datanode_pods, &desired.datanode_hash, facts.as_ref())
+    };
+    for node_id in &datanode_plan.exit_maintenance {
+        tracing::info!(%node_id, "ending maintenance of restarted datanode");
+        ctx.coordinator
+            .set_maintenance(&url, node_id, false, MAINTENANCE_DURATION)
+            .await
+            .map_err(|source| Error::SetMaintenance {
+                node_id: node_id.clone(),
+                source,
+            })?;
+    }
+    match (&coordinator_step, &datanode_plan.step) {
+        (Step::DeletePod { pod }, _) | (_, Step::DeletePod { pod }) => {
+            delete_pod(ctx, &ns, pod).await?
+        }
+        (_, Step::EnterMaintenance { node_id, pod }) => {
+            tracing::info!(%node_id, %pod, "putting datanode into maintenance before its restart");
+            ctx.coordinator
+                .set_maintenance(&url, node_id, true, MAINTENANCE_DURATION)
+                .await
+                .map_err(|source| Error::SetMaintenance {
+                    node_id: node_id.clone(),
+                    source,
+                })?;
+        }
+        (_, Step::Wait(why)) | (Step::Wait(why), _) => {
+            tracing::debug!(cluster = %name, "roll waiting: {why}")
+        }
+        _ => {}
+    }
+    let changes = nodes::label_changes(&current_labels, &datanode_pods, facts.as_ref());
+    label_nodes(&ctx.client, &changes).await?;
+
+    // Status.
+    let observation = status::Observation {
+        generation,
+        applied: &applied,
+        facts: facts.as_ref(),
+        coordinator_step: &coordinator_step,
+        datanode_step: &datanode_plan.step,
+        stopped: obj.spec.cluster_operation.stopped,
+    };
+    let new_status = status::compute(&observation, previous, &now());
+    if Some(&new_status) != previous {
+        write_status(&api, &name, &new_status).await?;
+    }
+    let busy = coordinator_step.rolling()
+        || datanode_plan.step.rolling()
+        || !datanode_plan.exit_maintenance.is_empty()
+        || applied.coordinator_ready < applied.coordinator_desired
+        || applied.datanodes_ready < applied.datanodes_desired;
+    Ok(Action::requeue(if busy {
+        REQUEUE_BUSY
+    } else {
+        REQUEUE_IDLE
+    }))
+}
+
+/// Settings of [`run`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
+    /// Timeout of coordinator calls.
+    pub coordinator_timeout: Duration,
+    /// Leader election, when enabled.
+    pub leader: Option<LeaseConfig>,
+}
+
+/// Why [`run`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Serving /metrics and /healthz failed.
+    #[error("failed to serve metrics: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Another replica took the Lease.
+    #[error("lost leadership of lease {0}")]
+    LostLeadership(String),
+}
+
+/// Is the prometheus-operator ServiceMonitor CRD installed?
+pub async fn service_monitor_crd_exists(client: &Client) -> bool {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match api.get_opt("servicemonitors.monitoring.coreos.com").await {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            tracing::info!("cannot check for the ServiceMonitor CRD, assuming absent: {e}");
+            false
+        }
+    }
+}
+
+/// Hash of what should trigger a reconcile of a DfsCluster: its generation
+/// and whether it is being deleted (status writes change neither).
+fn spec_or_deletion(obj: &DfsCluster) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        obj.metadata.generation,
+        obj.metadata.deletion_timestamp.is_some(),
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the operator until `shutdown` resolves (or leadership is lost).
+pub async fn run(
+    client: Client,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let coordinator = Arc::new(GrpcCoordinator::new(config.coordinator_timeout));
+    let ctx = Arc::new(Context::new(client.clone(), coordinator, false));
+    let readiness = dfs_common::http::Readiness::default();
+    let server = tokio::spawn(dfs_common::http::serve(
+        listener,
+        ctx.metrics.registry.clone(),
+        readiness.clone(),
+        stopped(),
+    ));
+
+    if let Some(lease) = &config.leader {
+        tokio::select! {
+            () = crate::leader::acquire(&client, lease) => {}
+            () = stopped() => return Ok(()),
+        }
+    }
+    let sm = service_monitor_crd_exists(&client).await;
+    let ctx = Arc::new(
+        Context::new(client.clone(), ctx.coordinator.clone(), sm).with_metrics(ctx.metrics.clone()),
+    );
+
+    let (clusters, children_cfg) = match &config.namespace {
+        Some(ns) => (
+            Api::<DfsCluster>::namespaced(client.clone(), ns),
+            Some(ns.clone()),
+        ),
+        None => (Api::<DfsCluster>::all(client.clone()), None),
+    };
+    fn owned<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned_cfg =
+        || watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    let (reader, writer) = reflector::store();
+    let main_stream = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, Default::default());
+    let controller = Controller::for_stream(main_stream, reader)
+        .owns(owned::<StatefulSet>(&client, &children_cfg), owned_cfg())
+        .owns(owned::<DaemonSet>(&client, &children_cfg), owned_cfg())
+        .owns(owned::<ConfigMap>(&client, &children_cfg), owned_cfg())
+        .owns(owned::<Service>(&client, &children_cfg), owned_cfg())
+        .owns(
+            owned::<PodDisruptionBudget>(&client, &children_cfg),
+            owned_cfg(),
+        )
+        .graceful_shutdown_on(stopped())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!("reconcile error: {e}"),
+            }
+        });
+    readiness.set(true);
+    tracing::info!(service_monitor_crd = sm, "controller running");
+    let result = match &config.leader {
+        Some(lease) => tokio::select! {
+            () = controller => Ok(()),
+            () = crate::leader::hold(&client, lease) => Err(RunError::LostLeadership(lease.name.clone())),
+        },
+        None => {
+            controller.await;
+            Ok(())
+        }
+    };
+    readiness.set(false);
+    if result.is_ok()
+        && let Ok(Err(e)) = server.await
+    {
+        return Err(RunError::Serve(e));
+    }
+    result
+}
+
+impl Context {
+    /// Replaces the metrics (to keep the registry the HTTP endpoint serves).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+#[cfg(test)]
+mod fixtures;
