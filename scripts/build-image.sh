@@ -18,7 +18,7 @@ version="$(dfs_version)"
 bins=("$DFS_TARGET_DIR/release/dfs" "$DFS_TARGET_DIR/release/dfs-coordinator" "$DFS_TARGET_DIR/release/dfs-datanode")
 if [[ "${DFS_SKIP_CARGO:-0}" != 1 ]]; then
   log "cargo build --release (CARGO_TARGET_DIR=$DFS_TARGET_DIR)"
-  CARGO_TARGET_DIR="$DFS_TARGET_DIR" cargo build --release --locked \
+  CARGO_TARGET_DIR="$DFS_TARGET_DIR" cargo build --release \
     -p dfs-client -p dfs-coordinator -p dfs-datanode
 fi
 
@@ -26,7 +26,7 @@ with_operator=0
 if operator_crate_present; then
   if [[ "${DFS_SKIP_CARGO:-0}" == 1 ]] || {
        log "cargo build --release -p dfs-operator (CARGO_TARGET_DIR=$DFS_OPERATOR_TARGET_DIR)"
-       CARGO_TARGET_DIR="$DFS_OPERATOR_TARGET_DIR" cargo build --release --locked -p dfs-operator; }; then
+       CARGO_TARGET_DIR="$DFS_OPERATOR_TARGET_DIR" cargo build --release -p dfs-operator; }; then
     [[ -x "$DFS_OPERATOR_TARGET_DIR/release/dfs-operator" ]] && with_operator=1
   fi
 fi

@@ -15,7 +15,7 @@ if ! operator_crate_present; then
   echo "SKIP: CRD sync: the operator crate does not exist yet" >&2; exit 3
 fi
 crd="$(mktemp)"; trap 'rm -f "$crd"' EXIT
-if ! CARGO_TARGET_DIR="$DFS_OPERATOR_TARGET_DIR" cargo run --release --locked -q -p dfs-operator -- crd > "$crd" 2>"$crd.err"; then
+if ! CARGO_TARGET_DIR="$DFS_OPERATOR_TARGET_DIR" cargo run --release -q -p dfs-operator -- crd > "$crd" 2>"$crd.err"; then
   echo "SKIP: CRD sync: dfs-operator does not build yet ($(tail -n1 "$crd.err"))" >&2; rm -f "$crd.err"; exit 3
 fi
 rm -f "$crd.err"
