@@ -618,6 +618,9 @@ pub async fn run(
     let coordinator = Arc::new(GrpcCoordinator::new(config.coordinator_timeout));
     let ctx = Arc::new(Context::new(client.clone(), coordinator, false));
     let readiness = dfs_common::http::Readiness::default();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(metrics_addr = %addr, "serving /metrics and /healthz");
+    }
     let server = tokio::spawn(dfs_common::http::serve(
         listener,
         ctx.metrics.registry.clone(),
