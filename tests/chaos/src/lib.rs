@@ -39,6 +39,8 @@ pub mod docker;
 
 /// Heartbeat interval of every test cluster.
 pub const HEARTBEAT: &str = "200ms";
+/// Suspect-after interval of every test cluster.
+pub const SUSPECT_AFTER: &str = "1s";
 /// Dead-after interval of every test cluster.
 pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 
@@ -375,6 +377,10 @@ impl Cluster {
             HEARTBEAT,
             "--dead-after",
             &format!("{}ms", DEAD_AFTER.as_millis()),
+            // The default (2 heartbeats = 400 ms) is easily missed by a debug
+            // build on 2 busy cores; a suspect node takes no new chunks.
+            "--suspect-after",
+            SUSPECT_AFTER,
             "--exit-with-parent",
         ]
         .iter()
