@@ -54,7 +54,7 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
                     .iter()
                     .find(|n| n.node_id == full_id)
                     .ok_or("missing node")?;
-                let info = n.info.clone().unwrap_or_default();
+                let info = n.info.unwrap_or_default();
                 if info.health == NodeHealth::Full as i32 && n.state == NodeState::Full as i32 {
                     Ok(nodes)
                 } else {
@@ -71,7 +71,6 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
             .find(|n| n.node_id == full_id)
             .unwrap()
             .info
-            .clone()
             .unwrap();
         assert!(
             info.used_bytes <= CAPACITY,
