@@ -199,6 +199,7 @@ fn hashes(c: &DfsCluster, zones: bool) -> (String, String) {
             Default::default()
         },
         service_monitor_crd: false,
+        datanode_pods: 0,
     };
     let d = build::desired(c, &v, &observed);
     (d.coordinator_hash, d.datanode_hash)
@@ -273,6 +274,10 @@ const NOT_READY: Ready = Ready {
 
 /// Reads, applies and prunes: the calls of every reconcile of a valid spec.
 fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call> {
+    let datanode_pods = pods
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "datanode")
+        .count() as i64;
     vec![
         Call::new("GET", "/api/v1/nodes").reply(list("Node", node_items)),
         Call::new("GET", format!("{NS}/pods"))
@@ -290,7 +295,9 @@ fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call>
         ssa(format!("{NS}/services/test-coordinator-metrics")),
         ssa(format!("{NS}/services/test-datanode-metrics")),
         ssa(format!("{POLICY}/poddisruptionbudgets/test-coordinator")).check(|b| assert_eq!(b["spec"]["maxUnavailable"], 1)),
-        ssa(format!("{POLICY}/poddisruptionbudgets/test-datanode")),
+        ssa(format!("{POLICY}/poddisruptionbudgets/test-datanode")).check(move |b| {
+            assert_eq!(b["spec"]["minAvailable"], (datanode_pods - 1).max(0), "{b}");
+        }),
         ssa(format!("{APPS}/statefulsets/test-coordinator"))
             .check(|b| {
                 assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
@@ -676,6 +683,42 @@ async fn datanode_roll_is_one_at_a_time_and_gated() {
     // 5. Replication restored: node-b enters maintenance.
     let calls = pass(ready_pods, vec![status_any()], healthy(0)).await;
     assert_eq!(calls, ["maintenance id-node-b on"]);
+}
+
+/// A managed Service the spec no longer wants is deleted after the applies.
+#[tokio::test]
+async fn prune_deletes_unwanted_services() {
+    let obj = with_finalizer(cluster(json!({})));
+    let mut calls = pipeline(two_nodes(), vec![], NOT_READY);
+    calls.pop(); // the Service list, answered below with a stale entry
+    let svc = |n: &str| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n, "namespace": "default"}});
+    let names = [
+        "test-coordinator-headless",
+        "test-coordinator",
+        "test-coordinator-metrics",
+        "test-datanode-metrics",
+        "test-stale",
+    ];
+    calls.push(
+        Call::new("GET", format!("{NS}/services"))
+            .reply(list("Service", names.iter().map(|n| svc(n)).collect())),
+    );
+    calls.push(Call::new("DELETE", format!("{NS}/services/test-stale")).reply(svc("test-stale")));
+    calls.push(status_write(&obj, |_| {}));
+    run(obj, calls, Arc::new(FakeCoordinator::default())).await;
+}
+
+/// A paused cluster only reports Paused and waits.
+#[tokio::test]
+async fn paused_cluster_is_left_alone() {
+    let obj = with_finalizer(cluster(
+        json!({"clusterOperation": {"reconciliationPaused": true}}),
+    ));
+    let calls = vec![status_write(&obj, |b| {
+        assert_eq!(b["status"]["phase"], "Paused")
+    })];
+    let action = run(obj, calls, Arc::new(FakeCoordinator::default())).await;
+    assert_eq!(action, Action::await_change());
 }
 
 #[test]

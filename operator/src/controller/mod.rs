@@ -478,6 +478,7 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
     let observed = Observed {
         zones,
         service_monitor_crd: ctx.service_monitor_crd,
+        datanode_pods: datanode_pods.iter().filter(|p| !p.terminating).count() as i32,
     };
     let desired = build::desired(obj, &valid, &observed);
     let applied =

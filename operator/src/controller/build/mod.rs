@@ -155,6 +155,8 @@ pub struct Observed {
     pub zones: BTreeMap<String, String>,
     /// The ServiceMonitor CRD (prometheus-operator) is installed.
     pub service_monitor_crd: bool,
+    /// Datanode pods running now (for the datanode PDB).
+    pub datanode_pods: i32,
 }
 
 /// Every object a DfsCluster wants.
@@ -191,7 +193,7 @@ pub fn desired(cluster: &DfsCluster, v: &ValidSpec, observed: &Observed) -> Desi
         topology: configmap::topology(cluster, v, &observed.zones),
         config,
         services: service::build(cluster, v),
-        pdbs: pdb::build(cluster, v),
+        pdbs: pdb::build(cluster, v, observed.datanode_pods),
         statefulset,
         daemonset,
         service_monitor: (cluster.spec.metrics.enabled && observed.service_monitor_crd)

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::*;
 use crate::controller::validate::validate;
 
@@ -26,6 +28,7 @@ fn observed() -> Observed {
             ("node-b".into(), "zone-2".into()),
         ]),
         service_monitor_crd: true,
+        datanode_pods: 3,
     }
 }
 
@@ -199,6 +202,22 @@ fn template_hash_follows_spec_and_config_but_not_topology() {
         .as_ref()
         .unwrap();
     assert_eq!(ann[TEMPLATE_HASH], e.datanode_hash);
+}
+
+#[test]
+fn datanode_pdb_allows_one_eviction() {
+    let cluster = fixture("minimal");
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    let spec = d.pdbs[1].spec.as_ref().unwrap();
+    assert_eq!(
+        spec.min_available,
+        Some(IntOrString::Int(2)),
+        "3 datanodes, one may go"
+    );
+    assert_eq!(spec.max_unavailable, None, "unsupported for DaemonSet pods");
+    let coordinator = d.pdbs[0].spec.as_ref().unwrap();
+    assert_eq!(coordinator.max_unavailable, Some(IntOrString::Int(1)));
 }
 
 #[test]
