@@ -62,6 +62,13 @@ pub struct Config {
     #[arg(long, env = "DFS_ZONE", default_value = "")]
     pub zone: String,
 
+    /// Directory of files named after hosts, each holding that host's zone
+    /// (the operator's topology ConfigMap mounted as a volume: the downward
+    /// API cannot read node labels). Used when `--zone` is empty; read at
+    /// every registration so a relabelled node is picked up.
+    #[arg(long, env = "DFS_TOPOLOGY_DIR")]
+    pub topology_dir: Option<PathBuf>,
+
     /// Rack within the zone.
     #[arg(long, env = "DFS_RACK", default_value = "")]
     pub rack: String,
@@ -136,6 +143,7 @@ impl Config {
             data_dir: data_dir.into(),
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default"),
             zone: String::new(),
+            topology_dir: None,
             rack: String::new(),
             host: String::new(),
             capacity: None,
@@ -151,6 +159,25 @@ impl Config {
             max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,
             exit_with_parent: false,
         }
+    }
+
+    /// The zone to register with: `--zone`, else the content of
+    /// `<topology-dir>/<host>`, else empty.
+    pub fn effective_zone(&self) -> String {
+        if !self.zone.is_empty() {
+            return self.zone.clone();
+        }
+        let Some(dir) = &self.topology_dir else {
+            return String::new();
+        };
+        // A host name never contains a path separator; refuse one rather
+        // than read outside the directory.
+        if self.host.is_empty() || self.host.contains('/') || self.host.starts_with('.') {
+            return String::new();
+        }
+        std::fs::read_to_string(dir.join(&self.host))
+            .map(|z| z.trim().to_string())
+            .unwrap_or_default()
     }
 
     /// The endpoint advertised to the coordinator: `--advertise`, or
@@ -178,6 +205,22 @@ mod tests {
             parsed.advertise_for("127.0.0.1:7101".parse().unwrap()),
             "http://127.0.0.1:7101"
         );
+    }
+
+    #[test]
+    fn zone_comes_from_the_flag_or_the_topology_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-a"), "eu-west-1a\n").unwrap();
+        let mut c = Config::new("/d");
+        c.topology_dir = Some(dir.path().to_path_buf());
+        c.host = "node-a".into();
+        assert_eq!(c.effective_zone(), "eu-west-1a");
+        c.host = "node-b".into();
+        assert_eq!(c.effective_zone(), "", "unknown host: no zone");
+        c.host = "../node-a".into();
+        assert_eq!(c.effective_zone(), "", "no path tricks");
+        c.zone = "z9".into();
+        assert_eq!(c.effective_zone(), "z9", "the flag wins");
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn session(
         address: node.advertise.clone(),
         info: Some(node_info(node)),
         topology: Some(Topology {
-            zone: node.config.zone.clone(),
+            zone: node.config.effective_zone(),
             rack: node.config.rack.clone(),
             host: node.config.host.clone(),
         }),
