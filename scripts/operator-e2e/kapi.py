@@ -149,6 +149,9 @@ class KubeShim(kmock.KubernetesEmulator):
         out = await super()._serve_version(request)
         if request.resource.group == '':
             out['groupVersion'] = 'v1'
+        for r in out.get('resources', []):
+            if '/' in r['name']:  # subresources have no short names
+                r['shortNames'] = []
         return out
 
     def register_crd(self, crd):

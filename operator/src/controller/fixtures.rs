@@ -685,6 +685,56 @@ async fn datanode_roll_is_one_at_a_time_and_gated() {
     assert_eq!(calls, ["maintenance id-node-b on"]);
 }
 
+/// A coordinator change rolls the coordinator pod only behind the same gate:
+/// nothing while chunks are under-replicated, then the pod is deleted.
+#[tokio::test]
+async fn coordinator_roll_is_gated() {
+    let obj = {
+        let mut c = with_finalizer(cluster(json!({})));
+        c.status = Some(Default::default());
+        c
+    };
+    let (_, dh) = hashes(&obj, true);
+    let pods = vec![
+        pod("test-coordinator-0", "coordinator", "node-a", "old", true),
+        pod("dn-a", "datanode", "node-a", &dh, true),
+    ];
+    let ready = Ready {
+        coordinator: 1,
+        datanodes: 1,
+        datanodes_desired: 1,
+    };
+    let labelled = || {
+        vec![
+            node("node-a", "zone-1", Some("ready")),
+            node("node-b", "zone-2", None),
+        ]
+    };
+    let fake = Arc::new(FakeCoordinator::default());
+
+    fake.set(Some(facts(&[("node-a", NodeState::Healthy)], 5)));
+    let mut calls = pipeline(labelled(), pods.clone(), ready);
+    calls.push(status_write(&obj, |b| {
+        assert_eq!(b["status"]["phase"], "Rolling");
+        let progressing = &b["status"]["conditions"][1]["message"];
+        assert!(
+            progressing.as_str().unwrap().contains("5 under-replicated"),
+            "{progressing}"
+        );
+    }));
+    run(obj.clone(), calls, fake.clone()).await;
+
+    fake.set(Some(facts(&[("node-a", NodeState::Healthy)], 0)));
+    let mut calls = pipeline(labelled(), pods.clone(), ready);
+    calls.push(Call::new("DELETE", format!("{NS}/pods/test-coordinator-0")).reply(pods[0].clone()));
+    calls.push(status_write(&obj, |_| {}));
+    run(obj, calls, fake.clone()).await;
+    assert!(
+        fake.take_calls().is_empty(),
+        "no datanode maintenance for a coordinator roll"
+    );
+}
+
 /// A managed Service the spec no longer wants is deleted after the applies.
 #[tokio::test]
 async fn prune_deletes_unwanted_services() {
