@@ -17,7 +17,7 @@ fn checked_in_crd_matches_the_generated_one() {
     let mut checked = 0;
     for copy in [
         "manifests/crd.yaml",
-        "charts/dfs/crds/dfsclusters.dfs.io.yaml",
+        "charts/dfs-operator/crds/dfsclusters.dfs.io.yaml",
     ] {
         let path = root.join(copy);
         if copy.starts_with("charts/") && !path.exists() {

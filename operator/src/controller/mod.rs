@@ -20,6 +20,7 @@ pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub const REQUEUE_IDLE: Duration = Duration::from_secs(60);
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest backoff.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often the operator looks again for the ServiceMonitor CRD.
+pub const SERVICE_MONITOR_RECHECK: Duration = Duration::from_secs(300);
 /// How long the maintenance of a restarting datanode lasts at most.
 pub const MAINTENANCE_DURATION: Duration = Duration::from_secs(600);
 
@@ -150,8 +153,9 @@ pub struct Context {
     pub metrics: Metrics,
     /// Event recorder.
     pub recorder: Recorder,
-    /// The ServiceMonitor CRD was found at start.
-    pub service_monitor_crd: bool,
+    /// The ServiceMonitor CRD is installed (re-checked every
+    /// [`SERVICE_MONITOR_RECHECK`] by [`run`]).
+    pub service_monitor_crd: AtomicBool,
     /// Consecutive failures per DfsCluster, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
 }
@@ -175,7 +179,7 @@ impl Context {
             coordinator,
             metrics: Metrics::default(),
             recorder,
-            service_monitor_crd,
+            service_monitor_crd: AtomicBool::new(service_monitor_crd),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -475,14 +479,14 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
     };
 
     // Build and apply.
+    let service_monitor_crd = ctx.service_monitor_crd.load(Ordering::Relaxed);
     let observed = Observed {
         zones,
-        service_monitor_crd: ctx.service_monitor_crd,
+        service_monitor_crd,
         datanode_pods: datanode_pods.iter().filter(|p| !p.terminating).count() as i32,
     };
     let desired = build::desired(obj, &valid, &observed);
-    let applied =
-        apply::apply_all(&ctx.client, &ns, &name, &desired, ctx.service_monitor_crd).await?;
+    let applied = apply::apply_all(&ctx.client, &ns, &name, &desired, service_monitor_crd).await?;
 
     // Act: one roll step, maintenance releases, node labels.
     let coordinator_step =
@@ -636,9 +640,25 @@ pub async fn run(
         }
     }
     let sm = service_monitor_crd_exists(&client).await;
-    let ctx = Arc::new(
-        Context::new(client.clone(), ctx.coordinator.clone(), sm).with_metrics(ctx.metrics.clone()),
-    );
+    ctx.service_monitor_crd.store(sm, Ordering::Relaxed);
+    {
+        let (ctx, client, stop) = (ctx.clone(), client.clone(), stopped());
+        tokio::spawn(async move {
+            let recheck = async {
+                loop {
+                    tokio::time::sleep(SERVICE_MONITOR_RECHECK).await;
+                    let found = service_monitor_crd_exists(&client).await;
+                    if ctx.service_monitor_crd.swap(found, Ordering::Relaxed) != found {
+                        tracing::info!(found, "the ServiceMonitor CRD changed");
+                    }
+                }
+            };
+            tokio::select! {
+                () = recheck => {}
+                () = stop => {}
+            }
+        });
+    }
 
     let (clusters, children_cfg) = match &config.namespace {
         Some(ns) => (
@@ -700,14 +720,6 @@ pub async fn run(
         return Err(RunError::Serve(e));
     }
     result
-}
-
-impl Context {
-    /// Replaces the metrics (to keep the registry the HTTP endpoint serves).
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
-        self
-    }
 }
 
 #[cfg(test)]
