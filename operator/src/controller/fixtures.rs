@@ -29,6 +29,7 @@ pub struct Call {
     query: Vec<&'static str>,
     check: Check,
     respond: Respond,
+    status: u16,
 }
 
 impl Call {
@@ -39,7 +40,15 @@ impl Call {
             query: Vec::new(),
             check: Box::new(|_| {}),
             respond: Box::new(|body| body.clone()),
+            status: 200,
         }
+    }
+    fn fail(mut self, code: u16) -> Self {
+        self.status = code;
+        self.reply(json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "code": code, "reason": "InternalError", "message": "etcd is sad",
+        }))
     }
     fn query(mut self, q: &'static str) -> Self {
         self.query.push(q);
@@ -88,6 +97,7 @@ async fn serve(mut handle: Handle, calls: Vec<Call>) {
         let out = (call.respond)(&body);
         send.send_response(
             Response::builder()
+                .status(call.status)
                 .header("content-type", "application/json")
                 .body(Body::from(serde_json::to_vec(&out).expect("json")))
                 .expect("response"),
@@ -733,6 +743,39 @@ async fn coordinator_roll_is_gated() {
         fake.take_calls().is_empty(),
         "no datanode maintenance for a coordinator roll"
     );
+}
+
+/// A transient API error fails the reconcile; the error policy requeues
+/// with a growing backoff and counts the failure by kind.
+#[tokio::test]
+async fn transient_errors_back_off() {
+    let obj = Arc::new(with_finalizer(cluster(json!({}))));
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        Arc::new(FakeCoordinator::default()),
+        false,
+    ));
+    let calls = vec![
+        Call::new("GET", "/api/v1/nodes").fail(500),
+        Call::new("GET", "/api/v1/nodes").fail(500),
+    ];
+    let server = tokio::spawn(serve(handle, calls));
+    let mut delays = Vec::new();
+    for _ in 0..2 {
+        let err = reconcile(obj.clone(), ctx.clone()).await.unwrap_err();
+        assert!(matches!(err, super::Error::List { .. }), "{err}");
+        delays.push(super::error_policy(obj.clone(), &err, ctx.clone()));
+    }
+    server.await.expect("every expected call, and no other");
+    assert_eq!(
+        delays,
+        [
+            Action::requeue(Duration::from_secs(5)),
+            Action::requeue(Duration::from_secs(10))
+        ]
+    );
+    assert_eq!(ctx.metrics.failures.with_label_values(&["list"]).get(), 2);
 }
 
 /// A managed Service the spec no longer wants is deleted after the applies.
