@@ -5,8 +5,8 @@
 //! The node name comes from the downward API (`spec.nodeName` → `DFS_HOST`).
 //! The downward API cannot read node labels, so the zone comes from the
 //! topology ConfigMap (node name → zone, kept by the operator from the zone
-//! label of the nodes) mounted into the pod: a small shell prelude exports
-//! `DFS_ZONE` from it before exec'ing the datanode.
+//! label of the nodes) mounted into the pod at [`TOPOLOGY_MOUNT`]: the
+//! datanode's `--topology-dir` reads `<dir>/<host>` at each registration.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
@@ -26,9 +26,6 @@ use crate::crd::DfsCluster;
 
 /// Node selector that matches no node: a stopped cluster runs no datanode.
 pub const STOPPED_SELECTOR: (&str, &str) = ("dfs.io/stopped", "true");
-
-/// Shell prelude: zone from the topology ConfigMap, then exec the datanode.
-pub const ENTRYPOINT: &str = "export DFS_ZONE=\"$(cat \"/etc/dfs/topology/$DFS_HOST\" 2>/dev/null || echo default)\"; exec dfs-datanode \"$@\"";
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
@@ -61,20 +58,21 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
     ];
     env.extend(spec.env.iter().cloned());
     let mut args = vec![
-        "dfs-datanode".to_string(),
-        "--listen".into(),
+        "--listen".to_string(),
         format!("0.0.0.0:{DATANODE_PORT}"),
         "--data-dir".into(),
         CONTAINER_DATA_DIR.into(),
         "--metrics-addr".into(),
         format!("0.0.0.0:{DATANODE_METRICS_PORT}"),
+        "--topology-dir".into(),
+        TOPOLOGY_MOUNT.into(),
     ];
     args.extend(spec.args.iter().cloned());
     let container = Container {
         name: DATANODE.into(),
         image: Some(format!("{}:{}", image.repository, image.tag)),
         image_pull_policy: Some(image.pull_policy.as_str().into()),
-        command: Some(vec!["/bin/sh".into(), "-c".into(), ENTRYPOINT.into()]),
+        command: Some(vec!["dfs-datanode".into()]),
         args: Some(args),
         env: Some(env),
         ports: Some(vec![

@@ -172,6 +172,17 @@ fn datanode_topology_and_update_strategy() {
     );
     assert_eq!(d.topology.data.as_ref().unwrap()["node-a"], "zone-1");
     assert_eq!(
+        c.command.as_deref(),
+        Some(&["dfs-datanode".to_string()][..])
+    );
+    let args = c.args.as_ref().unwrap();
+    let at = args.iter().position(|a| a == "--topology-dir").unwrap();
+    assert_eq!(
+        args[at + 1],
+        TOPOLOGY_MOUNT,
+        "zone read from the mounted topology map"
+    );
+    assert_eq!(
         d.config.data.as_ref().unwrap()["coordinator"],
         "http://demo-coordinator.storage.svc:7000"
     );
