@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
     config.dead_after = Duration::from_secs(7200);
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let metrics = TcpListener::bind("127.0.0.1:0").await?;
+    let metrics_addr = metrics.local_addr()?;
     let url = format!("http://{}", grpc.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(dfs_coordinator::serve(config, grpc, metrics, async {
@@ -201,6 +202,21 @@ async fn main() -> anyhow::Result<()> {
             "list of a {ENTRIES}-entry directory, {pages} pages of {page_size}: {:.3} s",
             start.elapsed().as_secs_f64()
         );
+    }
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics_addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        for line in text.lines().filter(|l| {
+            l.starts_with("dfs_coordinator_metadata_commit_batch_size_sum")
+                || l.starts_with("dfs_coordinator_metadata_commit_batch_size_count")
+                || l.starts_with("dfs_coordinator_metadata_commit_duration_seconds_sum")
+        }) {
+            println!("{line}");
+        }
     }
     let _ = stop_tx.send(());
     server.await??;

@@ -144,7 +144,8 @@ pub async fn serve(
     let cluster = Cluster::new(timing(&config), &ns, now_unix_ms());
     let needs_id = ns.cluster_id().is_empty();
     let state = Arc::new(Mutex::new(State { ns, cluster }));
-    let (committer, commit_task) = Committer::start(store, state.clone(), Hook);
+    let metrics = Metrics::new();
+    let (committer, commit_task) = Committer::start(store, state.clone(), Hook, metrics.clone());
     if needs_id {
         committer
             .propose(Command::InitCluster {
@@ -154,7 +155,6 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics = Metrics::new();
     let ctx = Arc::new(Ctx {
         state,
         committer,

@@ -32,6 +32,10 @@ pub struct Metrics {
     heartbeat_age: GaugeVec,
     /// Metadata commits (write transactions).
     pub commits: IntCounter,
+    /// Commands per metadata commit (group commit).
+    pub commit_batch: prometheus::Histogram,
+    /// Duration of a metadata commit.
+    pub commit_duration: prometheus::Histogram,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -160,6 +164,30 @@ impl Metrics {
                 IntCounter::new(
                     "dfs_coordinator_metadata_commits_total",
                     "Metadata write transactions.",
+                )
+                .expect("valid metric"),
+            ),
+            commit_batch: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dfs_coordinator_metadata_commit_batch_size",
+                        "Commands per metadata commit.",
+                    )
+                    .buckets(prometheus::exponential_buckets(1.0, 2.0, 13).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            commit_duration: reg(
+                &r,
+                prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dfs_coordinator_metadata_commit_duration_seconds",
+                        "Duration of a metadata commit (fsync included).",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets"),
+                    ),
                 )
                 .expect("valid metric"),
             ),

@@ -265,6 +265,7 @@ impl Committer {
         mut store: Store,
         state: Arc<Mutex<S>>,
         hook: H,
+        metrics: crate::metrics::Metrics,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Proposal>();
         let handle = tokio::task::spawn_blocking(move || {
@@ -298,9 +299,20 @@ impl Committer {
                         results.push(r);
                     }
                 }
-                if !encoded.is_empty()
-                    && let Err(e) = store.append(&encoded)
-                {
+                let started = std::time::Instant::now();
+                let appended = if encoded.is_empty() {
+                    Ok(())
+                } else {
+                    store.append(&encoded)
+                };
+                if !encoded.is_empty() {
+                    metrics.commits.inc();
+                    metrics.commit_batch.observe(encoded.len() as f64);
+                    metrics
+                        .commit_duration
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                if let Err(e) = appended {
                     // The in-memory state is now ahead of the disk: refuse
                     // everything from here on; a restart reloads the truth.
                     tracing::error!("{e:#}; refusing further metadata changes");
@@ -359,7 +371,8 @@ mod tests {
                 store.write_snapshot(ns.snapshot()).unwrap();
             }
             let state = Arc::new(Mutex::new(ns));
-            let (committer, handle) = Committer::start(store, state.clone(), NsOnly);
+            let (committer, handle) =
+                Committer::start(store, state.clone(), NsOnly, crate::metrics::Metrics::new());
             let mut tasks = Vec::new();
             for i in 0..50 {
                 let c = committer.clone();

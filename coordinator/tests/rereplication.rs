@@ -96,12 +96,23 @@ async fn corrupt_replica_is_replaced() {
     let chunk = dl.chunks[0].chunk.as_ref().unwrap().chunk_id.clone();
     let bad = dl.chunks[0].replicas[0].node_id.clone();
     sim.corrupt(&bad, &chunk);
+    // The corrupt replica is dropped and a repair restores three replicas
+    // that really hold the chunk (the target may be any node without it).
     eventually(10, "corrupt replica replaced", || {
         let mut c = c.clone();
-        let bad = bad.clone();
+        let sim = sim.clone();
+        let chunk = chunk.clone();
         async move {
             let r = replicas(&mut c, "/f").await;
-            (r[0].len() == 3 && !r[0].contains(&bad)).then_some(())
+            let repaired: usize = sim
+                .nodes
+                .lock()
+                .unwrap()
+                .values()
+                .map(|n| n.replicated_from_here)
+                .sum();
+            (repaired >= 1 && r[0].len() == 3 && r[0].iter().all(|n| sim.holds(n, &chunk)))
+                .then_some(())
         }
     })
     .await;
