@@ -1,0 +1,203 @@
+//! The client library against an in-process cluster (a real coordinator and
+//! real datanodes on 127.0.0.1:0): a chunk whose planned primary is gone is
+//! re-planned on other nodes, and a read falls over to the next replica when
+//! one is unreachable or holds bad bytes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use dfs_client::{Client, ClientConfig, PutOptions};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct Node {
+    dir: PathBuf,
+    id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+async fn start_datanode(dir: PathBuf, coordinator: &str, host: &str) -> Node {
+    let mut config = dfs_datanode::Config::new(&dir);
+    config.coordinator = coordinator.to_string();
+    config.host = host.to_string();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        dfs_datanode::run_with_listeners(config, listener().await, listener().await, shutdown)
+            .await
+            .expect("datanode runs");
+    });
+    // The node id is persisted at start-up.
+    let id_file = dir.join("node_id");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        if let Ok(id) = std::fs::read_to_string(&id_file) {
+            break id.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "datanode did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Node {
+        dir,
+        id,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// A coordinator whose heartbeat interval is long enough that a stopped
+/// datanode still looks healthy to placement for the whole test.
+async fn start_coordinator(dir: &Path) -> String {
+    let config = dfs_coordinator::Config::try_parse_from([
+        "dfs-coordinator",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--replication",
+        "3",
+        "--heartbeat-interval",
+        "500ms",
+        "--suspect-after",
+        "30s",
+        "--dead-after",
+        "60s",
+    ])
+    .unwrap();
+    let grpc = listener().await;
+    let addr = grpc.local_addr().unwrap();
+    tokio::spawn(async move {
+        dfs_coordinator::serve(config, grpc, listener().await, std::future::pending())
+            .await
+            .expect("coordinator runs");
+    });
+    format!("http://{addr}")
+}
+
+async fn wait_for_nodes(client: &Client, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.nodes().await.map(|v| v.len()).unwrap_or(0) >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} datanodes did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
+    node.dir
+        .join("chunks")
+        .join(&chunk_id[0..2])
+        .join(&chunk_id[2..4])
+        .join(chunk_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = start_coordinator(&tmp.path().join("coordinator")).await;
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        nodes.push(
+            start_datanode(
+                tmp.path().join(format!("dn{i}")),
+                &coordinator,
+                &format!("host-{i}"),
+            )
+            .await,
+        );
+    }
+    let mut config = ClientConfig::new(&coordinator);
+    config.connect_timeout = Duration::from_secs(2);
+    let client = Client::connect(config).await.unwrap();
+    wait_for_nodes(&client, 4).await;
+
+    // Stop node 0: the coordinator still believes it healthy, so plans name
+    // it, and every chunk placed on it must be re-planned elsewhere.
+    let dead = nodes.remove(0);
+    let dead_id = dead.id.clone();
+    let _ = dead.stop.unwrap().send(());
+    dead.task.await.unwrap();
+
+    let mut data = vec![0u8; 8 * 1024 * 1024 + 999];
+    rand::rng().fill_bytes(&mut data);
+    let options = PutOptions {
+        chunk_size: 512 * 1024,
+        ..PutOptions::default()
+    };
+    let info = client
+        .put_bytes(Bytes::from(data.clone()), "/replanned.bin", &options)
+        .await
+        .expect("upload succeeds around the dead node");
+    assert_eq!(info.size, data.len() as u64);
+
+    // Every chunk was confirmed on at least the write quorum of running
+    // nodes, never on the stopped one; chunks that lost a replica target
+    // mid-upload are then repaired back to the factor by the coordinator.
+    let map = client.chunk_map("/replanned.bin").await.unwrap();
+    assert_eq!(map.chunks.len(), 17);
+    for chunk in &map.chunks {
+        let ids: Vec<&str> = chunk.replicas.iter().map(|r| r.node_id.as_str()).collect();
+        assert!(
+            ids.len() >= 2,
+            "chunk {} below quorum on {ids:?}",
+            chunk.index
+        );
+        assert!(
+            !ids.contains(&dead_id.as_str()),
+            "nothing confirmed on the stopped node"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let map = loop {
+        let map = client.chunk_map("/replanned.bin").await.unwrap();
+        if map.chunks.iter().all(|c| c.replicas.len() == 3) {
+            break map;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chunks not repaired to 3 replicas: {map:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let mut out = Vec::new();
+    client.get("/replanned.bin", &mut out).await.unwrap();
+    assert!(out == data, "byte-identical");
+
+    // Flip a byte of chunk 0 on its first replica: the read falls over to
+    // the next replica and still returns the right bytes.
+    let first = &map.chunks[0];
+    let chunk_id = &first.chunk.as_ref().unwrap().chunk_id;
+    let victim = nodes
+        .iter()
+        .find(|n| n.id == first.replicas[0].node_id)
+        .expect("first replica is a running node");
+    let path = chunk_file(victim, chunk_id);
+    let mut bytes = std::fs::read(&path).expect("chunk file exists");
+    bytes[100] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let local = tmp.path().join("copy.bin");
+    client.get_file("/replanned.bin", &local).await.unwrap();
+    assert!(
+        std::fs::read(&local).unwrap() == data,
+        "byte-identical despite bit rot"
+    );
+    assert!(client.verify("/replanned.bin").await.is_ok());
+
+    for node in nodes {
+        let _ = node.stop.unwrap().send(());
+        let _ = node.task.await;
+    }
+}
