@@ -570,23 +570,42 @@ impl Drop for Cluster {
     }
 }
 
-/// Waits for `child` with a deadline; kills it when the deadline passes.
+/// Waits for `child` with a deadline, draining its stdout and stderr (so a
+/// large output cannot block it); kills it when the deadline passes.
 pub fn wait_output(mut child: Child, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let start = Instant::now();
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().expect("collect output"),
+            Ok(Some(status)) => break status,
             Ok(None) if start.elapsed() > timeout => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("collect output");
+                let _ = child.wait();
+                let stderr = err.join().unwrap_or_default();
                 panic!(
                     "command did not finish within {timeout:?}; stderr: {}",
-                    String::from_utf8_lossy(&out.stderr)
+                    String::from_utf8_lossy(&stderr)
                 );
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("wait failed: {e}"),
         }
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 
