@@ -130,7 +130,7 @@ impl Client {
             .stat(StatRequest { path: path.into() })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status("Stat", path, s))
+            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Stat", path, s))
     }
 
     /// Creates a directory; with `parents`, also its missing parents (and an
@@ -144,7 +144,7 @@ impl Client {
             })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status("Mkdir", path, s))
+            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Mkdir", path, s))
     }
 
     /// Lists a directory (every page), in name order.
@@ -161,7 +161,9 @@ impl Client {
                     page_size: 0,
                 })
                 .await
-                .map_err(|s| ClientError::from_status("ListDirectory", path, s))?
+                .map_err(|s| {
+                    ClientError::from_status(&self.config.coordinator, "ListDirectory", path, s)
+                })?
                 .into_inner();
             entries.extend(page.entries);
             if page.next_page_token.is_empty() {
@@ -181,7 +183,7 @@ impl Client {
             })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status("Delete", path, s))
+            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Delete", path, s))
     }
 
     /// Renames or moves `source` to `destination` atomically.
@@ -200,7 +202,7 @@ impl Client {
                 } else {
                     source
                 };
-                ClientError::from_status("Rename", path, s)
+                ClientError::from_status(&self.config.coordinator, "Rename", path, s)
             })
     }
 
@@ -211,7 +213,9 @@ impl Client {
             .download_file(DownloadFileRequest { path: path.into() })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status("DownloadFile", path, s))
+            .map_err(|s| {
+                ClientError::from_status(&self.config.coordinator, "DownloadFile", path, s)
+            })
     }
 
     /// Every datanode the coordinator knows, with its state.
@@ -221,7 +225,7 @@ impl Client {
             .list_nodes(ListNodesRequest {})
             .await
             .map(|r| r.into_inner().nodes)
-            .map_err(|s| ClientError::rpc("ListNodes", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "ListNodes", s))
     }
 
     /// Health summary of the cluster.
@@ -231,7 +235,7 @@ impl Client {
             .get_cluster_status(GetClusterStatusRequest {})
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc("GetClusterStatus", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "GetClusterStatus", s))
     }
 
     /// Starts draining a datanode (or cancels it).
@@ -248,7 +252,7 @@ impl Client {
             })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc("DecommissionNode", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "DecommissionNode", s))
     }
 
     /// Puts a datanode into (or out of) maintenance for at most `duration`.
@@ -267,7 +271,7 @@ impl Client {
             })
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc("SetNodeMaintenance", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetNodeMaintenance", s))
     }
 }
 

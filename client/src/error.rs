@@ -90,8 +90,31 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A status produced locally by the transport (connect refused, reset,
+    /// timed out) rather than returned by the coordinator: the coordinator is
+    /// unreachable, and the error says which address.
+    fn unreachable(coordinator: &str, status: &Status) -> Option<Self> {
+        let local = std::error::Error::source(status).is_some();
+        let transport = matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+        );
+        (local && transport).then(|| ClientError::CoordinatorUnreachable {
+            address: coordinator.to_string(),
+            reason: crate::client::source_chain(status),
+        })
+    }
+
     /// Maps a coordinator status for an operation on `path` to a typed error.
-    pub(crate) fn from_status(method: &'static str, path: &str, status: Status) -> Self {
+    pub(crate) fn from_status(
+        coordinator: &str,
+        method: &'static str,
+        path: &str,
+        status: Status,
+    ) -> Self {
+        if let Some(e) = Self::unreachable(coordinator, &status) {
+            return e;
+        }
         match status.code() {
             Code::NotFound => ClientError::NotFound {
                 path: path.to_string(),
@@ -111,7 +134,10 @@ impl ClientError {
     }
 
     /// Maps a status of a call that is not about a path.
-    pub(crate) fn rpc(method: &'static str, status: Status) -> Self {
+    pub(crate) fn rpc(coordinator: &str, method: &'static str, status: Status) -> Self {
+        if let Some(e) = Self::unreachable(coordinator, &status) {
+            return e;
+        }
         match status.code() {
             Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_string()),
             Code::FailedPrecondition | Code::NotFound => {

@@ -45,6 +45,31 @@ impl std::fmt::Debug for PutOptions {
     }
 }
 
+/// Nodes that failed during one upload, shared by its chunk transfers.
+#[derive(Default)]
+struct BadNodes(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl BadNodes {
+    fn insert(&self, node_id: &str) {
+        self.0
+            .lock()
+            .expect("bad-node set lock poisoned")
+            .insert(node_id.to_string());
+    }
+
+    fn contains(&self, node_id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("bad-node set lock poisoned")
+            .contains(node_id)
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        let set = self.0.lock().expect("bad-node set lock poisoned");
+        set.iter().cloned().collect()
+    }
+}
+
 /// Why one attempt at a chunk failed, and whether its primary is to blame.
 struct AttemptError {
     message: String,
@@ -54,11 +79,18 @@ struct AttemptError {
 }
 
 impl AttemptError {
+    /// Blames the primary when it could not be reached or the connection to
+    /// it broke (a status made locally by the transport, which carries a
+    /// source error), or when it is out of space. A status the primary itself
+    /// returned (e.g. its replicas fell below the write quorum) does not
+    /// blame it: re-planning picks fresh nodes anyway.
     fn status(stage: &str, node: &str, status: &tonic::Status) -> Self {
-        let blame_primary = matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
-        ) || status.code() == Code::ResourceExhausted;
+        let transport = std::error::Error::source(status).is_some()
+            && matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+            );
+        let blame_primary = transport || status.code() == Code::ResourceExhausted;
         AttemptError {
             message: format!("{stage} on {node}: {}", status.message()),
             blame_primary,
@@ -151,13 +183,16 @@ impl Client {
                 overwrite: options.overwrite,
             })
             .await
-            .map_err(|s| ClientError::from_status("UploadFile", remote, s))?
+            .map_err(|s| {
+                ClientError::from_status(&self.config.coordinator, "UploadFile", remote, s)
+            })?
             .into_inner();
         tracing::debug!(upload_id = %plan.upload_id, chunks = plan.chunks.len(), "upload planned");
 
+        let bad = BadNodes::default();
         let uploaded: Result<Vec<ConfirmedChunk>, ClientError> =
             futures::stream::iter(plan.chunks.clone())
-                .map(|chunk| self.upload_chunk(&plan, chunk, &source, remote, options))
+                .map(|chunk| self.upload_chunk(&plan, chunk, &source, remote, options, &bad))
                 .buffer_unordered(self.config.concurrency.max(1))
                 .try_collect()
                 .await;
@@ -181,7 +216,12 @@ impl Client {
             Ok(r) => Ok(r.into_inner().file.unwrap_or_default()),
             Err(status) => {
                 self.abort(&plan.upload_id).await;
-                Err(ClientError::from_status("ConfirmUpload", remote, status))
+                Err(ClientError::from_status(
+                    &self.config.coordinator,
+                    "ConfirmUpload",
+                    remote,
+                    status,
+                ))
             }
         }
     }
@@ -198,6 +238,9 @@ impl Client {
     }
 
     /// Uploads one chunk, re-planning it on other nodes after a failure.
+    /// `bad` is shared by every chunk of the upload: a node that failed one
+    /// chunk is not tried again for the others, which would otherwise each
+    /// pay the same timeout.
     async fn upload_chunk(
         &self,
         plan: &UploadPlan,
@@ -205,60 +248,85 @@ impl Client {
         source: &Source,
         remote: &str,
         options: &PutOptions,
+        bad: &BadNodes,
     ) -> Result<ConfirmedChunk, ClientError> {
         let attempts = self.config.upload_attempts.max(1);
-        let mut exclude: Vec<String> = Vec::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let error = match self
+        let mut last_error = String::new();
+        for attempt in 1..=attempts {
+            let names_bad_node = planned.nodes.iter().any(|n| bad.contains(&n.node_id));
+            if attempt > 1 || names_bad_node {
+                if attempt > 1 {
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+                match self.replan(plan, planned.index, bad.snapshot()).await {
+                    Ok(p) => planned = p,
+                    Err(status) => {
+                        // Counts as a failed attempt: the cluster may have
+                        // room again after a back-off (a node coming back).
+                        last_error = format!("re-planning failed: {}", status.message());
+                        tracing::warn!(index = planned.index, attempt, "{last_error}");
+                        continue;
+                    }
+                }
+            }
+            match self
                 .upload_chunk_once(plan, &planned, source, options)
                 .await
             {
                 Ok(done) => return Ok(done),
-                Err(e) => e,
-            };
-            tracing::warn!(
-                index = planned.index,
-                attempt,
-                "chunk upload failed: {}",
-                error.message
-            );
-            let give_up = |last_error: String| ClientError::UploadChunk {
-                path: remote.to_string(),
-                index: planned.index,
-                attempts: attempt,
-                last_error,
-            };
-            if attempt >= attempts {
-                return Err(give_up(error.message));
+                Err(error) => {
+                    tracing::warn!(
+                        index = planned.index,
+                        attempt,
+                        "chunk upload failed: {}",
+                        error.message
+                    );
+                    if error.blame_primary
+                        && let Some(primary) = planned.nodes.first()
+                    {
+                        bad.insert(&primary.node_id);
+                    }
+                    last_error = error.message;
+                }
             }
-            if error.blame_primary
-                && let Some(primary) = planned.nodes.first()
-                && !exclude.contains(&primary.node_id)
-            {
-                exclude.push(primary.node_id.clone());
-            }
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            let replanned = self
+        }
+        Err(ClientError::UploadChunk {
+            path: remote.to_string(),
+            index: planned.index,
+            attempts,
+            last_error,
+        })
+    }
+
+    /// Asks the coordinator for new nodes for a chunk, avoiding `exclude`;
+    /// when that leaves too few nodes, asks again without exclusions rather
+    /// than fail (an excluded node may have recovered).
+    async fn replan(
+        &self,
+        plan: &UploadPlan,
+        index: u64,
+        exclude: Vec<String>,
+    ) -> Result<PlannedChunk, tonic::Status> {
+        let request = |exclude_nodes| ReplanChunkRequest {
+            upload_id: plan.upload_id.clone(),
+            index,
+            exclude_nodes,
+        };
+        let excluded = !exclude.is_empty();
+        match self
+            .coordinator
+            .clone()
+            .replan_chunk(request(exclude))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(status) if excluded && status.code() == Code::FailedPrecondition => self
                 .coordinator
                 .clone()
-                .replan_chunk(ReplanChunkRequest {
-                    upload_id: plan.upload_id.clone(),
-                    index: planned.index,
-                    exclude_nodes: exclude.clone(),
-                })
-                .await;
-            planned = match replanned {
-                Ok(r) => r.into_inner(),
-                Err(status) => {
-                    return Err(give_up(format!(
-                        "{}; re-planning failed: {}",
-                        error.message,
-                        status.message()
-                    )));
-                }
-            };
+                .replan_chunk(request(Vec::new()))
+                .await
+                .map(|r| r.into_inner()),
+            Err(status) => Err(status),
         }
     }
 

@@ -42,7 +42,7 @@ async fn dead_node_is_repaired_back_to_factor() {
         .max_by_key(|n| before.iter().filter(|r| r.contains(n)).count())
         .unwrap();
     sim.kill(&victim);
-    let st = eventually(10, "node dead", || {
+    let st = eventually(45, "node dead", || {
         let mut c = c.clone();
         let v = victim.clone();
         async move {
@@ -52,7 +52,7 @@ async fn dead_node_is_repaired_back_to_factor() {
     })
     .await;
     assert_eq!(st.state, NodeState::Dead as i32);
-    let after = eventually(15, "re-replication", || {
+    let after = eventually(45, "re-replication", || {
         let mut c = c.clone();
         let v = victim.clone();
         async move {
@@ -98,7 +98,7 @@ async fn corrupt_replica_is_replaced() {
     sim.corrupt(&bad, &chunk);
     // The corrupt replica is dropped and a repair restores three replicas
     // that really hold the chunk (the target may be any node without it).
-    eventually(10, "corrupt replica replaced", || {
+    eventually(45, "corrupt replica replaced", || {
         let mut c = c.clone();
         let sim = sim.clone();
         let chunk = chunk.clone();
@@ -155,7 +155,7 @@ async fn orphans_are_deleted_after_grace() {
         .clone()
         .unwrap()
         .chunk_id;
-    eventually(10, "orphans deleted", || {
+    eventually(45, "orphans deleted", || {
         let sim = sim.clone();
         let aborted = plan.chunks[0].chunk_id.clone();
         let old = old.clone();
@@ -199,7 +199,7 @@ async fn expired_uploads_are_reclaimed() {
     for n in &plan.chunks[0].nodes {
         sim.store(&n.node_id, &chunk);
     }
-    eventually(10, "expired upload reclaimed", || {
+    eventually(45, "expired upload reclaimed", || {
         let sim = sim.clone();
         let chunk = chunk.clone();
         async move {
@@ -234,7 +234,7 @@ async fn decommission_drains_then_is_safe() {
         .unwrap()
         .into_inner();
     assert!(!st.safe_to_remove);
-    let done = eventually(15, "drained", || {
+    let done = eventually(45, "drained", || {
         let mut c = c.clone();
         let node = node.clone();
         async move {
@@ -327,7 +327,7 @@ async fn maintenance_suppresses_repair() {
     })
     .await
     .unwrap();
-    eventually(10, "repair after maintenance", || {
+    eventually(45, "repair after maintenance", || {
         let mut c = c.clone();
         let h = holder.clone();
         async move {

@@ -20,9 +20,6 @@ use dfs_client::PutOptions;
 const MEMORY_BOUND: u64 = 96 << 20;
 
 #[test]
-#[ignore = "bug: flaky — a stalled primary makes ReplanChunk answer 'need 3 datanodes with free space, 2 available' \
-            with 3 healthy nodes left, and Client::upload_chunk (client/src/put.rs) gives up on the first failed re-plan \
-            (attempts: 1); see docs/reliability.md, findings 1-2. Run with --ignored."]
 fn stalled_replica_does_not_hang_uploads_or_downloads_and_memory_stays_bounded() {
     run(Duration::from_secs(240), async {
         let size: u64 = 128 << 20;
