@@ -17,6 +17,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dfs-target}"
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null; }; }
 need iperf3 iperf3
+export DEBIAN_FRONTEND=noninteractive
 
 cargo build --release -q -p dfs-client --bin dfs
 DFS="$CARGO_TARGET_DIR/release/dfs"
@@ -42,11 +43,13 @@ PY
 )
 chunks=$(( (bytes + (64<<20) - 1) / (64<<20) ))
 
-echo "== disk limit: 3 copies of $SIZE, fsync per 64 MiB (dd oflag=dsync)"
+# The three copies are written at the same time, as the three datanodes do.
+echo "== disk limit: 3 concurrent copies of $SIZE, fsync per 64 MiB (dd oflag=dsync)"
 start=$(date +%s.%N)
 for i in 1 2 3; do
-  dd if=/dev/zero of="$WORK/dd-$i" bs=64M count="$chunks" oflag=dsync status=none
+  dd if=/dev/zero of="$WORK/dd-$i" bs=64M count="$chunks" oflag=dsync status=none &
 done
+wait
 end=$(date +%s.%N)
 rm -f "$WORK"/dd-*
 disk_secs=$(python3 -c "print($end - $start)")
