@@ -1,41 +1,26 @@
 #!/usr/bin/env bash
 # Builds the dfs image offline from binaries built on this host:
-#   1. cargo build --release (dfs, dfs-coordinator, dfs-datanode; dfs-operator in
-#      its own target dir) — a no-op when they are up to date;
+#   1. cargo build --release of dfs, dfs-coordinator, dfs-datanode and
+#      dfs-operator — a no-op when they are up to date;
 #   2. the local runtime base (scripts/build-base-image.sh → dfs-base:local);
 #   3. the Dockerfile's `prebuilt` target in a small staged context
 #      (dist/bin/* + an empty dist/var/lib/dfs), tagged dfs:<version> and dfs:local;
 #   4. a smoke test: every binary runs as uid 65532 and the image has no shell.
 #
-# Env: DFS_IMAGE (repository, default dfs), DFS_REQUIRE_OPERATOR=1 (fail instead
-# of skipping when the operator crate does not build yet), DFS_SKIP_CARGO=1
-# (use the binaries already in the target dirs).
+# Env: DFS_IMAGE (repository, default dfs), DFS_SKIP_CARGO=1 (use the binaries
+# already in the target dir).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 version="$(dfs_version)"
-bins=("$DFS_TARGET_DIR/release/dfs" "$DFS_TARGET_DIR/release/dfs-coordinator" "$DFS_TARGET_DIR/release/dfs-datanode")
+bins=("$DFS_TARGET_DIR/release/dfs" "$DFS_TARGET_DIR/release/dfs-coordinator"
+      "$DFS_TARGET_DIR/release/dfs-datanode" "$DFS_TARGET_DIR/release/dfs-operator")
 if [[ "${DFS_SKIP_CARGO:-0}" != 1 ]]; then
+  # One invocation for all four: features unify once, shared crates build once.
   log "cargo build --release (CARGO_TARGET_DIR=$DFS_TARGET_DIR)"
   CARGO_TARGET_DIR="$DFS_TARGET_DIR" cargo build --release \
-    -p dfs-client -p dfs-coordinator -p dfs-datanode
-fi
-
-with_operator=0
-if operator_crate_present; then
-  if [[ "${DFS_SKIP_CARGO:-0}" == 1 ]] || {
-       log "cargo build --release -p dfs-operator (CARGO_TARGET_DIR=$DFS_OPERATOR_TARGET_DIR)"
-       CARGO_TARGET_DIR="$DFS_OPERATOR_TARGET_DIR" cargo build --release -p dfs-operator; }; then
-    [[ -x "$DFS_OPERATOR_TARGET_DIR/release/dfs-operator" ]] && with_operator=1
-  fi
-fi
-if (( with_operator )); then
-  bins+=("$DFS_OPERATOR_TARGET_DIR/release/dfs-operator")
-elif [[ "${DFS_REQUIRE_OPERATOR:-0}" == 1 ]]; then
-  die "dfs-operator did not build (DFS_REQUIRE_OPERATOR=1)"
-else
-  echo "SKIP: dfs-operator is not in the image: the operator crate does not build yet" >&2
+    -p dfs-client -p dfs-coordinator -p dfs-datanode -p dfs-operator
 fi
 for b in "${bins[@]}"; do [[ -x "$b" ]] || die "missing binary $b"; done
 
