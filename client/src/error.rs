@@ -89,6 +89,22 @@ pub enum ClientError {
     },
 }
 
+/// "tcp connect error: Connection refused (os error 111)": the status'
+/// message and the root cause of its source chain, without debug dumps.
+fn transport_reason(status: &Status) -> String {
+    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(next) = root.and_then(|e| e.source()) {
+        root = Some(next);
+    }
+    match root.map(|e| e.to_string()) {
+        Some(cause) if !status.message().is_empty() && !cause.contains(status.message()) => {
+            format!("{}: {cause}", status.message())
+        }
+        Some(cause) => cause,
+        None => status.message().to_string(),
+    }
+}
+
 impl ClientError {
     /// A status produced locally by the transport (connect refused, reset,
     /// timed out) rather than returned by the coordinator: the coordinator is
@@ -101,7 +117,7 @@ impl ClientError {
         );
         (local && transport).then(|| ClientError::CoordinatorUnreachable {
             address: coordinator.to_string(),
-            reason: crate::client::source_chain(status),
+            reason: transport_reason(status),
         })
     }
 
