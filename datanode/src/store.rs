@@ -405,6 +405,7 @@ impl Store {
             file: Some(file),
             tmp,
             size: 0,
+            writeback_from: 0,
             crc: 0,
             block_crc: 0,
             block_len: 0,
@@ -541,6 +542,10 @@ impl Drop for Reservation {
     }
 }
 
+/// Bytes written to a chunk before their writeback is started (see
+/// [`ChunkWriter::write`]).
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
 /// A chunk being written to its temp file. Dropping it without
 /// [`ChunkWriter::finish`] removes the temp file: nothing partial stays.
 pub struct ChunkWriter {
@@ -549,6 +554,8 @@ pub struct ChunkWriter {
     file: Option<File>,
     tmp: PathBuf,
     size: u64,
+    /// Start of the range whose writeback has not been started yet.
+    writeback_from: u64,
     crc: u32,
     block_crc: u32,
     block_len: usize,
@@ -561,6 +568,23 @@ impl ChunkWriter {
         let file = self.file.as_mut().expect("writer not finished");
         file.write_all(data).map_err(io_err("write", &self.tmp))?;
         self.size += data.len() as u64;
+        if self.size - self.writeback_from >= WRITEBACK_BYTES {
+            // Start writing this range to disk now, without waiting for it
+            // (POSIX_FADV_DONTNEED starts asynchronous writeback of dirty
+            // pages on Linux): the disk works while the next frames arrive,
+            // so the fsync at the end of the chunk has little left to flush.
+            // Advisory only; the fsync in `finish` is what makes it durable.
+            let len = self.size - self.writeback_from;
+            if let Err(e) = rustix::fs::fadvise(
+                &*file,
+                self.writeback_from,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::DontNeed,
+            ) {
+                tracing::debug!(chunk_id = %self.id, "failed to start writeback: {e}");
+            }
+            self.writeback_from = self.size;
+        }
         self.crc = crc32c::crc32c_append(self.crc, data);
         while !data.is_empty() {
             let n = (BLOCK_BYTES - self.block_len).min(data.len());

@@ -28,7 +28,10 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
         })
         .await;
         let client = cluster.client().await;
-        let data = payload(5, (8 << 20) + 4321);
+        // 33 chunks over 4 nodes: the read step needs a chunk that datanode-3
+        // does not hold (each chunk misses one of the 4 nodes; with 9 chunks
+        // none might miss datanode-3: (3/4)^9 = 7.5%; with 33, < 0.01%).
+        let data = payload(5, (32 << 20) + 4321);
         client
             .put_bytes(data.clone(), "/rot.bin", &PutOptions::default())
             .await
@@ -38,24 +41,39 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
         check_replicas_on_disk(&cluster, &map, &data).unwrap();
         let scrubber = cluster.datanodes[3].node_id().unwrap();
 
-        // 1. On read: corrupt the first-listed replica (the one a reader
-        //    tries first) of a chunk whose first replica is not the scrubbing node.
-        let read_chunk = map
+        // 1. On read: corrupt one replica of a chunk the scrubbing node does
+        //    not hold, then read until a reader has tried that replica (the
+        //    coordinator orders replicas by free space, which on one shared
+        //    disk changes with every heartbeat). Every read must return the
+        //    written bytes.
+        //    The order follows each node's free space, so let the heartbeats
+        //    after the upload settle before taking the first-listed replica.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let settled = client.chunk_map("/rot.bin").await.unwrap();
+        let read_chunk = settled
             .chunks
             .iter()
-            .find(|c| c.replicas[0].node_id != scrubber)
-            .expect("a chunk led by another node");
+            .find(|c| c.replicas.iter().all(|r| r.node_id != scrubber))
+            .expect("a chunk not on the scrubbing node");
         let read_node = cluster.index_of(&read_chunk.replicas[0].node_id).unwrap();
         let read_id = read_chunk.chunk.as_ref().unwrap().chunk_id.clone();
         flip_byte(&cluster.datanodes[read_node].chunk_path(&read_id), 300_000);
-        let got = read_all(&client, "/rot.bin")
-            .await
-            .expect("read served around the bad replica");
-        assert!(got == data, "read returned corrupt bytes");
-        let m = metrics_text(cluster.datanodes[read_node].metrics).unwrap();
+        let mut detected = false;
+        for _ in 0..40 {
+            let got = read_all(&client, "/rot.bin")
+                .await
+                .expect("read served around the bad replica");
+            assert!(got == data, "read returned corrupt bytes");
+            let m = metrics_text(cluster.datanodes[read_node].metrics).unwrap();
+            if metric_sum(&m, FAILURES, "\"read\"") >= 1.0 {
+                detected = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         assert!(
-            metric_sum(&m, FAILURES, "\"read\"") >= 1.0,
-            "datanode-{read_node} did not count a read checksum failure:\n{m}"
+            detected,
+            "datanode-{read_node} never counted a read checksum failure in 40 reads"
         );
 
         // 2. By the scrubber: corrupt a chunk held by datanode-3 and nobody reads it.
