@@ -112,8 +112,9 @@ async fn plan_confirm_download() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let m = server.metrics_text().await;
-    for name in [
+    // Gauges are refreshed by the coordinator's periodic tick: wait for the
+    // first tick after the uploads rather than assume it already ran.
+    let names = [
         "dfs_coordinator_datanodes{state=\"healthy\"}",
         "dfs_coordinator_files",
         "dfs_coordinator_capacity_total_bytes",
@@ -122,9 +123,13 @@ async fn plan_confirm_download() {
         "dfs_coordinator_heartbeat_age_seconds{node_id=\"n1\"}",
         "dfs_coordinator_under_replicated_chunks",
         "dfs_coordinator_repair_eta_seconds",
-    ] {
-        assert!(m.contains(name), "metrics lack {name}");
-    }
+    ];
+    let srv = &server;
+    eventually(30, "every metric exported", || async move {
+        let m = srv.metrics_text().await;
+        names.iter().all(|name| m.contains(name)).then_some(())
+    })
+    .await;
     server.stop().await;
 }
 
