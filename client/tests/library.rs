@@ -98,7 +98,6 @@ fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
     node.dir
         .join("chunks")
         .join(&chunk_id[0..2])
-        .join(&chunk_id[2..4])
         .join(chunk_id)
 }
 

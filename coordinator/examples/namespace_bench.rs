@@ -3,7 +3,7 @@
 //! gRPC by concurrent clients.
 //!
 //! ```text
-//! cargo run --release -p dfs-coordinator --example namespace_bench [clients] [iterations]
+//! cargo run --release -p dfs-coordinator --example namespace_bench [clients] [iterations] [connections]
 //! ```
 //!
 //! Phase 1: each client repeats UploadFile + ConfirmUpload (a 1 KiB file,
@@ -20,7 +20,6 @@ use dfs_proto::*;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-const CHANNELS: usize = 8;
 
 async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
     let ch = dfs_common::transport::endpoint(url, Duration::from_secs(5))?
@@ -29,11 +28,17 @@ async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
     Ok(CoordinatorClient::new(ch).max_decoding_message_size(64 << 20))
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let clients: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let iterations: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(400);
+    // HTTP/2 connections the clients share: fewer connections let h2 put
+    // more requests into each write, as a real multiplexing client would.
+    let connections: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
 
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_data_dir(dir.path());
@@ -50,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     }));
 
     let mut channels = Vec::new();
-    for _ in 0..CHANNELS {
+    for _ in 0..connections {
         channels.push(connect(&url).await?);
     }
     for i in 0..3 {
@@ -80,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..clients {
-        let mut c = channels[t % CHANNELS].clone();
+        let mut c = channels[t % connections].clone();
         let (writes, reads) = (writes.clone(), reads.clone());
         tasks.push(tokio::spawn(async move {
             let dir = format!("/bench/c{t}");
@@ -150,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..clients {
-        let mut c = channels[t % CHANNELS].clone();
+        let mut c = channels[t % connections].clone();
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
             loop {

@@ -5,10 +5,15 @@
 //! ```text
 //! node_id                      stable node id (atomic write)
 //! tmp/<id>.<n>.tmp             chunks being written (removed at start-up)
-//! chunks/<id[0..2]>/<id[2..4]>/<id>
-//!                              complete chunks; two levels of 256-way fan-out
-//!                              keep every directory small even with millions
+//! chunks/<id[0..2]>/<id>      complete chunks; 256 fan-out directories,
+//!                              created when the store is opened
 //! ```
+//!
+//! One level of 256 directories, all made at open: a second level (65,536
+//! directories) made a fresh store create a directory, and fsync two more,
+//! for almost every small chunk, which doubled the cost of a 4 KiB write.
+//! ext4's hashed directories keep lookups fast with tens of thousands of
+//! entries per directory (millions of chunks per node).
 //!
 //! A chunk file is the data followed by a table of CRC32C checksums, one per
 //! [`BLOCK_BYTES`] block, and a fixed footer (magic, size, whole-chunk
@@ -215,6 +220,18 @@ impl Store {
         let chunks_dir = data_dir.join("chunks");
         let tmp_dir = data_dir.join("tmp");
         fs::create_dir_all(&chunks_dir).map_err(io_err("create", &chunks_dir))?;
+        let mut created = false;
+        for fan in 0..=255u8 {
+            let sub = chunks_dir.join(format!("{fan:02x}"));
+            match fs::create_dir(&sub) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &sub)(e)),
+            }
+        }
+        if created {
+            sync_dir(&chunks_dir)?;
+        }
         fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
         let mut cleaned = 0;
         for entry in fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
@@ -250,23 +267,21 @@ impl Store {
         let mut found = Vec::new();
         let mut bad = Vec::new();
         for l1 in read_dir_sorted(&self.chunks_dir)? {
-            for l2 in read_dir_sorted(&l1)? {
-                for file in read_dir_sorted(&l2)? {
-                    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    let Ok(id) = ChunkId::parse(name) else {
-                        tracing::warn!(path = %file.display(), "ignoring unexpected file in chunk store");
-                        continue;
-                    };
-                    if file != self.chunk_path(&id) {
-                        tracing::warn!(path = %file.display(), "ignoring chunk in the wrong directory");
-                        continue;
-                    }
-                    match ChunkReader::open_path(&id, &file) {
-                        Ok(r) => found.push((id, r.meta())),
-                        Err(e) => {
-                            tracing::warn!("removing unreadable chunk at start-up: {e:#}");
-                            bad.push(id);
-                        }
+            for file in read_dir_sorted(&l1)? {
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let Ok(id) = ChunkId::parse(name) else {
+                    tracing::warn!(path = %file.display(), "ignoring unexpected file in chunk store");
+                    continue;
+                };
+                if file != self.chunk_path(&id) {
+                    tracing::warn!(path = %file.display(), "ignoring chunk in the wrong directory");
+                    continue;
+                }
+                match ChunkReader::open_path(&id, &file) {
+                    Ok(r) => found.push((id, r.meta())),
+                    Err(e) => {
+                        tracing::warn!("removing unreadable chunk at start-up: {e:#}");
+                        bad.push(id);
                     }
                 }
             }
@@ -289,7 +304,7 @@ impl Store {
     /// Where chunk `id` lives.
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
         let s = id.as_str();
-        self.chunks_dir.join(&s[0..2]).join(&s[2..4]).join(s)
+        self.chunks_dir.join(&s[0..2]).join(s)
     }
 
     /// The stored chunk, if any.
@@ -416,18 +431,20 @@ impl Store {
     fn commit(&self, id: &ChunkId, tmp: &Path, meta: StoredChunk) -> Result<(), StoreError> {
         let dest = self.chunk_path(id);
         let parent = dest.parent().expect("chunk path has a parent");
-        if !parent.exists() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-            // Make the new directories' entries durable too.
-            let grandparent = parent.parent().expect("fan-out dir has a parent");
-            sync_dir(grandparent)?;
-            sync_dir(&self.chunks_dir)?;
-        }
         if self.crash_before_rename {
             tracing::error!(chunk_id = %id, "fault injection: aborting before rename");
             std::process::abort();
         }
-        fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        if let Err(e) = fs::rename(tmp, &dest) {
+            if e.kind() != io::ErrorKind::NotFound || !tmp.exists() {
+                return Err(io_err("rename into place", &dest)(e));
+            }
+            // The fan-out directory made at open is gone (removed by hand):
+            // make it again, durably, and retry once.
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+            sync_dir(&self.chunks_dir)?;
+            fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+        }
         sync_dir(parent)?;
         {
             let mut st = self.state.lock().expect("store lock");

@@ -101,8 +101,11 @@ async fn exit_with_parent_stops_when_stdin_closes() {
         .spawn()
         .unwrap();
     connect(port).await;
-    // The node id is persisted and stable.
-    let id = std::fs::read_to_string(dir.path().join("node_id")).unwrap();
+    // The node id is persisted and stable. The port accepts connections as
+    // soon as it is bound, which is before the id is written: wait for it.
+    let id_path = dir.path().join("node_id");
+    eventually("node_id written", || id_path.exists()).await;
+    let id = std::fs::read_to_string(&id_path).unwrap();
     assert_eq!(id.trim().len(), 32);
     drop(child.stdin.take());
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())

@@ -393,7 +393,7 @@ fn flip_byte(path: &std::path::Path, at: usize) {
 }
 
 fn chunk_path(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
-    dir.join("chunks").join(&id[0..2]).join(&id[2..4]).join(id)
+    dir.join("chunks").join(&id[0..2]).join(id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,7 +265,6 @@ impl Service {
         self.data_dir
             .join("chunks")
             .join(&id[0..2])
-            .join(&id[2..4])
             .join(id)
     }
 
