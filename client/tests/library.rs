@@ -95,10 +95,7 @@ async fn wait_for_nodes(client: &Client, n: usize) {
 }
 
 fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
-    node.dir
-        .join("chunks")
-        .join(&chunk_id[0..2])
-        .join(chunk_id)
+    node.dir.join("chunks").join(&chunk_id[0..2]).join(chunk_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,7 +20,6 @@ use dfs_proto::*;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-
 async fn connect(url: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
     let ch = dfs_common::transport::endpoint(url, Duration::from_secs(5))?
         .connect()

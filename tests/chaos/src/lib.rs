@@ -262,10 +262,7 @@ impl Service {
 
     /// Path of chunk `id`'s file in a datanode's store.
     pub fn chunk_path(&self, id: &str) -> PathBuf {
-        self.data_dir
-            .join("chunks")
-            .join(&id[0..2])
-            .join(id)
+        self.data_dir.join("chunks").join(&id[0..2]).join(id)
     }
 
     /// Every chunk file in a datanode's store.
