@@ -260,7 +260,9 @@ impl Client {
             if *done + len > size {
                 return Err(format!("replica sent more than the chunk's {size} bytes"));
             }
-            *crc = dfs_proto::frame::checksum_append(*crc, &frame.data);
+            // The frame was just verified against its checksum: combine it
+            // into the chunk's instead of a second pass over the bytes.
+            *crc = dfs_proto::frame::checksum_extend(*crc, &frame.data, frame.frame_checksum);
             sink.put(file_offset + *done, frame.data)
                 .await
                 .map_err(|e| format!("local write failed: {e}"))?;

@@ -549,7 +549,9 @@ impl Cluster {
         }
     }
 
-    /// Live replicas of a chunk, healthiest first (never dead nodes).
+    /// Live replicas of a chunk, healthiest first (never dead nodes); among
+    /// equally healthy replicas the order is a per-chunk hash, so the chunks
+    /// of a file are read from all their holders instead of all from one.
     pub fn read_replicas(&self, ns: &Namespace, chunk_id: &str, now_ms: u64) -> Vec<NodeRecord> {
         let Some(holders) = self.replicas.get(chunk_id) else {
             return Vec::new();
@@ -569,7 +571,7 @@ impl Cluster {
                     (NodeState::Healthy, _) if live.info.health != Health::Degraded => 0,
                     _ => 1,
                 };
-                Some((rank, u64::MAX - live.info.free_bytes, rec.clone()))
+                Some((rank, spread(chunk_id, n), rec.clone()))
             })
             .collect();
         out.sort_by_key(|a| (a.0, a.1));
@@ -939,6 +941,16 @@ impl Cluster {
             .map(|(id, l)| (id.clone(), now_ms.saturating_sub(l.last_heartbeat_ms)))
             .collect()
     }
+}
+
+/// Rendezvous weight of `node_id` for `chunk_id`: stable for a pair (so
+/// repeated lookups agree), uniformly spread across chunks.
+fn spread(chunk_id: &str, node_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    chunk_id.hash(&mut h);
+    node_id.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

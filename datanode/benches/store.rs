@@ -46,13 +46,13 @@ fn store_bench(c: &mut Criterion) {
             })
         });
         write_chunk(&store, u64::MAX >> 1, &data);
-        let mut scratch = Vec::with_capacity(FRAME);
+        let mut scratch = bytes::BytesMut::with_capacity(FRAME);
         group.bench_function(format!("read_verified_{label}"), |b| {
             b.iter(|| {
                 let reader = store.open_reader(&id(u64::MAX >> 1)).expect("reader");
                 reader
-                    .read_range(0, 0, &mut scratch, |bytes| {
-                        black_box(bytes);
+                    .read_range(0, 0, &mut scratch, |piece| {
+                        black_box(piece);
                         true
                     })
                     .expect("verified read");

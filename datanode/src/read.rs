@@ -100,38 +100,59 @@ pub fn spawn_read(
                 offset.saturating_add(length)
             };
             let metrics = store.metrics().clone();
-            let mut buf = BytesMut::with_capacity(frame_bytes * READ_QUEUE_FRAMES);
             let mut pos = offset;
             let mut pacer = Pacer::new();
-            let mut scratch = Vec::new();
             let mut sent_final = false;
-            reader.read_range(offset, length, &mut scratch, |mut s| {
-                while !s.is_empty() {
-                    let n = (frame_bytes - buf.len()).min(s.len());
-                    buf.extend_from_slice(&s[..n]);
-                    s = &s[n..];
-                    let done = pos + buf.len() as u64 == end;
-                    if buf.len() == frame_bytes || done {
-                        let data = buf.split().freeze();
-                        if buf.capacity() < frame_bytes {
-                            // Reclaims the old allocation once every frame
-                            // cut from it has been sent and dropped.
-                            buf.reserve(frame_bytes * READ_QUEUE_FRAMES);
-                        }
-                        let len = data.len() as u64;
-                        let frame = ChunkData::frame(data, pos, done);
-                        pos += len;
-                        if tx.blocking_send(Ok(frame)).is_err() {
-                            return false;
-                        }
-                        sent_final |= done;
-                        metrics.bytes_out.with_label_values(&[kind]).inc_by(len);
-                        metrics.frames_out.with_label_values(&[kind]).inc();
-                        pacer.consume(len, rate);
-                    }
+            let mut send = |frame: ChunkData| {
+                let len = frame.data.len() as u64;
+                let done = frame.is_final;
+                if tx.blocking_send(Ok(frame)).is_err() {
+                    return false;
                 }
+                sent_final |= done;
+                metrics.bytes_out.with_label_values(&[kind]).inc_by(len);
+                metrics.frames_out.with_label_values(&[kind]).inc();
+                pacer.consume(len, rate);
                 true
-            })?;
+            };
+            let mut buf = BytesMut::with_capacity(reader.block_bytes() * READ_QUEUE_FRAMES);
+            if frame_bytes == reader.block_bytes() {
+                // Frames are the verified blocks themselves: no copy, and a
+                // whole block's checksum is reused as the frame's.
+                reader.read_range(offset, length, &mut buf, |piece| {
+                    let len = piece.data.len() as u64;
+                    let done = pos + len == end;
+                    let frame = match piece.block_crc {
+                        Some(crc) => ChunkData::frame_with_checksum(piece.data, pos, done, crc),
+                        None => ChunkData::frame(piece.data, pos, done),
+                    };
+                    pos += len;
+                    send(frame)
+                })?;
+            } else {
+                // Another frame size: pieces are regrouped into frames.
+                let mut frame_buf = BytesMut::with_capacity(frame_bytes * READ_QUEUE_FRAMES);
+                reader.read_range(offset, length, &mut buf, |piece| {
+                    let mut s = &piece.data[..];
+                    while !s.is_empty() {
+                        let n = (frame_bytes - frame_buf.len()).min(s.len());
+                        frame_buf.extend_from_slice(&s[..n]);
+                        s = &s[n..];
+                        let done = pos + frame_buf.len() as u64 == end;
+                        if frame_buf.len() == frame_bytes || done {
+                            let data = frame_buf.split().freeze();
+                            frame_buf.reserve(frame_bytes);
+                            let len = data.len() as u64;
+                            let frame = ChunkData::frame(data, pos, done);
+                            pos += len;
+                            if !send(frame) {
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                })?;
+            }
             if !sent_final {
                 // Empty range (or empty chunk): one empty final frame.
                 let _ = tx.blocking_send(Ok(ChunkData::frame(Default::default(), pos, true)));

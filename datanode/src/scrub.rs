@@ -38,16 +38,17 @@ fn scrub_pass(node: &Node, rate: &AtomicU64, stop: &watch::Receiver<bool>) -> (u
         .scrubbed_bytes
         .with_label_values(&[] as &[&str]);
     let mut pacer = Pacer::new();
-    let mut scratch = Vec::new();
+    let mut scratch = bytes::BytesMut::new();
     let (mut chunks, mut corrupt) = (0, 0);
     for id in store.ids() {
         if *stop.borrow() {
             break;
         }
         let result = store.open_reader(&id).and_then(|r| {
-            r.read_range(0, 0, &mut scratch, |b| {
-                scrubbed.inc_by(b.len() as u64);
-                pacer.consume(b.len() as u64, rate.load(Ordering::Relaxed));
+            r.read_range(0, 0, &mut scratch, |p| {
+                let n = p.data.len() as u64;
+                scrubbed.inc_by(n);
+                pacer.consume(n, rate.load(Ordering::Relaxed));
                 !*stop.borrow()
             })
         });

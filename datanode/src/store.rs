@@ -27,6 +27,8 @@
 //! Every method here blocks; async callers use `spawn_blocking`.
 
 use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -799,16 +801,19 @@ impl ChunkReader {
     }
 
     /// Reads `[offset, offset + length)` (length 0 = to the end), block by
-    /// block into `scratch` (reused by the caller), verifying each block
-    /// before passing the requested part of it to `emit`. A whole-chunk read
-    /// also checks the whole-chunk checksum. `emit` returning false stops the
-    /// read with [`StoreError::Cancelled`].
+    /// block straight into `buf` (reused by the caller: its allocation is
+    /// taken back once every piece cut from it has been dropped), verifying
+    /// each block before passing the requested part of it to `emit` as a
+    /// [`Piece`]. A whole-chunk read also checks the whole-chunk checksum,
+    /// extended from the block checksums (a table lookup per full block)
+    /// rather than a second pass over the bytes. `emit` returning false stops the read with
+    /// [`StoreError::Cancelled`].
     pub fn read_range(
         &self,
         offset: u64,
         length: u64,
-        scratch: &mut Vec<u8>,
-        mut emit: impl FnMut(&[u8]) -> bool,
+        buf: &mut BytesMut,
+        mut emit: impl FnMut(Piece) -> bool,
     ) -> Result<(), StoreError> {
         let size = self.footer.size;
         let length = if length == 0 {
@@ -834,11 +839,13 @@ impl ChunkReader {
         for block in offset / bs..end.div_ceil(bs) {
             let start = block * bs;
             let len = bs.min(size - start) as usize;
-            scratch.resize(len, 0);
+            buf.clear();
+            buf.reserve(len);
+            buf.resize(len, 0);
             self.file
-                .read_exact_at(scratch, start)
+                .read_exact_at(&mut buf[..], start)
                 .map_err(io_err("read", &self.path))?;
-            let got = crc32c::crc32c(scratch);
+            let got = crc32c::crc32c(&buf[..]);
             if got != self.table[block as usize] {
                 return Err(StoreError::Corrupt {
                     chunk_id: self.id.clone(),
@@ -846,11 +853,19 @@ impl ChunkReader {
                 });
             }
             if whole {
-                crc = crc32c::crc32c_append(crc, scratch);
+                crc = dfs_proto::frame::checksum_extend(crc, &buf[..], got);
             }
             let from = offset.saturating_sub(start) as usize;
             let to = (end - start).min(len as u64) as usize;
-            if !emit(&scratch[from..to]) {
+            let mut data = buf.split_to(to).freeze();
+            if from > 0 {
+                data = data.slice(from..);
+            }
+            let piece = Piece {
+                data,
+                block_crc: (from == 0 && to == len).then_some(got),
+            };
+            if !emit(piece) {
                 return Err(StoreError::Cancelled);
             }
         }
@@ -862,6 +877,21 @@ impl ChunkReader {
         }
         Ok(())
     }
+
+    /// Size of the chunk's checksum blocks.
+    pub fn block_bytes(&self) -> usize {
+        self.footer.block_bytes as usize
+    }
+}
+
+/// A verified part of a chunk handed out by [`ChunkReader::read_range`].
+#[derive(Debug)]
+pub struct Piece {
+    /// The bytes, shared with the reader's buffer (no copy).
+    pub data: Bytes,
+    /// CRC32C of `data` when it is a whole block (already computed to
+    /// verify it), so a frame made of it needs no second pass.
+    pub block_crc: Option<u32>,
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
@@ -915,8 +945,11 @@ mod tests {
     fn read(store: &Store, id: &ChunkId, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let r = store.open_reader(id)?;
         let mut out = Vec::new();
-        r.read_range(offset, len, &mut Vec::new(), |b| {
-            out.extend_from_slice(b);
+        r.read_range(offset, len, &mut BytesMut::new(), |p| {
+            if let Some(crc) = p.block_crc {
+                assert_eq!(crc, crc32c::crc32c(&p.data), "block crc of a whole block");
+            }
+            out.extend_from_slice(&p.data);
             true
         })?;
         Ok(out)

@@ -43,11 +43,11 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
 
         // 1. On read: corrupt one replica of a chunk the scrubbing node does
         //    not hold, then read until a reader has tried that replica (the
-        //    coordinator orders replicas by free space, which on one shared
-        //    disk changes with every heartbeat). Every read must return the
-        //    written bytes.
-        //    The order follows each node's free space, so let the heartbeats
-        //    after the upload settle before taking the first-listed replica.
+        //    coordinator lists healthy replicas in a per-chunk hash order,
+        //    so the first-listed one is tried first while every node stays
+        //    healthy). Every read must return the written bytes.
+        //    Let the heartbeats after the upload settle before taking the
+        //    first-listed replica, so no node is still ranked suspect.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let settled = client.chunk_map("/rot.bin").await.unwrap();
         let read_chunk = settled
