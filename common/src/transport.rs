@@ -14,6 +14,11 @@ use tonic::transport::{Channel, Endpoint, Server};
 pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 /// HTTP/2 connection window: room for several concurrent streams.
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 DATA frame this side accepts (SETTINGS_MAX_FRAME_SIZE).
+/// The protocol's default of 16 KiB cuts every 256 KiB chunk frame into 16
+/// HTTP/2 frames that the receiver handles one by one; 1 MiB lets a chunk
+/// frame travel as one.
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest gRPC message (a maximum-size frame plus its envelope).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
@@ -28,6 +33,7 @@ pub fn server() -> Server {
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
@@ -40,6 +46,7 @@ pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic:
         .connect_timeout(connect_timeout)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true))
