@@ -125,22 +125,19 @@ impl Store {
         };
         let log = read.open_table(LOG).map_err(|e| db_err("read")(e.into()))?;
         let mut replayed = 0;
-        for item in log
-            .range(last + 1..)
-            .map_err(|e| db_err("read")(e.into()))?
-        {
+        for item in log.range::<u64>(..).map_err(|e| db_err("read")(e.into()))? {
             let (k, v) = item.map_err(|e| db_err("read")(e.into()))?;
-            let cmd: Command =
-                serde_json::from_slice(v.value()).map_err(|source| StoreError::Decode {
-                    what: "log entry",
-                    source,
-                })?;
-            ns.apply(&cmd).map_err(|source| StoreError::Replay {
-                index: k.value(),
-                source,
-            })?;
-            last = k.value();
-            replayed += 1;
+            for (i, cmd) in decode_batch(v.value())?.into_iter().enumerate() {
+                let index = k.value() + i as u64;
+                if index <= last {
+                    // Covered by the snapshot.
+                    continue;
+                }
+                ns.apply(&cmd)
+                    .map_err(|source| StoreError::Replay { index, source })?;
+                last = index;
+                replayed += 1;
+            }
         }
         drop(log);
         drop(meta);
@@ -161,8 +158,19 @@ impl Store {
         ))
     }
 
-    /// Appends encoded commands in one durable transaction.
+    /// Appends JSON-encoded commands in one durable transaction, as one log
+    /// row keyed by the index of its first command (a JSON array): one
+    /// B-tree insert per group commit instead of one per command.
     pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut row = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+        row.push(b'[');
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                row.push(b',');
+            }
+            row.extend_from_slice(e);
+        }
+        row.push(b']');
         let txn = self
             .db
             .begin_write()
@@ -171,10 +179,8 @@ impl Store {
             let mut log = txn
                 .open_table(LOG)
                 .map_err(|e| db_err("append to")(e.into()))?;
-            for (i, e) in entries.iter().enumerate() {
-                log.insert(self.next_index + i as u64, e.as_slice())
-                    .map_err(|e| db_err("append to")(e.into()))?;
-            }
+            log.insert(self.next_index, row.as_slice())
+                .map_err(|e| db_err("append to")(e.into()))?;
         }
         txn.commit().map_err(|e| db_err("commit")(e.into()))?;
         self.next_index += entries.len() as u64;
@@ -219,6 +225,20 @@ impl Store {
         tracing::info!(last_index, bytes = bytes.len(), "metadata snapshot written");
         Ok(())
     }
+}
+
+/// The commands of one log row: a JSON array (a group commit), or a single
+/// command (rows written one command each).
+fn decode_batch(bytes: &[u8]) -> Result<Vec<Command>, StoreError> {
+    let decoded = if bytes.first() == Some(&b'[') {
+        serde_json::from_slice::<Vec<Command>>(bytes)
+    } else {
+        serde_json::from_slice::<Command>(bytes).map(|c| vec![c])
+    };
+    decoded.map_err(|source| StoreError::Decode {
+        what: "log entry",
+        source,
+    })
 }
 
 /// Why a proposal failed.
@@ -359,6 +379,28 @@ mod tests {
         fn namespace<'a>(&self, s: &'a mut Namespace) -> &'a mut Namespace {
             s
         }
+    }
+
+    #[test]
+    fn log_rows_hold_a_batch_or_a_single_command() {
+        let a = Command::Mkdir {
+            path: "/a".into(),
+            parents: false,
+            now_ms: 1,
+        };
+        let b = Command::Delete {
+            path: "/a".into(),
+            recursive: false,
+        };
+        let row = format!(
+            "[{},{}]",
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+        assert_eq!(decode_batch(row.as_bytes()).unwrap(), vec![a.clone(), b]);
+        let single = serde_json::to_vec(&a).unwrap();
+        assert_eq!(decode_batch(&single).unwrap(), vec![a]);
+        assert!(decode_batch(b"[{").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
