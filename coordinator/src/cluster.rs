@@ -690,6 +690,14 @@ impl Cluster {
         let mut deletes: HashMap<NodeId, Vec<ChunkId>> = HashMap::new();
         let mut over_now: HashSet<ChunkId> = HashSet::new();
         let empty = BTreeSet::new();
+        // Borrowed, reused per-chunk scratch: this loop runs over every
+        // chunk each tick, and cloning node ids and candidates for every
+        // replica was most of its cost (perf: allocator and memmove under
+        // Cluster::tick); owned copies are made only for the rare chunk
+        // that needs repair or trimming.
+        let mut good: Vec<&String> = Vec::new();
+        let mut sources: Vec<&String> = Vec::new();
+        let mut healthy: Vec<&Candidate> = Vec::new();
         for (chunk, owner) in ns.chunk_index() {
             let ChunkOwner::File {
                 size, replication, ..
@@ -698,10 +706,10 @@ impl Cluster {
                 continue;
             };
             let holders = self.replicas.get(chunk).unwrap_or(&empty);
-            let mut good = Vec::new();
+            good.clear();
+            sources.clear();
+            healthy.clear();
             let mut live_count = 0;
-            let mut sources = Vec::new();
-            let mut healthy = Vec::new();
             for n in holders {
                 let Some(v) = views.get(n.as_str()) else {
                     continue;
@@ -710,15 +718,15 @@ impl Cluster {
                     live_count += 1;
                 }
                 if v.counts {
-                    good.push(n.clone());
+                    good.push(n);
                 }
                 if v.source {
-                    sources.push(n.clone());
+                    sources.push(n);
                 }
                 if matches!(v.state, NodeState::Healthy | NodeState::Full)
                     && let Some(c) = topology.get(n)
                 {
-                    healthy.push(c.clone());
+                    healthy.push(c);
                 }
             }
             if live_count == 0 {
@@ -735,8 +743,8 @@ impl Cluster {
                         chunk_id: chunk.clone(),
                         size,
                         replication,
-                        good,
-                        sources,
+                        good: good.iter().map(|n| (*n).clone()).collect(),
+                        sources: sources.iter().map(|n| (*n).clone()).collect(),
                         holders: holders.iter().cloned().collect(),
                         inflight,
                     });
@@ -746,7 +754,8 @@ impl Cluster {
                 over_now.insert(chunk.clone());
                 let since = *self.over_since.entry(chunk.clone()).or_insert(now_ms);
                 if now_ms.saturating_sub(since) >= self.timing.over_replication_grace_ms {
-                    for victim in repair::excess(&healthy, replication) {
+                    let owned: Vec<Candidate> = healthy.iter().map(|c| (*c).clone()).collect();
+                    for victim in repair::excess(&owned, replication) {
                         deletes.entry(victim).or_default().push(chunk.clone());
                     }
                 }
