@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod read;
 pub mod scrub;
 pub mod service;
+pub mod staged;
 pub mod store;
 
 use std::future::Future;

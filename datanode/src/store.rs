@@ -22,14 +22,17 @@
 //! atomically; the per-block table lets a range read verify exactly the blocks
 //! it touches instead of the whole chunk.
 //!
-//! Writes go to a temp file, are fsynced, renamed into place and the directory
+//! Writes go to a temp file (with `O_DIRECT` where the filesystem allows it,
+//! see [`crate::staged`]), are fsynced, renamed into place and the directory
 //! is fsynced: a crash leaves either nothing visible or the whole chunk.
 //! Every method here blocks; async callers use `spawn_blocking`.
 
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use std::fs::{self, File, OpenOptions};
+
+use crate::staged::{StagePool, StagedFile};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -207,6 +210,7 @@ pub struct Store {
     metrics: Metrics,
     tmp_seq: AtomicU64,
     crash_before_rename: bool,
+    stages: Arc<StagePool>,
 }
 
 impl Store {
@@ -259,6 +263,7 @@ impl Store {
             state: Mutex::new(State::default()),
             metrics,
             tmp_seq: AtomicU64::new(0),
+            stages: Arc::new(StagePool::default()),
             crash_before_rename: std::env::var(FAULT_ENV).as_deref() == Ok("crash-before-rename"),
         });
         store.scan()?;
@@ -411,18 +416,13 @@ impl Store {
     pub fn create_writer(self: &Arc<Self>, id: &ChunkId) -> Result<ChunkWriter, StoreError> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp_dir.join(format!("{id}.{n}.tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
+        let file = StagedFile::create(&tmp, self.stages.clone()).map_err(io_err("create", &tmp))?;
         Ok(ChunkWriter {
             store: self.clone(),
             id: id.clone(),
             file: Some(file),
             tmp,
             size: 0,
-            writeback_from: 0,
             crc: 0,
             block_crc: 0,
             block_len: 0,
@@ -561,20 +561,14 @@ impl Drop for Reservation {
     }
 }
 
-/// Bytes written to a chunk before their writeback is started (see
-/// [`ChunkWriter::write`]).
-const WRITEBACK_BYTES: u64 = 8 << 20;
-
 /// A chunk being written to its temp file. Dropping it without
 /// [`ChunkWriter::finish`] removes the temp file: nothing partial stays.
 pub struct ChunkWriter {
     store: Arc<Store>,
     id: ChunkId,
-    file: Option<File>,
+    file: Option<StagedFile>,
     tmp: PathBuf,
     size: u64,
-    /// Start of the range whose writeback has not been started yet.
-    writeback_from: u64,
     crc: u32,
     block_crc: u32,
     block_len: usize,
@@ -585,25 +579,8 @@ impl ChunkWriter {
     /// Appends `data`, updating the whole-chunk and per-block checksums.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         let file = self.file.as_mut().expect("writer not finished");
-        file.write_all(data).map_err(io_err("write", &self.tmp))?;
+        file.write(data).map_err(io_err("write", &self.tmp))?;
         self.size += data.len() as u64;
-        if self.size - self.writeback_from >= WRITEBACK_BYTES {
-            // Start writing this range to disk now, without waiting for it
-            // (POSIX_FADV_DONTNEED starts asynchronous writeback of dirty
-            // pages on Linux): the disk works while the next frames arrive,
-            // so the fsync at the end of the chunk has little left to flush.
-            // Advisory only; the fsync in `finish` is what makes it durable.
-            let len = self.size - self.writeback_from;
-            if let Err(e) = rustix::fs::fadvise(
-                &*file,
-                self.writeback_from,
-                std::num::NonZeroU64::new(len),
-                rustix::fs::Advice::DontNeed,
-            ) {
-                tracing::debug!(chunk_id = %self.id, "failed to start writeback: {e}");
-            }
-            self.writeback_from = self.size;
-        }
         self.crc = crc32c::crc32c_append(self.crc, data);
         while !data.is_empty() {
             let n = (BLOCK_BYTES - self.block_len).min(data.len());
@@ -658,11 +635,12 @@ impl ChunkWriter {
             table_crc: crc32c::crc32c(&self.table),
         }
         .encode();
-        let mut file = self.file.take().expect("writer not finished");
+        let mut staged = self.file.take().expect("writer not finished");
         let tmp = self.tmp.clone();
         let result = (|| {
-            file.write_all(&self.table).map_err(io_err("write", &tmp))?;
-            file.write_all(&footer).map_err(io_err("write", &tmp))?;
+            staged.write(&self.table).map_err(io_err("write", &tmp))?;
+            staged.write(&footer).map_err(io_err("write", &tmp))?;
+            let file = staged.finish().map_err(io_err("write", &tmp))?;
             file.sync_all().map_err(io_err("fsync", &tmp))?;
             drop(file);
             let meta = StoredChunk {
@@ -833,6 +811,20 @@ impl ChunkReader {
         if length == 0 {
             return Ok(());
         }
+        if length >= PREFETCH_MIN_BYTES {
+            // Chunks are written with O_DIRECT, so a read usually starts
+            // cold: ask the kernel to read the whole range ahead
+            // asynchronously (WILLNEED) so the disk streams while blocks are
+            // verified and sent, instead of one 256 KiB read at a time.
+            if let Err(e) = rustix::fs::fadvise(
+                &self.file,
+                offset,
+                std::num::NonZeroU64::new(length),
+                rustix::fs::Advice::WillNeed,
+            ) {
+                tracing::debug!(chunk_id = %self.id, "read-ahead hint failed: {e}");
+            }
+        }
         let bs = self.footer.block_bytes as u64;
         let whole = offset == 0 && end == size;
         let mut crc = 0u32;
@@ -883,6 +875,9 @@ impl ChunkReader {
         self.footer.block_bytes as usize
     }
 }
+
+/// Reads at least this long get the whole range read ahead.
+const PREFETCH_MIN_BYTES: u64 = 1 << 20;
 
 /// A verified part of a chunk handed out by [`ChunkReader::read_range`].
 #[derive(Debug)]
