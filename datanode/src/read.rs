@@ -115,7 +115,12 @@ pub fn spawn_read(
                 pacer.consume(len, rate);
                 true
             };
-            let mut buf = BytesMut::with_capacity(reader.block_bytes() * READ_QUEUE_FRAMES);
+            // Room for the frames in flight, but no more than the read needs:
+            // a 4 KiB read should not allocate (and fault in) a megabyte.
+            let wanted = end.saturating_sub(offset).min(size) as usize;
+            let mut buf = BytesMut::with_capacity(
+                (reader.block_bytes() * READ_QUEUE_FRAMES).min(wanted.max(1)),
+            );
             if frame_bytes == reader.block_bytes() {
                 // Frames are the verified blocks themselves: no copy, and a
                 // whole block's checksum is reused as the frame's.
