@@ -14,8 +14,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc instead of glibc malloc: under load glibc's allocator took
-/// about 15% of a server's CPU (per-request allocations freed on other
-/// threads); see docs/performance.md.
+/// about 15% of a gRPC process's CPU (per-request allocations freed on other
+/// threads); see docs/performance.md. The datanodes `dfs up` starts run in
+/// this binary and so use it too; the production `dfs-datanode` keeps the
+/// system allocator for its per-stream memory bound (see its main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
