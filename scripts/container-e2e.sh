@@ -125,7 +125,7 @@ PY
 log "corrupting one replica on dn1; the scrubber must catch it"
 chunk_id="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["chunks"][0]["id"])' "$work/stat.json")"
 dn1_dir="$(docker volume inspect -f '{{.Mountpoint}}' "$p-dn1-data")"
-chunk_file="$dn1_dir/chunks/${chunk_id:0:2}/${chunk_id:2:2}/$chunk_id"
+chunk_file="$dn1_dir/chunks/${chunk_id:0:2}/$chunk_id"
 [[ -f "$chunk_file" ]] || die "replica file $chunk_file not found on dn1's volume"
 python3 - "$chunk_file" <<'PY'
 import sys

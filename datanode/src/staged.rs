@@ -36,6 +36,15 @@ pub const WRITEBACK_BYTES: u64 = 8 << 20;
 /// Staging buffers kept for reuse (beyond this, returned buffers are freed).
 const POOL_KEEP: usize = 32;
 
+/// Whether `e` is a filesystem refusing `O_DIRECT` (tmpfs and most FUSE
+/// filesystems say EINVAL; some say EOPNOTSUPP).
+fn refuses_direct(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::OPNOTSUPP]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
 /// Reused staging buffers: a fresh 1 MiB allocation would pay the
 /// first-touch cost of its pages on every chunk.
 #[derive(Debug, Default)]
@@ -91,9 +100,7 @@ impl StagedFile {
         };
         let (file, direct) = match open(OFlags::DIRECT) {
             Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                (open(OFlags::empty())?, false)
-            }
+            Err(e) if refuses_direct(&e) => (open(OFlags::empty())?, false),
             Err(e) => return Err(e),
         };
         let buf = pool.take();
@@ -144,10 +151,7 @@ impl StagedFile {
             .file()
             .write_all_at(&self.buf[range.clone()], self.written)
         {
-            Err(e)
-                if self.direct
-                    && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-            {
+            Err(e) if self.direct && refuses_direct(&e) => {
                 // Opened with O_DIRECT but refused on write: go buffered.
                 let flags = rustix::fs::fcntl_getfl(self.file())?;
                 rustix::fs::fcntl_setfl(self.file(), flags - OFlags::DIRECT)?;
@@ -226,6 +230,22 @@ mod tests {
         }
         // Every buffer went back to the pool, and only one was ever needed.
         assert_eq!(pool.bufs.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn writes_correctly_where_direct_io_may_be_refused() {
+        // tmpfs refused O_DIRECT before Linux 6.6: the buffered fallback
+        // must give the same file either way.
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let pool = Arc::new(StagePool::default());
+        let data: Vec<u8> = (0..STAGE_BYTES + 777).map(|j| (j * 7) as u8).collect();
+        let path = dir.path().join("f");
+        let mut f = StagedFile::create(&path, pool).unwrap();
+        f.write(&data).unwrap();
+        f.finish().unwrap().sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
     #[test]
