@@ -155,7 +155,7 @@ impl Metrics {
             ),
             download_seconds: histogram(
                 "dfs_datanode_download_duration_seconds",
-                "Download stream latency.",
+                "Download stream latency, by outcome (ok, cancelled, error).",
                 &["outcome"],
             ),
             replication_seconds: histogram(

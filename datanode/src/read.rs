@@ -78,7 +78,9 @@ pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> 
 }
 
 /// Streams `[offset, offset + length)` of chunk `id` (length 0 = to the end)
-/// as frames of `frame_bytes` into `tx`, paced to `rate` bytes/s.
+/// as frames of `frame_bytes` into `tx`, paced to `rate` bytes/s. The task
+/// ends with the read's outcome: "ok", "cancelled" (the consumer went away)
+/// or "error" (sent to the consumer as the stream's last item).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_read(
     store: Arc<Store>,
@@ -89,7 +91,7 @@ pub fn spawn_read(
     rate: u64,
     kind: &'static str,
     tx: mpsc::Sender<Result<ChunkData, Status>>,
-) -> JoinHandle<()> {
+) -> JoinHandle<&'static str> {
     tokio::task::spawn_blocking(move || {
         let result = (|| {
             let reader = store.open_reader(&id)?;
@@ -165,10 +167,12 @@ pub fn spawn_read(
             Ok(())
         })();
         match result {
-            Ok(()) | Err(StoreError::Cancelled) => {}
+            Ok(()) => "ok",
+            Err(StoreError::Cancelled) => "cancelled",
             Err(e) => {
                 let st = read_failed(&store, &id, e, "read");
                 let _ = tx.blocking_send(Err(st));
+                "error"
             }
         }
     })

@@ -224,7 +224,7 @@ impl DataNode for DataNodeService {
         let started = Instant::now();
         tokio::spawn(async move {
             let _gauge = gauge;
-            let outcome = if handle.await.is_ok() { "ok" } else { "error" };
+            let outcome = handle.await.unwrap_or("error");
             node.metrics
                 .download_seconds
                 .with_label_values(&[outcome])

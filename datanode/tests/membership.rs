@@ -442,6 +442,13 @@ async fn a_read_of_a_corrupt_chunk_gets_data_loss_and_reports_it() {
     assert!(download(&mut c, &id, 0, 1000).await.unwrap() == bytes[..1000]);
     let err = download(&mut c, &id, 0, 0).await.unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    // The stream's latency is recorded under its outcome.
+    const DOWNLOADS: &str = "dfs_datanode_download_duration_seconds";
+    eventually("failed download observed", || {
+        node.histogram_count(DOWNLOADS, "error") == 1
+    })
+    .await;
+    assert_eq!(node.histogram_count(DOWNLOADS, "ok"), 1);
     eventually("corrupt chunk reported", || {
         coord.seen(|h| h.corrupt_chunks.contains(&id))
     })

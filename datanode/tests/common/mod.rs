@@ -92,6 +92,21 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// Observations of histogram `name` with label value `label`.
+    pub fn histogram_count(&self, name: &str, label: &str) -> u64 {
+        self.metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_histogram().get_sample_count())
+            .sum()
+    }
+}
+
 pub async fn client(address: &str) -> DataNodeClient<Channel> {
     let channel = dfs_common::transport::endpoint(address, Duration::from_secs(3))
         .unwrap()
