@@ -86,13 +86,7 @@ impl ChunkData {
     /// Builds a frame over `data`, computing its checksum.
     pub fn frame(data: Bytes, offset: u64, is_final: bool) -> Self {
         let frame_checksum = checksum(&data);
-        ChunkData {
-            data,
-            offset,
-            is_final,
-            frame_checksum,
-            session_id: String::new(),
-        }
+        Self::frame_with_checksum(data, offset, is_final, frame_checksum)
     }
 
     /// A frame whose checksum is already known (a datanode reading a whole

@@ -80,6 +80,24 @@ impl TestNode {
     }
 
     pub fn counter(&self, name: &str, label: &str) -> u64 {
+        self.sum_samples(name, label, |m| {
+            (m.get_counter().get_value() + m.get_gauge().get_value()) as u64
+        })
+    }
+
+    /// Observations of histogram `name` with label value `label`.
+    pub fn histogram_count(&self, name: &str, label: &str) -> u64 {
+        self.sum_samples(name, label, |m| m.get_histogram().get_sample_count())
+    }
+
+    /// Sums `value` over the samples of metric `name` that carry label value
+    /// `label` (every sample when `label` is empty).
+    fn sum_samples(
+        &self,
+        name: &str,
+        label: &str,
+        value: impl Fn(&prometheus::proto::Metric) -> u64,
+    ) -> u64 {
         self.metrics
             .registry
             .gather()
@@ -87,22 +105,7 @@ impl TestNode {
             .filter(|f| f.name() == name)
             .flat_map(|f| f.get_metric().iter())
             .filter(|m| label.is_empty() || m.get_label().iter().any(|l| l.value() == label))
-            .map(|m| (m.get_counter().get_value() + m.get_gauge().get_value()) as u64)
-            .sum()
-    }
-}
-
-impl TestNode {
-    /// Observations of histogram `name` with label value `label`.
-    pub fn histogram_count(&self, name: &str, label: &str) -> u64 {
-        self.metrics
-            .registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter())
-            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
-            .map(|m| m.get_histogram().get_sample_count())
+            .map(value)
             .sum()
     }
 }
