@@ -32,17 +32,26 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
         let client = cluster.client().await;
         let full_id = cluster.datanodes[0].node_id().unwrap();
 
-        // 14 files of 4 MiB: 168 MiB of replicas for 4 nodes, far more than
-        // the 10 MiB the small node may hold.
+        // Two files at replication 4 span all four nodes, so the small node
+        // fills deterministically (placement draws by free space, and a
+        // random draw left it with one chunk in about 9% of runs). Then 12
+        // files at the default replication 3: 168 MiB of replicas for 4
+        // nodes, far more than the small node may hold, so they must go
+        // elsewhere.
         let mut files = Vec::new();
         for i in 0..14u64 {
             let data = payload(600 + i, 4 << 20);
             let path = format!("/full/f{i}.bin");
+            let replication = if i < 2 { 4 } else { 3 };
+            let opts = PutOptions {
+                replication,
+                ..PutOptions::default()
+            };
             client
-                .put_bytes(data.clone(), &path, &PutOptions::default())
+                .put_bytes(data.clone(), &path, &opts)
                 .await
                 .unwrap_or_else(|e| panic!("put {path} with one full node failed: {e}"));
-            files.push((path, data));
+            files.push((path, data, replication));
         }
         // The small node says it is full, and the coordinator agrees.
         let nodes = wait_for(
@@ -88,22 +97,24 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
         );
 
         // Every file is whole, on 3 nodes; no temp file anywhere.
-        for (path, data) in &files {
+        for (path, data, _) in &files {
             assert!(
                 read_all(&client, path).await.unwrap() == *data,
                 "{path} differs"
             );
         }
         wait_for(
-            "every chunk at 3 replicas",
+            "every chunk at its replication, off the full node",
             Duration::from_secs(60),
             || async {
-                for (path, _) in &files {
-                    check_replicas(
-                        &client.chunk_map(path).await.map_err(|e| e.to_string())?,
-                        3,
-                        &[],
-                    )?;
+                for (path, _, replication) in &files {
+                    let map = client.chunk_map(path).await.map_err(|e| e.to_string())?;
+                    // The replication-3 files live on the three big nodes
+                    // (a replica planned on the small node just before it
+                    // reported full is refused there and repaired elsewhere).
+                    let excluded: &[&str] = if *replication == 3 { &[&full_id] } else { &[] };
+                    check_replicas(&map, *replication as usize, excluded)
+                        .map_err(|e| format!("{path}: {e}"))?;
                 }
                 check_status(&client.status().await.map_err(|e| e.to_string())?, false)
             },
