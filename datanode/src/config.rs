@@ -28,6 +28,18 @@ pub const DEFAULT_REPLICA_STALL_TIMEOUT: &str = "10s";
 pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "3s";
 /// Default interval between full chunk reports.
 pub const DEFAULT_FULL_REPORT_INTERVAL: &str = "10m";
+/// Default limit for chunks stored in the shared volumes (64 KiB).
+pub const DEFAULT_SMALL_CHUNK_MAX: &str = "64KiB";
+
+/// `--small-chunk-max`: a size of at most one checksum block (256 KiB).
+fn parse_small_chunk_max(s: &str) -> Result<ByteSize, String> {
+    let v: ByteSize = s.parse().map_err(|e| format!("{e}"))?;
+    let max = crate::volume::MAX_RECORD_DATA as u64;
+    if v.0 > max {
+        return Err(format!("at most {max} bytes (256KiB), got {}", v.0));
+    }
+    Ok(v)
+}
 /// Default pause between two scrubber passes over the whole store.
 pub const DEFAULT_SCRUB_INTERVAL: &str = "1h";
 /// Default number of repair replications run at the same time.
@@ -85,6 +97,12 @@ pub struct Config {
     /// Bytes of the volume kept free for everything else (e.g. 1GiB).
     #[arg(long, env = "DFS_RESERVE", default_value = "0")]
     pub reserve: ByteSize,
+
+    /// Chunks of at most this size are appended to shared volume files and
+    /// made durable together (one fdatasync per group of concurrent writes)
+    /// instead of getting a file each; 0 disables it. At most 256KiB.
+    #[arg(long, env = "DFS_SMALL_CHUNK_MAX", default_value = DEFAULT_SMALL_CHUNK_MAX, value_parser = parse_small_chunk_max)]
+    pub small_chunk_max: ByteSize,
 
     /// Replicas (counting the primary) that must store a chunk before an upload
     /// succeeds, when the client does not say; 0 means all of them.
@@ -148,6 +166,7 @@ impl Config {
             host: String::new(),
             capacity: None,
             reserve: ByteSize(0),
+            small_chunk_max: ByteSize(crate::store::DEFAULT_SMALL_CHUNK_MAX),
             write_quorum: 0,
             max_frame_bytes: ByteSize(dfs_proto::DEFAULT_MAX_FRAME_BYTES as u64),
             scrub_bytes_per_second: DEFAULT_SCRUB_BYTES_PER_SECOND.parse().expect("valid"),

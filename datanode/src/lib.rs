@@ -13,6 +13,7 @@
 //!
 //! - [`config`]: flags and `DFS_…` environment variables.
 //! - [`store`]: chunk files with per-block CRC32C, atomic commit, capacity.
+//! - [`volume`]: small chunks appended to volumes, group-committed.
 //! - [`pipeline`]: the upload on the primary and its frame-by-frame fan-out;
 //!   the receiving side on replicas.
 //! - [`read`]: verified streaming reads (downloads and repair sends).
@@ -33,6 +34,7 @@ pub mod scrub;
 pub mod service;
 pub mod staged;
 pub mod store;
+pub mod volume;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,7 +52,7 @@ pub use config::Config;
 pub use metrics::Metrics;
 
 use node::{Node, Peers, Sessions, blocking};
-use store::{Store, StoreError};
+use store::{Store, StoreError, StoreOptions};
 
 /// Why the datanode could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +139,12 @@ impl Datanode {
         let bound = grpc.local_addr().map_err(DatanodeError::LocalAddr)?;
         let metrics = Metrics::new();
         let data_dir = config.data_dir.clone();
-        let capacity = config.capacity.map(|c| c.0);
-        let reserve = config.reserve.0;
+        let options = StoreOptions {
+            capacity: config.capacity.map(|c| c.0),
+            reserve: config.reserve.0,
+            small_chunk_max: config.small_chunk_max.0,
+            ..StoreOptions::default()
+        };
         let m = metrics.clone();
         let (store, node_id) = blocking(move || {
             std::fs::create_dir_all(&data_dir).map_err(|source| StoreError::Io {
@@ -147,7 +153,7 @@ impl Datanode {
                 source,
             })?;
             let node_id = load_or_create_node_id(&data_dir)?;
-            let store = Store::open(&data_dir, capacity, reserve, m)?;
+            let store = Store::open(&data_dir, options, m)?;
             Ok((store, node_id))
         })
         .await?;
@@ -252,6 +258,19 @@ impl Datanode {
         });
         for task in background {
             task.abort();
+        }
+        // Every stream has drained: write what the volume committer still
+        // holds (delete records) and stop it, so nothing appends to the
+        // volumes after this returns (a restart in the same process opens
+        // them again).
+        let store = node.store.clone();
+        if let Err(e) = blocking(move || {
+            store.close();
+            Ok(())
+        })
+        .await
+        {
+            tracing::warn!("closing the chunk store failed: {e:#}");
         }
         tracing::info!(node_id = %node.node_id, "datanode stopped");
         grpc_result?;

@@ -6,7 +6,8 @@
 //! (stream kind, failure source), never a chunk id.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Stream kinds used as the `stream` label.
@@ -62,6 +63,12 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Registrations with the coordinator, by outcome.
     pub registrations: IntCounterVec,
+    /// Small chunks made durable by one volume group commit.
+    pub volume_commit_chunks: Histogram,
+    /// Bytes in the small-chunk volumes, by state (live, garbage).
+    pub volume_bytes: IntGaugeVec,
+    /// Volumes compacted.
+    pub volume_compactions: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -110,7 +117,40 @@ impl Metrics {
         registry
             .register(Box::new(active_sessions.clone()))
             .expect("unique metric");
+        let volume_commit_chunks = Histogram::with_opts(
+            HistogramOpts::new(
+                "dfs_datanode_volume_commit_chunks",
+                "Small chunks made durable by one volume group commit (one fdatasync).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(volume_commit_chunks.clone()))
+            .expect("unique metric");
+        let volume_bytes = IntGaugeVec::new(
+            Opts::new(
+                "dfs_datanode_volume_bytes",
+                "Bytes in the small-chunk volumes, by state (live, garbage awaiting compaction).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(volume_bytes.clone()))
+            .expect("unique metric");
+        let volume_compactions = IntCounter::new(
+            "dfs_datanode_volume_compactions_total",
+            "Small-chunk volumes compacted (live records copied, file removed).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(volume_compactions.clone()))
+            .expect("unique metric");
         Metrics {
+            volume_commit_chunks,
+            volume_bytes,
+            volume_compactions,
             bytes_in: counter(
                 "dfs_datanode_bytes_in_total",
                 "Chunk payload bytes received.",

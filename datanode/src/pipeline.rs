@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  client ──frames──▶ primary ─┬─▶ local writer thread (bounded channel) ─▶ temp file
+//!                              │   (or, for a small chunk, one volume group commit)
 //!         ◀──acks────          ├─▶ ReplicateChunk ─▶ replica A (bounded channel)
 //!                              └─▶ ReplicateChunk ─▶ replica B (bounded channel)
 //! ```
@@ -151,15 +152,64 @@ enum WriterMsg {
     Finish(u64, Option<u32>),
 }
 
-/// The local copy: a blocking writer thread fed through a bounded channel, so
+/// The local copy of a chunk: a chunk file written by its own thread, or a
+/// small chunk collected in memory (at most `--small-chunk-max` bytes, the
+/// frames already received) and group-committed to a volume at the end.
+enum LocalWrite {
+    File(FileWrite),
+    Small {
+        store: Arc<Store>,
+        id: ChunkId,
+        parts: Vec<Bytes>,
+    },
+}
+
+impl LocalWrite {
+    fn start(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
+        if store.is_small(size) {
+            LocalWrite::Small {
+                store,
+                id,
+                parts: Vec::new(),
+            }
+        } else {
+            LocalWrite::File(FileWrite::start(store, id))
+        }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+        match self {
+            LocalWrite::File(f) => f.write(data).await,
+            // FrameCheck bounds the total by the announced (small) size.
+            LocalWrite::Small { parts, .. } => {
+                parts.push(data);
+                Ok(())
+            }
+        }
+    }
+
+    async fn finish(self, size: u64, checksum: Option<u32>) -> Result<StoredChunk, Status> {
+        match self {
+            LocalWrite::File(f) => f.finish(size, checksum).await,
+            LocalWrite::Small { store, id, parts } => store
+                .put_small(&id, parts, size, checksum)
+                .map_err(status)?
+                .wait()
+                .await
+                .map_err(status),
+        }
+    }
+}
+
+/// A chunk file: a blocking writer thread fed through a bounded channel, so
 /// disk writes never block the async threads and never queue unboundedly.
 /// Dropping it before `finish` removes the temp file.
-struct LocalWrite {
+struct FileWrite {
     tx: Option<mpsc::Sender<WriterMsg>>,
     join: Option<JoinHandle<Result<StoredChunk, StoreError>>>,
 }
 
-impl LocalWrite {
+impl FileWrite {
     fn start(store: Arc<Store>, id: ChunkId) -> Self {
         let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_FRAMES);
         let join = tokio::task::spawn_blocking(move || {
@@ -172,7 +222,7 @@ impl LocalWrite {
             }
             Err(StoreError::Cancelled)
         });
-        LocalWrite {
+        FileWrite {
             tx: Some(tx),
             join: Some(join),
         }
@@ -381,7 +431,7 @@ pub async fn upload(
 
     let result = async {
         let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
-        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone());
+        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
         let header = ReplicateChunkHeader {
             session_id: session_id.clone(),
             chunk: Some(ChunkMeta {
@@ -556,7 +606,7 @@ pub async fn replicate(
     let reservation = node.store.reserve(size).map_err(status)?;
     let result = async {
         let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
-        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone());
+        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         loop {
             let frame = match tokio::time::timeout(idle, requests.message()).await {
                 Ok(Ok(Some(ReplicateChunkRequest {

@@ -285,3 +285,58 @@ async fn a_stalled_replica_is_dropped_after_the_stall_timeout() {
     primary.stop().await;
     r1.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunks_are_group_committed_to_volumes_on_every_replica() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(TestNode::start(d.path(), |_| {}).await);
+    }
+    let targets = vec![nodes[1].target(), nodes[2].target()];
+    // 16 uploads at once, as `dfs bench` does: each lands as one record per
+    // replica, and concurrent ones share an fdatasync.
+    let mut uploads = Vec::new();
+    for i in 0..16u64 {
+        let mut c = nodes[0].client().await;
+        let targets = targets.clone();
+        uploads.push(tokio::spawn(async move {
+            let id = chunk_id();
+            let bytes = data(4096 + i as usize, 100 + i);
+            let r = upload(&mut c, &id, &bytes, targets, 0).await.unwrap();
+            assert_eq!(r.replicas.len(), 3);
+            assert_eq!(r.chunk.unwrap().checksum, frame::checksum(&bytes));
+            (id, bytes)
+        }));
+    }
+    let mut chunks = Vec::new();
+    for u in uploads {
+        chunks.push(u.await.unwrap());
+    }
+    for (node, dir) in nodes.iter().zip(&dirs) {
+        assert!(
+            chunk_files(dir.path()).is_empty(),
+            "small chunks get no file of their own"
+        );
+        assert!(!files_under(&dir.path().join("volumes")).is_empty());
+        let commits = node.histogram_count("dfs_datanode_volume_commit_chunks", "");
+        assert!(
+            (1..=16).contains(&commits),
+            "{commits} group commits for 16 chunks"
+        );
+        assert_eq!(node.counter("dfs_datanode_chunks_stored", ""), 16);
+    }
+    // A restarted replica still serves every chunk.
+    let last = nodes.pop().unwrap();
+    last.stop().await;
+    let again = TestNode::start(dirs[2].path(), |_| {}).await;
+    let mut c = again.client().await;
+    for (id, bytes) in &chunks {
+        assert!(download(&mut c, id, 0, 0).await.unwrap() == *bytes);
+    }
+    assert_eq!(again.counter("dfs_datanode_chunks_stored", ""), 16);
+    again.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -265,6 +265,34 @@ impl Service {
         self.data_dir.join("chunks").join(&id[0..2]).join(id)
     }
 
+    /// Where chunk `id`'s bytes start on a datanode's disk: its chunk file at
+    /// offset 0, or its record in a small-chunk volume.
+    pub fn replica_location(&self, id: &str) -> Option<(PathBuf, u64)> {
+        let file = self.chunk_path(id);
+        if file.exists() {
+            return Some((file, 0));
+        }
+        dfs_datanode::volume::inspect(&self.data_dir)
+            .ok()?
+            .into_iter()
+            .find(|c| c.id.as_str() == id)
+            .map(|c| (c.path, c.data_offset))
+    }
+
+    /// Ids of every chunk a datanode's store holds on disk: chunk files and
+    /// live records in the small-chunk volumes.
+    pub fn stored_chunks(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .chunk_files()
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        if let Ok(small) = dfs_datanode::volume::inspect(&self.data_dir) {
+            ids.extend(small.into_iter().map(|c| c.id.as_str().to_string()));
+        }
+        ids
+    }
+
     /// Every chunk file in a datanode's store.
     pub fn chunk_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -772,13 +800,14 @@ pub fn flip_byte(path: &Path, offset: u64) {
 
 /// Checks that every replica of every chunk in `map` exists on its datanode's
 /// disk and starts with the expected bytes of `data` (a chunk file is the data
-/// followed by its checksum table and footer).
+/// followed by its checksum table and footer; a small chunk's volume record
+/// holds the data after its header).
 pub fn check_replicas_on_disk(
     cluster: &Cluster,
     map: &DownloadFileResponse,
     data: &[u8],
 ) -> Result<(), String> {
-    use std::io::Read;
+    use std::os::unix::fs::FileExt;
     for c in &map.chunks {
         let meta = c.chunk.clone().unwrap_or_default();
         let want = &data[c.offset as usize..(c.offset + meta.size) as usize];
@@ -786,10 +815,17 @@ pub fn check_replicas_on_disk(
             let i = cluster
                 .index_of(&r.node_id)
                 .ok_or_else(|| format!("unknown node {}", r.node_id))?;
-            let path = cluster.datanodes[i].chunk_path(&meta.chunk_id);
+            let (path, base) = cluster.datanodes[i]
+                .replica_location(&meta.chunk_id)
+                .ok_or_else(|| {
+                    format!(
+                        "chunk {} is not on {}'s disk",
+                        meta.chunk_id, cluster.datanodes[i].name
+                    )
+                })?;
             let mut got = vec![0u8; want.len()];
             std::fs::File::open(&path)
-                .and_then(|mut f| f.read_exact(&mut got))
+                .and_then(|f| f.read_exact_at(&mut got, base))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             if got != want {
                 return Err(format!(

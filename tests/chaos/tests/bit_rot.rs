@@ -53,7 +53,9 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
         let read_chunk = settled
             .chunks
             .iter()
-            .find(|c| c.replicas.iter().all(|r| r.node_id != scrubber))
+            // A whole 1 MiB chunk: the flipped byte is at 300,000, and the
+            // 4,321-byte tail chunk lives in a volume, not a chunk file.
+            .find(|c| is_big(c) && c.replicas.iter().all(|r| r.node_id != scrubber))
             .expect("a chunk not on the scrubbing node");
         let read_node = cluster.index_of(&read_chunk.replicas[0].node_id).unwrap();
         let read_id = read_chunk.chunk.as_ref().unwrap().chunk_id.clone();
@@ -81,7 +83,9 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
             .chunks
             .iter()
             .find(|c| {
-                c.index != read_chunk.index && c.replicas.iter().any(|r| r.node_id == scrubber)
+                is_big(c)
+                    && c.index != read_chunk.index
+                    && c.replicas.iter().any(|r| r.node_id == scrubber)
             })
             .expect("a chunk on the scrubbing node");
         let scrub_id = scrub_chunk.chunk.as_ref().unwrap().chunk_id.clone();
@@ -122,4 +126,9 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
             "scenario 5: read-path and scrubber corruption detected; both replicas replaced; reads byte-identical"
         );
     });
+}
+
+/// A chunk stored in a chunk file of its own (not in a small-chunk volume).
+fn is_big(c: &dfs_client::proto::ChunkLocation) -> bool {
+    c.chunk.as_ref().is_some_and(|m| m.size > 512 << 10)
 }

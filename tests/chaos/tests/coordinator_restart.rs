@@ -169,7 +169,7 @@ fn coordinator_killed_during_uploads_loses_nothing_confirmed() {
                 let on_disk: usize = cluster
                     .datanodes
                     .iter()
-                    .map(|d| d.chunk_files().len())
+                    .map(|d| d.stored_chunks().len())
                     .sum();
                 surplus.set(surplus.get().max(on_disk as i64 - expected as i64));
                 let temps = cluster.temp_files();
@@ -177,7 +177,7 @@ fn coordinator_killed_during_uploads_loses_nothing_confirmed() {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{on_disk} chunk files on disk, want {expected}; temp files {temps:?}"
+                        "{on_disk} stored chunks on disk, want {expected}; temp files {temps:?}"
                     ))
                 }
             },

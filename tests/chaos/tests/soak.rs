@@ -291,12 +291,12 @@ fn soak_with_random_datanode_kills_loses_and_resurrects_nothing() {
                 let on_disk: usize = cluster
                     .datanodes
                     .iter()
-                    .map(|d| d.chunk_files().len())
+                    .map(|d| d.stored_chunks().len())
                     .sum();
                 if on_disk as u64 == expected {
                     Ok(())
                 } else {
-                    Err(format!("{on_disk} chunk files, want {expected}"))
+                    Err(format!("{on_disk} stored chunks, want {expected}"))
                 }
             },
         )
