@@ -149,6 +149,13 @@ panels.append(panel("timeseries", "Chunks stored per datanode", "Replicas each d
                     [(f"sum by (pod) (dfs_datanode_chunks_stored{{{DN}}})", "{{pod}}")],
                     (8, 8, 16, y)))
 y += 8
+panels.append(panel("timeseries", "Small-chunk volumes", "Bytes in the datanodes' small-chunk volumes: live records, and garbage (deleted or replaced) awaiting compaction.",
+                    [(f"sum by (pod, state) (dfs_datanode_volume_bytes{{{DN}}})", "{{pod}} {{state}}")],
+                    (8, 12, 0, y), unit="bytes"))
+panels.append(panel("timeseries", "Small chunks per group commit", "Average small chunks made durable by one fdatasync, per datanode: above 1 means concurrent small writes share their fsync.",
+                    [(f"sum by (pod) (rate(dfs_datanode_volume_commit_chunks_sum{{{DN}}}[$__rate_interval])) / sum by (pod) (rate(dfs_datanode_volume_commit_chunks_count{{{DN}}}[$__rate_interval]))", "{{pod}}")],
+                    (8, 12, 12, y)))
+y += 8
 row("Operator", y); y += 1
 panels.append(panel("timeseries", "Operator reconcile errors", "Failed reconciles per second by error kind (all DfsClusters the operator manages).",
                     [("sum by (error) (rate(dfs_operator_reconcile_failures_total[$__rate_interval]))", "{{error}}")],
