@@ -568,7 +568,13 @@ impl Cluster {
                     (NodeState::Maintenance, _) => 2,
                     (_, Liveness::Dead) => return None,
                     (_, Liveness::Suspect) => 2,
-                    (NodeState::Healthy, _) if live.info.health != Health::Degraded => 0,
+                    // Degraded or shutting down (a DRAINING heartbeat):
+                    // still listed, after the healthy ones.
+                    (NodeState::Healthy, _)
+                        if !matches!(live.info.health, Health::Degraded | Health::Draining) =>
+                    {
+                        0
+                    }
                     _ => 1,
                 };
                 Some((rank, spread(chunk_id, n), rec.clone()))
@@ -1111,6 +1117,39 @@ mod tests {
         cluster.tick(&ns, 1200);
         assert_eq!(cluster.stats().under_replicated, 0);
         assert_eq!(cluster.stats().repairs_completed, 1);
+    }
+
+    #[test]
+    fn a_node_shutting_down_is_read_last_and_gets_no_new_chunks() {
+        let (mut ns, mut cluster) = setup(3);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        let order = |cluster: &Cluster| -> Vec<String> {
+            cluster
+                .read_replicas(&ns, C, 100)
+                .into_iter()
+                .map(|r| r.node_id)
+                .collect()
+        };
+        // Whichever node the hash puts first announces it is shutting down.
+        let first = order(&cluster)[0].clone();
+        let ev = HeartbeatEvent {
+            node_id: first.clone(),
+            info: NodeInfo {
+                health: Health::Draining,
+                ..info()
+            },
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 100).unwrap();
+        let now = order(&cluster);
+        assert_eq!(now.len(), 3, "still listed: it serves until it stops");
+        assert_eq!(now.last(), Some(&first));
+        assert!(
+            cluster
+                .placement_candidates(&ns, 100)
+                .iter()
+                .all(|c| c.node_id != first)
+        );
     }
 
     #[test]

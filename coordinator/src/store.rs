@@ -1,9 +1,10 @@
 //! Durable metadata in redb: an operations log plus a periodic snapshot.
 //!
 //! Each accepted [`Command`] is appended to the `log` table; every
-//! [`SNAPSHOT_EVERY`] entries the whole [`Namespace`] is written to the
-//! `snapshot` table and the covered log entries are removed, in one
-//! transaction. Opening replays snapshot + log. This is the storage shape of
+//! [`SNAPSHOT_EVERY`] entries the whole [`Namespace`] is copied (under the
+//! state lock), encoded on a thread of its own while commits go on, then
+//! written to the `snapshot` table with the log entries it covers removed, in
+//! one transaction. Opening replays snapshot + log. This is the storage shape of
 //! a Raft state machine (openraft: log + snapshot), so replicating the
 //! coordinator later changes who orders the commands, not how they are kept.
 //!
@@ -14,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::namespace::{Command, Namespace, NamespaceError, Outcome, Snapshot};
@@ -72,6 +73,7 @@ pub struct Store {
     db: Database,
     next_index: u64,
     since_snapshot: u64,
+    snapshot_every: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,6 +155,7 @@ impl Store {
                 db,
                 next_index: last + 1,
                 since_snapshot: replayed,
+                snapshot_every: SNAPSHOT_EVERY,
             },
             ns,
         ))
@@ -190,20 +193,51 @@ impl Store {
 
     /// True when a snapshot is due.
     pub fn snapshot_due(&self) -> bool {
-        self.since_snapshot >= SNAPSHOT_EVERY
+        self.since_snapshot >= self.snapshot_every
+    }
+
+    /// Takes a snapshot every `n` log entries instead of [`SNAPSHOT_EVERY`]
+    /// (tests; tuning).
+    pub fn set_snapshot_every(&mut self, n: u64) {
+        self.snapshot_every = n.max(1);
+    }
+
+    /// Rows in the log (one per group commit since the last snapshot).
+    pub fn log_rows(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| db_err("read")(e.into()))?;
+        let log = txn.open_table(LOG).map_err(|e| db_err("read")(e.into()))?;
+        log.len().map_err(|e| db_err("read")(e.into()))
+    }
+
+    /// Index of the last appended log entry (what a snapshot of the state
+    /// taken now covers).
+    pub fn last_index(&self) -> u64 {
+        self.next_index - 1
     }
 
     /// Writes a snapshot of `state` (which must include every appended
     /// entry) and drops the log it covers.
     pub fn write_snapshot(&mut self, state: Snapshot) -> Result<(), StoreError> {
-        let last_index = self.next_index - 1;
-        let bytes =
-            serde_json::to_vec(&StoredSnapshot { last_index, state }).map_err(|source| {
-                StoreError::Decode {
-                    what: "snapshot",
-                    source,
-                }
-            })?;
+        let last_index = self.last_index();
+        let bytes = Store::encode_snapshot(last_index, state)?;
+        self.install_snapshot(last_index, &bytes)
+    }
+
+    /// Encodes a snapshot of the state as of log entry `last_index`. Pure
+    /// and slow for a big namespace: the committer runs it on another thread
+    /// so commits go on meanwhile.
+    pub fn encode_snapshot(last_index: u64, state: Snapshot) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(&StoredSnapshot { last_index, state }).map_err(|source| {
+            StoreError::Decode {
+                what: "snapshot",
+                source,
+            }
+        })
+    }
+
+    /// Stores an encoded snapshot covering the log up to `last_index` and
+    /// drops those entries; entries appended since are kept.
+    pub fn install_snapshot(&mut self, last_index: u64, bytes: &[u8]) -> Result<(), StoreError> {
         let txn = self
             .db
             .begin_write()
@@ -212,7 +246,7 @@ impl Store {
             let mut meta = txn
                 .open_table(META)
                 .map_err(|e| db_err("snapshot")(e.into()))?;
-            meta.insert(SNAPSHOT_KEY, bytes.as_slice())
+            meta.insert(SNAPSHOT_KEY, bytes)
                 .map_err(|e| db_err("snapshot")(e.into()))?;
             let mut log = txn
                 .open_table(LOG)
@@ -221,7 +255,7 @@ impl Store {
                 .map_err(|e| db_err("truncate log of")(e.into()))?;
         }
         txn.commit().map_err(|e| db_err("commit")(e.into()))?;
-        self.since_snapshot = 0;
+        self.since_snapshot = self.last_index().saturating_sub(last_index);
         tracing::info!(last_index, bytes = bytes.len(), "metadata snapshot written");
         Ok(())
     }
@@ -290,6 +324,12 @@ impl Committer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Proposal>();
         let handle = tokio::task::spawn_blocking(move || {
             let mut failed = false;
+            // Snapshots are encoded on their own thread (JSON of the whole
+            // namespace takes long for a big one) and installed here, between
+            // batches, once ready.
+            let (snap_tx, snap_rx) =
+                std::sync::mpsc::channel::<(u64, Result<Vec<u8>, StoreError>)>();
+            let mut snapshot_pending = false;
             while let Some(first) = rx.blocking_recv() {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -345,13 +385,29 @@ impl Committer {
                 for (p, r) in batch.into_iter().zip(results) {
                     let _ = p.reply.send(r.map_err(ProposeError::from));
                 }
-                if store.snapshot_due() {
+                if let Ok((last, encoded)) = snap_rx.try_recv() {
+                    snapshot_pending = false;
+                    if let Err(e) = encoded.and_then(|b| store.install_snapshot(last, &b)) {
+                        tracing::error!("{e:#}");
+                    }
+                }
+                if !snapshot_pending && store.snapshot_due() {
                     let snap = {
                         let mut st = state.lock().expect("state lock poisoned");
                         hook.namespace(&mut st).snapshot()
                     };
-                    if let Err(e) = store.write_snapshot(snap) {
-                        tracing::error!("{e:#}");
+                    let last = store.last_index();
+                    let tx = snap_tx.clone();
+                    snapshot_pending = true;
+                    let encode = move || {
+                        let _ = tx.send((last, Store::encode_snapshot(last, snap)));
+                    };
+                    if let Err(e) = std::thread::Builder::new()
+                        .name("dfs-snapshot".into())
+                        .spawn(encode)
+                    {
+                        tracing::error!("cannot start the snapshot encoder: {e}");
+                        snapshot_pending = false;
                     }
                 }
             }
@@ -401,6 +457,68 @@ mod tests {
         let single = serde_json::to_vec(&a).unwrap();
         assert_eq!(decode_batch(&single).unwrap(), vec![a]);
         assert!(decode_batch(b"[{").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_installed_late_keeps_the_commands_logged_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mkdir = |i: u32| Command::Mkdir {
+            path: format!("/s/d{i}"),
+            parents: true,
+            now_ms: 1,
+        };
+        let (mut store, mut ns) = Store::open(dir.path()).unwrap();
+        let log = |store: &mut Store, ns: &mut Namespace, i: u32| {
+            ns.apply(&mkdir(i)).unwrap();
+            store
+                .append(&[serde_json::to_vec(&mkdir(i)).unwrap()])
+                .unwrap();
+        };
+        for i in 0..3 {
+            log(&mut store, &mut ns, i);
+        }
+        // Taken here, encoded while two more commands are committed.
+        let last = store.last_index();
+        let snap = ns.snapshot();
+        for i in 3..5 {
+            log(&mut store, &mut ns, i);
+        }
+        let bytes = Store::encode_snapshot(last, snap).unwrap();
+        store.install_snapshot(last, &bytes).unwrap();
+        drop(store);
+        let (_, reopened) = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.dir_count(), 1 + 1 + 5, "/, /s and d0..d4");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_committer_snapshots_in_the_background_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, ns) = Store::open(dir.path()).unwrap();
+        store.set_snapshot_every(10);
+        let state = Arc::new(Mutex::new(ns));
+        let (committer, handle) =
+            Committer::start(store, state, NsOnly, crate::metrics::Metrics::new());
+        // One at a time: 200 group commits, so snapshots are taken, encoded
+        // and installed while commits go on.
+        for i in 0..200 {
+            committer
+                .propose(Command::Mkdir {
+                    path: format!("/bg/d{i}"),
+                    parents: true,
+                    now_ms: 1,
+                })
+                .await
+                .unwrap();
+        }
+        drop(committer);
+        handle.await.unwrap();
+        let (store, ns) = Store::open(dir.path()).unwrap();
+        assert_eq!(ns.dir_count(), 1 + 1 + 200);
+        let rows = store.log_rows().unwrap();
+        assert!(
+            rows < 100,
+            "{rows} log rows: snapshots did not truncate the log"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,7 @@ impl Datanode {
             store,
             metrics,
             peers: Peers::default(),
+            draining: Default::default(),
         });
         Ok(Datanode {
             node,
@@ -227,8 +228,8 @@ impl Datanode {
 
         let scrub_rate = Arc::new(AtomicU64::new(node.config.scrub_bytes_per_second.0));
         let ctl = Arc::new(membership::Control::new(&node, scrub_rate.clone()));
+        let mut membership = tokio::spawn(membership::run(node.clone(), ctl, stop_rx.clone()));
         let background = [
-            tokio::spawn(membership::run(node.clone(), ctl, stop_rx.clone())),
             tokio::spawn(scrub::run(node.clone(), scrub_rate, stop_rx.clone())),
             tokio::spawn(reap_sessions(node.clone(), stop_rx.clone())),
         ];
@@ -256,6 +257,14 @@ impl Datanode {
             readiness.set(false);
             r
         });
+        // The membership task returns once its DRAINING heartbeat is out
+        // (bounded by its own timeout).
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut membership)
+            .await
+            .is_err()
+        {
+            membership.abort();
+        }
         for task in background {
             task.abort();
         }

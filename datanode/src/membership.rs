@@ -37,6 +37,9 @@ pub const REPORT_BATCH: usize = 10_000;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the coordinator to answer the DRAINING
+/// heartbeat.
+const DRAIN_NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings the coordinator can change at run time, and the work queued for
 /// the next heartbeat.
@@ -46,6 +49,12 @@ pub struct Control {
     pub scrub_rate: Arc<AtomicU64>,
     report_requested: Notify,
     wake: Notify,
+    /// Notified once the coordinator answered a heartbeat reporting DRAINING.
+    drain_sent: Notify,
+    /// Heartbeats sent on the current stream.
+    hb_sent: AtomicU64,
+    /// `hb_sent` after the first DRAINING heartbeat (0: none yet).
+    drain_at: AtomicU64,
     results: Mutex<Vec<CommandResult>>,
     replications: Arc<Semaphore>,
 }
@@ -58,6 +67,9 @@ impl Control {
             scrub_rate,
             report_requested: Notify::new(),
             wake: Notify::new(),
+            drain_sent: Notify::new(),
+            hb_sent: AtomicU64::new(0),
+            drain_at: AtomicU64::new(0),
             results: Mutex::new(Vec::new()),
             replications: Arc::new(Semaphore::new(
                 node.config.max_concurrent_replications.max(1),
@@ -67,6 +79,15 @@ impl Control {
 
     fn interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed).max(10))
+    }
+
+    /// Counts a heartbeat sent on the current stream; remembers the first
+    /// one that reported DRAINING.
+    fn count_sent(&self, draining: bool) {
+        let n = self.hb_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        if draining && self.drain_at.load(Ordering::Relaxed) == 0 {
+            self.drain_at.store(n, Ordering::Relaxed);
+        }
     }
 
     async fn push_result(&self, result: CommandResult) {
@@ -82,7 +103,9 @@ pub fn node_info(node: &Node) -> NodeInfo {
         .iter()
         .map(|k| node.metrics.active_sessions.with_label_values(&[k]).get())
         .sum();
-    let health = if cap.free < dfs_proto::DEFAULT_FRAME_BYTES as u64 {
+    let health = if node.draining.load(Ordering::Relaxed) {
+        NodeHealth::Draining
+    } else if cap.free < dfs_proto::DEFAULT_FRAME_BYTES as u64 {
         NodeHealth::Full
     } else {
         NodeHealth::Healthy
@@ -112,19 +135,49 @@ pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiv
     };
     let mut backoff = BACKOFF_START;
     loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            result = session(&node, &ctl, channel.clone(), &mut backoff) => {
-                if let Err(st) = result {
-                    tracing::warn!(coordinator = %node.config.coordinator, "coordinator session ended, re-registering in {backoff:?}: {}", st.message());
+        let ended = {
+            let current = session(&node, &ctl, channel.clone(), &mut backoff);
+            tokio::pin!(current);
+            let outcome = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => None,
+                result = &mut current => Some(result),
+            };
+            match outcome {
+                Some(result) => result,
+                None => {
+                    drain(&node, &ctl, current).await;
+                    return;
                 }
             }
+        };
+        if let Err(st) = ended {
+            tracing::warn!(coordinator = %node.config.coordinator, "coordinator session ended, re-registering in {backoff:?}: {}", st.message());
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// At shutdown: marks the node draining and keeps the heartbeat stream alive
+/// until one heartbeat has told the coordinator so (at most
+/// [`DRAIN_NOTICE_TIMEOUT`]: a coordinator that is away learns it from the
+/// silence instead).
+async fn drain<F: std::future::Future>(node: &Node, ctl: &Control, session: std::pin::Pin<&mut F>) {
+    node.draining.store(true, Ordering::Relaxed);
+    ctl.wake.notify_one();
+    let sent = tokio::time::timeout(DRAIN_NOTICE_TIMEOUT, async {
+        tokio::select! {
+            () = ctl.drain_sent.notified() => true,
+            _ = session => false,
+        }
+    })
+    .await;
+    match sent {
+        Ok(true) => tracing::info!("told the coordinator this node is draining"),
+        _ => tracing::warn!("could not tell the coordinator this node is draining"),
     }
 }
 
@@ -176,15 +229,26 @@ async fn session(
     tracing::info!(node_id = %node.node_id, cluster_id = %registered.cluster_id, interval = ?ctl.interval(), "registered with the coordinator");
 
     let (tx, rx) = mpsc::channel(4);
+    ctl.hb_sent.store(0, Ordering::Relaxed);
+    ctl.drain_at.store(0, Ordering::Relaxed);
     let sender = tokio::spawn(send_heartbeats(node.clone(), ctl.clone(), tx));
     let result = async {
         let mut responses = client
             .data_node_heartbeat(ReceiverStream::new(rx))
             .await?
             .into_inner();
+        // The coordinator answers every heartbeat, in order.
+        let mut answered = 0u64;
         loop {
             match responses.message().await? {
-                Some(r) => handle_response(node, ctl, r),
+                Some(r) => {
+                    answered += 1;
+                    let drain_at = ctl.drain_at.load(Ordering::Relaxed);
+                    if drain_at > 0 && answered >= drain_at {
+                        ctl.drain_sent.notify_one();
+                    }
+                    handle_response(node, ctl, r)
+                }
                 None => {
                     return Err(Status::unavailable(
                         "coordinator closed the heartbeat stream",
@@ -198,7 +262,11 @@ async fn session(
     result
 }
 
-async fn send_full_report(node: &Node, tx: &mpsc::Sender<Heartbeat>) -> Result<(), ()> {
+async fn send_full_report(
+    node: &Node,
+    ctl: &Control,
+    tx: &mpsc::Sender<Heartbeat>,
+) -> Result<(), ()> {
     let store = node.store.clone();
     let chunks = tokio::task::spawn_blocking(move || store.full_report())
         .await
@@ -222,6 +290,7 @@ async fn send_full_report(node: &Node, tx: &mpsc::Sender<Heartbeat>) -> Result<(
             ..Default::default()
         };
         tx.send(hb).await.map_err(|_| ())?;
+        ctl.count_sent(false);
     }
     tracing::debug!(chunks = metas.len(), batches = n, "sent full chunk report");
     Ok(())
@@ -232,14 +301,14 @@ async fn send_heartbeats(
     ctl: Arc<Control>,
     tx: mpsc::Sender<Heartbeat>,
 ) -> Result<(), ()> {
-    send_full_report(&node, &tx).await?;
+    send_full_report(&node, &ctl, &tx).await?;
     let mut last_full = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(ctl.interval()) => {}
             () = ctl.wake.notified() => {}
             () = ctl.report_requested.notified() => {
-                send_full_report(&node, &tx).await?;
+                send_full_report(&node, &ctl, &tx).await?;
                 last_full = Instant::now();
             }
         }
@@ -259,9 +328,13 @@ async fn send_heartbeats(
             corrupt_chunks: delta.corrupt.iter().map(|id| id.to_string()).collect(),
             command_results: results,
         };
+        let draining = hb
+            .info
+            .is_some_and(|i| i.health == NodeHealth::Draining as i32);
         tx.send(hb).await.map_err(|_| ())?;
+        ctl.count_sent(draining);
         if last_full.elapsed() >= node.config.full_report_interval {
-            send_full_report(&node, &tx).await?;
+            send_full_report(&node, &ctl, &tx).await?;
             last_full = Instant::now();
         }
     }

@@ -32,6 +32,10 @@ pub struct Node {
     pub sessions: Sessions,
     /// Channels to other datanodes.
     pub peers: Peers,
+    /// Set when shutdown begins: heartbeats then report DRAINING, so the
+    /// coordinator stops placing chunks here and lists this node's replicas
+    /// last while in-flight streams finish.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Node {

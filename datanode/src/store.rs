@@ -252,8 +252,9 @@ pub struct StoreOptions {
 /// Default `small_chunk_max`: 64 KiB, the size up to which a file per chunk
 /// costs more in metadata and fsyncs than in data.
 pub const DEFAULT_SMALL_CHUNK_MAX: u64 = 64 << 10;
-/// Default `volume_bytes`.
-pub const DEFAULT_VOLUME_BYTES: u64 = 128 << 20;
+/// Default `volume_bytes`: start-up replay and compaction read one volume
+/// into memory at a time, so this bounds that transient memory.
+pub const DEFAULT_VOLUME_BYTES: u64 = 32 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {

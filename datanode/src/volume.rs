@@ -704,7 +704,9 @@ impl Writer {
                 return;
             }
         };
-        self.metrics.volume_commit_chunks.observe(puts as f64);
+        if puts > 0 {
+            self.metrics.volume_commit_chunks.observe(puts as f64);
+        }
         let mut replies = Vec::with_capacity(puts);
         {
             let mut st = self.state.lock().expect("store lock");

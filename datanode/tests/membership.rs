@@ -134,11 +134,19 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<Self::DataNodeHeartbeatStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        self.0.lock().unwrap().streams.push(tx);
+        self.0.lock().unwrap().streams.push(tx.clone());
         let rec = self.0.clone();
+        let answers = tx;
         tokio::spawn(async move {
             while let Ok(Some(hb)) = inbound.message().await {
                 rec.lock().unwrap().heartbeats.push(hb);
+                // Like the real coordinator: one answer per heartbeat.
+                let _ = answers
+                    .send(Ok(HeartbeatResponse {
+                        commands: vec![],
+                        state: NodeState::Healthy as i32,
+                    }))
+                    .await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -344,6 +352,27 @@ async fn registers_reports_and_executes_commands() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_tells_the_coordinator_the_node_is_draining() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| c.coordinator = coord_addr.clone()).await;
+    let draining = |h: &Heartbeat| {
+        h.info
+            .is_some_and(|i| i.health == NodeHealth::Draining as i32)
+    };
+    eventually("regular heartbeats", || {
+        coord.seen(|h| h.chunk_report.is_none())
+    })
+    .await;
+    assert!(!coord.seen(draining), "not draining while running");
+    node.stop().await;
+    assert!(
+        coord.seen(draining),
+        "the last heartbeat before stopping reports DRAINING"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
