@@ -77,23 +77,25 @@ fn latency_buckets() -> Vec<f64> {
     ]
 }
 
+/// Registers `c` in `registry` and hands it back.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
 impl Metrics {
     /// Creates the metrics in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(&registry, c)
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(&registry, g)
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let h = HistogramVec::new(
@@ -101,52 +103,49 @@ impl Metrics {
                 labels,
             )
             .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
+            registered(&registry, h)
         };
-        let active_sessions = IntGaugeVec::new(
-            Opts::new(
-                "dfs_datanode_active_sessions",
-                "Sessions in progress, by kind.",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(active_sessions.clone()))
-            .expect("unique metric");
-        let volume_commit_chunks = Histogram::with_opts(
-            HistogramOpts::new(
-                "dfs_datanode_volume_commit_chunks",
-                "Small chunks made durable by one volume group commit (one fdatasync).",
+        let active_sessions = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "dfs_datanode_active_sessions",
+                    "Sessions in progress, by kind.",
+                ),
+                &["kind"],
             )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(volume_commit_chunks.clone()))
-            .expect("unique metric");
-        let volume_bytes = IntGaugeVec::new(
-            Opts::new(
-                "dfs_datanode_volume_bytes",
-                "Bytes in the small-chunk volumes, by state (live, garbage awaiting compaction).",
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(volume_bytes.clone()))
-            .expect("unique metric");
-        let volume_compactions = IntCounter::new(
-            "dfs_datanode_volume_compactions_total",
-            "Small-chunk volumes compacted (live records copied, file removed).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(volume_compactions.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
+        let volume_commit_chunks = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "dfs_datanode_volume_commit_chunks",
+                    "Small chunks made durable by one volume group commit (one fdatasync).",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            )
+            .expect("valid metric"),
+        );
+        let volume_bytes = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "dfs_datanode_volume_bytes",
+                    "Bytes in the small-chunk volumes, by state (live, garbage awaiting compaction).",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+        );
+        let volume_compactions = registered(
+            &registry,
+            IntCounter::new(
+                "dfs_datanode_volume_compactions_total",
+                "Small-chunk volumes compacted (live records copied, file removed).",
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             volume_commit_chunks,
             volume_bytes,
