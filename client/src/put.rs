@@ -330,8 +330,9 @@ impl Client {
         }
     }
 
-    /// One attempt: prepare on the primary, stream the frames, wait for the
-    /// replicas that stored the chunk durably.
+    /// One attempt: stream the frames to the primary (the first one carrying
+    /// the prepare request), wait for the replicas that stored the chunk
+    /// durably.
     async fn upload_chunk_once(
         &self,
         plan: &UploadPlan,
@@ -348,44 +349,31 @@ impl Client {
             .map_err(AttemptError::other)?;
         let node = primary.node_id.as_str();
 
-        let prepared = tokio::time::timeout(
-            self.config.request_timeout,
-            datanode.prepare_chunk_upload(PrepareChunkUploadRequest {
-                chunk: Some(ChunkMeta {
-                    chunk_id: planned.chunk_id.clone(),
-                    checksum: 0,
-                    size: planned.size,
-                    checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
-                }),
-                targets: planned.nodes[1..].to_vec(),
-                write_quorum: plan.write_quorum,
-                session_id: String::new(),
+        // One-call upload: the first frame carries the prepare request, which
+        // saves a round trip per chunk (most of a small file's cost).
+        let prepare = PrepareChunkUploadRequest {
+            chunk: Some(ChunkMeta {
+                chunk_id: planned.chunk_id.clone(),
+                checksum: 0,
+                size: planned.size,
+                checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
             }),
-        )
-        .await
-        .map_err(|_| AttemptError {
-            message: format!("PrepareChunkUpload on {node} timed out"),
-            blame_primary: true,
-        })?
-        .map_err(|s| AttemptError::status("PrepareChunkUpload", node, &s))?
-        .into_inner();
-
+            targets: planned.nodes[1..].to_vec(),
+            write_quorum: plan.write_quorum,
+            session_id: String::new(),
+        };
         let (frames, reader) = read_chunk_frames(
             source,
             planned.offset,
             planned.size,
             self.config.frame_bytes,
         );
-        let session_id = prepared.session_id;
-        let mut first = true;
+        let mut prepare = Some(prepare);
         let outgoing = tokio_stream::StreamExt::map_while(
             ReceiverStream::new(frames),
             move |frame| match frame {
                 Ok(mut frame) => {
-                    if first {
-                        frame.session_id = session_id.clone();
-                        first = false;
-                    }
+                    frame.prepare = prepare.take();
                     Some(frame)
                 }
                 // A local read error ends the stream without is_final: the

@@ -102,29 +102,22 @@ impl Sessions {
         self.timeout
     }
 
-    /// Records a prepared upload under `session_id` (a fresh one if empty).
-    /// Returns the id.
-    #[allow(clippy::too_many_arguments)]
-    pub fn insert_upload(
+    /// A prepared upload, not yet recorded: `insert_upload` keeps it for a
+    /// later stream; a one-call upload uses it at once.
+    pub fn new_upload(
         &self,
-        session_id: String,
         chunk_id: ChunkId,
         size: u64,
         checksum: Option<u32>,
         targets: Vec<Target>,
         quorum: usize,
         reservation: Reservation,
-    ) -> String {
-        let id = if session_id.is_empty() {
-            random_id()
-        } else {
-            session_id
-        };
+    ) -> UploadSession {
         let gauge = self
             .metrics
             .active_sessions
             .with_label_values(&["prepared"]);
-        let session = UploadSession {
+        UploadSession {
             chunk_id,
             size,
             checksum,
@@ -133,6 +126,16 @@ impl Sessions {
             reservation,
             expires: Instant::now() + self.timeout,
             _gauge: GaugeGuard::new(gauge),
+        }
+    }
+
+    /// Records a prepared upload under `session_id` (a fresh one if empty).
+    /// Returns the id.
+    pub fn insert_upload(&self, session_id: String, session: UploadSession) -> String {
+        let id = if session_id.is_empty() {
+            random_id()
+        } else {
+            session_id
         };
         self.uploads
             .lock()

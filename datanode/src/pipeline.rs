@@ -413,16 +413,30 @@ pub async fn upload(
     out: Responses,
 ) -> Result<ChunkReplicas, Status> {
     let idle = node.sessions.timeout();
-    let first = next_frame(&mut frames, idle).await?;
-    let session = node
-        .sessions
-        .take_upload(&first.session_id)
-        .ok_or_else(|| {
-            Status::not_found(format!(
-                "unknown or expired upload session {:?}",
-                first.session_id
-            ))
-        })?;
+    let mut first = next_frame(&mut frames, idle).await?;
+    let session = match first.prepare.take() {
+        // One-call upload: prepared here, with PrepareChunkUpload's checks.
+        Some(prepare) if first.session_id.is_empty() => {
+            crate::service::prepare_upload(&node, prepare)?.0
+        }
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first frame carries either a session_id or a prepare request, not both",
+            ));
+        }
+        None => node
+            .sessions
+            .take_upload(&first.session_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "unknown or expired upload session {:?}",
+                    first.session_id
+                ))
+            })?,
+    };
+    if first.session_id.is_empty() {
+        first.session_id = crate::node::random_id();
+    }
     let _gauge = GaugeGuard::new(node.metrics.active_sessions.with_label_values(&["upload"]));
     let started = Instant::now();
     let chunk_id = session.chunk_id.clone();
@@ -472,14 +486,16 @@ pub async fn upload(
                     is_final,
                     frame_checksum: frame.frame_checksum,
                     session_id: String::new(),
+                    prepare: None,
                 };
                 f.send(&node, copy, stall).await;
             }
+            if is_final {
+                // The final answer (ChunkReplicas) acknowledges everything.
+                break;
+            }
             if out.send(Ok(ack(check.offset, check.frames))).await.is_err() {
                 return Err(Status::cancelled("client went away"));
-            }
-            if is_final {
-                break;
             }
             frame = next_frame(&mut frames, idle).await?;
         }

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{GaugeGuard, stream};
-use crate::node::{Node, Target, blocking, status};
+use crate::node::{Node, Target, UploadSession, blocking, status};
 use crate::pipeline::{self, chunk_meta};
 use crate::read::spawn_read;
 use crate::store::ChunkId;
@@ -45,6 +45,61 @@ pub fn parse_meta(meta: &ChunkMeta) -> Result<(ChunkId, u64, Option<u32>), Statu
     Ok((id, meta.size, checksum))
 }
 
+/// Validates a prepare request (PrepareChunkUpload, or the `prepare` of a
+/// one-call upload's first frame) and reserves the chunk's space: the
+/// session a stream then uses. Also says whether the node already stores
+/// the chunk with the announced checksum (an idempotent retry).
+pub fn prepare_upload(
+    node: &Node,
+    req: PrepareChunkUploadRequest,
+) -> Result<(UploadSession, bool), Status> {
+    let meta = req
+        .chunk
+        .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
+    let (id, size, checksum) = parse_meta(&meta)?;
+    let mut targets = Vec::with_capacity(req.targets.len());
+    for t in req.targets {
+        if t.node_id.is_empty() || t.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "every target needs a node_id and an address",
+            ));
+        }
+        if t.node_id == node.node_id {
+            return Err(Status::invalid_argument(
+                "targets must not include the primary itself",
+            ));
+        }
+        targets.push(Target {
+            node_id: t.node_id,
+            address: t.address,
+        });
+    }
+    let replicas = 1 + targets.len();
+    let quorum = match (req.write_quorum, node.config.write_quorum) {
+        (0, 0) => replicas,
+        (0, q) => (q as usize).min(replicas),
+        (q, _) if q as usize > replicas => {
+            return Err(Status::invalid_argument(format!(
+                "write_quorum {q} exceeds the {replicas} replicas"
+            )));
+        }
+        (q, _) => q as usize,
+    };
+    let already_stored = checksum.is_some()
+        && node
+            .store
+            .get(&id)
+            .is_some_and(|c| Some(c.checksum) == checksum && c.size == size);
+    let reservation = node
+        .store
+        .reserve(if already_stored { 0 } else { size })
+        .map_err(status)?;
+    let session = node
+        .sessions
+        .new_upload(id, size, checksum, targets, quorum, reservation);
+    Ok((session, already_stored))
+}
+
 /// The gRPC service of a datanode.
 pub struct DataNodeService {
     node: Arc<Node>,
@@ -70,58 +125,9 @@ impl DataNode for DataNodeService {
         request: Request<PrepareChunkUploadRequest>,
     ) -> Result<Response<PrepareChunkUploadResponse>, Status> {
         let req = request.into_inner();
-        let meta = req
-            .chunk
-            .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
-        let (id, size, checksum) = parse_meta(&meta)?;
-        let mut targets = Vec::with_capacity(req.targets.len());
-        for t in req.targets {
-            if t.node_id.is_empty() || t.address.is_empty() {
-                return Err(Status::invalid_argument(
-                    "every target needs a node_id and an address",
-                ));
-            }
-            if t.node_id == self.node.node_id {
-                return Err(Status::invalid_argument(
-                    "targets must not include the primary itself",
-                ));
-            }
-            targets.push(Target {
-                node_id: t.node_id,
-                address: t.address,
-            });
-        }
-        let replicas = 1 + targets.len();
-        let quorum = match (req.write_quorum, self.node.config.write_quorum) {
-            (0, 0) => replicas,
-            (0, q) => (q as usize).min(replicas),
-            (q, _) if q as usize > replicas => {
-                return Err(Status::invalid_argument(format!(
-                    "write_quorum {q} exceeds the {replicas} replicas"
-                )));
-            }
-            (q, _) => q as usize,
-        };
-        let already_stored = checksum.is_some()
-            && self
-                .node
-                .store
-                .get(&id)
-                .is_some_and(|c| Some(c.checksum) == checksum && c.size == size);
-        let reservation = self
-            .node
-            .store
-            .reserve(if already_stored { 0 } else { size })
-            .map_err(status)?;
-        let session_id = self.node.sessions.insert_upload(
-            req.session_id,
-            id,
-            size,
-            checksum,
-            targets,
-            quorum,
-            reservation,
-        );
+        let session_id = req.session_id.clone();
+        let (session, already_stored) = prepare_upload(&self.node, req)?;
+        let session_id = self.node.sessions.insert_upload(session_id, session);
         Ok(Response::new(PrepareChunkUploadResponse {
             session_id,
             expires_at_unix_ms: dfs_common::time::now_unix_ms()

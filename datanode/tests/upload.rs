@@ -369,3 +369,109 @@ async fn capacity_is_refused_counting_open_sessions() {
         .unwrap();
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_uploads_prepare_on_the_first_frame_with_the_same_checks() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(
+            TestNode::start(d.path(), |c| {
+                c.capacity = Some(dfs_common::size::ByteSize(64 << 20))
+            })
+            .await,
+        );
+    }
+    let targets: Vec<NodeAddress> = nodes[1..].iter().map(|n| n.target()).collect();
+    let mut c = nodes[0].client().await;
+
+    // A small chunk and a multi-frame one, each fanned out to both replicas.
+    for len in [4096usize, 700 * 1024] {
+        let id = chunk_id();
+        let bytes = data(len, len as u64);
+        let stored = upload_one_call(&mut c, meta(&id, &bytes, false), &bytes, targets.clone(), 0)
+            .await
+            .unwrap();
+        assert_eq!(stored.replicas.len(), 3, "{stored:?}");
+        assert_eq!(
+            stored.chunk.unwrap().checksum,
+            dfs_proto::frame::checksum(&bytes)
+        );
+        for n in &nodes {
+            let mut nc = n.client().await;
+            assert_eq!(
+                download(&mut nc, &id, 0, 0).await.unwrap(),
+                bytes,
+                "on {}",
+                n.node_id
+            );
+        }
+    }
+
+    // The prepare is validated as PrepareChunkUpload validates it.
+    let bytes = data(4096, 1);
+    let err = upload_one_call(
+        &mut c,
+        meta("../../etc/passwd", &bytes, true),
+        &bytes,
+        vec![],
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = upload_one_call(
+        &mut c,
+        meta(&chunk_id(), &bytes, true),
+        &bytes,
+        vec![nodes[0].target()],
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = upload_one_call(&mut c, meta(&chunk_id(), &bytes, true), &bytes, vec![], 2)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let huge = ChunkMeta {
+        size: 1 << 40,
+        ..meta(&chunk_id(), &bytes, false)
+    };
+    let err = upload_one_call(&mut c, huge, &bytes, vec![], 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // A session id and a prepare on the same frame is ambiguous.
+    let mut f = frames("some-session", &bytes);
+    f[0].prepare = Some(PrepareChunkUploadRequest {
+        chunk: Some(meta(&chunk_id(), &bytes, true)),
+        targets: vec![],
+        write_quorum: 0,
+        session_id: String::new(),
+    });
+    let err = send_frames(&mut c, f).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    // A checksum mismatch keeps nothing anywhere.
+    let id = chunk_id();
+    let wrong = ChunkMeta {
+        checksum: 0xdead_beef,
+        ..meta(&id, &bytes, true)
+    };
+    let err = upload_one_call(&mut c, wrong, &bytes, targets.clone(), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    for n in &nodes {
+        let mut nc = n.client().await;
+        assert_eq!(
+            download(&mut nc, &id, 0, 0).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}

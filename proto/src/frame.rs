@@ -105,6 +105,7 @@ impl ChunkData {
             is_final,
             frame_checksum,
             session_id: String::new(),
+            prepare: None,
         }
     }
 

@@ -84,6 +84,20 @@ fn common_messages_roundtrip() {
         is_final: true,
         frame_checksum: 42,
         session_id: "s-1".into(),
+        prepare: None,
+    });
+    roundtrip(ChunkData {
+        data: Bytes::from_static(b"one-call upload"),
+        offset: 0,
+        is_final: true,
+        frame_checksum: 7,
+        session_id: String::new(),
+        prepare: Some(PrepareChunkUploadRequest {
+            chunk: Some(meta()),
+            targets: vec![],
+            write_quorum: 2,
+            session_id: String::new(),
+        }),
     });
     roundtrip(ChunkDataAck {
         offset: 262_144,

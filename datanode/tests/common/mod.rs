@@ -234,6 +234,25 @@ pub async fn upload(
     send_frames(c, frames(&p.session_id, data)).await
 }
 
+/// Uploads one chunk in a single call: the first frame carries the prepare
+/// request instead of a session id.
+pub async fn upload_one_call(
+    c: &mut DataNodeClient<Channel>,
+    chunk: ChunkMeta,
+    data: &[u8],
+    targets: Vec<NodeAddress>,
+    write_quorum: u32,
+) -> Result<ChunkReplicas, Status> {
+    let mut f = frames("", data);
+    f[0].prepare = Some(PrepareChunkUploadRequest {
+        chunk: Some(chunk),
+        targets,
+        write_quorum,
+        session_id: String::new(),
+    });
+    send_frames(c, f).await
+}
+
 pub async fn download(
     c: &mut DataNodeClient<Channel>,
     id: &str,
