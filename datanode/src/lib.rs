@@ -32,6 +32,7 @@ pub mod pipeline;
 pub mod read;
 pub mod scrub;
 pub mod service;
+pub mod small_link;
 pub mod staged;
 pub mod store;
 pub mod volume;
@@ -167,6 +168,8 @@ impl Datanode {
             store,
             metrics,
             peers: Peers::default(),
+            small_links: Default::default(),
+            stop: Arc::new(watch::channel(false).0),
             draining: Default::default(),
         });
         Ok(Datanode {
@@ -199,8 +202,8 @@ impl Datanode {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), DatanodeError> {
         let node = self.node;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stop_tx = Arc::new(stop_tx);
+        let stop_tx = node.stop.clone();
+        let stop_rx = stop_tx.subscribe();
         {
             let stop_tx = stop_tx.clone();
             tokio::spawn(async move {

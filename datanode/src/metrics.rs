@@ -53,7 +53,8 @@ pub struct Metrics {
     pub replication_seconds: HistogramVec,
     /// Checksum failures, by where they were found (frame, read, scrub).
     pub checksum_failures: IntCounterVec,
-    /// Sessions in progress, by kind (prepared, upload, replicate, download).
+    /// Sessions in progress, by kind (prepared, upload, replicate, download;
+    /// small_link: open incoming small-chunk streams).
     pub active_sessions: IntGaugeVec,
     /// Bytes verified by the scrubber.
     pub scrubbed_bytes: IntCounterVec,

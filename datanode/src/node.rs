@@ -32,6 +32,11 @@ pub struct Node {
     pub sessions: Sessions,
     /// Channels to other datanodes.
     pub peers: Peers,
+    /// Long-lived small-chunk streams to other datanodes.
+    pub small_links: crate::small_link::Links,
+    /// Set to true when the node starts shutting down: long-lived incoming
+    /// streams end so the server's graceful stop is not held up by them.
+    pub stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// Set when shutdown begins: heartbeats then report DRAINING, so the
     /// coordinator stops placing chunks here and lists this node's replicas
     /// last while in-flight streams finish.

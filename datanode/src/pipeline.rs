@@ -33,7 +33,7 @@ use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::metrics::{GaugeGuard, stream};
-use crate::node::{Node, Target, status};
+use crate::node::{Node, Target, UploadSession, status};
 use crate::store::{ChunkId, Store, StoreError, StoredChunk};
 
 /// Frames queued towards the local writer thread.
@@ -65,17 +65,18 @@ fn ack(offset: u64, frames: u64) -> UploadChunkResponse {
 
 /// Validates the frames of one chunk as they arrive: size limit, contiguous
 /// offsets, frame checksum, and at the end total size and whole checksum.
-struct FrameCheck {
+pub(crate) struct FrameCheck {
     size: u64,
     checksum: Option<u32>,
     max_frame: usize,
     offset: u64,
-    crc: u32,
+    /// CRC32C of the bytes accepted so far.
+    pub(crate) crc: u32,
     frames: u64,
 }
 
 impl FrameCheck {
-    fn new(size: u64, checksum: Option<u32>, max_frame: usize) -> Self {
+    pub(crate) fn new(size: u64, checksum: Option<u32>, max_frame: usize) -> Self {
         FrameCheck {
             size,
             checksum,
@@ -86,7 +87,7 @@ impl FrameCheck {
         }
     }
 
-    fn accept(&mut self, f: &ChunkData) -> Result<(), Status> {
+    pub(crate) fn accept(&mut self, f: &ChunkData) -> Result<(), Status> {
         let len = f.data.len() as u64;
         if f.data.len() > self.max_frame {
             return Err(Status::invalid_argument(format!(
@@ -138,7 +139,7 @@ impl FrameCheck {
 }
 
 /// Counts checksum failures when a status says DATA_LOSS.
-fn count_failure(node: &Node, st: &Status) {
+pub(crate) fn count_failure(node: &Node, st: &Status) {
     if st.code() == tonic::Code::DataLoss {
         node.metrics
             .checksum_failures
@@ -155,7 +156,7 @@ enum WriterMsg {
 /// The local copy of a chunk: a chunk file written by its own thread, or a
 /// small chunk collected in memory (at most `--small-chunk-max` bytes, the
 /// frames already received) and group-committed to a volume at the end.
-enum LocalWrite {
+pub(crate) enum LocalWrite {
     File(FileWrite),
     Small {
         store: Arc<Store>,
@@ -165,7 +166,7 @@ enum LocalWrite {
 }
 
 impl LocalWrite {
-    fn start(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
+    pub(crate) fn start(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
         if store.is_small(size) {
             LocalWrite::Small {
                 store,
@@ -177,7 +178,7 @@ impl LocalWrite {
         }
     }
 
-    async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), Status> {
         match self {
             LocalWrite::File(f) => f.write(data).await,
             // FrameCheck bounds the total by the announced (small) size.
@@ -188,7 +189,11 @@ impl LocalWrite {
         }
     }
 
-    async fn finish(self, size: u64, checksum: Option<u32>) -> Result<StoredChunk, Status> {
+    pub(crate) async fn finish(
+        self,
+        size: u64,
+        checksum: Option<u32>,
+    ) -> Result<StoredChunk, Status> {
         match self {
             LocalWrite::File(f) => f.finish(size, checksum).await,
             LocalWrite::Small { store, id, parts } => store
@@ -204,7 +209,7 @@ impl LocalWrite {
 /// A chunk file: a blocking writer thread fed through a bounded channel, so
 /// disk writes never block the async threads and never queue unboundedly.
 /// Dropping it before `finish` removes the temp file.
-struct FileWrite {
+pub(crate) struct FileWrite {
     tx: Option<mpsc::Sender<WriterMsg>>,
     join: Option<JoinHandle<Result<StoredChunk, StoreError>>>,
 }
@@ -444,6 +449,9 @@ pub async fn upload(
     let span = tracing::info_span!("upload", chunk_id = %chunk_id, session_id = %session_id);
 
     let result = async {
+        if first.is_final {
+            return upload_whole(&node, &session, &chunk_id, &session_id, first).await;
+        }
         let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
         let header = ReplicateChunkHeader {
@@ -507,44 +515,11 @@ pub async fn upload(
             local.finish(session.size, Some(checksum)),
             futures::future::join_all(forwards.iter_mut().map(|f| f.finish(&node, wait)))
         );
-        let stored = match local_result {
-            Ok(s) => s,
-            Err(st) => {
-                rollback(&node, &chunk_id, &forwards, false).await;
-                return Err(st);
-            }
-        };
-        let mut replicas = vec![node.node_id.clone()];
-        let mut failed = Vec::new();
-        for f in &forwards {
-            match &f.failure {
-                None => replicas.push(f.target.node_id.clone()),
-                Some(reason) => failed.push(ReplicaFailure {
-                    node_id: f.target.node_id.clone(),
-                    reason: reason.clone(),
-                }),
-            }
-        }
-        if replicas.len() < session.quorum {
-            rollback(&node, &chunk_id, &forwards, true).await;
-            let reasons: Vec<String> = failed
-                .iter()
-                .map(|f| format!("{}: {}", f.node_id, f.reason))
-                .collect();
-            return Err(Status::unavailable(format!(
-                "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
-                replicas.len(),
-                1 + forwards.len(),
-                session.quorum,
-                reasons.join("; ")
-            )));
-        }
-        tracing::debug!(replicas = ?replicas, "chunk stored");
-        Ok(ChunkReplicas {
-            replicas,
-            chunk: Some(chunk_meta(&chunk_id, stored)),
-            failed,
-        })
+        let outcomes = forwards
+            .iter()
+            .map(|f| (f.target.clone(), f.failure.clone()))
+            .collect();
+        conclude(&node, &chunk_id, local_result, outcomes, session.quorum).await
     }
     .instrument(span)
     .await;
@@ -559,17 +534,173 @@ pub async fn upload(
     result
 }
 
+/// Ends an upload once the local copy and every replica answered: the
+/// replicas that stored the chunk, or (below the write quorum, or when the
+/// local copy failed) an error after deleting the copies that were made.
+/// `outcomes` holds each target with its failure, if any.
+async fn conclude(
+    node: &Arc<Node>,
+    chunk_id: &ChunkId,
+    local: Result<StoredChunk, Status>,
+    outcomes: Vec<(Target, Option<String>)>,
+    quorum: usize,
+) -> Result<ChunkReplicas, Status> {
+    let stored_on: Vec<Target> = outcomes
+        .iter()
+        .filter(|(_, failure)| failure.is_none())
+        .map(|(t, _)| t.clone())
+        .collect();
+    let stored = match local {
+        Ok(s) => s,
+        Err(st) => {
+            rollback(node, chunk_id, &stored_on, false).await;
+            return Err(st);
+        }
+    };
+    let mut replicas = vec![node.node_id.clone()];
+    let mut failed = Vec::new();
+    for (target, failure) in &outcomes {
+        match failure {
+            None => replicas.push(target.node_id.clone()),
+            Some(reason) => failed.push(ReplicaFailure {
+                node_id: target.node_id.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+    if replicas.len() < quorum {
+        rollback(node, chunk_id, &stored_on, true).await;
+        let reasons: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{}: {}", f.node_id, f.reason))
+            .collect();
+        return Err(Status::unavailable(format!(
+            "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
+            replicas.len(),
+            1 + outcomes.len(),
+            quorum,
+            reasons.join("; ")
+        )));
+    }
+    tracing::debug!(replicas = ?replicas, "chunk stored");
+    Ok(ChunkReplicas {
+        replicas,
+        chunk: Some(chunk_meta(chunk_id, stored)),
+        failed,
+    })
+}
+
+/// A chunk whose first frame is its last (every small file): verified
+/// whole, then stored locally and sent to every replica at the same time.
+/// Chunks that fit a volume travel on the peer's small-chunk link.
+async fn upload_whole(
+    node: &Arc<Node>,
+    session: &UploadSession,
+    chunk_id: &ChunkId,
+    session_id: &str,
+    frame: ChunkData,
+) -> Result<ChunkReplicas, Status> {
+    let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
+    if let Err(st) = check.accept(&frame) {
+        count_failure(node, &st);
+        return Err(st);
+    }
+    node.metrics
+        .bytes_in
+        .with_label_values(&[stream::UPLOAD])
+        .inc_by(frame.data.len() as u64);
+    node.metrics
+        .frames_in
+        .with_label_values(&[stream::UPLOAD])
+        .inc();
+    let header = ReplicateChunkHeader {
+        session_id: session_id.to_string(),
+        chunk: Some(ChunkMeta {
+            chunk_id: chunk_id.to_string(),
+            checksum: check.crc,
+            size: session.size,
+            checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
+        }),
+        source_node_id: node.node_id.clone(),
+    };
+    let data = frame.data.clone();
+    let whole = ChunkData {
+        data: frame.data,
+        offset: 0,
+        is_final: true,
+        frame_checksum: frame.frame_checksum,
+        session_id: String::new(),
+        prepare: None,
+    };
+    let wait = node.config.replica_stall_timeout * 3;
+    let local = async {
+        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
+        local.write(data).await?;
+        local.finish(session.size, Some(check.crc)).await
+    };
+    let remotes = futures::future::join_all(session.targets.iter().map(|target| {
+        let header = header.clone();
+        let whole = whole.clone();
+        async move {
+            let failure = match tokio::time::timeout(wait, send_whole(node, target, header, whole)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(st)) => Some((st.message().to_string(), "error")),
+                Err(_) => Some((format!("no durable answer within {wait:?}"), "stall")),
+            };
+            let failure = failure.map(|(reason, kind)| {
+                tracing::warn!(target_node = %target.node_id, "dropping replica from upload: {reason}");
+                node.metrics
+                    .replicas_dropped
+                    .with_label_values(&[kind])
+                    .inc();
+                reason
+            });
+            (target.clone(), failure)
+        }
+    }));
+    let (local_result, outcomes) = tokio::join!(local, remotes);
+    conclude(node, chunk_id, local_result, outcomes, session.quorum).await
+}
+
+/// One whole chunk to one replica: over the small-chunk link when it fits a
+/// volume and the peer serves it, else a `ReplicateChunk` call.
+async fn send_whole(
+    node: &Arc<Node>,
+    target: &Target,
+    header: ReplicateChunkHeader,
+    frame: ChunkData,
+) -> Result<ChunkReplicas, Status> {
+    if node.store.is_small(frame.data.len() as u64) && node.small_links.supported(&target.address) {
+        match node
+            .small_links
+            .replicate(node, target, header.clone(), frame.clone())
+            .await
+        {
+            Err(st) if st.code() == tonic::Code::Unimplemented => {}
+            answer => return answer,
+        }
+    }
+    let stall = node.config.replica_stall_timeout;
+    let mut forward = Forward::start(node, target.clone(), header);
+    if forward.send(node, frame, stall).await && forward.finish(node, stall * 3).await {
+        return Ok(ChunkReplicas::default());
+    }
+    Err(Status::unavailable(
+        forward.failure.take().unwrap_or_default(),
+    ))
+}
+
 /// Removes the copies of a chunk whose upload did not reach its quorum: the
-/// local one and every replica that did store it.
-async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, forwards: &[Forward], local: bool) {
+/// local one and every replica in `stored_on`.
+async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, stored_on: &[Target], local: bool) {
     let store = node.store.clone();
     let id = chunk_id.clone();
     if local && let Err(e) = crate::node::blocking(move || store.delete(&id)).await {
         tracing::error!(chunk_id = %chunk_id, "failed to roll back local copy: {e:#}");
     }
-    let deletes = forwards.iter().filter(|f| f.live()).map(|f| {
+    let deletes = stored_on.iter().map(|target| {
         let node = node.clone();
-        let target = f.target.clone();
+        let target = target.clone();
         let chunk_id = chunk_id.to_string();
         async move {
             let result = async {

@@ -9,7 +9,8 @@ use dfs_proto::data_node_server::DataNode;
 use dfs_proto::{
     ChunkData, ChunkMeta, DeleteChunkRequest, DeleteChunkResponse, DownloadChunkStreamRequest,
     PrepareChunkDownloadRequest, PrepareChunkDownloadResponse, PrepareChunkUploadRequest,
-    PrepareChunkUploadResponse, ReplicateChunkRequest, UploadChunkResponse, upload_chunk_response,
+    PrepareChunkUploadResponse, ReplicateChunkRequest, SmallChunk, SmallChunkResult,
+    UploadChunkResponse, upload_chunk_response,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -255,6 +256,18 @@ impl DataNode for DataNodeService {
             };
             let _ = tx.send(last).await;
         });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReplicateSmallChunksStream = BoxStream<SmallChunkResult>;
+
+    async fn replicate_small_chunks(
+        &self,
+        request: Request<Streaming<SmallChunk>>,
+    ) -> Result<Response<Self::ReplicateSmallChunksStream>, Status> {
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(crate::small_link::RESPONSE_QUEUE);
+        tokio::spawn(crate::small_link::receive(self.node.clone(), requests, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

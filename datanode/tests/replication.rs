@@ -234,12 +234,100 @@ impl dfs_proto::data_node_server::DataNode for StalledReplica {
         });
         Ok(tonic::Response::new(Box::pin(out)))
     }
+    type ReplicateSmallChunksStream = Boxed<SmallChunkResult>;
+    async fn replicate_small_chunks(
+        &self,
+        request: tonic::Request<tonic::Streaming<SmallChunk>>,
+    ) -> Result<tonic::Response<Self::ReplicateSmallChunksStream>, tonic::Status> {
+        // Reads the chunks and never answers.
+        let mut inbound = request.into_inner();
+        let out = futures::stream::unfold((), move |()| async move {
+            std::future::pending::<()>().await;
+            Some((Ok(SmallChunkResult::default()), ()))
+        });
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
     async fn delete_chunk(
         &self,
         _: tonic::Request<DeleteChunkRequest>,
     ) -> Result<tonic::Response<DeleteChunkResponse>, tonic::Status> {
         Ok(tonic::Response::new(DeleteChunkResponse { deleted: false }))
     }
+}
+
+/// A datanode of an older release: forwards ReplicateChunk to a real node
+/// and does not know ReplicateSmallChunks.
+struct OldReplica {
+    real: String,
+    small_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl dfs_proto::data_node_server::DataNode for OldReplica {
+    async fn prepare_chunk_upload(
+        &self,
+        _: tonic::Request<PrepareChunkUploadRequest>,
+    ) -> Result<tonic::Response<PrepareChunkUploadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("old"))
+    }
+    type UploadChunkStreamStream = Boxed<UploadChunkResponse>;
+    async fn upload_chunk_stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<ChunkData>>,
+    ) -> Result<tonic::Response<Self::UploadChunkStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("old"))
+    }
+    async fn prepare_chunk_download(
+        &self,
+        _: tonic::Request<PrepareChunkDownloadRequest>,
+    ) -> Result<tonic::Response<PrepareChunkDownloadResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("old"))
+    }
+    type DownloadChunkStreamStream = Boxed<ChunkData>;
+    async fn download_chunk_stream(
+        &self,
+        _: tonic::Request<DownloadChunkStreamRequest>,
+    ) -> Result<tonic::Response<Self::DownloadChunkStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("old"))
+    }
+    type ReplicateChunkStream = Boxed<UploadChunkResponse>;
+    async fn replicate_chunk(
+        &self,
+        request: tonic::Request<tonic::Streaming<ReplicateChunkRequest>>,
+    ) -> Result<tonic::Response<Self::ReplicateChunkStream>, tonic::Status> {
+        let inbound = request.into_inner();
+        let forwarded = tokio_stream::StreamExt::filter_map(inbound, |m| m.ok());
+        let answers = client(&self.real).await.replicate_chunk(forwarded).await?;
+        Ok(tonic::Response::new(Box::pin(answers.into_inner())))
+    }
+    type ReplicateSmallChunksStream = Boxed<SmallChunkResult>;
+    async fn replicate_small_chunks(
+        &self,
+        _: tonic::Request<tonic::Streaming<SmallChunk>>,
+    ) -> Result<tonic::Response<Self::ReplicateSmallChunksStream>, tonic::Status> {
+        self.small_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(tonic::Status::unimplemented("unknown method"))
+    }
+    async fn delete_chunk(
+        &self,
+        _: tonic::Request<DeleteChunkRequest>,
+    ) -> Result<tonic::Response<DeleteChunkResponse>, tonic::Status> {
+        Ok(tonic::Response::new(DeleteChunkResponse { deleted: false }))
+    }
+}
+
+/// Serves `service` on a free port of 127.0.0.1; returns its address.
+async fn serve_fake(service: impl dfs_proto::data_node_server::DataNode) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(dfs_proto::data_node_server::DataNodeServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    address
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,4 +427,224 @@ async fn small_chunks_are_group_committed_to_volumes_on_every_replica() {
     for n in nodes {
         n.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunks_share_one_long_lived_stream_per_peer() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(TestNode::start(d.path(), |_| {}).await);
+    }
+    let targets = vec![nodes[1].target(), nodes[2].target()];
+    let mut ids = Vec::new();
+    for round in 0..3u64 {
+        let mut uploads = Vec::new();
+        for i in 0..8u64 {
+            let mut c = nodes[0].client().await;
+            let targets = targets.clone();
+            uploads.push(tokio::spawn(async move {
+                let id = chunk_id();
+                let bytes = data(1000 + i as usize, round * 100 + i);
+                let r = upload(&mut c, &id, &bytes, targets, 0).await.unwrap();
+                assert_eq!(r.replicas.len(), 3, "{r:?}");
+                (id, bytes)
+            }));
+        }
+        for u in uploads {
+            ids.push(u.await.unwrap());
+        }
+    }
+    for n in &nodes[1..] {
+        // Every chunk arrived, on one stream that stays open for the next.
+        assert_eq!(
+            n.counter("dfs_datanode_active_sessions", "small_link"),
+            1,
+            "one open small-chunk stream into {}",
+            n.node_id
+        );
+        assert_eq!(
+            n.histogram_count("dfs_datanode_replication_duration_seconds", "receive"),
+            24
+        );
+        let mut c = n.client().await;
+        for (id, bytes) in &ids {
+            assert!(download(&mut c, id, 0, 0).await.unwrap() == *bytes);
+        }
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_small_chunks_get_their_own_error_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let good = data(4096, 1);
+    let header = |id: &str, bytes: &[u8]| ReplicateChunkHeader {
+        session_id: "s".into(),
+        chunk: Some(meta(id, bytes, true)),
+        source_node_id: "a".repeat(32),
+    };
+    let whole = |bytes: &[u8]| ChunkData::frame(bytes::Bytes::copy_from_slice(bytes), 0, true);
+    let ok_id = chunk_id();
+    let bad_crc_id = chunk_id();
+    let mut corrupted = whole(&good);
+    corrupted.frame_checksum ^= 1;
+    let mut partial = whole(&good[..100]);
+    partial.is_final = false;
+    let messages = vec![
+        SmallChunk {
+            seq: 1,
+            header: None,
+            data: Some(whole(&good)),
+        },
+        SmallChunk {
+            seq: 2,
+            header: Some(header("../x", &good)),
+            data: Some(whole(&good)),
+        },
+        SmallChunk {
+            seq: 3,
+            header: Some(header(&bad_crc_id, &good)),
+            data: Some(corrupted),
+        },
+        SmallChunk {
+            seq: 4,
+            header: Some(header(&chunk_id(), &good)),
+            data: Some(partial),
+        },
+        SmallChunk {
+            seq: 5,
+            header: Some(header(&chunk_id(), &good)),
+            data: None,
+        },
+        SmallChunk {
+            seq: 6,
+            header: Some(header(&ok_id, &good)),
+            data: Some(whole(&good)),
+        },
+    ];
+    let mut answers = c
+        .replicate_small_chunks(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        codes.insert(a.seq, (Code::from_i32(a.code), a.replicas.is_some()));
+    }
+    assert_eq!(codes[&1], (Code::InvalidArgument, false));
+    assert_eq!(codes[&2], (Code::InvalidArgument, false));
+    assert_eq!(codes[&3], (Code::DataLoss, false));
+    assert_eq!(codes[&4], (Code::InvalidArgument, false));
+    assert_eq!(codes[&5], (Code::InvalidArgument, false));
+    assert_eq!(codes[&6], (Code::Ok, true));
+    assert_eq!(download(&mut c, &ok_id, 0, 0).await.unwrap(), good);
+    assert_eq!(
+        download(&mut c, &bad_crc_id, 0, 0)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(node.counter("dfs_datanode_chunks_stored", ""), 1);
+    assert_eq!(
+        node.counter("dfs_datanode_checksum_failures_total", "frame"),
+        1
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    let real = TestNode::start(dirs[1].path(), |_| {}).await;
+    let small_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let old = serve_fake(OldReplica {
+        real: real.address.clone(),
+        small_calls: small_calls.clone(),
+    })
+    .await;
+    let target = NodeAddress {
+        node_id: real.node_id.clone(),
+        address: old,
+    };
+    let mut c = primary.client().await;
+    for i in 0..3u64 {
+        let id = chunk_id();
+        let bytes = data(4096, i);
+        let r = upload(&mut c, &id, &bytes, vec![target.clone()], 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.replicas,
+            vec![primary.node_id.clone(), real.node_id.clone()]
+        );
+        let mut rc = real.client().await;
+        assert_eq!(download(&mut rc, &id, 0, 0).await.unwrap(), bytes);
+    }
+    // Asked once; remembered as unsupported after that.
+    assert_eq!(small_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    primary.stop().await;
+    real.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_answers_a_small_chunk_is_dropped() {
+    let stalled = NodeAddress {
+        node_id: "e".repeat(32),
+        address: serve_fake(StalledReplica).await,
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_millis(200);
+    })
+    .await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let bytes = data(4096, 6);
+    let r = upload(
+        &mut c,
+        &chunk_id(),
+        &bytes,
+        vec![stalled.clone(), r1.target()],
+        2,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert!(
+        r.failed[0].reason.contains("no durable answer"),
+        "{:?}",
+        r.failed
+    );
+    assert_eq!(
+        primary.counter("dfs_datanode_replicas_dropped_total", "stall"),
+        1
+    );
+    // Below the quorum nothing is kept, here or on the replica that stored it.
+    let id = chunk_id();
+    let err = upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 3)
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("quorum"), "{err:?}");
+    let mut rc = r1.client().await;
+    // The rollback runs before the upload answers.
+    assert_eq!(
+        download(&mut rc, &id, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        download(&mut c, &id, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    primary.stop().await;
+    r1.stop().await;
 }

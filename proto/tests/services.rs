@@ -108,6 +108,15 @@ impl DataNode for EchoDataNode {
         Err(Status::unimplemented("not in this test"))
     }
 
+    type ReplicateSmallChunksStream = BoxStream<SmallChunkResult>;
+
+    async fn replicate_small_chunks(
+        &self,
+        _: Request<Streaming<SmallChunk>>,
+    ) -> Result<Response<Self::ReplicateSmallChunksStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
     async fn delete_chunk(
         &self,
         _: Request<DeleteChunkRequest>,
