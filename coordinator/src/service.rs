@@ -89,6 +89,11 @@ impl Ctx {
         Ok(self.committer.propose(cmd).await?)
     }
 
+    /// See [`Committer::propose_applied`].
+    async fn propose_applied(&self, cmd: Command) -> Result<Outcome, Status> {
+        Ok(self.committer.propose_applied(cmd).await?)
+    }
+
     /// Delivers queued commands to nodes with an open stream.
     pub fn flush_outboxes(&self) {
         let streams = self.streams.lock().expect("streams lock poisoned").clone();
@@ -508,8 +513,10 @@ impl CoordinatorService {
             }
         }
         let expires_at_ms = now + cfg.upload_ttl.as_millis() as u64;
+        // Answered once applied: a plan lost in a crash fails only its
+        // ConfirmUpload (NOT_FOUND), and its chunks become orphans.
         self.ctx
-            .propose(Command::BeginUpload(Upload {
+            .propose_applied(Command::BeginUpload(Upload {
                 upload_id: upload_id.clone(),
                 path: path.to_string(),
                 size: req.size,

@@ -288,7 +288,19 @@ pub enum ProposeError {
 
 struct Proposal {
     cmd: Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    /// Taken when the answer is sent: after the log write, or right after
+    /// the apply for a proposal that does not wait for durability.
+    reply: Option<oneshot::Sender<Result<Outcome, ProposeError>>>,
+    /// Whether the answer waits for the log write.
+    durable: bool,
+}
+
+impl Proposal {
+    fn answer(&mut self, r: Result<Outcome, ProposeError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(r);
+        }
+    }
 }
 
 /// Hook run under the state lock after each accepted command (keeps soft
@@ -339,8 +351,8 @@ impl Committer {
                     }
                 }
                 if failed {
-                    for p in batch {
-                        let _ = p.reply.send(Err(StoreError::Unavailable.into()));
+                    for mut p in batch {
+                        p.answer(Err(StoreError::Unavailable.into()));
                     }
                     continue;
                 }
@@ -348,13 +360,16 @@ impl Committer {
                 let mut encoded = Vec::new();
                 {
                     let mut st = state.lock().expect("state lock poisoned");
-                    for p in &batch {
+                    for p in &mut batch {
                         let r = hook.namespace(&mut st).apply(&p.cmd);
                         if let Ok(outcome) = &r {
                             encoded.push(
                                 serde_json::to_vec(&p.cmd).expect("commands always serialise"),
                             );
                             hook.applied(&mut st, &p.cmd, outcome);
+                        }
+                        if !p.durable {
+                            p.answer(r.clone().map_err(ProposeError::from));
                         }
                         results.push(r);
                     }
@@ -377,13 +392,13 @@ impl Committer {
                     // everything from here on; a restart reloads the truth.
                     tracing::error!("{e:#}; refusing further metadata changes");
                     failed = true;
-                    for p in batch {
-                        let _ = p.reply.send(Err(StoreError::Unavailable.into()));
+                    for mut p in batch {
+                        p.answer(Err(StoreError::Unavailable.into()));
                     }
                     continue;
                 }
-                for (p, r) in batch.into_iter().zip(results) {
-                    let _ = p.reply.send(r.map_err(ProposeError::from));
+                for (mut p, r) in batch.into_iter().zip(results) {
+                    p.answer(r.map_err(ProposeError::from));
                 }
                 if let Ok((last, encoded)) = snap_rx.try_recv() {
                     snapshot_pending = false;
@@ -417,9 +432,26 @@ impl Committer {
 
     /// Proposes a command; resolves once it is applied and durable.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        self.send(cmd, true).await
+    }
+
+    /// Proposes a command whose loss in a crash harms nothing (an upload
+    /// plan: its confirmation is durable, and chunks of a plan the log lost
+    /// are orphans the datanodes' reports bring back for deletion). Resolves
+    /// once it is applied; it is logged with its batch, in order, so any
+    /// later durable command that depends on it is durable only with it.
+    pub async fn propose_applied(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        self.send(cmd, false).await
+    }
+
+    async fn send(&self, cmd: Command, durable: bool) -> Result<Outcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Proposal { cmd, reply })
+            .send(Proposal {
+                cmd,
+                reply: Some(reply),
+                durable,
+            })
             .map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
     }
@@ -519,6 +551,36 @@ mod tests {
             rows < 100,
             "{rows} log rows: snapshots did not truncate the log"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proposals_answered_once_applied_are_logged_in_order_and_rejections_still_reach_the_caller()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, ns) = Store::open(dir.path()).unwrap();
+        let state = Arc::new(Mutex::new(ns));
+        let (committer, handle) =
+            Committer::start(store, state.clone(), NsOnly, crate::metrics::Metrics::new());
+        let mkdir = |path: &str| Command::Mkdir {
+            path: path.into(),
+            parents: false,
+            now_ms: 1,
+        };
+        // Applied (visible) when the answer comes, before any durable wait.
+        committer.propose_applied(mkdir("/a")).await.unwrap();
+        assert_eq!(state.lock().unwrap().dir_count(), 2);
+        // The parent is missing: the state machine's refusal is the answer.
+        assert!(matches!(
+            committer.propose_applied(mkdir("/x/y")).await,
+            Err(ProposeError::Rejected(_))
+        ));
+        // A durable command after it depends on it; both are on disk once
+        // the durable one is answered.
+        committer.propose(mkdir("/a/b")).await.unwrap();
+        drop(committer);
+        handle.await.unwrap();
+        let (_, ns) = Store::open(dir.path()).unwrap();
+        assert_eq!(ns.dir_count(), 3, "/, /a and /a/b replayed in order");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
