@@ -135,6 +135,18 @@ impl Index {
     }
 }
 
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 fn volume_name(seq: u32) -> String {
     format!("{seq:08x}.vol")
 }
@@ -212,10 +224,11 @@ fn parse_at(data: &[u8], at: usize) -> Option<Record> {
     })
 }
 
-/// Every valid record of a volume's bytes, in order, and the length of the
-/// valid prefix of a torn tail (`None` when the whole file parses). Damage in
-/// the middle is skipped up to the next valid header.
-fn parse_volume(data: &[u8], name: &str) -> (Vec<Record>, Option<usize>) {
+/// Every valid record of a volume's bytes, in order; the length of the
+/// valid prefix of a torn tail (`None` when the whole file parses); and where
+/// the records end. Zeros after the last record are preallocated space, not
+/// damage. Damage in the middle is skipped up to the next valid header.
+fn parse_volume(data: &[u8], name: &str) -> (Vec<Record>, Option<usize>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < data.len() {
@@ -223,6 +236,9 @@ fn parse_volume(data: &[u8], name: &str) -> (Vec<Record>, Option<usize>) {
             at += r.len() as usize;
             out.push(r);
             continue;
+        }
+        if data[at..].iter().all(|&b| b == 0) {
+            return (out, None, at);
         }
         let next = (at + 1..data.len().saturating_sub(RECORD_OVERHEAD - 1))
             .find(|&i| data[i..].starts_with(MAGIC) && parse_at(data, i).is_some());
@@ -236,10 +252,10 @@ fn parse_volume(data: &[u8], name: &str) -> (Vec<Record>, Option<usize>) {
                 );
                 at = n;
             }
-            None => return (out, Some(at)),
+            None => return (out, Some(at), at),
         }
     }
-    (out, None)
+    (out, None, at)
 }
 
 /// What replaying the volumes found.
@@ -288,8 +304,8 @@ fn replay(dir: &Path, repair: bool) -> Result<(Replayed, Vec<(u32, File)>), Stor
             .map_err(io_err("open", &path))?;
         let data = fs::read(&path).map_err(io_err("read", &path))?;
         let name = volume_name(seq);
-        let (mut records, torn) = parse_volume(&data, &name);
-        let mut size = data.len() as u64;
+        let (mut records, torn, end) = parse_volume(&data, &name);
+        let mut size = end as u64;
         // In the active volume, a last put whose data is incomplete or
         // damaged was never acknowledged (the batch's fdatasync did not
         // return): it is torn like a partial header.
@@ -442,6 +458,7 @@ impl Volumes {
     pub fn open(
         dir: &Path,
         volume_bytes: u64,
+        prealloc_bytes: u64,
         state: Arc<Mutex<State>>,
         metrics: Metrics,
         on_change: OnChange,
@@ -458,9 +475,11 @@ impl Volumes {
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             volume_bytes: volume_bytes.max(1),
+            prealloc_bytes,
             seq: 0,
             file: None,
             len: 0,
+            allocated: 0,
             files: files.clone(),
             state,
             metrics,
@@ -470,6 +489,7 @@ impl Volumes {
         match active {
             Some((seq, file)) => {
                 writer.len = replayed.index.volumes.get(&seq).map_or(0, |v| v.size);
+                writer.allocated = file.metadata().map_or(writer.len, |m| m.len());
                 writer.seq = seq;
                 writer.file = Some(file);
             }
@@ -566,9 +586,18 @@ impl Drop for Volumes {
 struct Writer {
     dir: PathBuf,
     volume_bytes: u64,
+    /// Zeros written ahead of the records, this many bytes at a time (0:
+    /// none). Overwriting allocated, written blocks keeps the file's size
+    /// and block map unchanged, so a batch's fdatasync flushes only the
+    /// data: on ext4 a growing file's fdatasync also writes the inode and
+    /// the allocation metadata, which took twice the time and kernel CPU.
+    prealloc_bytes: u64,
     seq: u32,
     file: Option<Arc<File>>,
+    /// End of the records in the active volume.
     len: u64,
+    /// Length of the active volume's file (records, then zeros).
+    allocated: u64,
     files: Arc<RwLock<HashMap<u32, Arc<File>>>>,
     state: Arc<Mutex<State>>,
     metrics: Metrics,
@@ -641,6 +670,7 @@ impl Writer {
         self.seq = seq;
         self.file = Some(file);
         self.len = 0;
+        self.allocated = 0;
         Ok(())
     }
 
@@ -653,14 +683,24 @@ impl Writer {
         let file = self.file.as_ref().expect("active volume");
         let at = self.len;
         let path = self.dir.join(volume_name(self.seq));
-        let written = file
-            .write_all_at(&self.buf, at)
-            .and_then(|()| file.sync_data());
+        let end = at + self.buf.len() as u64;
+        // Past the zeros written ahead: write the next stretch of zeros with
+        // this batch, under the same fdatasync.
+        let grow_to = (self.prealloc_bytes > 0 && end > self.allocated)
+            .then(|| end.div_ceil(self.prealloc_bytes) * self.prealloc_bytes);
+        let written = file.write_all_at(&self.buf, at).and_then(|()| {
+            if let Some(to) = grow_to {
+                write_zeros(file, end, to)?;
+            }
+            file.sync_data()
+        });
         if let Err(e) = written {
             let _ = file.set_len(at);
+            self.allocated = at;
             return Err(io_err("append to", &path)(e));
         }
-        self.len += self.buf.len() as u64;
+        self.len = end;
+        self.allocated = self.allocated.max(grow_to.unwrap_or(end));
         let mut st = self.state.lock().expect("store lock");
         st.index.volumes.entry(self.seq).or_default().size = self.len;
         Ok(at)
@@ -772,7 +812,7 @@ impl Writer {
         };
         let path = self.dir.join(volume_name(victim));
         let data = fs::read(&path).map_err(io_err("read", &path))?;
-        let (records, _) = parse_volume(&data, &volume_name(victim));
+        let (records, _, _) = parse_volume(&data, &volume_name(victim));
         let mut moved = 0u64;
         let mut pending: Vec<(ChunkId, SmallLoc, u64)> = Vec::new();
         self.buf.clear();
@@ -888,7 +928,8 @@ mod tests {
         v.extend(record(KIND_DELETE, 1, b""));
         let third = v.len();
         v.extend(record(KIND_PUT, 2, b"world"));
-        let (rs, torn) = parse_volume(&v, "t");
+        let (rs, torn, end) = parse_volume(&v, "t");
+        assert_eq!(end, v.len());
         assert_eq!(torn, None);
         assert_eq!(rs.len(), 3);
         assert_eq!((rs[0].kind, rs[0].size, rs[0].intact), (KIND_PUT, 5, true));
@@ -898,7 +939,7 @@ mod tests {
         // A flipped header byte: that record is skipped, the next survives.
         let mut bad = v.clone();
         bad[third - 10] ^= 0xff; // inside the delete record's id
-        let (rs, torn) = parse_volume(&bad, "t");
+        let (rs, torn, _) = parse_volume(&bad, "t");
         assert_eq!(torn, None);
         assert_eq!(rs.len(), 2);
         assert_eq!(rs[1].id, id(2));
@@ -906,13 +947,40 @@ mod tests {
         // A flipped data byte: the header still parses, the data does not.
         let mut bad = v.clone();
         bad[RECORD_OVERHEAD + 1] ^= 1;
-        let (rs, _) = parse_volume(&bad, "t");
+        let (rs, _, _) = parse_volume(&bad, "t");
         assert!(!rs[0].intact);
 
         // A torn tail is reported where the valid prefix ends.
-        let (rs, torn) = parse_volume(&v[..v.len() - 3], "t");
+        let (rs, torn, _) = parse_volume(&v[..v.len() - 3], "t");
         assert_eq!(rs.len(), 2);
         assert_eq!(torn, Some(third));
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_preallocated_space_not_damage() {
+        // The last chunk's own bytes end in zeros: still whole.
+        let mut v = record(KIND_PUT, 1, b"hello");
+        let second = v.len();
+        v.extend(record(KIND_PUT, 2, &[7, 0, 0, 0]));
+        let records_end = v.len();
+        v.resize(records_end + 4096, 0);
+        let (rs, torn, end) = parse_volume(&v, "t");
+        assert_eq!((rs.len(), torn, end), (2, None, records_end));
+        assert!(rs[1].intact);
+        // A header torn inside the zeros is torn, not preallocation.
+        v[records_end + 3] = 0x55;
+        let (rs, torn, end) = parse_volume(&v, "t");
+        assert_eq!((rs.len(), torn, end), (2, Some(records_end), records_end));
+        // A record whose data did not make it (zeros where it should be)
+        // fails its CRC and ends the records: replay treats it as torn.
+        let mut w = v[..second].to_vec();
+        let whole = record(KIND_PUT, 2, b"world");
+        w.extend_from_slice(&whole[..RECORD_OVERHEAD]);
+        w.resize(w.len() + 4096, 0);
+        let (rs, torn, end) = parse_volume(&w, "t");
+        assert_eq!((rs.len(), torn), (2, None));
+        assert!(!rs[1].intact);
+        assert_eq!(end, second + whole.len());
     }
 
     #[test]
