@@ -161,10 +161,12 @@ impl Store {
         ))
     }
 
-    /// Appends JSON-encoded commands in one durable transaction, as one log
-    /// row keyed by the index of its first command (a JSON array): one
-    /// B-tree insert per group commit instead of one per command.
-    pub fn append(&mut self, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+    /// Appends JSON-encoded commands in one transaction, as one log row
+    /// keyed by the index of its first command (a JSON array): one B-tree
+    /// insert per group commit instead of one per command. Without
+    /// `durable` the transaction is not flushed (no fsync): it becomes
+    /// durable with the next durable one, which redb writes after it.
+    pub fn append(&mut self, entries: &[Vec<u8>], durable: bool) -> Result<(), StoreError> {
         let mut row = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
         row.push(b'[');
         for (i, e) in entries.iter().enumerate() {
@@ -174,10 +176,14 @@ impl Store {
             row.extend_from_slice(e);
         }
         row.push(b']');
-        let txn = self
+        let mut txn = self
             .db
             .begin_write()
             .map_err(|e| db_err("begin")(e.into()))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| db_err("begin")(e.into()))?;
+        }
         {
             let mut log = txn
                 .open_table(LOG)
@@ -189,6 +195,15 @@ impl Store {
         self.next_index += entries.len() as u64;
         self.since_snapshot += entries.len() as u64;
         Ok(())
+    }
+
+    /// Makes every commit so far durable (an empty durable transaction).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| db_err("begin")(e.into()))?;
+        txn.commit().map_err(|e| db_err("commit")(e.into()))
     }
 
     /// True when a snapshot is due.
@@ -342,6 +357,7 @@ impl Committer {
             let (snap_tx, snap_rx) =
                 std::sync::mpsc::channel::<(u64, Result<Vec<u8>, StoreError>)>();
             let mut snapshot_pending = false;
+            let mut unsynced = false;
             while let Some(first) = rx.blocking_recv() {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -374,12 +390,18 @@ impl Committer {
                         results.push(r);
                     }
                 }
+                // A batch of plans only (nobody waits for its durability) is
+                // written without an fsync; the next durable batch flushes it.
+                let durable = batch.iter().any(|p| p.durable);
                 let started = std::time::Instant::now();
                 let appended = if encoded.is_empty() {
                     Ok(())
                 } else {
-                    store.append(&encoded)
+                    store.append(&encoded, durable)
                 };
+                if !encoded.is_empty() {
+                    unsynced = !durable;
+                }
                 if !encoded.is_empty() {
                     metrics.commits.inc();
                     metrics.commit_batch.observe(encoded.len() as f64);
@@ -425,6 +447,13 @@ impl Committer {
                         snapshot_pending = false;
                     }
                 }
+            }
+            // A graceful stop keeps the last batches of plans too.
+            if unsynced
+                && !failed
+                && let Err(e) = store.sync()
+            {
+                tracing::error!("{e:#}");
             }
         });
         (Committer { tx }, handle)
@@ -503,7 +532,10 @@ mod tests {
         let log = |store: &mut Store, ns: &mut Namespace, i: u32| {
             ns.apply(&mkdir(i)).unwrap();
             store
-                .append(&[serde_json::to_vec(&mkdir(i)).unwrap()])
+                .append(
+                    &[serde_json::to_vec(&mkdir(i)).unwrap()],
+                    i.is_multiple_of(2),
+                )
                 .unwrap();
         };
         for i in 0..3 {
@@ -577,10 +609,37 @@ mod tests {
         // A durable command after it depends on it; both are on disk once
         // the durable one is answered.
         committer.propose(mkdir("/a/b")).await.unwrap();
+        // The last batch holds plans only: a graceful stop still keeps it.
+        committer.propose_applied(mkdir("/c")).await.unwrap();
         drop(committer);
         handle.await.unwrap();
         let (_, ns) = Store::open(dir.path()).unwrap();
-        assert_eq!(ns.dir_count(), 3, "/, /a and /a/b replayed in order");
+        assert_eq!(ns.dir_count(), 4, "/, /a, /a/b and /c replayed in order");
+    }
+
+    #[test]
+    fn a_non_durable_append_is_flushed_by_the_next_durable_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mkdir = |p: &str| Command::Mkdir {
+            path: p.into(),
+            parents: false,
+            now_ms: 1,
+        };
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store
+            .append(&[serde_json::to_vec(&mkdir("/x")).unwrap()], false)
+            .unwrap();
+        store
+            .append(&[serde_json::to_vec(&mkdir("/x/y")).unwrap()], true)
+            .unwrap();
+        store
+            .append(&[serde_json::to_vec(&mkdir("/z")).unwrap()], false)
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let (store, ns) = Store::open(dir.path()).unwrap();
+        assert_eq!(ns.dir_count(), 4);
+        assert_eq!(store.last_index(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

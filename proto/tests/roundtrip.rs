@@ -144,6 +144,21 @@ fn datanode_messages_roundtrip() {
             },
         )),
     });
+    roundtrip(SmallChunk {
+        seq: 7,
+        header: Some(ReplicateChunkHeader {
+            session_id: "s".into(),
+            chunk: Some(meta()),
+            source_node_id: "n1".into(),
+        }),
+        data: Some(ChunkData::frame(Bytes::from_static(b"small"), 0, true)),
+    });
+    roundtrip(SmallChunkResult {
+        seq: 7,
+        replicas: None,
+        code: 15,
+        message: "data loss".into(),
+    });
     roundtrip(PrepareChunkDownloadRequest {
         chunk_id: meta().chunk_id,
     });
