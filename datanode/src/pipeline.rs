@@ -138,8 +138,28 @@ impl FrameCheck {
     }
 }
 
+/// Verifies one received frame (see [`FrameCheck`]) and counts it: bytes
+/// and frames in by stream kind, or a checksum failure.
+pub(crate) fn receive_frame(
+    node: &Node,
+    check: &mut FrameCheck,
+    frame: &ChunkData,
+    kind: &str,
+) -> Result<(), Status> {
+    if let Err(st) = check.accept(frame) {
+        count_failure(node, &st);
+        return Err(st);
+    }
+    node.metrics
+        .bytes_in
+        .with_label_values(&[kind])
+        .inc_by(frame.data.len() as u64);
+    node.metrics.frames_in.with_label_values(&[kind]).inc();
+    Ok(())
+}
+
 /// Counts checksum failures when a status says DATA_LOSS.
-pub(crate) fn count_failure(node: &Node, st: &Status) {
+fn count_failure(node: &Node, st: &Status) {
     if st.code() == tonic::Code::DataLoss {
         node.metrics
             .checksum_failures
@@ -472,19 +492,7 @@ pub async fn upload(
         let stall = node.config.replica_stall_timeout;
         let mut frame = first;
         loop {
-            if let Err(st) = check.accept(&frame) {
-                count_failure(&node, &st);
-                return Err(st);
-            }
-            let len = frame.data.len() as u64;
-            node.metrics
-                .bytes_in
-                .with_label_values(&[stream::UPLOAD])
-                .inc_by(len);
-            node.metrics
-                .frames_in
-                .with_label_values(&[stream::UPLOAD])
-                .inc();
+            receive_frame(&node, &mut check, &frame, stream::UPLOAD)?;
             let is_final = frame.is_final;
             local.write(frame.data.clone()).await?;
             for f in forwards.iter_mut().filter(|f| f.live()) {
@@ -601,18 +609,7 @@ async fn upload_whole(
     frame: ChunkData,
 ) -> Result<ChunkReplicas, Status> {
     let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
-    if let Err(st) = check.accept(&frame) {
-        count_failure(node, &st);
-        return Err(st);
-    }
-    node.metrics
-        .bytes_in
-        .with_label_values(&[stream::UPLOAD])
-        .inc_by(frame.data.len() as u64);
-    node.metrics
-        .frames_in
-        .with_label_values(&[stream::UPLOAD])
-        .inc();
+    receive_frame(node, &mut check, &frame, stream::UPLOAD)?;
     let header = ReplicateChunkHeader {
         session_id: session_id.to_string(),
         chunk: Some(ChunkMeta {
@@ -776,18 +773,7 @@ pub async fn replicate(
                     )));
                 }
             };
-            if let Err(st) = check.accept(&frame) {
-                count_failure(&node, &st);
-                return Err(st);
-            }
-            node.metrics
-                .bytes_in
-                .with_label_values(&[stream::REPLICATE])
-                .inc_by(frame.data.len() as u64);
-            node.metrics
-                .frames_in
-                .with_label_values(&[stream::REPLICATE])
-                .inc();
+            receive_frame(&node, &mut check, &frame, stream::REPLICATE)?;
             local.write(frame.data).await?;
             if frame.is_final {
                 break;

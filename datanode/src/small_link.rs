@@ -30,7 +30,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, Target, status};
-use crate::pipeline::{FrameCheck, LocalWrite, chunk_meta, count_failure};
+use crate::pipeline::{FrameCheck, LocalWrite, chunk_meta, receive_frame};
 
 /// Chunks queued towards one peer before senders wait.
 const LINK_QUEUE: usize = 64;
@@ -298,21 +298,10 @@ async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, Sta
             .with_label_values(&["replicate"]),
     );
     let started = Instant::now();
-    let result = async {
+    let result: Result<ChunkReplicas, Status> = async {
         let reservation = node.store.reserve(size).map_err(status)?;
         let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
-        if let Err(st) = check.accept(&frame) {
-            count_failure(node, &st);
-            return Err(st);
-        }
-        node.metrics
-            .bytes_in
-            .with_label_values(&[stream::REPLICATE])
-            .inc_by(frame.data.len() as u64);
-        node.metrics
-            .frames_in
-            .with_label_values(&[stream::REPLICATE])
-            .inc();
+        receive_frame(node, &mut check, &frame, stream::REPLICATE)?;
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         local.write(frame.data).await?;
         let stored = local.finish(size, Some(check.crc)).await?;
