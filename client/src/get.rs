@@ -43,7 +43,10 @@ impl<W: AsyncWrite + Unpin> Sink<'_, W> {
 impl Client {
     /// Downloads `remote` into the local file `local`. The bytes land in a
     /// temporary file beside it that is renamed into place only once every
-    /// chunk is verified, so `local` is never left half-written.
+    /// chunk is verified, so `local` is never left half-written. A `local`
+    /// that exists and is not a regular file (a device such as `/dev/null`,
+    /// a FIFO) is written to in order instead, never replaced; a directory
+    /// is refused.
     pub async fn get_file(&self, remote: &str, local: &Path) -> Result<FileInfo, ClientError> {
         self.get_file_with_progress(remote, local, None).await
     }
@@ -55,12 +58,31 @@ impl Client {
         local: &Path,
         progress: Option<crate::ProgressFn>,
     ) -> Result<FileInfo, ClientError> {
-        let map = self.chunk_map(remote).await?;
-        let file_info = map.file.unwrap_or_default();
         let local_err = |source| ClientError::Local {
             path: local.to_path_buf(),
             source,
         };
+        match tokio::fs::metadata(local).await {
+            Ok(m) if m.is_dir() => {
+                return Err(local_err(std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a directory; name the file to write",
+                )));
+            }
+            Ok(m) if !m.is_file() => {
+                let mut out = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(local)
+                    .await
+                    .map_err(local_err)?;
+                let info = self.get_with_progress(remote, &mut out, progress).await?;
+                out.flush().await.map_err(local_err)?;
+                return Ok(info);
+            }
+            _ => {}
+        }
+        let map = self.chunk_map(remote).await?;
+        let file_info = map.file.unwrap_or_default();
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),

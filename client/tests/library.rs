@@ -197,3 +197,70 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
         let _ = node.task.await;
     }
 }
+
+/// `get_file` to a path that is not a regular file (here a FIFO, as
+/// `/dev/null` or a pipe would be) writes into it instead of renaming a
+/// temp file over it; a directory is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_file_writes_into_a_fifo_instead_of_replacing_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let coordinator = start_coordinator(&tmp.path().join("coordinator")).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(
+            start_datanode(
+                tmp.path().join(format!("dn{i}")),
+                &coordinator,
+                &format!("host-{i}"),
+            )
+            .await,
+        );
+    }
+    let client = Client::connect(ClientConfig::new(&coordinator))
+        .await
+        .unwrap();
+    wait_for_nodes(&client, 3).await;
+    let mut data = vec![0u8; 3 * 1024 * 1024 + 17];
+    rand::rng().fill_bytes(&mut data);
+    let options = PutOptions {
+        chunk_size: 1024 * 1024,
+        ..PutOptions::default()
+    };
+    client
+        .put_bytes(Bytes::from(data.clone()), "/to-fifo.bin", &options)
+        .await
+        .unwrap();
+
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader_path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(&reader_path));
+    });
+    client.get_file("/to-fifo.bin", &fifo).await.unwrap();
+    let read = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the FIFO's reader got the file")
+        .unwrap();
+    assert!(read == data, "the bytes read from the FIFO are the file");
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO is still a FIFO"
+    );
+
+    let err = client
+        .get_file("/to-fifo.bin", tmp.path())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("directory"), "{err}");
+    for n in nodes {
+        let _ = n.stop.unwrap().send(());
+        n.task.await.unwrap();
+    }
+}
