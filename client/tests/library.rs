@@ -83,6 +83,23 @@ async fn start_coordinator(dir: &Path) -> String {
     format!("http://{addr}")
 }
 
+/// A coordinator and `n` datanodes (hosts host-0…) under `dir`.
+async fn start_cluster(dir: &Path, n: usize) -> (String, Vec<Node>) {
+    let coordinator = start_coordinator(&dir.join("coordinator")).await;
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(
+            start_datanode(
+                dir.join(format!("dn{i}")),
+                &coordinator,
+                &format!("host-{i}"),
+            )
+            .await,
+        );
+    }
+    (coordinator, nodes)
+}
+
 async fn wait_for_nodes(client: &Client, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -101,18 +118,7 @@ fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = start_coordinator(&tmp.path().join("coordinator")).await;
-    let mut nodes = Vec::new();
-    for i in 0..4 {
-        nodes.push(
-            start_datanode(
-                tmp.path().join(format!("dn{i}")),
-                &coordinator,
-                &format!("host-{i}"),
-            )
-            .await,
-        );
-    }
+    let (coordinator, mut nodes) = start_cluster(tmp.path(), 4).await;
     let mut config = ClientConfig::new(&coordinator);
     config.connect_timeout = Duration::from_secs(2);
     let client = Client::connect(config).await.unwrap();
@@ -205,18 +211,7 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
 async fn get_file_writes_into_a_fifo_instead_of_replacing_it() {
     use std::os::unix::fs::FileTypeExt;
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = start_coordinator(&tmp.path().join("coordinator")).await;
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(
-            start_datanode(
-                tmp.path().join(format!("dn{i}")),
-                &coordinator,
-                &format!("host-{i}"),
-            )
-            .await,
-        );
-    }
+    let (coordinator, nodes) = start_cluster(tmp.path(), 3).await;
     let client = Client::connect(ClientConfig::new(&coordinator))
         .await
         .unwrap();

@@ -739,8 +739,9 @@ pub async fn replicate(
     };
     let meta = header
         .chunk
+        .as_ref()
         .ok_or_else(|| Status::invalid_argument("ReplicateChunk header without chunk"))?;
-    let (chunk_id, size, checksum) = crate::service::parse_meta(&meta)?;
+    let (chunk_id, size, checksum) = crate::service::parse_meta(meta)?;
     let _gauge = GaugeGuard::new(
         node.metrics
             .active_sessions
@@ -791,15 +792,27 @@ pub async fn replicate(
     }
     .await;
     drop(reservation);
+    replica_received(&node, started, &result, &chunk_id, &header);
+    result
+}
+
+/// Records how receiving one replica went (ReplicateChunk or the small-chunk
+/// stream): its latency by outcome, and a warning on failure.
+pub(crate) fn replica_received(
+    node: &Node,
+    started: Instant,
+    result: &Result<ChunkReplicas, Status>,
+    chunk_id: &ChunkId,
+    header: &ReplicateChunkHeader,
+) {
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
         .replication_seconds
         .with_label_values(&["receive", outcome])
         .observe(started.elapsed().as_secs_f64());
-    if let Err(st) = &result {
+    if let Err(st) = result {
         tracing::warn!(chunk_id = %chunk_id, session_id = %header.session_id, source = %header.source_node_id, "replica write failed: {}", st.message());
     }
-    result
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, Target, status};
-use crate::pipeline::{FrameCheck, LocalWrite, chunk_meta, receive_frame};
+use crate::pipeline::{FrameCheck, LocalWrite, chunk_meta, receive_frame, replica_received};
 
 /// Chunks queued towards one peer before senders wait.
 const LINK_QUEUE: usize = 64;
@@ -313,13 +313,6 @@ async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, Sta
         })
     }
     .await;
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    node.metrics
-        .replication_seconds
-        .with_label_values(&["receive", outcome])
-        .observe(started.elapsed().as_secs_f64());
-    if let Err(st) = &result {
-        tracing::warn!(chunk_id = %chunk_id, session_id = %header.session_id, source = %header.source_node_id, "small replica write failed: {}", st.message());
-    }
+    replica_received(node, started, &result, &chunk_id, &header);
     result
 }
