@@ -11,7 +11,8 @@
 # and prints each result as a ratio to its limit.
 #
 # Usage: scripts/bench.sh [SIZE]   (default 1GiB; e.g. scripts/bench.sh 256MiB)
-# Env:   BENCH_DIR (default: a temp dir on the disk of /tmp), SMALL_FILES (2000)
+# Env:   BENCH_DIR (default: a temp dir on the disk of /tmp), SMALL_FILES (2000),
+#        BENCH_FLAGS (more `dfs bench` flags, e.g. --no-batching)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,7 +100,8 @@ endpoint=$(sed -n 's/^coordinator endpoint: \([^ ]*\).*/\1/p' "$WORK/up.out")
 [ -n "$endpoint" ] || { echo "dfs up did not start:"; cat "$WORK/up.err"; exit 1; }
 
 echo "== dfs bench --size $SIZE --small-files $SMALL_FILES"
-"$DFS" --coordinator "$endpoint" bench --size "$SIZE" --small-files "$SMALL_FILES" --json >"$WORK/bench.json"
+# shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags
+"$DFS" --coordinator "$endpoint" bench --size "$SIZE" --small-files "$SMALL_FILES" ${BENCH_FLAGS:-} --json >"$WORK/bench.json"
 
 python3 - "$WORK/bench.json" "$bytes" "$disk_secs" "$tcp_bps" "$read_secs" "$direct_secs" <<'PY'
 import json, sys

@@ -8,13 +8,15 @@ use std::time::Duration;
 use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::data_node_client::DataNodeClient;
 use dfs_proto::{
-    ClusterStatus, DataNodeStatus, DecommissionNodeRequest, DeleteRequest, DeleteResponse,
-    DownloadFileRequest, DownloadFileResponse, FileInfo, GetClusterStatusRequest,
-    ListDirectoryRequest, ListNodesRequest, MkdirRequest, RenameRequest, SetNodeMaintenanceRequest,
-    StatRequest,
+    ClusterStatus, ConfirmUploadRequest, ConfirmUploadResponse, DataNodeStatus,
+    DecommissionNodeRequest, DeleteRequest, DeleteResponse, DownloadFileRequest,
+    DownloadFileResponse, FileInfo, GetClusterStatusRequest, ListDirectoryRequest,
+    ListNodesRequest, MkdirRequest, RenameRequest, SetNodeMaintenanceRequest, StatRequest,
+    UploadFileRequest, UploadPlan,
 };
 use tonic::transport::Channel;
 
+use crate::batch::{self, Batcher};
 use crate::error::ClientError;
 
 /// Called with the number of bytes transferred since the previous call, so
@@ -40,11 +42,16 @@ pub struct ClientConfig {
     pub frame_bytes: usize,
     /// Attempts per chunk upload (each re-planned on other nodes).
     pub upload_attempts: u32,
+    /// Plan and confirm the small files of concurrent puts in shared calls
+    /// (UploadFiles, ConfirmUploads). Off sends one UploadFile and one
+    /// ConfirmUpload per file (to measure the difference).
+    pub batch_small_files: bool,
 }
 
 impl ClientConfig {
     /// Defaults for `coordinator`: 5 s connect, 30 s calls, 30 s stream
-    /// idle timeout, 4 parallel chunks, 256 KiB frames, 4 attempts.
+    /// idle timeout, 4 parallel chunks, 256 KiB frames, 4 attempts, small
+    /// files batched.
     pub fn new(coordinator: impl Into<String>) -> Self {
         ClientConfig {
             coordinator: coordinator.into(),
@@ -54,6 +61,7 @@ impl ClientConfig {
             concurrency: 4,
             frame_bytes: dfs_proto::DEFAULT_FRAME_BYTES,
             upload_attempts: 4,
+            batch_small_files: true,
         }
     }
 }
@@ -63,6 +71,10 @@ impl ClientConfig {
 pub struct Client {
     pub(crate) config: ClientConfig,
     pub(crate) coordinator: CoordinatorClient<Channel>,
+    /// UploadFile calls of concurrent puts, sent together.
+    pub(crate) plans: Batcher<UploadFileRequest, UploadPlan>,
+    /// ConfirmUpload calls of concurrent puts, sent together.
+    pub(crate) confirms: Batcher<ConfirmUploadRequest, ConfirmUploadResponse>,
     datanodes: Arc<Mutex<HashMap<String, DataNodeClient<Channel>>>>,
 }
 
@@ -97,6 +109,8 @@ impl Client {
             .max_encoding_message_size(64 << 20);
         Ok(Client {
             config,
+            plans: batch::plans(coordinator.clone()),
+            confirms: batch::confirms(coordinator.clone()),
             coordinator,
             datanodes: Arc::default(),
         })

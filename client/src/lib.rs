@@ -4,8 +4,12 @@
 //! ```text
 //!   Client ──UploadFile──────────▶ coordinator ──▶ UploadPlan (chunk → nodes)
 //!     │  per chunk, N in parallel:
-//!     ├──PrepareChunkUpload/UploadChunkStream──▶ primary ──ReplicateChunk──▶ replicas
+//!     ├──UploadChunkStream──▶ primary ──ReplicateChunk / ReplicateSmallChunks──▶ replicas
 //!     └──ConfirmUpload─────────────▶ coordinator  (the file becomes visible atomically)
+//!
+//!   Concurrent puts sharing one Client send their UploadFile and ConfirmUpload
+//!   calls together (UploadFiles, ConfirmUploads) whenever they are waiting at
+//!   the same moment.
 //!
 //!   Client ──DownloadFile────────▶ coordinator ──▶ chunk map (replicas, healthiest first)
 //!     └──DownloadChunkStream──▶ first replica; on failure or bad bytes the next one
@@ -34,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod client;
 mod error;
 mod get;

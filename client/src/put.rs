@@ -45,6 +45,17 @@ impl std::fmt::Debug for PutOptions {
     }
 }
 
+/// Files up to this size are planned and confirmed in batches.
+const SMALL_FILE_BYTES: u64 = 1 << 20;
+/// Most chunks of a file planned and confirmed in a batch.
+const SMALL_FILE_CHUNKS: u64 = 16;
+
+/// Whether a file is small enough for batched planning and confirmation:
+/// its plan must stay a few hundred bytes, so a batch of them stays small.
+fn is_small(size: u64, chunk_size: u64) -> bool {
+    size <= SMALL_FILE_BYTES && (chunk_size == 0 || size.div_ceil(chunk_size) <= SMALL_FILE_CHUNKS)
+}
+
 /// Nodes that failed during one upload, shared by its chunk transfers.
 #[derive(Default)]
 struct BadNodes(std::sync::Mutex<std::collections::HashSet<String>>);
@@ -172,21 +183,28 @@ impl Client {
         remote: &str,
         options: &PutOptions,
     ) -> Result<FileInfo, ClientError> {
-        let plan = self
-            .coordinator
-            .clone()
-            .upload_file(UploadFileRequest {
-                path: remote.into(),
-                size,
-                replication: options.replication,
-                chunk_size: options.chunk_size,
-                overwrite: options.overwrite,
-            })
-            .await
-            .map_err(|s| {
-                ClientError::from_status(&self.config.coordinator, "UploadFile", remote, s)
-            })?
-            .into_inner();
+        let request = UploadFileRequest {
+            path: remote.into(),
+            size,
+            replication: options.replication,
+            chunk_size: options.chunk_size,
+            overwrite: options.overwrite,
+        };
+        // Small files are planned (and confirmed) together with whatever
+        // other puts of this client are waiting; a large plan is its own call.
+        let small = self.config.batch_small_files && is_small(size, options.chunk_size);
+        let planned = if small {
+            self.plans.call(request).await
+        } else {
+            self.coordinator
+                .clone()
+                .upload_file(request)
+                .await
+                .map(|r| r.into_inner())
+        };
+        let plan = planned.map_err(|s| {
+            ClientError::from_status(&self.config.coordinator, "UploadFile", remote, s)
+        })?;
         tracing::debug!(upload_id = %plan.upload_id, chunks = plan.chunks.len(), "upload planned");
 
         let bad = BadNodes::default();
@@ -204,16 +222,21 @@ impl Client {
             }
         };
         chunks.sort_by_key(|c| c.index);
-        let confirmed = self
-            .coordinator
-            .clone()
-            .confirm_upload(ConfirmUploadRequest {
-                upload_id: plan.upload_id.clone(),
-                chunks,
-            })
-            .await;
+        let request = ConfirmUploadRequest {
+            upload_id: plan.upload_id.clone(),
+            chunks,
+        };
+        let confirmed = if small {
+            self.confirms.call(request).await
+        } else {
+            self.coordinator
+                .clone()
+                .confirm_upload(request)
+                .await
+                .map(|r| r.into_inner())
+        };
         match confirmed {
-            Ok(r) => Ok(r.into_inner().file.unwrap_or_default()),
+            Ok(r) => Ok(r.file.unwrap_or_default()),
             Err(status) => {
                 self.abort(&plan.upload_id).await;
                 Err(ClientError::from_status(

@@ -3,6 +3,7 @@
 //! re-planned on other nodes, and a read falls over to the next replica when
 //! one is unreachable or holds bad bytes.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,7 @@ async fn start_datanode(dir: PathBuf, coordinator: &str, host: &str) -> Node {
 
 /// A coordinator whose heartbeat interval is long enough that a stopped
 /// datanode still looks healthy to placement for the whole test.
-async fn start_coordinator(dir: &Path) -> String {
+async fn start_coordinator(dir: &Path) -> (String, SocketAddr) {
     let config = dfs_coordinator::Config::try_parse_from([
         "dfs-coordinator",
         "--data-dir",
@@ -75,17 +76,20 @@ async fn start_coordinator(dir: &Path) -> String {
     .unwrap();
     let grpc = listener().await;
     let addr = grpc.local_addr().unwrap();
+    let metrics = listener().await;
+    let metrics_addr = metrics.local_addr().unwrap();
     tokio::spawn(async move {
-        dfs_coordinator::serve(config, grpc, listener().await, std::future::pending())
+        dfs_coordinator::serve(config, grpc, metrics, std::future::pending())
             .await
             .expect("coordinator runs");
     });
-    format!("http://{addr}")
+    (format!("http://{addr}"), metrics_addr)
 }
 
-/// A coordinator and `n` datanodes (hosts host-0…) under `dir`.
-async fn start_cluster(dir: &Path, n: usize) -> (String, Vec<Node>) {
-    let coordinator = start_coordinator(&dir.join("coordinator")).await;
+/// A coordinator (its gRPC endpoint and metrics address) and `n` datanodes
+/// (hosts host-0…) under `dir`.
+async fn start_cluster(dir: &Path, n: usize) -> (String, SocketAddr, Vec<Node>) {
+    let (coordinator, metrics) = start_coordinator(&dir.join("coordinator")).await;
     let mut nodes = Vec::new();
     for i in 0..n {
         nodes.push(
@@ -97,7 +101,7 @@ async fn start_cluster(dir: &Path, n: usize) -> (String, Vec<Node>) {
             .await,
         );
     }
-    (coordinator, nodes)
+    (coordinator, metrics, nodes)
 }
 
 async fn wait_for_nodes(client: &Client, n: usize) {
@@ -118,7 +122,7 @@ fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
     let tmp = tempfile::tempdir().unwrap();
-    let (coordinator, mut nodes) = start_cluster(tmp.path(), 4).await;
+    let (coordinator, _, mut nodes) = start_cluster(tmp.path(), 4).await;
     let mut config = ClientConfig::new(&coordinator);
     config.connect_timeout = Duration::from_secs(2);
     let client = Client::connect(config).await.unwrap();
@@ -211,7 +215,7 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
 async fn get_file_writes_into_a_fifo_instead_of_replacing_it() {
     use std::os::unix::fs::FileTypeExt;
     let tmp = tempfile::tempdir().unwrap();
-    let (coordinator, nodes) = start_cluster(tmp.path(), 3).await;
+    let (coordinator, _, nodes) = start_cluster(tmp.path(), 3).await;
     let client = Client::connect(ClientConfig::new(&coordinator))
         .await
         .unwrap();
@@ -254,6 +258,99 @@ async fn get_file_writes_into_a_fifo_instead_of_replacing_it() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
+    for n in nodes {
+        let _ = n.stop.unwrap().send(());
+        n.task.await.unwrap();
+    }
+}
+
+/// Small files put at the same time through one client share UploadFiles
+/// and ConfirmUploads calls: every file is stored and readable, each upload
+/// is planned and confirmed exactly once, in fewer calls than files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_small_puts_share_batched_plans_and_confirms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (coordinator, metrics, nodes) = start_cluster(tmp.path(), 3).await;
+    let client = Client::connect(ClientConfig::new(&coordinator))
+        .await
+        .unwrap();
+    wait_for_nodes(&client, 3).await;
+    let files = 64;
+    let payload = |i: usize| Bytes::from(vec![i as u8; 4096 + i]);
+    let puts = (0..files).map(|i| {
+        let client = &client;
+        async move {
+            client
+                .put_bytes(payload(i), &format!("/small/{i}"), &PutOptions::default())
+                .await
+        }
+    });
+    for (i, info) in futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let info = info.unwrap_or_else(|e| panic!("put {i}: {e}"));
+        assert_eq!((info.size, info.chunk_count), (4096 + i as u64, 1));
+    }
+    // An existing path without overwrite is refused for its own put only,
+    // while others in the same batches go through.
+    let again = (0..8).map(|i| {
+        let client = &client;
+        async move {
+            let path = if i % 2 == 0 {
+                format!("/small/{i}")
+            } else {
+                format!("/more/{i}")
+            };
+            client
+                .put_bytes(payload(i), &path, &PutOptions::default())
+                .await
+        }
+    });
+    for (i, r) in futures::future::join_all(again)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match r {
+            Err(e) if i % 2 == 0 => assert!(e.to_string().contains("exists"), "{e}"),
+            Ok(_) if i % 2 == 1 => {}
+            other => panic!("put {i}: {other:?}"),
+        }
+    }
+    for i in 0..files {
+        let mut out = Vec::new();
+        client.get(&format!("/small/{i}"), &mut out).await.unwrap();
+        assert_eq!(out, payload(i), "file {i}");
+    }
+
+    let text = dfs_common::http::scrape(metrics).await.unwrap();
+    let count = |method: &str, code: &str| {
+        let series =
+            format!("dfs_coordinator_rpc_requests_total{{code=\"{code}\",method=\"{method}\"}}");
+        dfs_common::http::sample(&text, &series).unwrap_or(0.0) as usize
+    };
+    assert_eq!(count("UploadFile", "ok"), files + 4);
+    assert_eq!(count("UploadFile", "already_exists"), 4);
+    assert_eq!(count("ConfirmUpload", "ok"), files + 4);
+    let plan_calls = count("UploadFiles", "ok");
+    let confirm_calls = count("ConfirmUploads", "ok");
+    assert!(
+        plan_calls >= 1 && confirm_calls >= 1,
+        "no batch was sent:\n{text}"
+    );
+    // Calls that were batched are not also sent alone.
+    let batched = dfs_common::http::sample(
+        &text,
+        "dfs_coordinator_batched_calls_total{method=\"UploadFile\"}",
+    )
+    .unwrap_or(0.0) as usize;
+    let planned_alone = files + 8 - batched;
+    assert!(
+        plan_calls + planned_alone < files,
+        "{plan_calls} UploadFiles calls and {planned_alone} unary UploadFile for {files} files"
+    );
     for n in nodes {
         let _ = n.stop.unwrap().send(());
         n.task.await.unwrap();

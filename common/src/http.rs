@@ -89,6 +89,33 @@ pub async fn serve(
         .await
 }
 
+/// Fetches `/metrics` from the endpoint at `addr` (plain HTTP/1.1, the
+/// connection closed after one answer) and returns the body: what tests,
+/// benchmarks and tools read a service's metrics with.
+pub async fn scrape(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(std::io::Error::other(format!(
+            "GET /metrics on {addr} answered: {}",
+            out.lines().next().unwrap_or("nothing")
+        ))),
+    }
+}
+
+/// The value of one sample in Prometheus text: `series` is the metric name
+/// with its labels as rendered (`name{a="x",b="y"}`, labels sorted by name).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +147,10 @@ mod tests {
             body
         };
         assert!(get("/metrics").await.contains("dfs_test_things_total 3"));
+        let text = scrape(addr).await.unwrap();
+        assert!(text.starts_with("# HELP"), "the body alone: {text}");
+        assert_eq!(sample(&text, "dfs_test_things_total"), Some(3.0));
+        assert_eq!(sample(&text, "dfs_test_things"), None);
         assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         readiness.set(true);

@@ -29,6 +29,7 @@ pub struct Metrics {
     repair_eta: IntGauge,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
+    batched_calls: IntCounterVec,
     heartbeat_age: GaugeVec,
     /// Metadata commits (write transactions).
     pub commits: IntCounter,
@@ -148,6 +149,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            batched_calls: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "dfs_coordinator_batched_calls_total",
+                        "Calls that arrived inside a batch (UploadFiles, ConfirmUploads), by \
+                         their own method; also counted in dfs_coordinator_rpc_requests_total.",
+                    ),
+                    &["method"],
+                )
+                .expect("valid metric"),
+            ),
             heartbeat_age: reg(
                 &r,
                 GaugeVec::new(
@@ -203,6 +216,12 @@ impl Metrics {
         self.rpc_duration
             .with_label_values(&[method])
             .observe(seconds);
+    }
+
+    /// Records one call that arrived inside a batch, under its own method.
+    pub fn batched_rpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.batched_calls.with_label_values(&[method]).inc();
+        self.rpc(method, code, seconds);
     }
 
     /// Refreshes the gauges from a status snapshot.

@@ -31,6 +31,11 @@ use crate::store::{Applied, Committer, ProposeError, StoreError};
 
 /// Most chunks one file may have.
 pub const MAX_CHUNKS_PER_FILE: u64 = 1_000_000;
+/// Most calls one UploadFiles or ConfirmUploads batch may carry.
+pub const MAX_BATCH_CALLS: usize = 1024;
+/// Most chunks one UploadFiles batch may plan in all: the batch is for small
+/// files, and its answer is one message held in memory.
+pub const MAX_BATCH_CHUNKS: u64 = 65_536;
 /// Default and largest directory page.
 pub const DEFAULT_PAGE: usize = 1000;
 /// Largest directory page.
@@ -174,6 +179,24 @@ impl From<ClusterError> for Status {
 
 fn parse_path(raw: &str) -> Result<NsPath, Status> {
     Ok(NsPath::parse(raw)?)
+}
+
+/// Refuses a batch above [`MAX_BATCH_CALLS`].
+fn check_batch_len(n: usize) -> Result<(), Status> {
+    if n > MAX_BATCH_CALLS {
+        return Err(Status::invalid_argument(format!(
+            "the batch holds {n} calls; the most one batch may hold is {MAX_BATCH_CALLS}"
+        )));
+    }
+    Ok(())
+}
+
+/// The wire form of one batched call's failure.
+fn call_error(status: &Status) -> pb::CallError {
+    pb::CallError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
 }
 
 fn check_chunk_id(id: &str) -> Result<(), Status> {
@@ -615,6 +638,87 @@ impl CoordinatorService {
         })
     }
 
+    /// UploadFiles: every request planned as UploadFile would plan it, all
+    /// at once, so that their plans share the metadata log's group commits.
+    async fn upload_files_impl(
+        &self,
+        req: pb::UploadFilesRequest,
+    ) -> Result<pb::UploadFilesResponse, Status> {
+        check_batch_len(req.files.len())?;
+        let default_chunk = self.ctx.config.chunk_size.0;
+        let chunks: u64 = req
+            .files
+            .iter()
+            .map(|f| {
+                let chunk = if f.chunk_size == 0 {
+                    default_chunk
+                } else {
+                    f.chunk_size
+                };
+                f.size.div_ceil(chunk.max(1))
+            })
+            .fold(0u64, u64::saturating_add);
+        if chunks > MAX_BATCH_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "the batch plans {chunks} chunks; one UploadFiles call plans at most \
+                 {MAX_BATCH_CHUNKS} (use UploadFile for large files)"
+            )));
+        }
+        let start = Instant::now();
+        let results = futures::future::join_all(req.files.into_iter().map(|f| async {
+            let r = self.upload_file_impl(f).await;
+            self.record_batched("UploadFile", &r, start);
+            match r {
+                Ok(plan) => pb::upload_file_result::Result::Plan(plan),
+                Err(st) => pb::upload_file_result::Result::Error(call_error(&st)),
+            }
+        }))
+        .await;
+        Ok(pb::UploadFilesResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::UploadFileResult { result: Some(r) })
+                .collect(),
+        })
+    }
+
+    /// ConfirmUploads: every request confirmed as ConfirmUpload would
+    /// confirm it, all at once, so that they share group commits.
+    async fn confirm_uploads_impl(
+        &self,
+        req: pb::ConfirmUploadsRequest,
+    ) -> Result<pb::ConfirmUploadsResponse, Status> {
+        check_batch_len(req.uploads.len())?;
+        let start = Instant::now();
+        let results = futures::future::join_all(req.uploads.into_iter().map(|u| async {
+            let r = self.confirm_impl(u).await;
+            self.record_batched("ConfirmUpload", &r, start);
+            match r {
+                Ok(confirmed) => pb::confirm_upload_result::Result::Confirmed(confirmed),
+                Err(st) => pb::confirm_upload_result::Result::Error(call_error(&st)),
+            }
+        }))
+        .await;
+        Ok(pb::ConfirmUploadsResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::ConfirmUploadResult { result: Some(r) })
+                .collect(),
+        })
+    }
+
+    /// Counts one call of a batch under its own method, so that the rate and
+    /// latency of uploads read the same whether clients batch or not.
+    fn record_batched<T>(&self, method: &str, r: &Result<T, Status>, start: Instant) {
+        let code = match r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.ctx
+            .metrics
+            .batched_rpc(method, code, start.elapsed().as_secs_f64());
+    }
+
     fn download_impl(
         &self,
         req: pb::DownloadFileRequest,
@@ -836,6 +940,22 @@ impl Coordinator for CoordinatorService {
         r: Request<pb::ConfirmUploadRequest>,
     ) -> Result<Response<pb::ConfirmUploadResponse>, Status> {
         self.timed("ConfirmUpload", self.confirm_impl(r.into_inner()))
+            .await
+    }
+
+    async fn upload_files(
+        &self,
+        r: Request<pb::UploadFilesRequest>,
+    ) -> Result<Response<pb::UploadFilesResponse>, Status> {
+        self.timed("UploadFiles", self.upload_files_impl(r.into_inner()))
+            .await
+    }
+
+    async fn confirm_uploads(
+        &self,
+        r: Request<pb::ConfirmUploadsRequest>,
+    ) -> Result<Response<pb::ConfirmUploadsResponse>, Status> {
+        self.timed("ConfirmUploads", self.confirm_uploads_impl(r.into_inner()))
             .await
     }
 

@@ -382,3 +382,155 @@ async fn placement_spreads_over_zones_and_hosts() {
     }
     server.stop().await;
 }
+
+/// UploadFiles and ConfirmUploads answer each call of a batch exactly as
+/// the unary call would, in request order, and refuse oversize batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_plans_and_confirms_answer_each_call_on_its_own() {
+    let (_d, server, sim, mut client) = cluster(&three()).await;
+    put(&mut client, &sim, "/taken", 10, false).await;
+    let file = |path: &str, size: u64| UploadFileRequest {
+        path: path.into(),
+        size,
+        ..Default::default()
+    };
+    let mut files: Vec<_> = (0..20).map(|i| file(&format!("/b/f{i}"), 4096)).collect();
+    files.insert(3, file("no/leading/slash", 1));
+    files.insert(7, file("/taken", 1));
+    files.insert(
+        9,
+        UploadFileRequest {
+            replication: 99,
+            ..file("/b/too-many-replicas", 1)
+        },
+    );
+    let results = client
+        .upload_files(UploadFilesRequest { files })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 23);
+    let mut plans = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r.result.unwrap()) {
+            (3 | 9, upload_file_result::Result::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{i}: {e:?}")
+            }
+            (7, upload_file_result::Result::Error(e)) => {
+                assert_eq!(e.code, Code::AlreadyExists as i32, "{e:?}")
+            }
+            (i, upload_file_result::Result::Plan(p)) if ![3, 7, 9].contains(&i) => {
+                assert_eq!((p.chunks.len(), p.chunks[0].size), (1, 4096));
+                assert_eq!(p.chunks[0].nodes.len(), 3);
+                plans.push(p);
+            }
+            (i, other) => panic!("call {i}: unexpected {other:?}"),
+        }
+    }
+    let ids: HashSet<_> = plans.iter().map(|p| p.upload_id.clone()).collect();
+    assert_eq!(ids.len(), 20, "every call has its own upload");
+    for p in &plans {
+        for n in &p.chunks[0].nodes {
+            sim.store(&n.node_id, &p.chunks[0].chunk_id);
+        }
+    }
+
+    // Confirms: the 20 good ones, an unknown upload and one with a gap in
+    // its chunk indices, mixed in.
+    let mut uploads: Vec<_> = plans.iter().map(confirm_request).collect();
+    uploads.insert(
+        5,
+        ConfirmUploadRequest {
+            upload_id: "no-such-upload".into(),
+            chunks: vec![],
+        },
+    );
+    let mut gap = confirm_request(&plans[0]);
+    gap.chunks[0].index = 1;
+    uploads.insert(0, gap);
+    let results = client
+        .confirm_uploads(ConfirmUploadsRequest { uploads })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 22);
+    let mut confirmed = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r.result.unwrap()) {
+            (0, confirm_upload_result::Result::Error(e)) => {
+                assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}")
+            }
+            (6, confirm_upload_result::Result::Error(e)) => {
+                assert_eq!(e.code, Code::NotFound as i32, "{e:?}")
+            }
+            (_, confirm_upload_result::Result::Confirmed(c)) => {
+                let f = c.file.unwrap();
+                assert_eq!((f.size, f.chunk_count, f.version), (4096, 1, 1));
+                confirmed += 1;
+            }
+            (i, other) => panic!("confirm {i}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, 20);
+    let listed = client
+        .list_directory(ListDirectoryRequest {
+            path: "/b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.len(), 20);
+
+    // Oversize batches are refused whole.
+    let err = client
+        .upload_files(UploadFilesRequest {
+            files: (0..1025).map(|i| file(&format!("/c/{i}"), 1)).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("1024"), "{}", err.message());
+    let err = client
+        .upload_files(UploadFilesRequest {
+            files: vec![file("/c/huge", 1 << 40)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("UploadFile"), "{}", err.message());
+    let err = client
+        .confirm_uploads(ConfirmUploadsRequest {
+            uploads: vec![ConfirmUploadRequest::default(); 1025],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Each batched call counts under its own method, the batch under its.
+    let m = server.metrics_text().await;
+    let count = |series: &str| dfs_common::http::sample(&m, series).unwrap_or(0.0) as u64;
+    assert_eq!(
+        count("dfs_coordinator_rpc_requests_total{code=\"ok\",method=\"ConfirmUpload\"}"),
+        21,
+        "20 batched confirms and the unary one of /taken:\n{m}"
+    );
+    assert_eq!(
+        count("dfs_coordinator_rpc_requests_total{code=\"not_found\",method=\"ConfirmUpload\"}"),
+        1
+    );
+    assert_eq!(
+        count("dfs_coordinator_rpc_requests_total{code=\"ok\",method=\"UploadFiles\"}"),
+        1
+    );
+    assert_eq!(
+        count(
+            "dfs_coordinator_rpc_requests_total{code=\"invalid_argument\",method=\"UploadFiles\"}"
+        ),
+        2
+    );
+    server.stop().await;
+}

@@ -164,6 +164,18 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<ConfirmUploadResponse>, Status> {
         unimplemented()
     }
+    async fn upload_files(
+        &self,
+        _: Request<dfs_proto::UploadFilesRequest>,
+    ) -> Result<Response<dfs_proto::UploadFilesResponse>, Status> {
+        unimplemented()
+    }
+    async fn confirm_uploads(
+        &self,
+        _: Request<dfs_proto::ConfirmUploadsRequest>,
+    ) -> Result<Response<dfs_proto::ConfirmUploadsResponse>, Status> {
+        unimplemented()
+    }
     async fn abort_upload(
         &self,
         _: Request<AbortUploadRequest>,

@@ -166,6 +166,18 @@ impl Coordinator for EchoCoordinator {
     ) -> Result<Response<ConfirmUploadResponse>, Status> {
         Err(Status::unimplemented(""))
     }
+    async fn upload_files(
+        &self,
+        _: Request<dfs_proto::UploadFilesRequest>,
+    ) -> Result<Response<dfs_proto::UploadFilesResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn confirm_uploads(
+        &self,
+        _: Request<dfs_proto::ConfirmUploadsRequest>,
+    ) -> Result<Response<dfs_proto::ConfirmUploadsResponse>, Status> {
+        Err(Status::unimplemented(""))
+    }
     async fn abort_upload(
         &self,
         _: Request<AbortUploadRequest>,

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Small-file operations in flight at once.
     #[arg(long, default_value_t = 16)]
     small_concurrency: usize,
+    /// Plan and confirm every small file in its own calls instead of
+    /// batching concurrent ones (UploadFiles, ConfirmUploads).
+    #[arg(long)]
+    pub no_batching: bool,
     /// Skip the large-file part.
     #[arg(long)]
     skip_large: bool,

@@ -134,17 +134,22 @@ enum Command {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let connect = || async {
+    let config = || {
         let mut config = ClientConfig::new(cli.coordinator.clone());
         config.concurrency = cli.concurrency.max(1);
-        Client::connect(config).await
+        config
     };
+    let connect = || Client::connect(config());
     match cli.command {
         Command::Up(args) => {
             dfs_common::telemetry::init("info");
             up::run(args).await
         }
-        Command::Bench(args) => bench::run(&connect().await?, args).await,
+        Command::Bench(args) => {
+            let mut config = config();
+            config.batch_small_files = !args.no_batching;
+            bench::run(&Client::connect(config).await?, args).await
+        }
         Command::Coordinator(config) => {
             dfs_common::telemetry::init("info");
             dfs_coordinator::run(config, dfs_common::shutdown::signal())

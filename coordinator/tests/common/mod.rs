@@ -75,14 +75,7 @@ impl Server {
     }
 
     pub async fn metrics_text(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        dfs_common::http::scrape(self.metrics).await.unwrap()
     }
 }
 
@@ -304,6 +297,17 @@ pub async fn confirm_all(
     client: &mut Client,
     plan: &UploadPlan,
 ) -> Result<FileInfo, tonic::Status> {
+    Ok(client
+        .confirm_upload(confirm_request(plan))
+        .await?
+        .into_inner()
+        .file
+        .unwrap())
+}
+
+/// The ConfirmUpload of `plan` with every planned node as a replica (and
+/// checksum 42).
+pub fn confirm_request(plan: &UploadPlan) -> ConfirmUploadRequest {
     let chunks = plan
         .chunks
         .iter()
@@ -318,15 +322,10 @@ pub async fn confirm_all(
             replicas: c.nodes.iter().map(|n| n.node_id.clone()).collect(),
         })
         .collect();
-    Ok(client
-        .confirm_upload(ConfirmUploadRequest {
-            upload_id: plan.upload_id.clone(),
-            chunks,
-        })
-        .await?
-        .into_inner()
-        .file
-        .unwrap())
+    ConfirmUploadRequest {
+        upload_id: plan.upload_id.clone(),
+        chunks,
+    }
 }
 
 pub async fn download(client: &mut Client, path: &str) -> DownloadFileResponse {
