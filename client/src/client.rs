@@ -75,7 +75,7 @@ pub struct Client {
     pub(crate) plans: Batcher<UploadFileRequest, UploadPlan>,
     /// ConfirmUpload calls of concurrent puts, sent together.
     pub(crate) confirms: Batcher<ConfirmUploadRequest, ConfirmUploadResponse>,
-    datanodes: Arc<Mutex<HashMap<String, DataNodeClient<Channel>>>>,
+    datanodes: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -124,17 +124,21 @@ impl Client {
     /// A client of the datanode at `address`, sharing one lazily connected
     /// HTTP/2 connection per address.
     pub(crate) fn datanode(&self, address: &str) -> Result<DataNodeClient<Channel>, String> {
+        Ok(DataNodeClient::new(self.datanode_channel(address)?)
+            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
+    }
+
+    /// The one lazily connected HTTP/2 channel to the datanode at `address`.
+    pub(crate) fn datanode_channel(&self, address: &str) -> Result<Channel, String> {
         let mut cache = self.datanodes.lock().expect("datanode cache lock poisoned");
-        if let Some(client) = cache.get(address) {
-            return Ok(client.clone());
+        if let Some(channel) = cache.get(address) {
+            return Ok(channel.clone());
         }
         let channel = dfs_common::transport::lazy_channel(address, self.config.connect_timeout)
             .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
-        let client = DataNodeClient::new(channel)
-            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES);
-        cache.insert(address.to_string(), client.clone());
-        Ok(client)
+        cache.insert(address.to_string(), channel.clone());
+        Ok(channel)
     }
 
     /// Describes one path.

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dfs_proto::chunk_stream;
 use dfs_proto::{ChunkLocation, DownloadChunkStreamRequest, FileInfo};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -243,7 +244,7 @@ impl Client {
         if *done == size {
             return Ok(());
         }
-        let mut datanode = self.datanode(address)?;
+        let channel = self.datanode_channel(address)?;
         let idle = self.config.stream_idle_timeout;
         let request = DownloadChunkStreamRequest {
             session_id: String::new(),
@@ -252,11 +253,14 @@ impl Client {
             length: size - *done,
             frame_bytes: self.config.frame_bytes as u32,
         };
-        let mut frames = tokio::time::timeout(idle, datanode.download_chunk_stream(request))
+        // Frames are sliced out of the received bytes, not copied (see
+        // dfs_proto::chunk_stream).
+        let download =
+            chunk_stream::download(channel, request, dfs_common::transport::MAX_MESSAGE_BYTES);
+        let mut frames = tokio::time::timeout(idle, download)
             .await
             .map_err(|_| format!("no answer within {idle:?}"))?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-            .into_inner();
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         while *done < size {
             let frame = tokio::time::timeout(idle, frames.message())
                 .await

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod read;
+pub mod routes;
 pub mod scrub;
 pub mod service;
 pub mod small_link;
@@ -44,7 +45,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use dfs_common::http::Readiness;
-use dfs_proto::data_node_server::DataNodeServer;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -244,9 +244,10 @@ impl Datanode {
             readiness.clone(),
             wait(stop_rx.clone()),
         );
-        let service = DataNodeServer::new(service::DataNodeService::new(node.clone()))
-            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES);
+        let service = routes::Routes::new(
+            service::DataNodeService::new(node.clone()),
+            dfs_common::transport::MAX_MESSAGE_BYTES,
+        );
         let grpc = dfs_common::transport::server()
             .concurrency_limit_per_connection(256)
             .add_service(service)

@@ -475,3 +475,93 @@ async fn one_call_uploads_prepare_on_the_first_frame_with_the_same_checks() {
         n.stop().await;
     }
 }
+
+/// DownloadChunkStream sends each frame's data without copying it; the
+/// zero-copy reader and tonic's own client read the same bytes, and a
+/// malformed request gets a clear status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_sliced_not_copied_and_malformed_requests_are_refused() {
+    use dfs_proto::chunk_stream;
+    use tower_service::Service;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |_| {}).await;
+    let mut c = node.client().await;
+    let id = chunk_id();
+    let bytes = data(3 * DEFAULT_FRAME_BYTES + 1234, 9);
+    upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+    assert!(download(&mut c, &id, 0, 0).await.unwrap() == bytes);
+
+    let channel = dfs_common::transport::endpoint(&node.address, std::time::Duration::from_secs(5))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = |chunk_id: &str, offset: u64, length: u64| DownloadChunkStreamRequest {
+        chunk_id: chunk_id.into(),
+        offset,
+        length,
+        ..Default::default()
+    };
+    let max = dfs_common::transport::MAX_MESSAGE_BYTES;
+    let mut reader = chunk_stream::download(channel.clone(), request(&id, 7, 0), max)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut saw_final = false;
+    while let Some(frame) = reader.message().await.unwrap() {
+        assert!(frame.verify());
+        assert_eq!(frame.offset, 7 + got.len() as u64);
+        got.extend_from_slice(&frame.data);
+        saw_final |= frame.is_final;
+    }
+    assert!(saw_final);
+    assert!(got == bytes[7..], "the zero-copy reader got other bytes");
+
+    for (chunk, code) in [
+        ("../../etc/passwd".to_string(), Code::InvalidArgument),
+        (chunk_id(), Code::NotFound),
+    ] {
+        let err = chunk_stream::download(channel.clone(), request(&chunk, 0, 0), max)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), code, "{chunk}: {err:?}");
+    }
+    let err = chunk_stream::download(
+        channel.clone(),
+        request(&id, 0, bytes.len() as u64 + 1),
+        max,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), Code::OutOfRange);
+
+    // Raw bodies: a compressed message, an envelope that lies about the
+    // length, bytes that are not a DownloadChunkStreamRequest, no message.
+    for (body, code) in [
+        (vec![1, 0, 0, 0, 1, 0], Code::Unimplemented),
+        (vec![0, 0, 0, 0, 9, 0x0a], Code::InvalidArgument),
+        (vec![0, 0, 0, 0, 2, 0x0a, 0x7f], Code::InvalidArgument),
+        (vec![0, 0], Code::InvalidArgument),
+    ] {
+        let mut channel = channel.clone();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(chunk_stream::DOWNLOAD_PATH)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from(body.clone()),
+            )))
+            .unwrap();
+        let response = channel.call(request).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers())
+            .unwrap_or_else(|| panic!("{body:?}: no trailers-only status"));
+        assert_eq!(status.code(), code, "{body:?}: {status:?}");
+    }
+    node.stop().await;
+}

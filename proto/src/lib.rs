@@ -25,6 +25,7 @@ pub mod v1 {
     tonic::include_proto!("dfs.v1");
 }
 
+pub mod chunk_stream;
 pub mod frame;
 
 pub use v1::*;

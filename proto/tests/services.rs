@@ -89,7 +89,14 @@ impl DataNode for EchoDataNode {
         request: Request<DownloadChunkStreamRequest>,
     ) -> Result<Response<Self::DownloadChunkStreamStream>, Status> {
         let req = request.into_inner();
+        if req.chunk_id == "missing" {
+            return Err(Status::not_found("no such chunk"));
+        }
+        let fail_after = (req.chunk_id == "midway").then_some(1);
         let frames = (0..req.length).map(move |i| {
+            if Some(i) == fail_after {
+                return Err(Status::data_loss("bad block"));
+            }
             Ok(ChunkData::frame(
                 Bytes::from(vec![i as u8; 4]),
                 req.offset + i * 4,
@@ -398,5 +405,65 @@ async fn coordinator_service_unary_and_bidi() {
     assert!(
         replies.next().await.is_none(),
         "stream ends when the node hangs up"
+    );
+}
+
+/// `chunk_stream::download` (frames sliced out of the received bytes) reads
+/// what tonic's own server encoder sends, errors included.
+#[tokio::test]
+async fn zero_copy_download_reads_a_plain_tonic_server() {
+    use dfs_proto::chunk_stream;
+    let addr =
+        serve(tonic::transport::Server::builder().add_service(DataNodeServer::new(EchoDataNode)))
+            .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = |chunk_id: &str| DownloadChunkStreamRequest {
+        chunk_id: chunk_id.into(),
+        offset: 100,
+        length: 3,
+        ..Default::default()
+    };
+    let mut reader = chunk_stream::download(channel.clone(), request("ok"), 1 << 20)
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    while let Some(frame) = reader.message().await.unwrap() {
+        frames.push(frame);
+    }
+    assert_eq!(frames.len(), 3);
+    assert!(frames.iter().all(ChunkData::verify));
+    assert_eq!(
+        frames.iter().map(|f| f.offset).collect::<Vec<_>>(),
+        [100, 104, 108]
+    );
+    assert!(frames[2].is_final && !frames[1].is_final);
+    assert_eq!(&frames[1].data[..], &[1, 1, 1, 1]);
+
+    let err = chunk_stream::download(channel.clone(), request("missing"), 1 << 20)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    let mut reader = chunk_stream::download(channel.clone(), request("midway"), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(reader.message().await.unwrap().unwrap().offset, 100);
+    assert_eq!(
+        reader.message().await.unwrap_err().code(),
+        tonic::Code::DataLoss
+    );
+
+    // A message above the reader's limit is refused, not buffered.
+    let mut reader = chunk_stream::download(channel, request("ok"), 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.message().await.unwrap_err().code(),
+        tonic::Code::OutOfRange
     );
 }

@@ -27,6 +27,11 @@ pub struct BenchArgs {
     /// Chunk size of the large files (default: the cluster's).
     #[arg(long)]
     chunk_size: Option<ByteSize>,
+    /// Times the large files are re-read from the datanodes' page cache
+    /// (each pass is its own row; more passes steady the figure or give a
+    /// profiler time to sample).
+    #[arg(long, default_value_t = 1)]
+    rereads: usize,
     /// Number of small files.
     #[arg(long, default_value_t = 2000)]
     small_files: usize,
@@ -165,7 +170,13 @@ async fn measure(client: &Client, args: &BenchArgs, dir: &str) -> anyhow::Result
         // read comes from their disks (compare with the disk's read speed);
         // the re-read is served from their page cache and measures the
         // network data path (compare with loopback TCP).
-        for pass in ["first read", "re-read"] {
+        let passes = std::iter::once("first read".to_string()).chain((1..=args.rereads).map(|i| {
+            match args.rereads {
+                1 => "re-read".to_string(),
+                _ => format!("re-read {i}"),
+            }
+        }));
+        for pass in passes {
             let start = Instant::now();
             futures::stream::iter(names.iter())
                 .map(|name| client.verify(name))
