@@ -274,26 +274,76 @@ impl Default for StoreOptions {
     }
 }
 
+/// How long a statvfs of the data directory stands for the filesystem.
+const FS_SAMPLE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The filesystem's size and free space at one moment, with the bytes the
+/// store held then.
+#[derive(Clone, Copy, Debug)]
+struct FsSample {
+    at: std::time::Instant,
+    total: u64,
+    avail: u64,
+    used: u64,
+}
+
 /// What the capacity is computed from (also used by the volume committer).
 #[derive(Clone, Debug)]
 struct Space {
     dir: PathBuf,
     capacity: Option<u64>,
     reserve: u64,
+    /// The last statvfs: every upload asks for capacity (under the store
+    /// lock, on an async thread), so the syscall runs at most once per
+    /// [`FS_SAMPLE_TTL`] and the bytes stored since are subtracted.
+    fs: Arc<Mutex<Option<FsSample>>>,
 }
 
 impl Space {
-    fn capacity(&self, st: &State) -> Capacity {
-        let (fs_total, fs_avail) = match rustix::fs::statvfs(&self.dir) {
-            Ok(s) => (
-                s.f_blocks.saturating_mul(s.f_frsize),
-                s.f_bavail.saturating_mul(s.f_frsize),
-            ),
-            Err(e) => {
-                tracing::warn!("failed to statvfs the data directory: {e}");
-                (0, 0)
+    fn new(dir: PathBuf, capacity: Option<u64>, reserve: u64) -> Self {
+        Space {
+            dir,
+            capacity,
+            reserve,
+            fs: Arc::default(),
+        }
+    }
+
+    /// The filesystem's total and available bytes, from a sample at most
+    /// [`FS_SAMPLE_TTL`] old, less what the store wrote since it.
+    fn filesystem(&self, used: u64) -> (u64, u64) {
+        let mut sample = self.fs.lock().expect("fs sample lock");
+        let sample = match *sample {
+            Some(s) if s.at.elapsed() < FS_SAMPLE_TTL => s,
+            _ => {
+                let (total, avail) = match rustix::fs::statvfs(&self.dir) {
+                    Ok(s) => (
+                        s.f_blocks.saturating_mul(s.f_frsize),
+                        s.f_bavail.saturating_mul(s.f_frsize),
+                    ),
+                    Err(e) => {
+                        tracing::warn!("failed to statvfs the data directory: {e}");
+                        (0, 0)
+                    }
+                };
+                *sample.insert(FsSample {
+                    at: std::time::Instant::now(),
+                    total,
+                    avail,
+                    used,
+                })
             }
         };
+        (
+            sample.total,
+            sample
+                .avail
+                .saturating_sub(used.saturating_sub(sample.used)),
+        )
+    }
+
+    fn capacity(&self, st: &State) -> Capacity {
+        let (fs_total, fs_avail) = self.filesystem(st.used);
         let volume_free = fs_avail.saturating_sub(self.reserve);
         let (total, free) = match self.capacity {
             Some(cap) => (cap, cap.saturating_sub(st.used).min(volume_free)),
@@ -382,11 +432,7 @@ impl Store {
             tracing::info!(cleaned, "removed leftovers of interrupted writes");
             sync_dir(&tmp_dir)?;
         }
-        let space = Space {
-            dir: chunks_dir.clone(),
-            capacity: options.capacity,
-            reserve: options.reserve,
-        };
+        let space = Space::new(chunks_dir.clone(), options.capacity, options.reserve);
         let state = Arc::new(Mutex::new(State::default()));
         let (volumes, replayed) = {
             let space = space.clone();
@@ -1565,5 +1611,27 @@ mod tests {
         assert!(matches!(s.reserve(600), Err(StoreError::NoSpace { .. })));
         drop(a);
         let _b = s.reserve(600).unwrap();
+    }
+
+    #[test]
+    fn free_space_counts_bytes_written_since_the_last_statvfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let before = s.capacity();
+        assert!(before.total > 0 && before.free > 0);
+        // Well within the sample's lifetime: the statvfs is not repeated,
+        // yet the chunks written since must not count as free.
+        let n = 4 * BLOCK_BYTES;
+        write(&s, &id(1), &vec![1u8; n]);
+        write(&s, &id(2), &vec![2u8; n]);
+        let after = s.capacity();
+        assert!(
+            before.free - after.free >= 2 * n as u64,
+            "free went from {} to {} after writing {} bytes",
+            before.free,
+            after.free,
+            2 * n
+        );
+        assert_eq!(after.used, before.used + 2 * n as u64);
     }
 }
