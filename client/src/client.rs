@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dfs_proto::coordinator_client::CoordinatorClient;
-use dfs_proto::data_node_client::DataNodeClient;
 use dfs_proto::{
     ClusterStatus, ConfirmUploadRequest, ConfirmUploadResponse, DataNodeStatus,
     DecommissionNodeRequest, DeleteRequest, DeleteResponse, DownloadFileRequest,
@@ -121,15 +120,8 @@ impl Client {
         &self.config
     }
 
-    /// A client of the datanode at `address`, sharing one lazily connected
-    /// HTTP/2 connection per address.
-    pub(crate) fn datanode(&self, address: &str) -> Result<DataNodeClient<Channel>, String> {
-        Ok(DataNodeClient::new(self.datanode_channel(address)?)
-            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
-    }
-
-    /// The one lazily connected HTTP/2 channel to the datanode at `address`.
+    /// The one lazily connected HTTP/2 channel to the datanode at `address`,
+    /// shared by every stream to it.
     pub(crate) fn datanode_channel(&self, address: &str) -> Result<Channel, String> {
         let mut cache = self.datanodes.lock().expect("datanode cache lock poisoned");
         if let Some(channel) = cache.get(address) {

@@ -7,11 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dfs_proto::chunk_stream;
 use dfs_proto::upload_chunk_response::Kind;
 use dfs_proto::{
     AbortUploadRequest, ChecksumAlgorithm, ChunkMeta, ConfirmUploadRequest, ConfirmedChunk,
-    FileInfo, PlannedChunk, PrepareChunkUploadRequest, ReplanChunkRequest, UploadFileRequest,
-    UploadPlan,
+    FileInfo, PlannedChunk, PrepareChunkUploadRequest, ReplanChunkRequest, UploadChunkResponse,
+    UploadFileRequest, UploadPlan,
 };
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
@@ -367,8 +368,8 @@ impl Client {
             .nodes
             .first()
             .ok_or_else(|| AttemptError::other("the plan names no datanode".into()))?;
-        let mut datanode = self
-            .datanode(&primary.address)
+        let channel = self
+            .datanode_channel(&primary.address)
             .map_err(AttemptError::other)?;
         let node = primary.node_id.as_str();
 
@@ -406,14 +407,21 @@ impl Client {
         );
 
         let idle = self.config.stream_idle_timeout;
-        let mut responses = tokio::time::timeout(idle, datanode.upload_chunk_stream(outgoing))
+        // Frames go out in pieces, their data never copied (see
+        // dfs_proto::chunk_stream).
+        let call = chunk_stream::call::<_, _, UploadChunkResponse>(
+            channel,
+            chunk_stream::UPLOAD_PATH,
+            outgoing,
+            dfs_common::transport::MAX_MESSAGE_BYTES,
+        );
+        let mut responses = tokio::time::timeout(idle, call)
             .await
             .map_err(|_| AttemptError {
                 message: format!("UploadChunkStream to {node} timed out"),
                 blame_primary: true,
             })?
-            .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?
-            .into_inner();
+            .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?;
 
         let mut acked = 0u64;
         let stored = loop {

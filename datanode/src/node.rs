@@ -209,6 +209,13 @@ pub struct Peers {
 impl Peers {
     /// A client for the datanode at `address`.
     pub fn client(&self, address: &str) -> Result<DataNodeClient<Channel>, Status> {
+        Ok(DataNodeClient::new(self.channel(address)?)
+            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
+    }
+
+    /// The one lazily connected channel to the datanode at `address`.
+    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
         let channel = {
             let mut map = self.channels.lock().expect("peers lock");
             match map.get(address) {
@@ -226,9 +233,7 @@ impl Peers {
                 }
             }
         };
-        Ok(DataNodeClient::new(channel)
-            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
 }
 

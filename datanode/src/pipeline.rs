@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dfs_proto::chunk_stream::{self, Inbound};
 use dfs_proto::{
     ChecksumAlgorithm, ChunkData, ChunkDataAck, ChunkMeta, ChunkReplicas, DeleteChunkRequest,
     ReplicaFailure, ReplicateChunkHeader, ReplicateChunkRequest, UploadChunkResponse,
@@ -29,7 +30,7 @@ use dfs_proto::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use crate::metrics::{GaugeGuard, stream};
@@ -301,13 +302,17 @@ impl Forward {
         };
         // The channel is empty, so the header always fits.
         let _ = tx.try_send(first);
-        let client = node.peers.client(&target.address);
+        let channel = node.peers.channel(&target.address);
         let task = tokio::spawn(async move {
-            let mut client = client?;
-            let mut responses = client
-                .replicate_chunk(ReceiverStream::new(rx))
-                .await?
-                .into_inner();
+            // Frames go out in pieces, their data never copied (see
+            // dfs_proto::chunk_stream).
+            let mut responses = chunk_stream::call::<_, _, UploadChunkResponse>(
+                channel?,
+                chunk_stream::REPLICATE_PATH,
+                ReceiverStream::new(rx),
+                dfs_common::transport::MAX_MESSAGE_BYTES,
+            )
+            .await?;
             while let Some(m) = responses.message().await? {
                 if let Some(upload_chunk_response::Kind::Replicas(r)) = m.kind {
                     return Ok(r);
@@ -416,7 +421,7 @@ impl Drop for Forward {
 /// Waits for the next frame; a client idle for longer than the session
 /// timeout is treated as gone.
 async fn next_frame(
-    frames: &mut Streaming<ChunkData>,
+    frames: &mut impl Inbound<ChunkData>,
     idle: Duration,
 ) -> Result<ChunkData, Status> {
     match tokio::time::timeout(idle, frames.message()).await {
@@ -434,7 +439,7 @@ async fn next_frame(
 /// UploadChunkStream on the primary: receives, stores and fans out one chunk.
 pub async fn upload(
     node: Arc<Node>,
-    mut frames: Streaming<ChunkData>,
+    mut frames: impl Inbound<ChunkData>,
     out: Responses,
 ) -> Result<ChunkReplicas, Status> {
     let idle = node.sessions.timeout();
@@ -722,7 +727,7 @@ async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, stored_on: &[Target], lo
 /// repairs). Header first, then frames, each verified before it is acked.
 pub async fn replicate(
     node: Arc<Node>,
-    mut requests: Streaming<ReplicateChunkRequest>,
+    mut requests: impl Inbound<ReplicateChunkRequest>,
     out: Responses,
 ) -> Result<ChunkReplicas, Status> {
     let idle = node.sessions.timeout();

@@ -1,8 +1,10 @@
-//! The datanode's gRPC routes: DownloadChunkStream is answered through
-//! [`dfs_proto::chunk_stream`] so chunk bytes go from the read buffer to the
-//! socket without a copy; every other method goes to tonic's generated
-//! server. Profiling a page-cache re-read put tonic's encoder copy at about
-//! a third of the datanode's CPU.
+//! The datanode's gRPC routes: the streams that carry chunk bytes
+//! (DownloadChunkStream, UploadChunkStream, ReplicateChunk) are answered
+//! through [`dfs_proto::chunk_stream`], so chunk bytes are sliced out of the
+//! received HTTP/2 frames and sent from the read buffer without a copy;
+//! every other method goes to tonic's generated server. Profiling a
+//! page-cache re-read put tonic's encoder copy at about a third of the
+//! datanode's CPU.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use std::task::{Context, Poll};
 
 use bytes::Buf;
 use dfs_proto::DownloadChunkStreamRequest;
-use dfs_proto::chunk_stream::{DOWNLOAD_PATH, frame_body};
+use dfs_proto::chunk_stream::{
+    DOWNLOAD_PATH, MessageReader, REPLICATE_PATH, UPLOAD_PATH, frame_body, message_body,
+};
 use dfs_proto::data_node_server::{DataNode, DataNodeServer};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
@@ -30,6 +34,7 @@ const MAX_REQUEST_BYTES: usize = 64 << 10;
 pub struct Routes {
     service: Arc<DataNodeService>,
     generated: DataNodeServer<DataNodeService>,
+    max_message_bytes: usize,
 }
 
 impl Routes {
@@ -41,6 +46,7 @@ impl Routes {
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes),
             service,
+            max_message_bytes,
         }
     }
 }
@@ -59,11 +65,21 @@ impl tower_service::Service<http::Request<Body>> for Routes {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == DOWNLOAD_PATH {
-            let service = self.service.clone();
-            Box::pin(async move { Ok(download(&service, request).await) })
-        } else {
-            self.generated.call(request)
+        let service = self.service.clone();
+        let max = self.max_message_bytes;
+        match request.uri().path() {
+            DOWNLOAD_PATH => Box::pin(async move { Ok(download(&service, request).await) }),
+            UPLOAD_PATH => {
+                let frames = MessageReader::request(request.into_body(), max);
+                let answers = service.upload_stream(frames);
+                Box::pin(async move { Ok(grpc_response(message_body(answers, true))) })
+            }
+            REPLICATE_PATH => {
+                let requests = MessageReader::request(request.into_body(), max);
+                let answers = service.replicate_stream(requests);
+                Box::pin(async move { Ok(grpc_response(message_body(answers, true))) })
+            }
+            _ => self.generated.call(request),
         }
     }
 }
@@ -77,14 +93,22 @@ async fn download(service: &DataNodeService, request: http::Request<Body>) -> ht
             .download_chunk_stream(tonic::Request::new(request))
             .await?
             .into_inner();
-        let mut response = http::Response::new(Body::new(frame_body(frames)));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        Ok::<_, Status>(response)
+        Ok::<_, Status>(grpc_response(frame_body(frames)))
     };
     answer.await.unwrap_or_else(|status| status.into_http())
+}
+
+/// A gRPC response streaming `body` (which ends with the status trailers).
+fn grpc_response<B>(body: B) -> http::Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = Status> + Send + 'static,
+{
+    let mut response = http::Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// The one gRPC message of a DownloadChunkStream request.

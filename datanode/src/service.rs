@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dfs_proto::chunk_stream::Inbound;
 use dfs_proto::data_node_server::DataNode;
 use dfs_proto::{
     ChunkData, ChunkMeta, DeleteChunkRequest, DeleteChunkResponse, DownloadChunkStreamRequest,
@@ -111,6 +112,38 @@ impl DataNodeService {
     pub fn new(node: Arc<Node>) -> Self {
         DataNodeService { node }
     }
+
+    /// UploadChunkStream over any source of frames (tonic's, or the
+    /// zero-copy reader of [`crate::routes`]): the answers as a stream.
+    pub fn upload_stream(&self, frames: impl Inbound<ChunkData>) -> BoxStream<UploadChunkResponse> {
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let last = match pipeline::upload(node, frames, tx.clone()).await {
+                Ok(r) => Ok(replicas_message(r)),
+                Err(st) => Err(st),
+            };
+            let _ = tx.send(last).await;
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    /// ReplicateChunk over any source of requests: the answers as a stream.
+    pub fn replicate_stream(
+        &self,
+        requests: impl Inbound<ReplicateChunkRequest>,
+    ) -> BoxStream<UploadChunkResponse> {
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let last = match pipeline::replicate(node, requests, tx.clone()).await {
+                Ok(r) => Ok(replicas_message(r)),
+                Err(st) => Err(st),
+            };
+            let _ = tx.send(last).await;
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
 }
 
 fn replicas_message(r: dfs_proto::ChunkReplicas) -> UploadChunkResponse {
@@ -144,17 +177,7 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<ChunkData>>,
     ) -> Result<Response<Self::UploadChunkStreamStream>, Status> {
-        let frames = request.into_inner();
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            let last = match pipeline::upload(node, frames, tx.clone()).await {
-                Ok(r) => Ok(replicas_message(r)),
-                Err(st) => Err(st),
-            };
-            let _ = tx.send(last).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.upload_stream(request.into_inner())))
     }
 
     async fn prepare_chunk_download(
@@ -246,17 +269,7 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<ReplicateChunkRequest>>,
     ) -> Result<Response<Self::ReplicateChunkStream>, Status> {
-        let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let node = self.node.clone();
-        tokio::spawn(async move {
-            let last = match pipeline::replicate(node, requests, tx.clone()).await {
-                Ok(r) => Ok(replicas_message(r)),
-                Err(st) => Err(st),
-            };
-            let _ = tx.send(last).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.replicate_stream(request.into_inner())))
     }
 
     type ReplicateSmallChunksStream = BoxStream<SmallChunkResult>;
