@@ -377,3 +377,79 @@ fn user_errors_are_one_clear_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("4parsecs"));
     cluster.stop();
 }
+
+/// `dfs bench --json` against a real cluster: every row a user compares
+/// (large put, first read, each re-read, small put/stat/get with latencies)
+/// with figures that add up, and nothing left behind in the namespace.
+#[test]
+fn bench_measures_every_operation_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&tmp.path().join("data"));
+    for extra in [&[][..], &["--no-batching"][..]] {
+        let out = cluster
+            .dfs()
+            .args(["bench", "--size", "3MiB", "--chunk-size", "1MiB"])
+            .args(["--small-files", "40", "--rereads", "2", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows = json(&out.stdout);
+        let rows = rows.as_array().expect("an array of rows");
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|r| r["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "put 3.0 MiB x1",
+                "get 3.0 MiB x1 (verified, first read)",
+                "get 3.0 MiB x1 (verified, re-read 1)",
+                "get 3.0 MiB x1 (verified, re-read 2)",
+                "put 4.0 KiB (c=16)",
+                "stat (c=16)",
+                "get 4.0 KiB (c=16)",
+            ],
+            "{extra:?}"
+        );
+        for r in rows {
+            let (ops, bytes, secs) = (
+                r["ops"].as_u64().unwrap(),
+                r["bytes"].as_u64().unwrap(),
+                r["seconds"].as_f64().unwrap(),
+            );
+            assert!(secs > 0.0, "{r}");
+            let rate = r["ops_per_second"].as_f64().unwrap();
+            assert!(
+                (rate - ops as f64 / secs).abs() < 1e-6 * rate.max(1.0),
+                "{r}"
+            );
+            let throughput = r["bytes_per_second"].as_f64().unwrap();
+            assert!(
+                (throughput - bytes as f64 / secs).abs() < 1e-6 * throughput.max(1.0),
+                "{r}"
+            );
+            if ops == 40 {
+                let (p50, p99) = (r["p50_ms"].as_f64().unwrap(), r["p99_ms"].as_f64().unwrap());
+                assert!(p50 > 0.0 && p50 <= p99, "{r}");
+            } else {
+                assert_eq!((ops, bytes), (1, 3 << 20), "{r}");
+                assert!(r["p50_ms"].is_null(), "{r}");
+            }
+        }
+    }
+    let ls = cluster.dfs().args(["ls", "/", "--json"]).output().unwrap();
+    assert!(ls.status.success());
+    assert_eq!(
+        json(&ls.stdout).as_array().map(Vec::len),
+        Some(0),
+        "the bench directory is removed: {}",
+        String::from_utf8_lossy(&ls.stdout)
+    );
+    cluster.stop();
+}
