@@ -316,11 +316,17 @@ impl Cluster {
             stats: RedundancyStats::default(),
             rng: StdRng::from_os_rng(),
         };
-        for id in ns.nodes().keys() {
+        for (id, record) in ns.nodes() {
             cluster.live.insert(
                 id.clone(),
                 Live {
                     last_heartbeat_ms: now_ms,
+                    // A maintenance window set before a restart still holds.
+                    maintenance_until_ms: if record.maintenance_until_ms > now_ms {
+                        record.maintenance_until_ms
+                    } else {
+                        0
+                    },
                     ..Live::default()
                 },
             );
@@ -1004,6 +1010,7 @@ mod tests {
                 topology: TopologyRecord::default(),
                 version: String::new(),
                 draining: false,
+                maintenance_until_ms: 0,
             }))
             .unwrap();
         }

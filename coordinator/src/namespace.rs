@@ -139,6 +139,11 @@ pub struct NodeRecord {
     pub version: String,
     /// Being decommissioned.
     pub draining: bool,
+    /// End of a planned maintenance (Unix ms; 0 or past = none). Durable so
+    /// that a coordinator restarting during a datanode's planned restart
+    /// does not start repairing its replicas. Absent in older records.
+    #[serde(default)]
+    pub maintenance_until_ms: u64,
 }
 
 /// Every mutation of the durable metadata.
@@ -183,6 +188,8 @@ pub enum Command {
     RegisterNode(NodeRecord),
     /// Starts or cancels draining a datanode.
     SetDraining { node_id: NodeId, draining: bool },
+    /// Puts a datanode into maintenance until `until_ms` (0 ends it).
+    SetMaintenance { node_id: NodeId, until_ms: u64 },
 }
 
 /// What a successful command produced.
@@ -657,13 +664,15 @@ impl Namespace {
                 *now_ms,
             ),
             Command::RegisterNode(record) => {
-                let draining = self
+                // Operator decisions outlive a re-registration.
+                let (draining, maintenance_until_ms) = self
                     .nodes
                     .get(&record.node_id)
-                    .map(|n| n.draining)
-                    .unwrap_or(false);
+                    .map(|n| (n.draining, n.maintenance_until_ms))
+                    .unwrap_or((false, 0));
                 let mut record = record.clone();
                 record.draining = draining;
+                record.maintenance_until_ms = maintenance_until_ms;
                 self.nodes.insert(record.node_id.clone(), record);
                 Ok(Outcome::Done)
             }
@@ -675,6 +684,16 @@ impl Namespace {
                             node_id: node_id.clone(),
                         })?;
                 node.draining = *draining;
+                Ok(Outcome::Done)
+            }
+            Command::SetMaintenance { node_id, until_ms } => {
+                let node =
+                    self.nodes
+                        .get_mut(node_id)
+                        .ok_or_else(|| NamespaceError::UnknownNode {
+                            node_id: node_id.clone(),
+                        })?;
+                node.maintenance_until_ms = *until_ms;
                 Ok(Outcome::Done)
             }
         }
@@ -1060,6 +1079,7 @@ mod tests {
             topology: TopologyRecord::default(),
             version: "t".into(),
             draining: false,
+            maintenance_until_ms: 0,
         })
     }
 

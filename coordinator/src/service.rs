@@ -56,8 +56,12 @@ pub struct Hook;
 
 impl Applied<State> for Hook {
     fn applied(&self, st: &mut State, cmd: &Command, _: &Outcome) {
-        if let Command::ConfirmUpload { chunks, .. } = cmd {
-            st.cluster.on_confirmed(chunks);
+        match cmd {
+            Command::ConfirmUpload { chunks, .. } => st.cluster.on_confirmed(chunks),
+            Command::SetMaintenance { node_id, until_ms } => {
+                st.cluster.set_maintenance(node_id, *until_ms)
+            }
+            _ => {}
         }
     }
     fn namespace<'a>(&self, st: &'a mut State) -> &'a mut Namespace {
@@ -816,6 +820,7 @@ impl CoordinatorService {
                 },
                 version: req.version,
                 draining: false,
+                maintenance_until_ms: 0,
             }))
             .await?;
         let cluster_id = {
@@ -1160,21 +1165,26 @@ impl Coordinator for CoordinatorService {
             } else {
                 std::time::Duration::from_secs(req.duration_seconds).min(max)
             };
-            {
-                let mut st = self.ctx.lock();
-                if !st.ns.nodes().contains_key(&req.node_id) {
-                    return Err(Status::not_found(format!(
-                        "unknown datanode {}",
-                        req.node_id
-                    )));
-                }
-                let until = if req.enabled {
-                    now_unix_ms() + duration.as_millis() as u64
-                } else {
-                    0
-                };
-                st.cluster.set_maintenance(&req.node_id, until);
-            }
+            let until_ms = if req.enabled {
+                now_unix_ms() + duration.as_millis() as u64
+            } else {
+                0
+            };
+            // Durable first: a coordinator restarting inside the window
+            // keeps it (applied to the live state by the Hook).
+            self.ctx
+                .committer
+                .propose(Command::SetMaintenance {
+                    node_id: req.node_id.clone(),
+                    until_ms,
+                })
+                .await
+                .map_err(|e| match e {
+                    ProposeError::Rejected(NamespaceError::UnknownNode { node_id }) => {
+                        Status::not_found(format!("unknown datanode {node_id}"))
+                    }
+                    e => e.into(),
+                })?;
             tracing::info!(node_id = %req.node_id, enabled = req.enabled, ?duration, "maintenance");
             self.node_status(&req.node_id)
         })

@@ -82,3 +82,69 @@ async fn restart_keeps_metadata() {
     assert_eq!(status(&mut c).await.files, 3);
     server.stop().await;
 }
+
+/// A maintenance window is durable: a coordinator restarting while a
+/// datanode is down for a planned restart keeps it in maintenance (no
+/// repair), and a cancelled window stays cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_windows_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::default();
+    let nodes = ["n1", "n2", "n3", "n4"];
+    let (holder, until) = {
+        let server = Server::start(test_config(dir.path())).await;
+        for n in nodes {
+            sim.spawn(&server, n, "", "").await;
+        }
+        let mut c = server.client().await;
+        wait_healthy(&mut c, &nodes).await;
+        put(&mut c, &sim, "/f", 10, false).await;
+        let holder = download(&mut c, "/f").await.chunks[0].replicas[0]
+            .node_id
+            .clone();
+        let other = nodes.iter().find(|n| **n != holder).unwrap().to_string();
+        let set = |node: &str, enabled: bool| SetNodeMaintenanceRequest {
+            node_id: node.into(),
+            enabled,
+            duration_seconds: 600,
+        };
+        let st = c
+            .set_node_maintenance(set(&holder, true))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.state, NodeState::Maintenance as i32);
+        c.set_node_maintenance(set(&other, true)).await.unwrap();
+        c.set_node_maintenance(set(&other, false)).await.unwrap();
+        for n in nodes {
+            sim.kill(n);
+        }
+        server.stop().await;
+        (holder, st.maintenance_until_unix_ms)
+    };
+
+    let server = Server::start(test_config(dir.path())).await;
+    let mut c = server.client().await;
+    let st = node_state(&mut c, &holder).await;
+    assert_eq!(st.state, NodeState::Maintenance as i32, "{st:?}");
+    assert_eq!(st.maintenance_until_unix_ms, until);
+    // Every other node comes back; the holder stays down past dead-after.
+    let back: Vec<&str> = nodes.iter().copied().filter(|n| *n != holder).collect();
+    for n in &back {
+        sim.spawn(&server, n, "", "").await;
+    }
+    wait_healthy(&mut c, &back).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    let st = node_state(&mut c, &holder).await;
+    assert_eq!(st.state, NodeState::Maintenance as i32, "{st:?}");
+    for n in &back {
+        let st = node_state(&mut c, n).await;
+        assert_eq!(st.state, NodeState::Healthy as i32, "{n}: {st:?}");
+    }
+    let dl = download(&mut c, "/f").await;
+    assert!(
+        dl.chunks[0].replicas.iter().any(|r| r.node_id == holder),
+        "the replica on the node in maintenance is kept, not repaired away"
+    );
+    server.stop().await;
+}
