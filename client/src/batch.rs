@@ -138,84 +138,100 @@ fn answer<Resp>(replies: Vec<Reply<Resp>>, outcome: Result<Vec<Result<Resp, Stat
     }
 }
 
-/// The batcher of UploadFile calls: UploadFiles, or UploadFile per call
-/// for a batch of one and for a coordinator that predates UploadFiles.
-pub fn plans(coordinator: CoordinatorClient<Channel>) -> Batcher<UploadFileRequest, UploadPlan> {
-    let unsupported = Arc::new(AtomicBool::new(false));
-    Batcher::start(Arc::new(move |files: Vec<UploadFileRequest>| {
-        let mut c = coordinator.clone();
-        let unsupported = unsupported.clone();
-        Box::pin(async move {
-            if files.len() > 1 && !unsupported.load(Ordering::Relaxed) {
-                let request = UploadFilesRequest {
-                    files: files.clone(),
-                };
-                match c.upload_files(request).await {
-                    Ok(r) => {
-                        return Ok(r
-                            .into_inner()
-                            .results
-                            .into_iter()
-                            .map(|r| match r.result {
-                                Some(upload_file_result::Result::Plan(plan)) => Ok(plan),
-                                Some(upload_file_result::Result::Error(e)) => Err(status_of(e)),
-                                None => Err(Status::internal("empty UploadFileResult")),
-                            })
-                            .collect());
-                    }
-                    Err(st) if st.code() == Code::Unimplemented => {
-                        unsupported.store(true, Ordering::Relaxed);
-                    }
-                    Err(st) => return Err(st),
-                }
-            }
-            Ok(join_all(files.into_iter().map(|f| {
-                let mut c = c.clone();
-                async move { c.upload_file(f).await.map(|r| r.into_inner()) }
-            }))
-            .await)
-        })
-    }))
+/// A coordinator call that has a batch form.
+pub trait Batchable: Clone + Send + 'static {
+    /// The unary call's answer.
+    type Response: Send + 'static;
+
+    /// The unary call.
+    fn call_one(
+        coordinator: CoordinatorClient<Channel>,
+        request: Self,
+    ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
+
+    /// The batch call: one result per request, in order.
+    fn call_batch(
+        coordinator: CoordinatorClient<Channel>,
+        requests: Vec<Self>,
+    ) -> impl Future<Output = Result<Vec<Result<Self::Response, Status>>, Status>> + Send;
 }
 
-/// The batcher of ConfirmUpload calls: ConfirmUploads, or ConfirmUpload
-/// per call for a batch of one and for a coordinator that predates it.
-pub fn confirms(
+impl Batchable for UploadFileRequest {
+    type Response = UploadPlan;
+
+    async fn call_one(
+        mut c: CoordinatorClient<Channel>,
+        request: Self,
+    ) -> Result<UploadPlan, Status> {
+        c.upload_file(request).await.map(|r| r.into_inner())
+    }
+
+    async fn call_batch(
+        mut c: CoordinatorClient<Channel>,
+        files: Vec<Self>,
+    ) -> Result<Vec<Result<UploadPlan, Status>>, Status> {
+        let results = c.upload_files(UploadFilesRequest { files }).await?;
+        Ok(results
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(upload_file_result::Result::Plan(plan)) => Ok(plan),
+                Some(upload_file_result::Result::Error(e)) => Err(status_of(e)),
+                None => Err(Status::internal("empty UploadFileResult")),
+            })
+            .collect())
+    }
+}
+
+impl Batchable for ConfirmUploadRequest {
+    type Response = ConfirmUploadResponse;
+
+    async fn call_one(
+        mut c: CoordinatorClient<Channel>,
+        request: Self,
+    ) -> Result<ConfirmUploadResponse, Status> {
+        c.confirm_upload(request).await.map(|r| r.into_inner())
+    }
+
+    async fn call_batch(
+        mut c: CoordinatorClient<Channel>,
+        uploads: Vec<Self>,
+    ) -> Result<Vec<Result<ConfirmUploadResponse, Status>>, Status> {
+        let results = c.confirm_uploads(ConfirmUploadsRequest { uploads }).await?;
+        Ok(results
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(confirm_upload_result::Result::Confirmed(c)) => Ok(c),
+                Some(confirm_upload_result::Result::Error(e)) => Err(status_of(e)),
+                None => Err(Status::internal("empty ConfirmUploadResult")),
+            })
+            .collect())
+    }
+}
+
+/// The batcher of one kind of coordinator call: the batch form, or the
+/// unary call per request for a batch of one and, from its first
+/// UNIMPLEMENTED on, for a coordinator that predates the batch form.
+pub fn coordinator_batcher<R: Batchable>(
     coordinator: CoordinatorClient<Channel>,
-) -> Batcher<ConfirmUploadRequest, ConfirmUploadResponse> {
+) -> Batcher<R, R::Response> {
     let unsupported = Arc::new(AtomicBool::new(false));
-    Batcher::start(Arc::new(move |uploads: Vec<ConfirmUploadRequest>| {
-        let mut c = coordinator.clone();
+    Batcher::start(Arc::new(move |requests: Vec<R>| {
+        let c = coordinator.clone();
         let unsupported = unsupported.clone();
         Box::pin(async move {
-            if uploads.len() > 1 && !unsupported.load(Ordering::Relaxed) {
-                let request = ConfirmUploadsRequest {
-                    uploads: uploads.clone(),
-                };
-                match c.confirm_uploads(request).await {
-                    Ok(r) => {
-                        return Ok(r
-                            .into_inner()
-                            .results
-                            .into_iter()
-                            .map(|r| match r.result {
-                                Some(confirm_upload_result::Result::Confirmed(c)) => Ok(c),
-                                Some(confirm_upload_result::Result::Error(e)) => Err(status_of(e)),
-                                None => Err(Status::internal("empty ConfirmUploadResult")),
-                            })
-                            .collect());
-                    }
+            if requests.len() > 1 && !unsupported.load(Ordering::Relaxed) {
+                match R::call_batch(c.clone(), requests.clone()).await {
                     Err(st) if st.code() == Code::Unimplemented => {
                         unsupported.store(true, Ordering::Relaxed);
                     }
-                    Err(st) => return Err(st),
+                    answered => return answered,
                 }
             }
-            Ok(join_all(uploads.into_iter().map(|u| {
-                let mut c = c.clone();
-                async move { c.confirm_upload(u).await.map(|r| r.into_inner()) }
-            }))
-            .await)
+            Ok(join_all(requests.into_iter().map(|r| R::call_one(c.clone(), r))).await)
         })
     }))
 }

@@ -108,8 +108,8 @@ impl Client {
             .max_encoding_message_size(64 << 20);
         Ok(Client {
             config,
-            plans: batch::plans(coordinator.clone()),
-            confirms: batch::confirms(coordinator.clone()),
+            plans: batch::coordinator_batcher(coordinator.clone()),
+            confirms: batch::coordinator_batcher(coordinator.clone()),
             coordinator,
             datanodes: Arc::default(),
         })

@@ -677,26 +677,23 @@ impl Namespace {
                 Ok(Outcome::Done)
             }
             Command::SetDraining { node_id, draining } => {
-                let node =
-                    self.nodes
-                        .get_mut(node_id)
-                        .ok_or_else(|| NamespaceError::UnknownNode {
-                            node_id: node_id.clone(),
-                        })?;
-                node.draining = *draining;
+                self.node_mut(node_id)?.draining = *draining;
                 Ok(Outcome::Done)
             }
             Command::SetMaintenance { node_id, until_ms } => {
-                let node =
-                    self.nodes
-                        .get_mut(node_id)
-                        .ok_or_else(|| NamespaceError::UnknownNode {
-                            node_id: node_id.clone(),
-                        })?;
-                node.maintenance_until_ms = *until_ms;
+                self.node_mut(node_id)?.maintenance_until_ms = *until_ms;
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// A registered node's record, for an operator decision about it.
+    fn node_mut(&mut self, node_id: &str) -> Result<&mut NodeRecord, NamespaceError> {
+        self.nodes
+            .get_mut(node_id)
+            .ok_or_else(|| NamespaceError::UnknownNode {
+                node_id: node_id.to_string(),
+            })
     }
 
     fn drop_upload(&mut self, upload_id: &str) {

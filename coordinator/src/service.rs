@@ -668,20 +668,18 @@ impl CoordinatorService {
                  {MAX_BATCH_CHUNKS} (use UploadFile for large files)"
             )));
         }
-        let start = Instant::now();
-        let results = futures::future::join_all(req.files.into_iter().map(|f| async {
-            let r = self.upload_file_impl(f).await;
-            self.record_batched("UploadFile", &r, start);
-            match r {
-                Ok(plan) => pb::upload_file_result::Result::Plan(plan),
-                Err(st) => pb::upload_file_result::Result::Error(call_error(&st)),
-            }
-        }))
-        .await;
+        let results = self
+            .run_batch("UploadFile", req.files, |f| self.upload_file_impl(f))
+            .await;
         Ok(pb::UploadFilesResponse {
             results: results
                 .into_iter()
-                .map(|r| pb::UploadFileResult { result: Some(r) })
+                .map(|r| pb::UploadFileResult {
+                    result: Some(match r {
+                        Ok(plan) => pb::upload_file_result::Result::Plan(plan),
+                        Err(st) => pb::upload_file_result::Result::Error(call_error(&st)),
+                    }),
+                })
                 .collect(),
         })
     }
@@ -693,34 +691,51 @@ impl CoordinatorService {
         req: pb::ConfirmUploadsRequest,
     ) -> Result<pb::ConfirmUploadsResponse, Status> {
         check_batch_len(req.uploads.len())?;
-        let start = Instant::now();
-        let results = futures::future::join_all(req.uploads.into_iter().map(|u| async {
-            let r = self.confirm_impl(u).await;
-            self.record_batched("ConfirmUpload", &r, start);
-            match r {
-                Ok(confirmed) => pb::confirm_upload_result::Result::Confirmed(confirmed),
-                Err(st) => pb::confirm_upload_result::Result::Error(call_error(&st)),
-            }
-        }))
-        .await;
+        let results = self
+            .run_batch("ConfirmUpload", req.uploads, |u| self.confirm_impl(u))
+            .await;
         Ok(pb::ConfirmUploadsResponse {
             results: results
                 .into_iter()
-                .map(|r| pb::ConfirmUploadResult { result: Some(r) })
+                .map(|r| pb::ConfirmUploadResult {
+                    result: Some(match r {
+                        Ok(c) => pb::confirm_upload_result::Result::Confirmed(c),
+                        Err(st) => pb::confirm_upload_result::Result::Error(call_error(&st)),
+                    }),
+                })
                 .collect(),
         })
     }
 
-    /// Counts one call of a batch under its own method, so that the rate and
-    /// latency of uploads read the same whether clients batch or not.
-    fn record_batched<T>(&self, method: &str, r: &Result<T, Status>, start: Instant) {
-        let code = match r {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.ctx
-            .metrics
-            .batched_rpc(method, code, start.elapsed().as_secs_f64());
+    /// Runs every call of a batch at once, so that their commands share the
+    /// metadata log's group commits, and counts each under its own method
+    /// (the rate and latency of uploads read the same whether clients batch
+    /// or not). Results come back in request order.
+    async fn run_batch<Req, T, Fut>(
+        &self,
+        method: &'static str,
+        calls: Vec<Req>,
+        call: impl Fn(Req) -> Fut,
+    ) -> Vec<Result<T, Status>>
+    where
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = Instant::now();
+        futures::future::join_all(calls.into_iter().map(|c| {
+            let answer = call(c);
+            async move {
+                let r = answer.await;
+                let code = match &r {
+                    Ok(_) => tonic::Code::Ok,
+                    Err(s) => s.code(),
+                };
+                self.ctx
+                    .metrics
+                    .batched_rpc(method, code, start.elapsed().as_secs_f64());
+                r
+            }
+        }))
+        .await
     }
 
     fn download_impl(
