@@ -87,6 +87,12 @@ fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Regis
 }
 
 impl Metrics {
+    /// Counts one frame of `len` bytes sent on a stream of `kind`.
+    pub fn frame_out(&self, kind: &str, len: u64) {
+        self.bytes_out.with_label_values(&[kind]).inc_by(len);
+        self.frames_out.with_label_values(&[kind]).inc();
+    }
+
     /// Creates the metrics in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();

@@ -355,14 +355,7 @@ impl Forward {
         };
         match tokio::time::timeout(stall, tx.send(req)).await {
             Ok(Ok(())) => {
-                node.metrics
-                    .bytes_out
-                    .with_label_values(&[stream::FORWARD])
-                    .inc_by(len);
-                node.metrics
-                    .frames_out
-                    .with_label_values(&[stream::FORWARD])
-                    .inc();
+                node.metrics.frame_out(stream::FORWARD, len);
                 true
             }
             Ok(Err(_)) => {

@@ -112,8 +112,7 @@ pub fn spawn_read(
                     return false;
                 }
                 sent_final |= done;
-                metrics.bytes_out.with_label_values(&[kind]).inc_by(len);
-                metrics.frames_out.with_label_values(&[kind]).inc();
+                metrics.frame_out(kind, len);
                 pacer.consume(len, rate);
                 true
             };

@@ -189,14 +189,7 @@ impl Links {
             if link.tx.send(message).await.is_err() {
                 continue;
             }
-            node.metrics
-                .bytes_out
-                .with_label_values(&[stream::FORWARD])
-                .inc_by(len);
-            node.metrics
-                .frames_out
-                .with_label_values(&[stream::FORWARD])
-                .inc();
+            node.metrics.frame_out(stream::FORWARD, len);
             let answer = rx
                 .await
                 .unwrap_or_else(|_| Err(Status::unavailable("small-chunk link closed")));
