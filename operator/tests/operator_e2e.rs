@@ -1,7 +1,7 @@
 //! End to end: the real `dfs-operator` binary against a Kubernetes API
 //! emulator (kmock + the shim in `scripts/operator-e2e/kapi.py`), driven with
 //! `kubectl`: apply the CRD and a DfsCluster, see the StatefulSet and
-//! DaemonSet appear, scale the spec and see them follow, hand-edit the
+//! DaemonSet appear, change the spec and see them follow, hand-edit the
 //! StatefulSet and see it repaired, delete the cluster and see the finalizer
 //! released.
 //!
@@ -282,20 +282,21 @@ fn operator_reconciles_scales_and_repairs() {
         "{printed}"
     );
 
-    // Scaled: the spec change reaches the workloads.
+    // Changed: the spec change reaches the workloads (coordinator.replicas
+    // stays 1: the operator refuses more until the coordinator is replicated).
     env.must(&[
         "patch",
         "dfs",
         "demo",
         "--type=merge",
         "-p",
-        r#"{"spec":{"coordinator":{"replicas":3},"image":{"tag":"9.9.9"}}}"#,
+        r#"{"spec":{"image":{"tag":"9.9.9"}}}"#,
     ]);
     env.wait_for(
-        "the scaled StatefulSet",
+        "the new coordinator image",
         &["statefulset", "demo-coordinator"],
-        "{.spec.replicas}",
-        "3",
+        "{.spec.template.spec.containers[0].image}",
+        "dfs:9.9.9",
     );
     env.wait_for(
         "the new datanode image",
@@ -323,7 +324,7 @@ fn operator_reconciles_scales_and_repairs() {
         "the repaired StatefulSet",
         &["statefulset", "demo-coordinator"],
         "{.spec.replicas}",
-        "3",
+        "1",
     );
 
     // Pruned: metrics disabled, the metrics Services go.

@@ -598,6 +598,35 @@ async fn invalid_spec_warns_once_and_waits() {
     assert_eq!(action, Action::await_change());
 }
 
+/// Several coordinators are refused before anything is applied: a Warning
+/// event with the reason, an Invalid status, no StatefulSet (no other call),
+/// then a wait for a spec change instead of a retry loop.
+#[tokio::test]
+async fn coordinator_replicas_above_one_warn_and_wait() {
+    let obj = with_finalizer(cluster(json!({"coordinator": {"replicas": 3}})));
+    let expected = "coordinator.replicas must be 1 until coordinator replication exists (got 3)";
+    let calls = vec![
+        Call::new("POST", "/apis/events.k8s.io/v1/namespaces/default/events").check(move |b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "InvalidSpec");
+            let note = b["note"].as_str().unwrap();
+            assert!(note.contains(expected), "{note}");
+            assert!(note.contains("delete each other's chunks"), "{note}");
+        }),
+        status_write(&obj, move |b| {
+            assert_eq!(b["status"]["phase"], "Invalid");
+            let degraded = &b["status"]["conditions"][0];
+            assert_eq!(degraded["reason"], "InvalidSpec");
+            assert!(
+                degraded["message"].as_str().unwrap().contains(expected),
+                "{degraded}"
+            );
+        }),
+    ];
+    let action = run(obj, calls, Arc::new(FakeCoordinator::default())).await;
+    assert_eq!(action, Action::await_change());
+}
+
 #[tokio::test]
 async fn finalizer_deletes_data_and_releases() {
     let action = Scenario::Finalize.run(None).await;

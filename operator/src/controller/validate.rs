@@ -98,9 +98,14 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
             0
         }
     };
-    if !(1..=7).contains(&spec.coordinator.replicas) {
+    // Until the coordinator is replicated, each coordinator pod keeps its own
+    // namespace: several behind one Service would split it, and each would
+    // delete as orphans the chunks the others placed.
+    if spec.coordinator.replicas != 1 {
         problems.push(format!(
-            "coordinator.replicas must be between 1 and 7, got {}",
+            "coordinator.replicas must be 1 until coordinator replication exists (got {}): \
+             several independent coordinators behind one Service would split the namespace \
+             and delete each other's chunks",
             spec.coordinator.replicas
         ));
     }
@@ -167,6 +172,35 @@ mod tests {
             err.to_string()
                 .contains("replication must be between 1 and 16")
         );
+    }
+
+    #[test]
+    fn coordinator_replicas_above_one_are_refused() {
+        let err = validate(&cluster("{coordinator: {replicas: 3}}")).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(
+            err.0[0],
+            "coordinator.replicas must be 1 until coordinator replication exists (got 3): \
+             several independent coordinators behind one Service would split the namespace \
+             and delete each other's chunks"
+        );
+        assert!(err.to_string().starts_with("invalid DfsCluster spec: "));
+    }
+
+    #[test]
+    fn coordinator_replicas_must_be_exactly_one() {
+        assert!(validate(&cluster("{coordinator: {replicas: 1}}")).is_ok());
+        for n in [0, 2, -1, 7] {
+            let err = validate(&cluster(&format!("{{coordinator: {{replicas: {n}}}}}")))
+                .expect_err(&format!("replicas {n} must be refused"));
+            assert_eq!(err.0.len(), 1, "{err}");
+            assert!(
+                err.0[0].starts_with(&format!(
+                    "coordinator.replicas must be 1 until coordinator replication exists (got {n})"
+                )),
+                "{err}"
+            );
+        }
     }
 
     #[test]

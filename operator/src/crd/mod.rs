@@ -165,9 +165,11 @@ pub struct Scheduling {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinatorSpec {
-    /// Pods of the coordinator StatefulSet.
+    /// Pods of the coordinator StatefulSet. Only 1 is accepted for now: until
+    /// the coordinator is replicated, several coordinators behind one Service
+    /// would each keep their own namespace and delete each other's chunks.
     #[serde(default = "default_coordinator_replicas")]
-    #[schemars(range(min = 1, max = 7))]
+    #[schemars(range(min = 1, max = 1))]
     pub replicas: i32,
     /// Compute resources of the coordinator container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -457,5 +459,20 @@ mod tests {
         assert!(y.contains("minimum: 1"));
         assert!(y.contains("x-kubernetes-preserve-unknown-fields: true"));
         assert!(y.contains("jsonPath: .status.datanodes.summary"));
+    }
+
+    #[test]
+    fn schema_accepts_a_single_coordinator_only() {
+        let crd = serde_json::to_value(<DfsCluster as kube::CustomResourceExt>::crd()).unwrap();
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["coordinator"]["properties"]["replicas"];
+        assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{replicas}");
+        assert_eq!(replicas["maximum"].as_f64(), Some(1.0), "{replicas}");
+        assert!(
+            replicas["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("Only 1 is accepted")),
+            "{replicas}"
+        );
     }
 }

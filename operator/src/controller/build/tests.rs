@@ -82,7 +82,7 @@ fn full_cluster_matches_golden() {
     assert_eq!(d.services.len(), 2, "metrics disabled: no metrics Services");
     assert!(d.service_monitor.is_none());
     let sts = &d.statefulset;
-    assert_eq!(sts.spec.replicas, Some(3));
+    assert_eq!(sts.spec.replicas, Some(1));
     let retention = sts
         .spec
         .persistent_volume_claim_retention_policy
