@@ -484,6 +484,9 @@ impl Client {
                 checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
             }),
             replicas: stored.replicas,
+            // Each replica's own word on what it stored: what the
+            // coordinator commits against.
+            receipts: stored.receipts,
         })
     }
 }

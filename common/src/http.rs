@@ -14,19 +14,90 @@ use axum::routing::get;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
-/// Whether a service is ready for traffic; `/readyz` answers 200 only when set.
+/// Whether a service is ready for traffic and still alive. `/readyz`
+/// answers 200 only when set ready and healthy; `/healthz` only when healthy:
+/// not marked failed (a dead committer, a poisoned lock: the process must be
+/// restarted) and every watched loop beat recently (a stuck tick).
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ProbeState>);
+
+#[derive(Debug, Default)]
+struct ProbeState {
+    ready: AtomicBool,
+    failed: std::sync::Mutex<Option<String>>,
+    watchdogs: std::sync::Mutex<Vec<Watchdog>>,
+}
+
+/// A loop that must beat at least every `stale_after_ms`.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    name: &'static str,
+    last_beat_ms: Arc<std::sync::atomic::AtomicU64>,
+    stale_after_ms: u64,
+}
+
+impl Watchdog {
+    /// Records that the loop is alive now.
+    pub fn beat(&self) {
+        self.last_beat_ms
+            .store(crate::time::monotonic_ms(), Ordering::Release);
+    }
+}
 
 impl Readiness {
     /// Marks the service ready (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.0.ready.store(ready, Ordering::Release);
     }
 
-    /// Current readiness.
+    /// Marks the service failed for good (both probes fail from now on).
+    pub fn fail(&self, reason: impl Into<String>) {
+        let mut failed = self.0.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            *failed = Some(reason.into());
+        }
+    }
+
+    /// A watchdog for a loop that must beat at least every `stale_after`;
+    /// it starts beaten now.
+    pub fn watchdog(&self, name: &'static str, stale_after: std::time::Duration) -> Watchdog {
+        let w = Watchdog {
+            name,
+            last_beat_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::time::monotonic_ms(),
+            )),
+            stale_after_ms: stale_after.as_millis() as u64,
+        };
+        self.0
+            .watchdogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w.clone());
+        w
+    }
+
+    /// Why the service is unhealthy, if it is.
+    pub fn unhealthy(&self) -> Option<String> {
+        if let Some(r) = self
+            .0
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Some(r);
+        }
+        let now = crate::time::monotonic_ms();
+        let dogs = self.0.watchdogs.lock().unwrap_or_else(|e| e.into_inner());
+        dogs.iter().find_map(|w| {
+            let age = now.saturating_sub(w.last_beat_ms.load(Ordering::Acquire));
+            (age > w.stale_after_ms).then(|| format!("{} has not run for {age} ms", w.name))
+        })
+    }
+
+    /// Current readiness (ready and healthy).
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.ready.load(Ordering::Acquire) && self.unhealthy().is_none()
     }
 }
 
@@ -53,15 +124,26 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.readiness.unhealthy() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.get() {
-        (StatusCode::OK, "ready")
+    if let Some(reason) = state.readiness.unhealthy() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
+    } else if state.readiness.get() {
+        (StatusCode::OK, "ready".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string())
     }
 }
 

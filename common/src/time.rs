@@ -2,6 +2,41 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Milliseconds on this process's monotonic clock: counted from the first
+/// call (plus one, so it is never 0), unaffected by wall-clock steps. Every
+/// duration a server measures (liveness, graces, expiries, maintenance
+/// windows) uses it; the wall clock only labels events for humans.
+pub fn monotonic_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// Converts an instant of [`monotonic_ms`] to wall-clock Unix ms, as of now.
+pub fn monotonic_to_unix_ms(mono_ms: u64) -> u64 {
+    let now_mono = monotonic_ms();
+    let now_wall = now_unix_ms();
+    if mono_ms <= now_mono {
+        now_wall.saturating_sub(now_mono - mono_ms)
+    } else {
+        now_wall.saturating_add(mono_ms - now_mono)
+    }
+}
+
+/// Converts a wall-clock Unix ms deadline to [`monotonic_ms`], as of now
+/// (a durable deadline read back after a restart).
+pub fn unix_to_monotonic_ms(unix_ms: u64) -> u64 {
+    let now_mono = monotonic_ms();
+    let now_wall = now_unix_ms();
+    if unix_ms >= now_wall {
+        now_mono.saturating_add(unix_ms - now_wall)
+    } else {
+        now_mono.saturating_sub(now_wall - unix_ms).max(1)
+    }
+}
+
 /// Milliseconds since the Unix epoch now.
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()

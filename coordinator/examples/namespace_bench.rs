@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
                     host: format!("h{i}"),
                 }),
                 version: "bench".into(),
+                cluster_id: String::new(),
             })
             .await?;
     }
@@ -110,6 +111,15 @@ async fn main() -> anyhow::Result<()> {
                             checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
                         }),
                         replicas: ch.nodes.iter().map(|n| n.node_id.clone()).collect(),
+                        receipts: ch
+                            .nodes
+                            .iter()
+                            .map(|n| ReplicaReceipt {
+                                node_id: n.node_id.clone(),
+                                checksum: 1,
+                                size: ch.size,
+                            })
+                            .collect(),
                     })
                     .collect();
                 c.confirm_upload(ConfirmUploadRequest {

@@ -10,6 +10,21 @@
 //! Replica locations are not part of the durable state machine (like HDFS
 //! block locations): they are seeded at start from the replicas recorded at
 //! confirm time and reconciled by the datanodes' chunk reports.
+//!
+//! Deletes are the dangerous output, so three rules gate them:
+//! - **Safe mode** after start: no delete and no repair until a share of the
+//!   known datanodes sent full reports and most reported replicas are known
+//!   to the namespace (a namespace restored from an old backup, or the wrong
+//!   one, keeps the cluster in safe mode instead of deleting what it does not
+//!   know). An admin can enter or leave it by hand.
+//! - **A delete budget** per node and orphan-grace window: at most
+//!   `max(delete_budget_min, delete_budget_share × chunks on the node)`
+//!   replicas ordered deleted; the rest waits, counted and shown.
+//! - **Corrupt replicas** (reported checksum differs from the namespace) are
+//!   not counted but kept until R good replicas exist elsewhere.
+//!
+//! Every time here is [`dfs_common::time::monotonic_ms`]: a wall-clock step
+//! marks no node dead and expires nothing early.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -39,6 +54,38 @@ pub struct Timing {
     pub repair_bytes_per_second: u64,
     /// Default chunk size (a node with less free space is full).
     pub chunk_size: u64,
+    /// Share of known datanodes whose full reports end safe mode.
+    pub safe_mode_node_share: f64,
+    /// Share of reported replicas that must be known to the namespace
+    /// before safe mode ends.
+    pub safe_mode_known_share: f64,
+    /// Share of a node's replicas that may be ordered deleted per orphan
+    /// grace period.
+    pub delete_budget_share: f64,
+    /// Replicas per node and grace period that may always be deleted (small
+    /// nodes).
+    pub delete_budget_min: u64,
+}
+
+impl Timing {
+    /// Settings for tests: everything short, safe mode ends on the first
+    /// report, budgets generous.
+    pub fn for_tests() -> Self {
+        Timing {
+            heartbeat_interval_ms: 100,
+            suspect_after_ms: 200,
+            dead_after_ms: 1000,
+            orphan_grace_ms: 500,
+            over_replication_grace_ms: 500,
+            repair_streams_per_node: 2,
+            repair_bytes_per_second: 0,
+            chunk_size: 10,
+            safe_mode_node_share: 0.0,
+            safe_mode_known_share: 0.0,
+            delete_budget_share: 1.0,
+            delete_budget_min: 1000,
+        }
+    }
 }
 
 /// Self-reported node health.
@@ -149,6 +196,8 @@ pub enum NodeCommand {
     Delete {
         command_id: u64,
         chunk_ids: Vec<ChunkId>,
+        /// Only the corrupt copies the node keeps in quarantine.
+        quarantined_only: bool,
     },
 }
 
@@ -163,11 +212,14 @@ pub struct CommandOutcome {
     pub error: String,
 }
 
+/// A chunk a node says it holds, with the checksum it stored.
+pub type Held = (ChunkId, u32);
+
 /// A batch of a full chunk report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportBatch {
-    /// Chunks held.
-    pub chunks: Vec<ChunkId>,
+    /// Chunks held, with their stored checksums.
+    pub chunks: Vec<Held>,
     /// First batch.
     pub first: bool,
     /// Last batch.
@@ -183,8 +235,8 @@ pub struct HeartbeatEvent {
     pub info: NodeInfo,
     /// Part of a full report.
     pub report: Option<ReportBatch>,
-    /// Chunks stored since the last heartbeat.
-    pub added: Vec<ChunkId>,
+    /// Chunks stored since the last heartbeat, with their checksums.
+    pub added: Vec<Held>,
     /// Chunks removed.
     pub removed: Vec<ChunkId>,
     /// Chunks found corrupt.
@@ -241,6 +293,50 @@ pub struct RedundancyStats {
     pub repairs_completed: u64,
     /// Orphan replicas deleted since start.
     pub orphans_deleted: u64,
+    /// Replicas whose reported checksum differs from the namespace.
+    pub corrupt_replicas: u64,
+    /// Replica deletes held back by the delete budget (last tick).
+    pub deletes_deferred: u64,
+    /// Times a node's delete budget ran out since start.
+    pub budget_exhausted_total: u64,
+}
+
+/// Safe mode as `dfs status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SafeModeStatus {
+    /// On: no deletes, no repairs.
+    pub active: bool,
+    /// Why it is on (or how it ended).
+    pub reason: String,
+    /// Known nodes that sent a full report since safe mode began.
+    pub reported_nodes: u32,
+    /// Nodes known to the namespace.
+    pub known_nodes: u32,
+    /// Replicas in those reports.
+    pub reported_replicas: u64,
+    /// How many of them the namespace knows.
+    pub known_replicas: u64,
+    /// Set by an admin (then left only by an admin).
+    pub manual: bool,
+}
+
+#[derive(Debug, Default)]
+struct SafeMode {
+    /// Auto safe mode still on.
+    active: bool,
+    /// Admin override: `Some(true)` forced on, `Some(false)` forced off.
+    manual: Option<bool>,
+    reported: HashSet<NodeId>,
+    reported_replicas: u64,
+    known_replicas: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Budget {
+    window_start_ms: u64,
+    used: u64,
+    /// Ran out in this window (counted once per window).
+    exhausted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +391,18 @@ pub struct Cluster {
     completions: VecDeque<(u64, u64)>,
     stats: RedundancyStats,
     rng: StdRng,
+    safe: SafeMode,
+    budgets: HashMap<NodeId, Budget>,
+    exhausted: BTreeSet<NodeId>,
+    /// Replicas reported with a checksum other than the namespace's.
+    corrupt: HashMap<ChunkId, BTreeSet<NodeId>>,
+    /// Checksums reported for chunks of open uploads, by node: what
+    /// ConfirmUpload checks the confirmed checksum against.
+    pending: HashMap<ChunkId, HashMap<NodeId, u32>>,
+    /// Open uploads' expiry on the monotonic clock.
+    upload_deadlines: HashMap<String, u64>,
+    /// Corrupt copies nodes keep in quarantine (they reported them).
+    quarantined: HashMap<ChunkId, BTreeSet<NodeId>>,
 }
 
 const RATE_WINDOW_MS: u64 = 60_000;
@@ -302,8 +410,9 @@ const RATE_WINDOW_MS: u64 = 60_000;
 impl Cluster {
     /// Builds the soft state for a freshly loaded namespace: every known node
     /// is considered heard from at `now_ms`, replicas come from the confirm
-    /// records.
-    pub fn new(timing: Timing, ns: &Namespace, now_ms: u64) -> Self {
+    /// records, and safe mode is on. `now_ms` is monotonic; durable
+    /// maintenance deadlines (wall clock) are converted by `to_mono`.
+    pub fn new(timing: Timing, ns: &Namespace, now_ms: u64, to_mono: impl Fn(u64) -> u64) -> Self {
         let mut cluster = Cluster {
             timing,
             live: HashMap::new(),
@@ -315,18 +424,29 @@ impl Cluster {
             completions: VecDeque::new(),
             stats: RedundancyStats::default(),
             rng: StdRng::from_os_rng(),
+            safe: SafeMode {
+                active: true,
+                ..SafeMode::default()
+            },
+            budgets: HashMap::new(),
+            exhausted: BTreeSet::new(),
+            corrupt: HashMap::new(),
+            pending: HashMap::new(),
+            upload_deadlines: HashMap::new(),
+            quarantined: HashMap::new(),
         };
         for (id, record) in ns.nodes() {
+            let until = if record.maintenance_until_ms == 0 {
+                0
+            } else {
+                to_mono(record.maintenance_until_ms)
+            };
             cluster.live.insert(
                 id.clone(),
                 Live {
                     last_heartbeat_ms: now_ms,
                     // A maintenance window set before a restart still holds.
-                    maintenance_until_ms: if record.maintenance_until_ms > now_ms {
-                        record.maintenance_until_ms
-                    } else {
-                        0
-                    },
+                    maintenance_until_ms: if until > now_ms { until } else { 0 },
                     ..Live::default()
                 },
             );
@@ -367,10 +487,156 @@ impl Cluster {
     /// Records the replicas of freshly confirmed chunks.
     pub fn on_confirmed(&mut self, chunks: &[ChunkRecord]) {
         for c in chunks {
+            self.pending.remove(&c.id);
             for n in &c.replicas {
                 self.add_replica(&c.id, n);
             }
         }
+    }
+
+    /// The checksum `node` reported storing for chunk `chunk_id` of an open
+    /// upload, if it did.
+    pub fn reported_checksum(&self, chunk_id: &str, node: &str) -> Option<u32> {
+        self.pending.get(chunk_id)?.get(node).copied()
+    }
+
+    /// One replica a node says it holds: counted when its checksum agrees
+    /// with the namespace (or the chunk is not a file's), kept apart as
+    /// corrupt otherwise. Returns whether the namespace knows the chunk.
+    fn observe(&mut self, ns: &Namespace, chunk: &str, checksum: u32, node: &str) -> bool {
+        match ns.chunk_owner(chunk) {
+            Some(ChunkOwner::File { checksum: want, .. }) if want != checksum => {
+                if self
+                    .corrupt
+                    .entry(chunk.to_string())
+                    .or_default()
+                    .insert(node.to_string())
+                {
+                    tracing::warn!(
+                        node_id = node,
+                        chunk_id = chunk,
+                        reported = format_args!("{checksum:08x}"),
+                        recorded = format_args!("{want:08x}"),
+                        "replica checksum differs from the namespace: counted as corrupt"
+                    );
+                }
+                self.remove_replica(chunk, node);
+                true
+            }
+            Some(ChunkOwner::File { .. }) => {
+                // A verified copy (e.g. repaired onto a node that had a
+                // corrupt one): its quarantined copy is gone with it.
+                self.forget_corrupt(chunk, node);
+                self.forget_quarantined(chunk, node);
+                self.add_replica(chunk, node);
+                true
+            }
+            Some(ChunkOwner::Upload) => {
+                self.pending
+                    .entry(chunk.to_string())
+                    .or_default()
+                    .insert(node.to_string(), checksum);
+                self.add_replica(chunk, node);
+                true
+            }
+            None => {
+                self.add_replica(chunk, node);
+                false
+            }
+        }
+    }
+
+    fn forget_quarantined(&mut self, chunk: &str, node: &str) {
+        if let Some(set) = self.quarantined.get_mut(chunk) {
+            set.remove(node);
+            if set.is_empty() {
+                self.quarantined.remove(chunk);
+            }
+        }
+    }
+
+    fn forget_corrupt(&mut self, chunk: &str, node: &str) {
+        if let Some(set) = self.corrupt.get_mut(chunk) {
+            set.remove(node);
+            if set.is_empty() {
+                self.corrupt.remove(chunk);
+            }
+        }
+    }
+
+    /// Enters (`true`) or leaves (`false`) safe mode by hand.
+    pub fn set_safe_mode(&mut self, enabled: bool) {
+        tracing::warn!(enabled, "safe mode set by an admin");
+        self.safe.manual = Some(enabled);
+        if !enabled {
+            self.safe.active = false;
+        }
+    }
+
+    /// True while no delete and no repair may be ordered.
+    pub fn in_safe_mode(&self) -> bool {
+        match self.safe.manual {
+            Some(on) => on,
+            None => self.safe.active,
+        }
+    }
+
+    /// Safe mode and its reason, for status calls.
+    pub fn safe_mode(&self, ns: &Namespace) -> SafeModeStatus {
+        let known_nodes = ns.nodes().len() as u32;
+        let reported_nodes = self
+            .safe
+            .reported
+            .iter()
+            .filter(|n| ns.nodes().contains_key(*n))
+            .count() as u32;
+        let active = self.in_safe_mode();
+        let reason = match self.safe.manual {
+            Some(true) => "entered by an admin (leave it with dfs safemode leave)".to_string(),
+            Some(false) if self.safe.active => "left by an admin".to_string(),
+            _ if !active => "off".to_string(),
+            _ => self
+                .safe_mode_wait(ns)
+                .unwrap_or_else(|| "ending".to_string()),
+        };
+        SafeModeStatus {
+            active,
+            reason,
+            reported_nodes,
+            known_nodes,
+            reported_replicas: self.safe.reported_replicas,
+            known_replicas: self.safe.known_replicas,
+            manual: self.safe.manual.is_some(),
+        }
+    }
+
+    /// What automatic safe mode still waits for (`None`: nothing).
+    fn safe_mode_wait(&self, ns: &Namespace) -> Option<String> {
+        let known = ns.nodes().len();
+        let reported = self
+            .safe
+            .reported
+            .iter()
+            .filter(|n| ns.nodes().contains_key(*n))
+            .count();
+        let need = ((self.timing.safe_mode_node_share * known as f64).ceil() as usize)
+            .clamp(1, known.max(1));
+        if reported < need {
+            return Some(format!(
+                "waiting for full chunk reports: {reported} of {known} datanodes reported, {need} needed"
+            ));
+        }
+        let total = self.safe.reported_replicas;
+        let have = self.safe.known_replicas;
+        if total > 0 && (have as f64) < self.timing.safe_mode_known_share * total as f64 {
+            return Some(format!(
+                "only {have} of {total} reported replicas are known to the namespace \
+                 (need {:.0}%): is this the right metadata? Nothing is deleted until an \
+                 admin leaves safe mode",
+                self.timing.safe_mode_known_share * 100.0
+            ));
+        }
+        None
     }
 
     /// A node registered (or re-registered).
@@ -407,11 +673,19 @@ impl Cluster {
                 live.report = Some(HashSet::new());
             }
             let seen = live.report.as_mut().expect("set above");
-            seen.extend(batch.chunks.iter().cloned());
-            for c in &batch.chunks {
-                self.add_replica(c, node);
+            seen.extend(batch.chunks.iter().map(|(c, _)| c.clone()));
+            let counting = self.safe.active && !self.safe.reported.contains(node);
+            for (c, crc) in &batch.chunks {
+                let known = self.observe(ns, c, *crc, node);
+                if counting {
+                    self.safe.reported_replicas += 1;
+                    self.safe.known_replicas += u64::from(known);
+                }
             }
             if batch.last {
+                if counting {
+                    self.safe.reported.insert(node.to_string());
+                }
                 let live = self.live.get_mut(node).expect("inserted above");
                 let seen = live.report.take().unwrap_or_default();
                 let lost: Vec<ChunkId> = live
@@ -420,6 +694,15 @@ impl Cluster {
                     .filter(|c| !seen.contains(*c))
                     .cloned()
                     .collect();
+                let gone_corrupt: Vec<ChunkId> = self
+                    .corrupt
+                    .iter()
+                    .filter(|(c, holders)| holders.contains(node) && !seen.contains(*c))
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for c in gone_corrupt {
+                    self.forget_corrupt(&c, node);
+                }
                 if !lost.is_empty() {
                     tracing::info!(
                         node_id = node,
@@ -432,8 +715,8 @@ impl Cluster {
                 }
             }
         }
-        for c in &ev.added {
-            self.add_replica(c, node);
+        for (c, crc) in &ev.added {
+            self.observe(ns, c, *crc, node);
             let done: Vec<u64> = self
                 .inflight
                 .iter()
@@ -448,10 +731,17 @@ impl Cluster {
         }
         for c in &ev.removed {
             self.remove_replica(c, node);
+            self.forget_corrupt(c, node);
         }
         for c in &ev.corrupt {
+            // The node quarantined it: not counted, kept until R good copies
+            // exist elsewhere, then ordered deleted.
             tracing::warn!(node_id = node, chunk_id = %c, "corrupt replica reported; repairing");
             self.remove_replica(c, node);
+            self.quarantined
+                .entry(c.clone())
+                .or_default()
+                .insert(node.to_string());
         }
         for r in &ev.results {
             if !r.ok {
@@ -615,6 +905,41 @@ impl Cluster {
             .collect()
     }
 
+    /// Starts the expiry clock of an open upload (`deadline_ms` monotonic).
+    pub fn track_upload(&mut self, upload_id: &str, deadline_ms: u64) {
+        self.upload_deadlines
+            .insert(upload_id.to_string(), deadline_ms);
+    }
+
+    /// Open uploads whose monotonic deadline passed; forgets uploads that
+    /// ended otherwise.
+    pub fn expired_uploads(&mut self, ns: &Namespace, now_ms: u64) -> Vec<String> {
+        self.upload_deadlines
+            .retain(|id, _| ns.uploads().contains_key(id));
+        let mut out: Vec<String> = self
+            .upload_deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Drops every queued command (fail-stop: nothing decided on a state
+    /// the disk may not hold is delivered).
+    pub fn clear_outboxes(&mut self) {
+        for l in self.live.values_mut() {
+            l.outbox.clear();
+        }
+        self.inflight.clear();
+    }
+
+    /// Nodes whose delete budget ran out in the last tick.
+    pub fn budget_exhausted_nodes(&self) -> Vec<NodeId> {
+        self.exhausted.iter().cloned().collect()
+    }
+
     /// The latest redundancy summary.
     pub fn stats(&self) -> RedundancyStats {
         self.stats
@@ -638,6 +963,19 @@ impl Cluster {
     /// plans re-replication, deletes over-replicated and orphan replicas
     /// after their grace periods, refreshes the summary.
     pub fn tick(&mut self, ns: &Namespace, now_ms: u64) {
+        if self.safe.active && self.safe.manual.is_none() && self.safe_mode_wait(ns).is_none() {
+            tracing::info!(
+                reported_nodes = self.safe.reported.len(),
+                reported_replicas = self.safe.reported_replicas,
+                known_replicas = self.safe.known_replicas,
+                "leaving safe mode: enough datanodes reported and their chunks are known"
+            );
+            self.safe.active = false;
+        }
+        let safe_mode = self.in_safe_mode();
+        // Checksums of uploads that ended (confirmed or gone).
+        self.pending
+            .retain(|c, _| matches!(ns.chunk_owner(c), Some(ChunkOwner::Upload)));
         for (id, l) in &mut self.live {
             if l.maintenance_until_ms != 0 && l.maintenance_until_ms <= now_ms {
                 tracing::info!(node_id = %id, "maintenance ended");
@@ -696,6 +1034,8 @@ impl Cluster {
         let mut stats = RedundancyStats {
             repairs_completed: self.stats.repairs_completed,
             orphans_deleted: self.stats.orphans_deleted,
+            budget_exhausted_total: self.stats.budget_exhausted_total,
+            corrupt_replicas: self.corrupt.values().map(|s| s.len() as u64).sum(),
             ..RedundancyStats::default()
         };
         let mut needs = Vec::new();
@@ -747,6 +1087,20 @@ impl Cluster {
                 stats.under_replicated += 1;
             }
             let inflight = inflight_by_chunk.get(chunk.as_str()).copied().unwrap_or(0);
+            // Corrupt replicas go only once R good ones exist elsewhere.
+            if !safe_mode
+                && good.len() as u32 >= replication
+                && let Some(bad) = self.corrupt.get(chunk)
+            {
+                for n in bad {
+                    if views
+                        .get(n.as_str())
+                        .is_some_and(|v| v.liveness == Liveness::Alive)
+                    {
+                        deletes.entry(n.clone()).or_default().push(chunk.clone());
+                    }
+                }
+            }
             if (good.len() as u32) < replication {
                 stats.repair_queue += 1;
                 stats.repair_bytes_remaining += size * u64::from(replication - good.len() as u32);
@@ -757,12 +1111,21 @@ impl Cluster {
                         replication,
                         good: good.iter().map(|n| (*n).clone()).collect(),
                         sources: sources.iter().map(|n| (*n).clone()).collect(),
-                        holders: holders.iter().cloned().collect(),
+                        // A node with a corrupt copy cannot take a good one
+                        // (chunk ids are immutable).
+                        holders: holders
+                            .iter()
+                            .chain(self.corrupt.get(chunk).into_iter().flatten())
+                            .cloned()
+                            .collect(),
                         inflight,
                     });
                 }
             } else if healthy.len() as u32 > replication && inflight == 0 {
                 stats.over_replicated += 1;
+                if safe_mode {
+                    continue;
+                }
                 over_now.insert(chunk.clone());
                 let since = *self.over_since.entry(chunk.clone()).or_insert(now_ms);
                 if now_ms.saturating_sub(since) >= self.timing.over_replication_grace_ms {
@@ -776,9 +1139,10 @@ impl Cluster {
         self.over_since.retain(|c, _| over_now.contains(c));
 
         // Orphans: replicas of chunks no file or open upload references.
+        // Not even counted in safe mode: the grace starts with a full view.
         let mut orphan_now = HashSet::new();
         for (chunk, holders) in &self.replicas {
-            if ns.chunk_owner(chunk).is_some() {
+            if safe_mode || ns.chunk_owner(chunk).is_some() {
                 continue;
             }
             orphan_now.insert(chunk.clone());
@@ -790,16 +1154,115 @@ impl Cluster {
                         .is_some_and(|v| v.liveness == Liveness::Alive)
                     {
                         deletes.entry(n.clone()).or_default().push(chunk.clone());
-                        stats.orphans_deleted += 1;
                     }
                 }
             }
         }
         self.orphan_since.retain(|c, _| orphan_now.contains(c));
+        // Quarantined copies go once R good replicas exist elsewhere (or the
+        // chunk is no file's any more).
+        let mut drop_quarantined: HashMap<NodeId, Vec<ChunkId>> = HashMap::new();
+        if !safe_mode {
+            for (chunk, nodes) in &self.quarantined {
+                let enough = match ns.chunk_owner(chunk) {
+                    Some(ChunkOwner::File { replication, .. }) => {
+                        let good = self.replicas.get(chunk).map_or(0, |h| {
+                            h.iter()
+                                .filter(|n| views.get(n.as_str()).is_some_and(|v| v.counts))
+                                .count()
+                        });
+                        good as u32 >= replication
+                    }
+                    Some(ChunkOwner::Upload) => false,
+                    None => true,
+                };
+                if !enough {
+                    continue;
+                }
+                for n in nodes {
+                    let holds = self.replicas.get(chunk).is_some_and(|h| h.contains(n));
+                    if !holds
+                        && views
+                            .get(n.as_str())
+                            .is_some_and(|v| v.liveness == Liveness::Alive)
+                    {
+                        drop_quarantined
+                            .entry(n.clone())
+                            .or_default()
+                            .push(chunk.clone());
+                    }
+                }
+            }
+        }
+        // Corrupt replicas of chunks no file references any more.
+        if !safe_mode {
+            for (chunk, holders) in &self.corrupt {
+                if ns.chunk_owner(chunk).is_some() {
+                    continue;
+                }
+                for n in holders {
+                    if views
+                        .get(n.as_str())
+                        .is_some_and(|v| v.liveness == Liveness::Alive)
+                    {
+                        deletes.entry(n.clone()).or_default().push(chunk.clone());
+                    }
+                }
+            }
+        }
 
-        for (node, chunks) in deletes {
+        // The delete budget: per node and grace window.
+        let window = self.timing.orphan_grace_ms.max(1);
+        self.exhausted.clear();
+        let mut deletes: Vec<(NodeId, Vec<ChunkId>)> = deletes.into_iter().collect();
+        deletes.sort();
+        let mut ordered = Vec::with_capacity(deletes.len());
+        for (node, mut chunks) in deletes {
+            let held = self
+                .live
+                .get(&node)
+                .map(|l| (l.chunks.len() as u64).max(l.info.chunk_count))
+                .unwrap_or(0);
+            let allowed = self
+                .timing
+                .delete_budget_min
+                .max((self.timing.delete_budget_share * held as f64) as u64);
+            let b = self.budgets.entry(node.clone()).or_default();
+            if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
+                *b = Budget {
+                    window_start_ms: now_ms,
+                    used: 0,
+                    exhausted: false,
+                };
+            }
+            let left = allowed.saturating_sub(b.used) as usize;
+            if chunks.len() > left {
+                let deferred = chunks.len() - left;
+                stats.deletes_deferred += deferred as u64;
+                self.exhausted.insert(node.clone());
+                if !b.exhausted {
+                    b.exhausted = true;
+                    stats.budget_exhausted_total += 1;
+                    tracing::warn!(node_id = %node, allowed, deferred, window_ms = window, "delete budget exhausted: further deletes on this node wait for the next window");
+                }
+                chunks.truncate(left);
+            }
+            b.used += chunks.len() as u64;
+            if !chunks.is_empty() {
+                ordered.push((node, chunks));
+            }
+        }
+
+        for (node, chunks) in ordered {
             for c in &chunks {
-                self.remove_replica(c, &node);
+                if ns.chunk_owner(c).is_none() {
+                    stats.orphans_deleted += 1;
+                }
+                if self.corrupt.get(c).is_some_and(|s| s.contains(&node)) {
+                    self.forget_corrupt(c, &node);
+                } else {
+                    self.remove_replica(c, &node);
+                }
                 if !self.replicas.contains_key(c) {
                     self.orphan_since.remove(c);
                 }
@@ -810,12 +1273,55 @@ impl Cluster {
                 l.outbox.push(NodeCommand::Delete {
                     command_id,
                     chunk_ids: chunks,
+                    quarantined_only: false,
+                });
+            }
+        }
+        // Quarantined copies, from what is left of each node's budget.
+        let mut drop_quarantined: Vec<_> = drop_quarantined.into_iter().collect();
+        drop_quarantined.sort();
+        for (node, mut chunks) in drop_quarantined {
+            let held = self.live.get(&node).map_or(0, |l| l.chunks.len() as u64);
+            let allowed = self
+                .timing
+                .delete_budget_min
+                .max((self.timing.delete_budget_share * held as f64) as u64);
+            let b = self.budgets.entry(node.clone()).or_default();
+            if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
+                *b = Budget {
+                    window_start_ms: now_ms,
+                    used: 0,
+                    exhausted: false,
+                };
+            }
+            let left = allowed.saturating_sub(b.used) as usize;
+            if chunks.len() > left {
+                stats.deletes_deferred += (chunks.len() - left) as u64;
+                chunks.truncate(left);
+            }
+            b.used += chunks.len() as u64;
+            if chunks.is_empty() {
+                continue;
+            }
+            for c in &chunks {
+                self.forget_quarantined(c, &node);
+            }
+            let command_id = self.command_id();
+            tracing::info!(node_id = %node, chunks = chunks.len(), "deleting quarantined copies");
+            if let Some(l) = self.live.get_mut(&node) {
+                l.outbox.push(NodeCommand::Delete {
+                    command_id,
+                    chunk_ids: chunks,
+                    quarantined_only: true,
                 });
             }
         }
 
-        // Re-replication.
+        // Re-replication (none in safe mode).
         let targets: Vec<Candidate> = self.placement_candidates(ns, now_ms);
+        if safe_mode {
+            needs.clear();
+        }
         let orders = repair::plan(
             needs,
             &targets,
@@ -980,16 +1486,7 @@ mod tests {
     use crate::namespace::{Command, PlannedChunkRecord, TopologyRecord, Upload};
 
     fn timing() -> Timing {
-        Timing {
-            heartbeat_interval_ms: 100,
-            suspect_after_ms: 200,
-            dead_after_ms: 1000,
-            orphan_grace_ms: 500,
-            over_replication_grace_ms: 500,
-            repair_streams_per_node: 2,
-            repair_bytes_per_second: 0,
-            chunk_size: 10,
-        }
+        Timing::for_tests()
     }
 
     fn info() -> NodeInfo {
@@ -1014,9 +1511,21 @@ mod tests {
             }))
             .unwrap();
         }
-        let mut cluster = Cluster::new(timing(), &ns, 0);
+        let mut cluster = Cluster::new(timing(), &ns, 0, |t| t);
         for i in 0..nodes {
             cluster.on_register(&format!("n{i}"), info(), 0);
+            // An empty full report each: safe mode ends at the first tick.
+            let ev = HeartbeatEvent {
+                node_id: format!("n{i}"),
+                info: info(),
+                report: Some(ReportBatch {
+                    chunks: vec![],
+                    first: true,
+                    last: true,
+                }),
+                ..HeartbeatEvent::default()
+            };
+            cluster.on_heartbeat(&ns, ev, 0).unwrap();
         }
         (ns, cluster)
     }
@@ -1117,7 +1626,7 @@ mod tests {
         let ev = HeartbeatEvent {
             node_id: "n3".into(),
             info: info(),
-            added: vec![C.into()],
+            added: vec![(C.into(), 1)],
             ..HeartbeatEvent::default()
         };
         cluster.on_heartbeat(&ns, ev, 1200).unwrap();
@@ -1185,7 +1694,7 @@ mod tests {
         let ev = HeartbeatEvent {
             node_id: "n3".into(),
             info: info(),
-            added: vec![orphan.into()],
+            added: vec![(orphan.into(), 7)],
             ..HeartbeatEvent::default()
         };
         cluster.on_heartbeat(&ns, ev, 10).unwrap();
@@ -1213,7 +1722,8 @@ mod tests {
             cluster.take_outbox("n3"),
             [NodeCommand::Delete {
                 command_id: 2,
-                chunk_ids: vec![orphan.into()]
+                chunk_ids: vec![orphan.into()],
+                quarantined_only: false,
             }]
         );
         assert!(cluster.holders(orphan).is_empty());
@@ -1259,7 +1769,7 @@ mod tests {
             let ev = HeartbeatEvent {
                 node_id: t,
                 info: info(),
-                added: vec![C.into()],
+                added: vec![(C.into(), 1)],
                 ..HeartbeatEvent::default()
             };
             cluster.on_heartbeat(&ns, ev, 30).unwrap();
@@ -1271,6 +1781,283 @@ mod tests {
         assert_eq!(
             (st.state, st.safe_to_remove),
             (NodeState::Decommissioned, true)
+        );
+    }
+
+    fn report(ns: &Namespace, cluster: &mut Cluster, node: &str, chunks: Vec<Held>, now: u64) {
+        let ev = HeartbeatEvent {
+            node_id: node.into(),
+            info: info(),
+            report: Some(ReportBatch {
+                chunks,
+                first: true,
+                last: true,
+            }),
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(ns, ev, now).unwrap();
+    }
+
+    fn all_commands(cluster: &mut Cluster) -> Vec<(NodeId, NodeCommand)> {
+        let mut out = Vec::new();
+        let mut nodes = cluster.nodes_with_commands();
+        nodes.sort();
+        for n in nodes {
+            for c in cluster.take_outbox(&n) {
+                out.push((n.clone(), c));
+            }
+        }
+        out
+    }
+
+    fn orphan(i: u32) -> ChunkId {
+        format!("{i:032x}")
+    }
+
+    /// A coordinator restarted on a namespace that knows the nodes: safe
+    /// mode until they report, and it stays on (nothing deleted) when most
+    /// of what they report is unknown.
+    #[test]
+    fn safe_mode_orders_nothing_until_reports_are_in_and_mostly_known() {
+        let mut ns = Namespace::new();
+        for i in 0..4 {
+            ns.apply(&Command::RegisterNode(NodeRecord {
+                node_id: format!("n{i}"),
+                address: format!("http://n{i}"),
+                topology: TopologyRecord::default(),
+                version: String::new(),
+                draining: false,
+                maintenance_until_ms: 0,
+            }))
+            .unwrap();
+        }
+        let mut cluster0 = Cluster::new(timing(), &ns, 0, |t| t);
+        store_file(&mut ns, &mut cluster0, &["n0", "n1", "n2"]);
+        let t = Timing {
+            safe_mode_node_share: 0.6,
+            safe_mode_known_share: 0.8,
+            ..timing()
+        };
+        let mut cluster = Cluster::new(t, &ns, 0, |t| t);
+        // n2 is gone for good: its replica needs repair, and n3 holds ten
+        // chunks the namespace never heard of.
+        for n in ["n0", "n1"] {
+            report(&ns, &mut cluster, n, vec![(C.into(), 1)], 10);
+        }
+        report(
+            &ns,
+            &mut cluster,
+            "n3",
+            (0..10).map(|i| (orphan(i), 5)).collect(),
+            10,
+        );
+        for now in [10, 600, 1200, 2400] {
+            for n in ["n0", "n1", "n3"] {
+                beat(&ns, &mut cluster, n, now);
+            }
+            cluster.tick(&ns, now);
+            assert!(cluster.in_safe_mode());
+            assert!(
+                all_commands(&mut cluster).is_empty(),
+                "ordered something at {now} ms"
+            );
+        }
+        let sm = cluster.safe_mode(&ns);
+        assert!(sm.active && !sm.manual);
+        assert_eq!((sm.reported_nodes, sm.known_nodes), (3, 4));
+        assert_eq!((sm.known_replicas, sm.reported_replicas), (2, 12));
+        assert!(
+            sm.reason.contains("known to the namespace"),
+            "{}",
+            sm.reason
+        );
+        // The admin decides: leaving safe mode starts the orphan grace now.
+        cluster.set_safe_mode(false);
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 2500);
+        }
+        cluster.tick(&ns, 2500);
+        let cmds = all_commands(&mut cluster);
+        assert!(
+            cmds.iter()
+                .all(|(_, c)| matches!(c, NodeCommand::Replicate { .. })),
+            "{cmds:?}"
+        );
+        assert_eq!(cmds.len(), 1, "the lost replica is repaired");
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 3100);
+        }
+        cluster.tick(&ns, 3100);
+        let deleted: usize = all_commands(&mut cluster)
+            .iter()
+            .map(|(_, c)| match c {
+                NodeCommand::Delete { chunk_ids, .. } => chunk_ids.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(deleted, 10);
+    }
+
+    #[test]
+    fn safe_mode_ends_by_itself_once_enough_nodes_reported_known_chunks() {
+        let (mut ns, _) = setup(3);
+        let mut c0 = Cluster::new(timing(), &ns, 0, |t| t);
+        store_file(&mut ns, &mut c0, &["n0", "n1", "n2"]);
+        let t = Timing {
+            safe_mode_node_share: 0.6,
+            safe_mode_known_share: 0.8,
+            ..timing()
+        };
+        let mut cluster = Cluster::new(t, &ns, 0, |t| t);
+        report(&ns, &mut cluster, "n0", vec![(C.into(), 1)], 10);
+        cluster.tick(&ns, 10);
+        assert!(cluster.in_safe_mode(), "1 of 3 reported, 2 needed");
+        assert!(cluster.safe_mode(&ns).reason.contains("1 of 3"));
+        report(&ns, &mut cluster, "n1", vec![(C.into(), 1)], 20);
+        cluster.tick(&ns, 20);
+        assert!(!cluster.in_safe_mode());
+        // An admin may force it on again; it then stays on.
+        cluster.set_safe_mode(true);
+        cluster.tick(&ns, 30);
+        assert!(cluster.in_safe_mode() && cluster.safe_mode(&ns).manual);
+    }
+
+    #[test]
+    fn the_delete_budget_caps_deletes_per_node_and_grace_window() {
+        let (ns, _) = setup(1);
+        let t = Timing {
+            delete_budget_share: 0.1,
+            delete_budget_min: 3,
+            ..timing()
+        };
+        let mut cluster = Cluster::new(t, &ns, 0, |t| t);
+        cluster.on_register("n0", info(), 0);
+        report(
+            &ns,
+            &mut cluster,
+            "n0",
+            (0..10).map(|i| (orphan(i), 5)).collect(),
+            0,
+        );
+        let mut deleted = Vec::new();
+        let mut deferred = Vec::new();
+        for now in [0, 600, 700, 1200, 1800, 2400, 3000] {
+            beat(&ns, &mut cluster, "n0", now);
+            cluster.tick(&ns, now);
+            let n: usize = all_commands(&mut cluster)
+                .iter()
+                .map(|(_, c)| match c {
+                    NodeCommand::Delete { chunk_ids, .. } => chunk_ids.len(),
+                    _ => 0,
+                })
+                .sum();
+            deleted.push(n);
+            deferred.push(cluster.stats().deletes_deferred);
+        }
+        // 3 per 500 ms window (10% of 10 chunks is 1, the floor is 3).
+        assert_eq!(deleted, [0, 3, 0, 3, 3, 1, 0], "deferred: {deferred:?}");
+        assert_eq!(deferred[1], 7);
+        assert_eq!(cluster.stats().budget_exhausted_total, 3);
+        assert_eq!(deferred[6], 0);
+    }
+
+    #[test]
+    fn a_replica_with_another_checksum_is_corrupt_and_kept_until_r_good_copies_exist() {
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
+        // n1 reports C with a checksum the namespace never confirmed.
+        report(&ns, &mut cluster, "n1", vec![(C.into(), 9)], 10);
+        assert_eq!(cluster.holders(C), ["n0", "n2"]);
+        for n in ["n0", "n1", "n2", "n3"] {
+            beat(&ns, &mut cluster, n, 20);
+        }
+        cluster.tick(&ns, 20);
+        assert_eq!(cluster.stats().corrupt_replicas, 1);
+        let cmds = all_commands(&mut cluster);
+        assert_eq!(cmds.len(), 1);
+        assert!(
+            matches!(&cmds[0].1, NodeCommand::Replicate { target_id, .. } if target_id == "n3")
+        );
+        // Only with three good copies is the corrupt one deleted.
+        let ev = HeartbeatEvent {
+            node_id: "n3".into(),
+            info: info(),
+            added: vec![(C.into(), 1)],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 30).unwrap();
+        cluster.tick(&ns, 30);
+        let cmds = all_commands(&mut cluster);
+        assert_eq!(cmds.len(), 1, "{cmds:?}");
+        assert!(
+            matches!(&cmds[0], (n, NodeCommand::Delete { chunk_ids, .. }) if n == "n1" && chunk_ids == &[C.to_string()])
+        );
+        assert_eq!(
+            cluster.stats().corrupt_replicas,
+            1,
+            "counted until the delete is done"
+        );
+        cluster.tick(&ns, 40);
+        assert_eq!(cluster.stats().corrupt_replicas, 0);
+    }
+
+    #[test]
+    fn checksums_reported_for_open_uploads_are_kept_for_confirm() {
+        let (mut ns, mut cluster) = setup(2);
+        ns.apply(&Command::BeginUpload(Upload {
+            upload_id: "u".into(),
+            path: "/f".into(),
+            size: 10,
+            chunk_size: 10,
+            replication: 2,
+            write_quorum: 2,
+            overwrite: false,
+            chunks: vec![PlannedChunkRecord {
+                index: 0,
+                chunk_id: C.into(),
+                offset: 0,
+                size: 10,
+                nodes: vec![],
+            }],
+            expires_at_ms: u64::MAX,
+        }))
+        .unwrap();
+        let ev = HeartbeatEvent {
+            node_id: "n0".into(),
+            info: info(),
+            added: vec![(C.into(), 77)],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 5).unwrap();
+        assert_eq!(cluster.reported_checksum(C, "n0"), Some(77));
+        assert_eq!(cluster.reported_checksum(C, "n1"), None);
+    }
+
+    #[test]
+    fn upload_expiry_and_liveness_follow_the_monotonic_clock_given() {
+        let (mut ns, mut cluster) = setup(1);
+        ns.apply(&Command::BeginUpload(Upload {
+            upload_id: "u".into(),
+            path: "/f".into(),
+            size: 0,
+            chunk_size: 10,
+            replication: 1,
+            write_quorum: 1,
+            overwrite: false,
+            chunks: vec![],
+            expires_at_ms: 1,
+        }))
+        .unwrap();
+        cluster.track_upload("u", 5_000);
+        assert!(cluster.expired_uploads(&ns, 4_999).is_empty());
+        assert_eq!(cluster.expired_uploads(&ns, 5_000), ["u"]);
+        ns.apply(&Command::AbortUpload {
+            upload_id: "u".into(),
+        })
+        .unwrap();
+        assert!(
+            cluster.expired_uploads(&ns, 9_000).is_empty(),
+            "forgotten once gone"
         );
     }
 

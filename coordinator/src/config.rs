@@ -82,6 +82,25 @@ pub struct Config {
     /// hold a pipe to the child's stdin).
     #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
+    /// Safe mode after start ends once this share of the known datanodes
+    /// sent a full chunk report (at least one). 0..=1.
+    #[arg(long, env = "DFS_SAFE_MODE_NODE_SHARE", default_value_t = 0.6)]
+    pub safe_mode_node_share: f64,
+    /// ... and once at least this share of the reported replicas belong to
+    /// chunks the namespace knows: metadata that does not know most of what
+    /// the datanodes hold (a restore, the wrong directory) stays in safe mode
+    /// until an admin leaves it (`dfs safemode leave`). 0..=1.
+    #[arg(long, env = "DFS_SAFE_MODE_KNOWN_SHARE", default_value_t = 0.8)]
+    pub safe_mode_known_share: f64,
+    /// Share of a datanode's replicas that may be ordered deleted per
+    /// orphan-grace window (orphans, surplus and corrupt replicas); beyond
+    /// it deletes wait for the next window. 0..=1.
+    #[arg(long, env = "DFS_DELETE_BUDGET_SHARE", default_value_t = 0.1)]
+    pub delete_budget_share: f64,
+    /// Replica deletes per datanode and window that are always allowed
+    /// (small nodes), whatever the share.
+    #[arg(long, env = "DFS_DELETE_BUDGET_MIN", default_value_t = 100)]
+    pub delete_budget_min: u64,
 }
 
 /// Configuration that cannot work.
@@ -104,8 +123,22 @@ impl Config {
         if self.replication == 0 || self.replication > MAX_REPLICATION {
             return bad("replication", "must be between 1 and 16");
         }
-        if self.chunk_size.0 == 0 {
-            return bad("chunk-size", "must be positive");
+        if !(crate::service::MIN_CHUNK_SIZE..=crate::service::MAX_CHUNK_SIZE)
+            .contains(&self.chunk_size.0)
+        {
+            return bad("chunk-size", "must be between 64KiB and 1GiB");
+        }
+        for (flag, v) in [
+            ("safe-mode-node-share", self.safe_mode_node_share),
+            ("safe-mode-known-share", self.safe_mode_known_share),
+            ("delete-budget-share", self.delete_budget_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(flag, "must be between 0 and 1");
+            }
+        }
+        if self.orphan_grace.is_zero() {
+            return bad("orphan-grace", "must be positive");
         }
         if self.heartbeat_interval.is_zero() {
             return bad("heartbeat-interval", "must be positive");

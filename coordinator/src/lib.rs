@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dfs_common::http::Readiness;
-use dfs_common::time::now_unix_ms;
+use dfs_common::time::{monotonic_ms, unix_to_monotonic_ms};
 use dfs_common::transport;
 use dfs_proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -70,6 +70,10 @@ pub enum CoordinatorError {
     /// The gRPC server failed.
     #[error("failed to serve gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The metadata log could not be written: the coordinator stopped
+    /// (fail-stop) instead of serving a state the disk does not hold.
+    #[error("stopped: {0}")]
+    MetadataFailed(String),
     /// A background task panicked.
     #[error("failed to join {task}: {source}")]
     Join {
@@ -110,6 +114,10 @@ fn timing(config: &Config) -> Timing {
         repair_streams_per_node: config.repair_streams_per_node,
         repair_bytes_per_second: config.repair_bytes_per_second.0,
         chunk_size: config.chunk_size.0,
+        safe_mode_node_share: config.safe_mode_node_share,
+        safe_mode_known_share: config.safe_mode_known_share,
+        delete_budget_share: config.delete_budget_share,
+        delete_budget_min: config.delete_budget_min,
     }
 }
 
@@ -141,7 +149,10 @@ pub async fn serve(
             task: "store open",
             source,
         })??;
-    let cluster = Cluster::new(timing(&config), &ns, now_unix_ms());
+    let mut cluster = Cluster::new(timing(&config), &ns, monotonic_ms(), unix_to_monotonic_ms);
+    for u in ns.uploads().values() {
+        cluster.track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms));
+    }
     let needs_id = ns.cluster_id().is_empty();
     let state = Arc::new(Mutex::new(State { ns, cluster }));
     let metrics = Metrics::new();
@@ -155,6 +166,8 @@ pub async fn serve(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let ctx_stop = stop_tx.clone();
     let ctx = Arc::new(Ctx {
         state,
         committer,
@@ -188,13 +201,45 @@ pub async fn serve(
     };
 
     let readiness = Readiness::default();
+    // Fail-stop: once the log cannot be written, nothing the in-memory state
+    // says may reach a datanode (no deletes, no repairs): the outboxes are
+    // dropped, both probes fail and the process exits non-zero. A restart
+    // reloads what the log holds, which is everything acknowledged.
+    let fatal: Arc<Mutex<Option<String>>> = Arc::default();
+    {
+        let ctx = ctx.clone();
+        let readiness = readiness.clone();
+        let fatal = fatal.clone();
+        let stop = ctx_stop.clone();
+        let mut stopping = stop_rx.clone();
+        tokio::spawn(async move {
+            // Ends at shutdown too: it holds a committer handle, and the
+            // committer stops only once every handle is gone.
+            let reason = tokio::select! {
+                r = ctx.committer.failed() => r,
+                _ = stopping.wait_for(|v| *v) => return,
+            };
+            tracing::error!(
+                "{reason}: stopping every delete and repair, failing the probes and exiting"
+            );
+            ctx.metrics.metadata_failed.set(1);
+            readiness.fail(reason.clone());
+            ctx.halt();
+            *fatal.lock().expect("fatal lock") = Some(reason);
+            let _ = stop.send(true);
+        });
+    }
     let metrics_task = tokio::spawn(dfs_common::http::serve(
         metrics_listener,
         metrics.registry.clone(),
         readiness.clone(),
         stopped(stop_rx.clone()),
     ));
-    let tick_task = tokio::spawn(tick_loop(ctx.clone(), stop_rx.clone()));
+    let watchdog = readiness.watchdog(
+        "the repair tick",
+        (config.heartbeat_interval * 10).max(std::time::Duration::from_secs(10)),
+    );
+    let tick_task = tokio::spawn(tick_loop(ctx.clone(), stop_rx.clone(), watchdog));
 
     let svc = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES.max(64 << 20))
@@ -226,12 +271,19 @@ pub async fn serve(
         task: "committer",
         source,
     })?;
+    if let Some(reason) = fatal.lock().expect("fatal lock").take() {
+        return Err(CoordinatorError::MetadataFailed(reason));
+    }
     served?;
     tracing::info!("coordinator stopped");
     Ok(())
 }
 
-async fn tick_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+async fn tick_loop(
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+    watchdog: dfs_common::http::Watchdog,
+) {
     let period = (ctx.config.heartbeat_interval / 2)
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut interval = tokio::time::interval(period);
@@ -241,7 +293,11 @@ async fn tick_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
             _ = interval.tick() => {}
             _ = stop.wait_for(|v| *v) => return,
         }
-        let now = now_unix_ms();
+        if ctx.committer.has_failed() {
+            // Fail-stop: act on nothing the disk may not hold.
+            return;
+        }
+        let now = monotonic_ms();
         let expired = {
             let mut guard = ctx.lock();
             let st = &mut *guard;
@@ -256,18 +312,25 @@ async fn tick_loop(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
                 st.ns.chunk_count(),
                 st.cluster.stats(),
                 &st.cluster.heartbeat_ages(now),
+                st.cluster.in_safe_mode(),
             );
-            st.ns.uploads().values().any(|u| u.expires_at_ms <= now)
+            st.cluster.expired_uploads(&st.ns, now)
         };
         ctx.flush_outboxes();
-        if expired {
+        watchdog.beat();
+        // Expiry runs on the monotonic clock: a wall-clock step forward
+        // expires nothing early.
+        for upload_id in expired {
             match ctx
                 .committer
-                .propose(Command::ExpireUploads { now_ms: now })
+                .propose(Command::AbortUpload {
+                    upload_id: upload_id.clone(),
+                })
                 .await
             {
-                Ok(outcome) => tracing::info!(?outcome, "expired uploads"),
-                Err(e) => tracing::warn!("failed to expire uploads: {e:#}"),
+                Ok(_) => tracing::info!(%upload_id, "upload expired unconfirmed"),
+                Err(ProposeError::Rejected(_)) => {}
+                Err(e) => tracing::warn!(%upload_id, "failed to expire upload: {e:#}"),
             }
         }
     }

@@ -37,6 +37,16 @@ pub struct Metrics {
     pub commit_batch: prometheus::Histogram,
     /// Duration of a metadata commit.
     pub commit_duration: prometheus::Histogram,
+    safe_mode: IntGauge,
+    deletes_deferred: IntGauge,
+    budget_exhausted: IntCounter,
+    corrupt_replicas: IntGauge,
+    /// Datanode registrations or heartbeats refused: another cluster's id.
+    pub foreign_datanodes: IntCounter,
+    /// ConfirmUploads refused because a replica stored another checksum.
+    pub confirm_mismatch: IntCounter,
+    /// 1 once the metadata log could not be written (the process stops).
+    pub metadata_failed: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -56,7 +66,37 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
+        let c =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
         Metrics {
+            safe_mode: g(
+                "dfs_coordinator_safe_mode",
+                "1 while in safe mode (no replica deletes, no repairs).",
+            ),
+            deletes_deferred: g(
+                "dfs_coordinator_deletes_deferred",
+                "Replica deletes held back by the per-node delete budget.",
+            ),
+            budget_exhausted: c(
+                "dfs_coordinator_delete_budget_exhausted_total",
+                "Times a datanode's delete budget for a grace window ran out.",
+            ),
+            corrupt_replicas: g(
+                "dfs_coordinator_corrupt_replicas",
+                "Replicas whose reported checksum differs from the namespace.",
+            ),
+            foreign_datanodes: c(
+                "dfs_coordinator_foreign_datanodes_refused_total",
+                "Datanode registrations or heartbeats refused because they carry another cluster id.",
+            ),
+            confirm_mismatch: c(
+                "dfs_coordinator_confirm_checksum_mismatches_total",
+                "ConfirmUploads refused because a replica stored another checksum than confirmed.",
+            ),
+            metadata_failed: g(
+                "dfs_coordinator_metadata_write_failed",
+                "1 once the metadata log could not be written (the coordinator stops).",
+            ),
             datanodes: reg(
                 &r,
                 IntGaugeVec::new(
@@ -235,7 +275,15 @@ impl Metrics {
         chunks: u64,
         stats: RedundancyStats,
         ages_ms: &[(String, u64)],
+        safe_mode: bool,
     ) {
+        self.safe_mode.set(i64::from(safe_mode));
+        self.deletes_deferred.set(stats.deletes_deferred as i64);
+        self.corrupt_replicas.set(stats.corrupt_replicas as i64);
+        if stats.budget_exhausted_total > self.budget_exhausted.get() {
+            self.budget_exhausted
+                .inc_by(stats.budget_exhausted_total - self.budget_exhausted.get());
+        }
         for s in NodeState::ALL {
             let n = states.iter().filter(|x| **x == s).count();
             self.datanodes.with_label_values(&[s.label()]).set(n as i64);

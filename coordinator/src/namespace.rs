@@ -794,6 +794,20 @@ impl Namespace {
         chunks: &[ChunkRecord],
         now_ms: u64,
     ) -> Result<Outcome, NamespaceError> {
+        self.check_confirm(upload_id, chunks)?;
+        let upload = self.upload(upload_id)?;
+        let path = NsPath::parse(&upload.path)?;
+        self.check_upload_target(&path, upload.overwrite)?;
+        self.confirm_commit(upload_id, &path, chunks, now_ms)
+    }
+
+    /// Checks a confirm against its upload's plan (ids, sizes, distinct and
+    /// registered replicas, the write quorum) without changing anything.
+    pub fn check_confirm(
+        &self,
+        upload_id: &str,
+        chunks: &[ChunkRecord],
+    ) -> Result<(), NamespaceError> {
         let upload = self.upload(upload_id)?;
         let mismatch = |reason: String| NamespaceError::PlanMismatch {
             upload_id: upload_id.to_string(),
@@ -841,8 +855,17 @@ impl Namespace {
                 });
             }
         }
-        let path = NsPath::parse(&upload.path)?;
-        self.check_upload_target(&path, upload.overwrite)?;
+        Ok(())
+    }
+
+    fn confirm_commit(
+        &mut self,
+        upload_id: &str,
+        path: &NsPath,
+        chunks: &[ChunkRecord],
+        now_ms: u64,
+    ) -> Result<Outcome, NamespaceError> {
+        let path = path.clone();
         let upload = self.uploads.remove(upload_id).expect("checked above");
         self.create_dirs(&path.parent(), now_ms);
         let parent = self.dir_mut(&path.parent()).expect("created above");

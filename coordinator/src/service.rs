@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use dfs_common::time::now_unix_ms;
+use dfs_common::time::{monotonic_ms, monotonic_to_unix_ms, now_unix_ms, unix_to_monotonic_ms};
 use dfs_proto::coordinator_server::Coordinator;
 use dfs_proto::frame::is_valid_chunk_id;
 use dfs_proto::{self as pb, data_node_command};
@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::{
     Cluster, ClusterError, CommandOutcome, Health, HeartbeatEvent, NodeCommand, NodeInfo,
-    NodeState, NodeStatus, ReportBatch,
+    NodeState, NodeStatus, ReportBatch, SafeModeStatus,
 };
 use crate::config::{Config, DEFAULT_MAINTENANCE, MAX_REPLICATION};
 use crate::metrics::Metrics;
@@ -36,6 +36,27 @@ pub const MAX_BATCH_CALLS: usize = 1024;
 /// Most chunks one UploadFiles batch may plan in all: the batch is for small
 /// files, and its answer is one message held in memory.
 pub const MAX_BATCH_CHUNKS: u64 = 65_536;
+/// Most chunk entries (report, added, removed, corrupt) one heartbeat may
+/// carry: datanodes send full reports in batches of 10,000.
+pub const MAX_HEARTBEAT_CHUNKS: usize = 20_000;
+/// Most nodes a ReplanChunk may exclude.
+pub const MAX_EXCLUDED_NODES: usize = 1024;
+/// Most replicas (and receipts) one confirmed chunk may name.
+pub const MAX_CONFIRMED_REPLICAS: usize = 64;
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked when
+/// cut: error messages never quote unbounded client input.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Default and largest directory page.
 pub const DEFAULT_PAGE: usize = 1000;
 /// Largest directory page.
@@ -58,9 +79,17 @@ impl Applied<State> for Hook {
     fn applied(&self, st: &mut State, cmd: &Command, _: &Outcome) {
         match cmd {
             Command::ConfirmUpload { chunks, .. } => st.cluster.on_confirmed(chunks),
-            Command::SetMaintenance { node_id, until_ms } => {
-                st.cluster.set_maintenance(node_id, *until_ms)
-            }
+            Command::BeginUpload(u) => st
+                .cluster
+                .track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms)),
+            Command::SetMaintenance { node_id, until_ms } => st.cluster.set_maintenance(
+                node_id,
+                if *until_ms == 0 {
+                    0
+                } else {
+                    unix_to_monotonic_ms(*until_ms)
+                },
+            ),
             _ => {}
         }
     }
@@ -103,11 +132,20 @@ impl Ctx {
         Ok(self.committer.propose_applied(cmd).await?)
     }
 
+    /// Fail-stop: drops every queued command and delivers none from now on.
+    pub fn halt(&self) {
+        self.lock().cluster.clear_outboxes();
+    }
+
     /// Delivers queued commands to nodes with an open stream.
     pub fn flush_outboxes(&self) {
+        if self.committer.has_failed() {
+            return;
+        }
         let streams = self.streams.lock().expect("streams lock poisoned").clone();
         let mut st = self.lock();
-        let now = now_unix_ms();
+        let now = monotonic_ms();
+        let cluster_id = st.ns.cluster_id().to_string();
         let nodes = st.cluster.nodes_with_commands();
         let states: HashMap<String, NodeState> = st
             .cluster
@@ -124,6 +162,7 @@ impl Ctx {
                 commands: commands.into_iter().map(command_to_proto).collect(),
                 state: state_to_proto(states.get(&node).copied().unwrap_or(NodeState::Healthy))
                     as i32,
+                cluster_id: cluster_id.clone(),
             };
             if tx.try_send(Ok(resp)).is_err() {
                 tracing::warn!(node_id = %node, "heartbeat stream full or closed; commands dropped (they are re-planned)");
@@ -185,6 +224,22 @@ fn parse_path(raw: &str) -> Result<NsPath, Status> {
     Ok(NsPath::parse(raw)?)
 }
 
+/// Smallest chunk size a file may be written with.
+pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+/// Largest chunk size a file may be written with.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+
+/// Refuses a chunk size outside [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`].
+pub fn check_chunk_size(chunk_size: u64) -> Result<(), Status> {
+    if (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes (64KiB to 1GiB)"
+        )))
+    }
+}
+
 /// Refuses a batch above [`MAX_BATCH_CALLS`].
 fn check_batch_len(n: usize) -> Result<(), Status> {
     if n > MAX_BATCH_CALLS {
@@ -208,7 +263,8 @@ fn check_chunk_id(id: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "invalid chunk id {id:?}: expected 32 lowercase hex characters"
+            "invalid chunk id {:?}: expected 32 lowercase hex characters",
+            truncate(id, 64)
         )))
     }
 }
@@ -223,7 +279,8 @@ fn check_node_id(id: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "invalid node id {id:?}: 1-128 characters of [A-Za-z0-9._:-]"
+            "invalid node id {:?}: 1-128 characters of [A-Za-z0-9._:-]",
+            truncate(id, 64)
         )))
     }
 }
@@ -320,10 +377,32 @@ fn status_to_proto(s: &NodeStatus) -> pb::DataNodeStatus {
             rack: s.record.topology.rack.clone(),
             host: s.record.topology.host.clone(),
         }),
-        last_heartbeat_unix_ms: s.last_heartbeat_ms,
+        last_heartbeat_unix_ms: if s.last_heartbeat_ms == 0 {
+            0
+        } else {
+            monotonic_to_unix_ms(s.last_heartbeat_ms)
+        },
         chunk_count: s.chunk_count,
         safe_to_remove: s.safe_to_remove,
-        maintenance_until_unix_ms: s.maintenance_until_ms,
+        // The durable deadline as the admin set it (decisions use the
+        // monotonic one derived from it).
+        maintenance_until_unix_ms: match (s.maintenance_until_ms, s.record.maintenance_until_ms) {
+            (0, _) => 0,
+            (_, wall) if wall > 0 => wall,
+            (mono, _) => monotonic_to_unix_ms(mono),
+        },
+    }
+}
+
+fn safe_mode_to_proto(s: &SafeModeStatus) -> pb::SafeModeStatus {
+    pb::SafeModeStatus {
+        active: s.active,
+        reason: s.reason.clone(),
+        reported_nodes: s.reported_nodes,
+        known_nodes: s.known_nodes,
+        reported_chunks: s.reported_replicas,
+        known_chunks: s.known_replicas,
+        manual: s.manual,
     }
 }
 
@@ -356,10 +435,14 @@ fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
         NodeCommand::Delete {
             command_id,
             chunk_ids,
+            quarantined_only,
         } => pb::DataNodeCommand {
             command_id,
             command: Some(data_node_command::Command::Delete(
-                pb::DeleteChunksCommand { chunk_ids },
+                pb::DeleteChunksCommand {
+                    chunk_ids,
+                    quarantined_only,
+                },
             )),
         },
     }
@@ -370,10 +453,26 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
 
     fn try_from(h: pb::Heartbeat) -> Result<Self, Status> {
         check_node_id(&h.node_id)?;
-        let ids = |metas: Vec<pb::ChunkMeta>| -> Result<Vec<String>, Status> {
+        let reported = h.chunk_report.as_ref().map_or(0, |r| r.chunks.len())
+            + h.added_chunks.len()
+            + h.removed_chunks.len()
+            + h.corrupt_chunks.len();
+        if reported > MAX_HEARTBEAT_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat carries {reported} chunk entries; at most {MAX_HEARTBEAT_CHUNKS} \
+                 (split full reports into batches)"
+            )));
+        }
+        if h.command_results.len() > MAX_HEARTBEAT_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat carries {} command results; at most {MAX_HEARTBEAT_CHUNKS}",
+                h.command_results.len()
+            )));
+        }
+        let ids = |metas: Vec<pb::ChunkMeta>| -> Result<Vec<(String, u32)>, Status> {
             metas
                 .into_iter()
-                .map(|m| check_chunk_id(&m.chunk_id).map(|()| m.chunk_id))
+                .map(|m| check_chunk_id(&m.chunk_id).map(|()| (m.chunk_id, m.checksum)))
                 .collect()
         };
         let plain = |ids: Vec<String>| -> Result<Vec<String>, Status> {
@@ -402,7 +501,7 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
                 .map(|r| CommandOutcome {
                     command_id: r.command_id,
                     ok: r.ok,
-                    error: r.error,
+                    error: truncate(&r.error, 512),
                 })
                 .collect(),
         })
@@ -503,6 +602,7 @@ impl CoordinatorService {
         } else {
             req.chunk_size
         };
+        check_chunk_size(chunk_size)?;
         let count = req.size.div_ceil(chunk_size);
         if count > MAX_CHUNKS_PER_FILE {
             return Err(Status::invalid_argument(format!(
@@ -511,7 +611,7 @@ impl CoordinatorService {
             )));
         }
         let write_quorum = cfg.quorum_for(replication);
-        let now = now_unix_ms();
+        let now = monotonic_ms();
         let upload_id = random_id();
         let mut planned = Vec::with_capacity(count as usize);
         let mut wire = Vec::with_capacity(count as usize);
@@ -539,7 +639,7 @@ impl CoordinatorService {
                 });
             }
         }
-        let expires_at_ms = now + cfg.upload_ttl.as_millis() as u64;
+        let expires_at_ms = now_unix_ms() + cfg.upload_ttl.as_millis() as u64;
         // Answered once applied: a plan lost in a crash fails only its
         // ConfirmUpload (NOT_FOUND), and its chunks become orphans.
         self.ctx
@@ -566,7 +666,16 @@ impl CoordinatorService {
     }
 
     async fn replan_impl(&self, req: pb::ReplanChunkRequest) -> Result<pb::PlannedChunk, Status> {
-        let now = now_unix_ms();
+        if req.exclude_nodes.len() > MAX_EXCLUDED_NODES {
+            return Err(Status::invalid_argument(format!(
+                "ReplanChunk excludes {} nodes; at most {MAX_EXCLUDED_NODES}",
+                req.exclude_nodes.len()
+            )));
+        }
+        for n in &req.exclude_nodes {
+            check_node_id(n)?;
+        }
+        let now = monotonic_ms();
         let (chunk, nodes) = {
             let mut st = self.ctx.lock();
             let upload = st.ns.upload(&req.upload_id)?;
@@ -603,8 +712,15 @@ impl CoordinatorService {
         req: pb::ConfirmUploadRequest,
     ) -> Result<pb::ConfirmUploadResponse, Status> {
         let mut chunks = req.chunks;
+        if chunks.len() as u64 > MAX_CHUNKS_PER_FILE {
+            return Err(Status::invalid_argument(format!(
+                "ConfirmUpload carries {} chunks; a file has at most {MAX_CHUNKS_PER_FILE}",
+                chunks.len()
+            )));
+        }
         chunks.sort_by_key(|c| c.index);
         let mut records = Vec::with_capacity(chunks.len());
+        let mut receipts = Vec::with_capacity(chunks.len());
         for (i, c) in chunks.into_iter().enumerate() {
             if c.index != i as u64 {
                 return Err(Status::invalid_argument(format!(
@@ -618,9 +734,24 @@ impl CoordinatorService {
                 )));
             };
             check_chunk_id(&meta.chunk_id)?;
+            if c.replicas.len() > MAX_CONFIRMED_REPLICAS
+                || c.receipts.len() > MAX_CONFIRMED_REPLICAS
+            {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {i} names {} replicas and {} receipts; at most {MAX_CONFIRMED_REPLICAS} each",
+                    c.replicas.len(),
+                    c.receipts.len()
+                )));
+            }
             for r in &c.replicas {
                 check_node_id(r)?;
             }
+            receipts.push(
+                c.receipts
+                    .into_iter()
+                    .map(|r| (r.node_id, (r.checksum, r.size)))
+                    .collect::<HashMap<_, _>>(),
+            );
             records.push(ChunkRecord {
                 id: meta.chunk_id,
                 checksum: meta.checksum,
@@ -629,6 +760,9 @@ impl CoordinatorService {
                 replicas: c.replicas,
             });
         }
+        let records = self
+            .verified_replicas(&req.upload_id, records, &receipts)
+            .await?;
         let outcome = self
             .ctx
             .propose(Command::ConfirmUpload {
@@ -640,6 +774,86 @@ impl CoordinatorService {
         Ok(pb::ConfirmUploadResponse {
             file: Some(file_info(&entry_of(outcome)?)),
         })
+    }
+
+    /// Keeps, for each chunk, only the claimed replicas that vouch for the
+    /// confirmed checksum and size themselves: by the receipt the primary
+    /// collected from them, or by their own chunk report. A replica that
+    /// stored something else fails the confirm. Replicas with neither are
+    /// waited for (a few heartbeats) while the write quorum is not met.
+    async fn verified_replicas(
+        &self,
+        upload_id: &str,
+        mut records: Vec<ChunkRecord>,
+        receipts: &[HashMap<String, (u32, u64)>],
+    ) -> Result<Vec<ChunkRecord>, Status> {
+        let quorum = {
+            let st = self.ctx.lock();
+            // The plan first (ids, sizes, known nodes): a bad confirm fails
+            // at once, before any wait for reports.
+            st.ns.check_confirm(upload_id, &records)?;
+            st.ns.upload(upload_id)?.write_quorum as usize
+        };
+        let wait = (self.ctx.config.heartbeat_interval * 3 + std::time::Duration::from_secs(1))
+            .min(std::time::Duration::from_secs(15));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut verified: Vec<Vec<String>> = vec![Vec::new(); records.len()];
+        loop {
+            let mut short = false;
+            {
+                let st = self.ctx.lock();
+                for (i, rec) in records.iter().enumerate() {
+                    let done = &mut verified[i];
+                    for node in &rec.replicas {
+                        if done.contains(node) {
+                            continue;
+                        }
+                        let said = receipts[i].get(node).copied().or_else(|| {
+                            st.cluster
+                                .reported_checksum(&rec.id, node)
+                                .map(|crc| (crc, rec.size))
+                        });
+                        match said {
+                            Some((crc, size)) if crc == rec.checksum && size == rec.size => {
+                                done.push(node.clone())
+                            }
+                            Some((crc, size)) => {
+                                self.ctx.metrics.confirm_mismatch.inc();
+                                return Err(Status::failed_precondition(format!(
+                                    "chunk {i} ({}): replica {node} stored {size} bytes with crc32c \
+                                     {crc:08x}, but the confirm says {} bytes with crc32c {:08x}; \
+                                     nothing was committed",
+                                    rec.id, rec.size, rec.checksum
+                                )));
+                            }
+                            None => {}
+                        }
+                    }
+                    if done.len() < quorum.max(1) {
+                        short = true;
+                    }
+                }
+            }
+            if !short || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for (i, rec) in records.iter_mut().enumerate() {
+            if verified[i].len() < quorum.max(1) {
+                return Err(Status::failed_precondition(format!(
+                    "chunk {i} ({}): {} of the {} replicas named vouched for crc32c {:08x} \
+                     (a receipt or their own chunk report within {wait:?}); the write quorum is \
+                     {quorum}; nothing was committed",
+                    rec.id,
+                    verified[i].len(),
+                    rec.replicas.len(),
+                    rec.checksum
+                )));
+            }
+            rec.replicas.retain(|n| verified[i].contains(n));
+        }
+        Ok(records)
     }
 
     /// UploadFiles: every request planned as UploadFile would plan it, all
@@ -743,7 +957,7 @@ impl CoordinatorService {
         req: pb::DownloadFileRequest,
     ) -> Result<pb::DownloadFileResponse, Status> {
         let path = parse_path(&req.path)?;
-        let now = now_unix_ms();
+        let now = monotonic_ms();
         let st = self.ctx.lock();
         let (info, file) = st.ns.file(&path)?;
         let mut offset = 0;
@@ -805,7 +1019,7 @@ impl CoordinatorService {
     fn node_status(&self, node_id: &str) -> Result<pb::DataNodeStatus, Status> {
         let st = self.ctx.lock();
         st.cluster
-            .status(&st.ns, now_unix_ms())
+            .status(&st.ns, monotonic_ms())
             .iter()
             .find(|s| s.record.node_id == node_id)
             .map(status_to_proto)
@@ -817,13 +1031,25 @@ impl CoordinatorService {
         req: pb::RegisterDataNodeRequest,
     ) -> Result<pb::RegisterDataNodeResponse, Status> {
         check_node_id(&req.node_id)?;
-        if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
+        if !(req.address.starts_with("http://") || req.address.starts_with("https://"))
+            || req.address.len() > 256
+            || req.address.parse::<tonic::codegen::http::Uri>().is_err()
+        {
             return Err(Status::invalid_argument(format!(
-                "invalid address {:?}: expected a gRPC URL like http://host:port",
-                req.address
+                "invalid address {:?}: expected a gRPC URL like http://host:port (at most 256 bytes)",
+                truncate(&req.address, 80)
             )));
         }
         let topology = req.topology.unwrap_or_default();
+        if [&topology.zone, &topology.rack, &topology.host, &req.version]
+            .iter()
+            .any(|f| f.len() > 256)
+        {
+            return Err(Status::invalid_argument(
+                "topology fields and version are at most 256 bytes each",
+            ));
+        }
+        self.check_cluster(&req.node_id, &req.cluster_id)?;
         self.ctx
             .propose(Command::RegisterNode(NodeRecord {
                 node_id: req.node_id.clone(),
@@ -841,7 +1067,7 @@ impl CoordinatorService {
         let cluster_id = {
             let mut st = self.ctx.lock();
             st.cluster
-                .on_register(&req.node_id, req.info.into(), now_unix_ms());
+                .on_register(&req.node_id, req.info.into(), monotonic_ms());
             st.ns.cluster_id().to_string()
         };
         tracing::info!(node_id = %req.node_id, address = %req.address, "datanode registered");
@@ -852,8 +1078,33 @@ impl CoordinatorService {
         })
     }
 
+    /// Fencing: a datanode that belongs to another cluster is refused, and
+    /// nothing of it is touched. (An empty id: a datanode that never joined,
+    /// or one older than cluster ids.)
+    fn check_cluster(&self, node_id: &str, theirs: &str) -> Result<(), Status> {
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        let st = self.ctx.lock();
+        let ours = st.ns.cluster_id().to_string();
+        if theirs == ours {
+            return Ok(());
+        }
+        let files = st.ns.file_count();
+        drop(st);
+        self.ctx.metrics.foreign_datanodes.inc();
+        let msg = format!(
+            "datanode {node_id} belongs to cluster {:?}, this coordinator is cluster {ours:?} \
+             ({files} files in its namespace: is its metadata empty, restored, or another \
+             cluster's?); the datanode is refused and none of its chunks is deleted",
+            truncate(theirs, 64)
+        );
+        tracing::error!(node_id, theirs = %truncate(theirs, 64), ours, "{msg}");
+        Err(Status::failed_precondition(msg))
+    }
+
     fn cluster_status(&self) -> pb::ClusterStatus {
-        let now = now_unix_ms();
+        let now = monotonic_ms();
         let st = self.ctx.lock();
         let nodes = st.cluster.status(&st.ns, now);
         let stats = st.cluster.stats();
@@ -872,6 +1123,13 @@ impl CoordinatorService {
             repair_bytes_remaining: stats.repair_bytes_remaining,
             repair_eta_seconds: stats.repair_eta_seconds,
             replication: self.ctx.config.replication,
+            safe_mode: Some(safe_mode_to_proto(&st.cluster.safe_mode(&st.ns))),
+            delete_budget: Some(pb::DeleteBudgetStatus {
+                deferred: stats.deletes_deferred,
+                exhausted_nodes: st.cluster.budget_exhausted_nodes(),
+                exhausted_total: stats.budget_exhausted_total,
+            }),
+            corrupt_replicas: stats.corrupt_replicas,
         }
     }
 }
@@ -884,7 +1142,7 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut inbound: Streaming<pb::Heartbeat>, tx
             m = inbound.message() => m,
             _ = shutdown.wait_for(|v| *v) => break,
         };
-        let hb = match msg {
+        let mut hb = match msg {
             Ok(Some(hb)) => hb,
             Ok(None) => break,
             Err(e) => {
@@ -893,6 +1151,7 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut inbound: Streaming<pb::Heartbeat>, tx
             }
         };
         let start = Instant::now();
+        let cluster = std::mem::take(&mut hb.cluster_id);
         let ev = match HeartbeatEvent::try_from(hb) {
             Ok(ev) => ev,
             Err(status) => {
@@ -902,13 +1161,24 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut inbound: Streaming<pb::Heartbeat>, tx
             }
         };
         let id = ev.node_id.clone();
+        if let Err(status) = CoordinatorService::new(ctx.clone()).check_cluster(&id, &cluster) {
+            ctx.metrics.rpc("DataNodeHeartbeat", status.code(), 0.0);
+            let _ = tx.send(Err(status)).await;
+            break;
+        }
         let result = {
             let mut guard = ctx.lock();
             let st = &mut *guard;
-            st.cluster.on_heartbeat(&st.ns, ev, now_unix_ms())
+            st.cluster.on_heartbeat(&st.ns, ev, monotonic_ms())
         };
         match result {
             Ok((commands, state)) => {
+                // Fail-stop: nothing is ordered once the log failed.
+                let commands = if ctx.committer.has_failed() {
+                    Vec::new()
+                } else {
+                    commands
+                };
                 if node.as_deref() != Some(id.as_str()) {
                     ctx.streams
                         .lock()
@@ -924,6 +1194,7 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, mut inbound: Streaming<pb::Heartbeat>, tx
                 let resp = pb::HeartbeatResponse {
                     commands: commands.into_iter().map(command_to_proto).collect(),
                     state: state_to_proto(state) as i32,
+                    cluster_id: ctx.lock().ns.cluster_id().to_string(),
                 };
                 if tx.send(Ok(resp)).await.is_err() {
                     break;
@@ -1124,7 +1395,7 @@ impl Coordinator for CoordinatorService {
             Ok(pb::ListNodesResponse {
                 nodes: st
                     .cluster
-                    .status(&st.ns, now_unix_ms())
+                    .status(&st.ns, monotonic_ms())
                     .iter()
                     .map(status_to_proto)
                     .collect(),
@@ -1202,6 +1473,18 @@ impl Coordinator for CoordinatorService {
                 })?;
             tracing::info!(node_id = %req.node_id, enabled = req.enabled, ?duration, "maintenance");
             self.node_status(&req.node_id)
+        })
+        .await
+    }
+
+    async fn set_safe_mode(
+        &self,
+        r: Request<pb::SetSafeModeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("SetSafeMode", async {
+            self.ctx.lock().cluster.set_safe_mode(req.enabled);
+            Ok(self.cluster_status())
         })
         .await
     }

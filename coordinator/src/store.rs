@@ -53,6 +53,9 @@ pub enum StoreError {
     /// Replaying the log failed (a corrupt or foreign database).
     #[error("failed to replay log entry {index}: {source}")]
     Replay { index: u64, source: NamespaceError },
+    /// A test's fault hook failed the write ([`FAULT_ENV`]).
+    #[error("failed to append to metadata database: injected I/O error ({reason})")]
+    Injected { reason: String },
     /// The committer stopped (shutdown or an earlier storage failure).
     #[error("metadata store is unavailable")]
     Unavailable,
@@ -68,8 +71,14 @@ struct StoredSnapshot {
     state: Snapshot,
 }
 
+/// Fault injection for tests: `DFS_COORDINATOR_FAULT=fail-log-writes-when:<path>`
+/// makes every log write fail with an I/O error while `<path>` exists (a
+/// metadata disk that starts failing mid-run).
+pub const FAULT_ENV: &str = "DFS_COORDINATOR_FAULT";
+
 /// The redb database holding the log and the snapshot.
 pub struct Store {
+    fail_when_exists: Option<PathBuf>,
     db: Database,
     next_index: u64,
     since_snapshot: u64,
@@ -152,6 +161,9 @@ impl Store {
         );
         Ok((
             Store {
+                fail_when_exists: std::env::var(FAULT_ENV)
+                    .ok()
+                    .and_then(|v| v.strip_prefix("fail-log-writes-when:").map(PathBuf::from)),
                 db,
                 next_index: last + 1,
                 since_snapshot: replayed,
@@ -167,6 +179,13 @@ impl Store {
     /// `durable` the transaction is not flushed (no fsync): it becomes
     /// durable with the next durable one, which redb writes after it.
     pub fn append(&mut self, entries: &[Vec<u8>], durable: bool) -> Result<(), StoreError> {
+        if let Some(path) = &self.fail_when_exists
+            && path.exists()
+        {
+            return Err(StoreError::Injected {
+                reason: format!("{FAULT_ENV}: {} exists", path.display()),
+            });
+        }
         let mut row = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
         row.push(b'[');
         for (i, e) in entries.iter().enumerate() {
@@ -331,6 +350,7 @@ pub trait Applied<S>: Send + 'static {
 #[derive(Clone, Debug)]
 pub struct Committer {
     tx: mpsc::UnboundedSender<Proposal>,
+    failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Proposal {
@@ -349,6 +369,7 @@ impl Committer {
         metrics: crate::metrics::Metrics,
     ) -> (Committer, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Proposal>();
+        let (failure_tx, failure) = tokio::sync::watch::channel(None::<String>);
         let handle = tokio::task::spawn_blocking(move || {
             let mut failed = false;
             // Snapshots are encoded on their own thread (JSON of the whole
@@ -414,6 +435,7 @@ impl Committer {
                     // everything from here on; a restart reloads the truth.
                     tracing::error!("{e:#}; refusing further metadata changes");
                     failed = true;
+                    failure_tx.send_replace(Some(format!("metadata log write failed: {e}")));
                     for mut p in batch {
                         p.answer(Err(StoreError::Unavailable.into()));
                     }
@@ -456,7 +478,29 @@ impl Committer {
                 tracing::error!("{e:#}");
             }
         });
-        (Committer { tx }, handle)
+        (Committer { tx, failure }, handle)
+    }
+
+    /// Resolves (with the reason) once a log write failed: from then on the
+    /// in-memory state may be ahead of the disk, so the caller must stop
+    /// acting on it (no deletes, no repairs) and exit.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|v| v.clone());
+        match reason {
+            Some(r) => r,
+            // The committer ended without failing (shutdown).
+            None => std::future::pending().await,
+        }
+    }
+
+    /// True once a log write failed.
+    pub fn has_failed(&self) -> bool {
+        self.failure.borrow().is_some()
     }
 
     /// Proposes a command; resolves once it is applied and durable.

@@ -61,6 +61,7 @@ async fn sigkill_keeps_confirmed_files() {
                 info: Some(info()),
                 topology: None,
                 version: String::new(),
+                cluster_id: String::new(),
             })
             .await
             .unwrap();

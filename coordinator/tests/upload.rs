@@ -226,11 +226,13 @@ async fn quorum_replan_abort_and_errors() {
         index: 0,
         chunk: Some(ChunkMeta {
             chunk_id: plan.chunks[0].chunk_id.clone(),
-            checksum: 1,
+            // What the simulated replicas report storing.
+            checksum: 42,
             size: 100,
             checksum_algorithm: 1,
         }),
         replicas: vec![plan.chunks[0].nodes[0].node_id.clone()],
+        receipts: vec![],
     };
     let confirm = |chunk: ConfirmedChunk| ConfirmUploadRequest {
         upload_id: plan.upload_id.clone(),

@@ -149,6 +149,24 @@ pub struct Config {
     /// of a pipe takes its children down with it, even when SIGKILLed.
     #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
+
+    /// Re-home this datanode to the cluster with this id: the one explicit
+    /// way to move a datanode that already belongs to a cluster (its
+    /// `<data-dir>/cluster_id`) to another one. Without it a coordinator of
+    /// another cluster is refused. The chunks it holds become orphans of the
+    /// new cluster, which deletes them (within its delete budget) after its
+    /// safe mode and the orphan grace. Remove the flag once re-homed.
+    #[arg(long, env = "DFS_REHOME_TO_CLUSTER", value_parser = parse_cluster_id)]
+    pub rehome_to_cluster: Option<String>,
+}
+
+/// `--rehome-to-cluster`: a cluster id (32 lowercase hex characters).
+fn parse_cluster_id(s: &str) -> Result<String, String> {
+    if dfs_proto::frame::is_valid_chunk_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err("expected a cluster id: 32 lowercase hex characters (dfs status shows it)".into())
+    }
 }
 
 impl Config {
@@ -177,6 +195,7 @@ impl Config {
             full_report_interval: parse_duration(DEFAULT_FULL_REPORT_INTERVAL).expect("valid"),
             max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,
             exit_with_parent: false,
+            rehome_to_cluster: None,
         }
     }
 

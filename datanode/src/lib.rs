@@ -147,19 +147,20 @@ impl Datanode {
             ..StoreOptions::default()
         };
         let m = metrics.clone();
-        let (store, node_id) = blocking(move || {
+        let (store, node_id, cluster) = blocking(move || {
             std::fs::create_dir_all(&data_dir).map_err(|source| StoreError::Io {
                 action: "create",
                 path: data_dir.clone(),
                 source,
             })?;
             let node_id = load_or_create_node_id(&data_dir)?;
+            let cluster = membership::ClusterIdentity::load(&data_dir)?;
             let store = Store::open(&data_dir, options, m)?;
-            Ok((store, node_id))
+            Ok((store, node_id, cluster))
         })
         .await?;
         let advertise = config.advertise_for(bound);
-        tracing::info!(%node_id, %advertise, listen = %bound, version = env!("CARGO_PKG_VERSION"), "datanode starting");
+        tracing::info!(%node_id, cluster_id = %cluster.get().unwrap_or_default(), %advertise, listen = %bound, version = env!("CARGO_PKG_VERSION"), "datanode starting");
         let node = Arc::new(Node {
             sessions: Sessions::new(config.session_timeout, metrics.clone()),
             config,
@@ -171,6 +172,7 @@ impl Datanode {
             small_links: Default::default(),
             stop: Arc::new(watch::channel(false).0),
             draining: Default::default(),
+            cluster,
         });
         Ok(Datanode {
             node,

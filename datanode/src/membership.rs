@@ -13,6 +13,14 @@
 //! Reads and writes keep being served while the coordinator is away; chunk
 //! changes accumulate in the store's delta and a full report follows every
 //! (re-)registration anyway.
+//!
+//! Fencing: the node persists the id of the cluster it first joined
+//! (`<data-dir>/cluster_id`, fsynced) and sends it with every registration
+//! and heartbeat. A coordinator of another cluster (a coordinator started on
+//! an empty or foreign data directory, a wrong `--coordinator`) is refused:
+//! no heartbeat stream, no command executed, a log line and
+//! `dfs_datanode_fenced`; reads of what the node holds go on. Moving the
+//! node to another cluster takes `--rehome-to-cluster <id>`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +39,117 @@ use tonic::transport::Channel;
 use crate::node::{CONNECT_TIMEOUT, Node, Target, blocking};
 use crate::pipeline::chunk_meta;
 use crate::service::parse_id;
+use crate::store::{StoreError, write_atomic};
+
+/// The id of the cluster this node belongs to, persisted in its data
+/// directory the first time it joins one.
+pub struct ClusterIdentity {
+    path: std::path::PathBuf,
+    id: std::sync::Mutex<Option<String>>,
+}
+
+impl ClusterIdentity {
+    /// Reads `<data_dir>/cluster_id` (absent: the node never joined).
+    pub fn load(data_dir: &std::path::Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("cluster_id");
+        let id = match std::fs::read_to_string(&path) {
+            Ok(s) if dfs_proto::frame::is_valid_chunk_id(s.trim()) => Some(s.trim().to_string()),
+            Ok(s) => {
+                // Never guess: a damaged identity file must not let any
+                // coordinator command this node.
+                return Err(StoreError::Io {
+                    action: "parse",
+                    path,
+                    source: std::io::Error::other(format!(
+                        "invalid cluster id {:?}; fix or remove the file by hand",
+                        s.trim().chars().take(64).collect::<String>()
+                    )),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        Ok(ClusterIdentity {
+            path,
+            id: std::sync::Mutex::new(id),
+        })
+    }
+
+    /// The persisted cluster id, if the node joined one.
+    pub fn get(&self) -> Option<String> {
+        self.id.lock().expect("cluster id lock").clone()
+    }
+
+    /// Persists `id` (fsynced before it is used).
+    fn adopt(&self, id: &str) -> Result<(), StoreError> {
+        write_atomic(&self.path, format!("{id}\n").as_bytes())?;
+        *self.id.lock().expect("cluster id lock") = Some(id.to_string());
+        Ok(())
+    }
+}
+
+/// What the node does with the cluster id a coordinator answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Same cluster: go on.
+    Accept,
+    /// First join (or an explicit re-home): persist it, then go on.
+    Adopt,
+    /// Another cluster: refuse everything it says.
+    Refuse { ours: String },
+}
+
+/// Pure fencing rule: `ours` is the persisted id, `rehome` the
+/// `--rehome-to-cluster` flag, `theirs` the coordinator's id.
+fn verdict(ours: Option<&str>, rehome: Option<&str>, theirs: &str) -> Verdict {
+    if !dfs_proto::frame::is_valid_chunk_id(theirs) {
+        // Never adopt (or persist) an id that is not one.
+        return Verdict::Refuse {
+            ours: ours.unwrap_or_default().to_string(),
+        };
+    }
+    match (ours, rehome) {
+        (_, Some(target)) if target == theirs && ours != Some(theirs) => Verdict::Adopt,
+        (Some(o), _) if o == theirs => Verdict::Accept,
+        (Some(o), _) => Verdict::Refuse {
+            ours: o.to_string(),
+        },
+        (None, _) if theirs.is_empty() => Verdict::Refuse {
+            ours: String::new(),
+        },
+        (None, _) => Verdict::Adopt,
+    }
+}
+
+/// The cluster id to claim at registration: the re-home target when set,
+/// else the persisted one (empty when none).
+fn claimed_cluster(node: &Node) -> String {
+    node.config
+        .rehome_to_cluster
+        .clone()
+        .or_else(|| node.cluster.get())
+        .unwrap_or_default()
+}
+
+/// Counts and logs a refused coordinator (once per change of state).
+fn fence(node: &Node, ours: &str, theirs: &str) -> Status {
+    node.metrics.foreign_cluster.inc();
+    node.metrics.fenced.set(1);
+    let msg = format!(
+        "coordinator {} belongs to cluster {theirs:?}, this datanode to cluster {ours:?}: \
+         refusing it (no registration, no commands; reads go on). If this datanode really \
+         moves to that cluster, restart it with --rehome-to-cluster {theirs}",
+        node.config.coordinator
+    );
+    tracing::error!(node_id = %node.node_id, ours, theirs, "{msg}");
+    Status::failed_precondition(msg)
+}
 
 /// Chunks per heartbeat in a full report.
 pub const REPORT_BATCH: usize = 10_000;
@@ -201,25 +320,71 @@ async fn session(
             host: node.config.host.clone(),
         }),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        cluster_id: claimed_cluster(node),
     };
-    let registered =
-        match tokio::time::timeout(REGISTER_TIMEOUT, client.register_data_node(request)).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(st)) => {
-                node.metrics
-                    .registrations
-                    .with_label_values(&["error"])
-                    .inc();
-                return Err(st);
+    let registered = match tokio::time::timeout(
+        REGISTER_TIMEOUT,
+        client.register_data_node(request),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(st)) => {
+            let outcome = if st.code() == tonic::Code::FailedPrecondition {
+                // The coordinator itself saw the foreign cluster id.
+                node.metrics.foreign_cluster.inc();
+                node.metrics.fenced.set(1);
+                tracing::error!(node_id = %node.node_id, "coordinator refused this datanode: {}", st.message());
+                "refused"
+            } else {
+                "error"
+            };
+            node.metrics
+                .registrations
+                .with_label_values(&[outcome])
+                .inc();
+            return Err(st);
+        }
+        Err(_) => {
+            node.metrics
+                .registrations
+                .with_label_values(&["error"])
+                .inc();
+            return Err(Status::deadline_exceeded("registration timed out"));
+        }
+    };
+    let theirs = registered.cluster_id.clone();
+    match verdict(
+        node.cluster.get().as_deref(),
+        node.config.rehome_to_cluster.as_deref(),
+        &theirs,
+    ) {
+        Verdict::Accept => {}
+        Verdict::Adopt => {
+            let n = node.clone();
+            let id = theirs.clone();
+            let previous = node.cluster.get();
+            blocking(move || n.cluster.adopt(&id))
+                .await
+                .map_err(|e| Status::internal(format!("failed to persist the cluster id: {e}")))?;
+            match previous {
+                Some(old) => {
+                    tracing::warn!(node_id = %node.node_id, from = %old, to = %theirs, "re-homed to another cluster (--rehome-to-cluster)")
+                }
+                None => {
+                    tracing::info!(node_id = %node.node_id, cluster_id = %theirs, "joined cluster")
+                }
             }
-            Err(_) => {
-                node.metrics
-                    .registrations
-                    .with_label_values(&["error"])
-                    .inc();
-                return Err(Status::deadline_exceeded("registration timed out"));
-            }
-        };
+        }
+        Verdict::Refuse { ours } => {
+            node.metrics
+                .registrations
+                .with_label_values(&["refused"])
+                .inc();
+            return Err(fence(node, &ours, &theirs));
+        }
+    }
+    node.metrics.fenced.set(0);
     node.metrics.registrations.with_label_values(&["ok"]).inc();
     *backoff = BACKOFF_START;
     if registered.heartbeat_interval_ms > 0 {
@@ -247,7 +412,7 @@ async fn session(
                     if drain_at > 0 && answered >= drain_at {
                         ctl.drain_sent.notify_one();
                     }
-                    handle_response(node, ctl, r)
+                    handle_response(node, ctl, r)?
                 }
                 None => {
                     return Err(Status::unavailable(
@@ -281,6 +446,7 @@ async fn send_full_report(
     for (i, batch) in batches.into_iter().enumerate() {
         let hb = Heartbeat {
             node_id: node.node_id.clone(),
+            cluster_id: node.cluster.get().unwrap_or_default(),
             info: Some(node_info(node)),
             chunk_report: Some(ChunkReport {
                 chunks: batch.to_vec(),
@@ -327,6 +493,7 @@ async fn send_heartbeats(
             removed_chunks: delta.removed.iter().map(|id| id.to_string()).collect(),
             corrupt_chunks: delta.corrupt.iter().map(|id| id.to_string()).collect(),
             command_results: results,
+            cluster_id: node.cluster.get().unwrap_or_default(),
         };
         let draining = hb
             .info
@@ -340,10 +507,22 @@ async fn send_heartbeats(
     }
 }
 
-fn handle_response(node: &Arc<Node>, ctl: &Arc<Control>, response: HeartbeatResponse) {
+/// Executes the commands of one answer, only if it comes from this node's
+/// cluster (an answer without a cluster id is from an older coordinator that
+/// registered this node, which already checked the id).
+fn handle_response(
+    node: &Arc<Node>,
+    ctl: &Arc<Control>,
+    response: HeartbeatResponse,
+) -> Result<(), Status> {
+    let ours = node.cluster.get().unwrap_or_default();
+    if !response.cluster_id.is_empty() && response.cluster_id != ours {
+        return Err(fence(node, &ours, &response.cluster_id));
+    }
     for command in response.commands {
         tokio::spawn(execute(node.clone(), ctl.clone(), command));
     }
+    Ok(())
 }
 
 /// Executes one command and queues its result for the next heartbeat.
@@ -362,9 +541,11 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
                     .await
                     .map_err(|_| "shutting down")?;
                 tracing::info!(chunk_id = %id, target = %target.node_id, "replicating chunk (repair)");
+                let expected = (meta.checksum != 0).then_some((meta.size, meta.checksum));
                 crate::read::replicate_to(
                     node.clone(),
                     id,
+                    expected,
                     Target {
                         node_id: target.node_id,
                         address: target.address,
@@ -380,11 +561,19 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
         }
         Some(data_node_command::Command::Delete(d)) => {
             let mut errors = Vec::new();
+            let quarantined_only = d.quarantined_only;
             for raw in d.chunk_ids {
                 match parse_id(&raw) {
                     Ok(id) => {
                         let store = node.store.clone();
-                        if let Err(e) = blocking(move || store.delete(&id)).await {
+                        let deleted = blocking(move || {
+                            if quarantined_only {
+                                store.drop_quarantined(&id)
+                            } else {
+                                store.delete(&id)
+                            }
+                        });
+                        if let Err(e) = deleted.await {
                             errors.push(format!("{raw}: {e}"));
                         }
                     }
@@ -429,4 +618,53 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
         error: result.err().unwrap_or_default(),
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn a_node_obeys_only_the_cluster_it_joined_unless_rehomed_explicitly() {
+        // First join adopts the coordinator's id.
+        assert_eq!(verdict(None, None, A), Verdict::Adopt);
+        // Same cluster: fine; another one: refused, whatever it says.
+        assert_eq!(verdict(Some(A), None, A), Verdict::Accept);
+        assert_eq!(
+            verdict(Some(A), None, B),
+            Verdict::Refuse { ours: A.into() }
+        );
+        // A coordinator without an id is never adopted.
+        assert_eq!(
+            verdict(None, None, ""),
+            Verdict::Refuse {
+                ours: String::new()
+            }
+        );
+        // Re-homing takes the flag, and only to the cluster it names.
+        assert_eq!(verdict(Some(A), Some(B), B), Verdict::Adopt);
+        assert_eq!(
+            verdict(Some(A), Some(B), "cccccccccccccccccccccccccccccccc"),
+            Verdict::Refuse { ours: A.into() }
+        );
+        // Once re-homed the flag is a no-op.
+        assert_eq!(verdict(Some(B), Some(B), B), Verdict::Accept);
+    }
+
+    #[test]
+    fn the_cluster_id_is_persisted_and_a_damaged_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ClusterIdentity::load(dir.path()).unwrap();
+        assert_eq!(id.get(), None);
+        id.adopt(A).unwrap();
+        assert_eq!(
+            ClusterIdentity::load(dir.path()).unwrap().get().as_deref(),
+            Some(A)
+        );
+        std::fs::write(dir.path().join("cluster_id"), "garbage").unwrap();
+        assert!(ClusterIdentity::load(dir.path()).is_err());
+    }
 }

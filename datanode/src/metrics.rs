@@ -64,6 +64,16 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Registrations with the coordinator, by outcome.
     pub registrations: IntCounterVec,
+    /// Coordinators (or their commands) refused because they belong to
+    /// another cluster than the one this node joined.
+    pub foreign_cluster: IntCounter,
+    /// Writes refused because the chunk id holds other bytes.
+    pub rewrites_refused: IntCounter,
+    /// Corrupt chunks kept aside in `quarantine/`.
+    pub quarantined: IntGauge,
+    /// 1 while the coordinator this node talks to belongs to another
+    /// cluster (nothing it says is executed), else 0.
+    pub fenced: IntGauge,
     /// Small chunks made durable by one volume group commit.
     pub volume_commit_chunks: Histogram,
     /// Bytes in the small-chunk volumes, by state (live, garbage).
@@ -233,6 +243,30 @@ impl Metrics {
                 "dfs_datanode_registrations_total",
                 "Registration attempts with the coordinator.",
                 &["outcome"],
+            ),
+            foreign_cluster: registered(
+                &registry,
+                IntCounter::new(
+                    "dfs_datanode_foreign_cluster_refusals_total",
+                    "Coordinators or commands refused because they belong to another cluster.",
+                )
+                .expect("valid metric"),
+            ),
+            rewrites_refused: registered(
+                &registry,
+                IntCounter::new(
+                    "dfs_datanode_rewrites_refused_total",
+                    "Writes refused because the chunk id is already stored with other bytes.",
+                )
+                .expect("valid metric"),
+            ),
+            quarantined: gauge(
+                "dfs_datanode_quarantined_chunks",
+                "Corrupt chunk copies kept aside in quarantine/ (until the coordinator has enough good replicas).",
+            ),
+            fenced: gauge(
+                "dfs_datanode_fenced",
+                "1 while the coordinator belongs to another cluster than this node (nothing it orders is executed).",
             ),
             active_sessions,
             registry,

@@ -41,6 +41,9 @@ pub struct Node {
     /// coordinator stops placing chunks here and lists this node's replicas
     /// last while in-flight streams finish.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The cluster this node belongs to (fencing: commands are executed only
+    /// from a coordinator of this cluster).
+    pub cluster: crate::membership::ClusterIdentity,
 }
 
 impl Node {
@@ -241,6 +244,8 @@ impl Peers {
 pub fn status(e: StoreError) -> Status {
     match &e {
         StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        StoreError::Concurrent { .. } => Status::aborted(e.to_string()),
         StoreError::Corrupt { .. } | StoreError::Mismatch { .. } => {
             Status::data_loss(e.to_string())
         }

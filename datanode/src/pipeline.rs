@@ -24,8 +24,8 @@ use bytes::Bytes;
 use dfs_proto::chunk_stream::{self, Inbound};
 use dfs_proto::{
     ChecksumAlgorithm, ChunkData, ChunkDataAck, ChunkMeta, ChunkReplicas, DeleteChunkRequest,
-    ReplicaFailure, ReplicateChunkHeader, ReplicateChunkRequest, UploadChunkResponse,
-    replicate_chunk_request, upload_chunk_response,
+    ReplicaFailure, ReplicaReceipt, ReplicateChunkHeader, ReplicateChunkRequest,
+    UploadChunkResponse, replicate_chunk_request, upload_chunk_response,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, Target, UploadSession, status};
-use crate::store::{ChunkId, Store, StoreError, StoredChunk};
+use crate::store::{ChunkId, Store, StoreError, Stored, StoredChunk};
 
 /// Frames queued towards the local writer thread.
 const WRITER_QUEUE_FRAMES: usize = 4;
@@ -44,6 +44,37 @@ const FORWARD_QUEUE_FRAMES: usize = 4;
 
 /// The sender half of a response stream.
 pub type Responses = mpsc::Sender<Result<UploadChunkResponse, Status>>;
+
+/// A replica's own answer: it stored `c` under `id`, with its receipt.
+pub fn stored_answer(node: &Node, id: &ChunkId, c: StoredChunk) -> ChunkReplicas {
+    ChunkReplicas {
+        replicas: vec![node.node_id.clone()],
+        chunk: Some(chunk_meta(id, c)),
+        failed: vec![],
+        receipts: vec![receipt(node, c)],
+    }
+}
+
+fn receipt(node: &Node, c: StoredChunk) -> ReplicaReceipt {
+    ReplicaReceipt {
+        node_id: node.node_id.clone(),
+        checksum: c.checksum,
+        size: c.size,
+    }
+}
+
+/// What a replica's answer says it stored, if it says (older peers answer
+/// without receipts; the coordinator then waits for their own report).
+fn answered_receipt(answer: &ChunkReplicas, node_id: &str) -> Option<ReplicaReceipt> {
+    if let Some(r) = answer.receipts.iter().find(|r| r.node_id == node_id) {
+        return Some(r.clone());
+    }
+    answer.chunk.as_ref().map(|c| ReplicaReceipt {
+        node_id: node_id.to_string(),
+        checksum: c.checksum,
+        size: c.size,
+    })
+}
 
 /// The wire form of a stored chunk.
 pub fn chunk_meta(id: &ChunkId, c: StoredChunk) -> ChunkMeta {
@@ -210,17 +241,13 @@ impl LocalWrite {
         }
     }
 
-    pub(crate) async fn finish(
-        self,
-        size: u64,
-        checksum: Option<u32>,
-    ) -> Result<StoredChunk, Status> {
+    pub(crate) async fn finish(self, size: u64, checksum: Option<u32>) -> Result<Stored, Status> {
         match self {
             LocalWrite::File(f) => f.finish(size, checksum).await,
             LocalWrite::Small { store, id, parts } => store
                 .put_small(&id, parts, size, checksum)
                 .map_err(status)?
-                .wait()
+                .wait_stored()
                 .await
                 .map_err(status),
         }
@@ -232,7 +259,7 @@ impl LocalWrite {
 /// Dropping it before `finish` removes the temp file.
 pub(crate) struct FileWrite {
     tx: Option<mpsc::Sender<WriterMsg>>,
-    join: Option<JoinHandle<Result<StoredChunk, StoreError>>>,
+    join: Option<JoinHandle<Result<Stored, StoreError>>>,
 }
 
 impl FileWrite {
@@ -243,7 +270,7 @@ impl FileWrite {
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     WriterMsg::Data(b) => w.write(&b)?,
-                    WriterMsg::Finish(size, checksum) => return w.finish(size, checksum),
+                    WriterMsg::Finish(size, checksum) => return w.finish_stored(size, checksum),
                 }
             }
             Err(StoreError::Cancelled)
@@ -273,7 +300,7 @@ impl FileWrite {
         Ok(())
     }
 
-    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<StoredChunk, Status> {
+    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<Stored, Status> {
         let tx = self.tx.take().expect("writer open");
         if tx.send(WriterMsg::Finish(size, checksum)).await.is_err() {
             return Err(self.result().await);
@@ -292,6 +319,7 @@ struct Forward {
     tx: Option<mpsc::Sender<ReplicateChunkRequest>>,
     task: JoinHandle<Result<ChunkReplicas, Status>>,
     failure: Option<String>,
+    answer: Option<ChunkReplicas>,
 }
 
 impl Forward {
@@ -327,6 +355,7 @@ impl Forward {
             tx: Some(tx),
             task,
             failure: None,
+            answer: None,
         }
     }
 
@@ -386,7 +415,10 @@ impl Forward {
         }
         self.tx = None;
         match tokio::time::timeout(wait, &mut self.task).await {
-            Ok(Ok(Ok(_))) => true,
+            Ok(Ok(Ok(answer))) => {
+                self.answer = Some(answer);
+                true
+            }
             Ok(Ok(Err(st))) => {
                 self.fail(node, st.message().to_string(), "error");
                 false
@@ -522,8 +554,14 @@ pub async fn upload(
             futures::future::join_all(forwards.iter_mut().map(|f| f.finish(&node, wait)))
         );
         let outcomes = forwards
-            .iter()
-            .map(|f| (f.target.clone(), f.failure.clone()))
+            .iter_mut()
+            .map(|f| {
+                let outcome = match f.failure.clone() {
+                    Some(reason) => Err(reason),
+                    None => Ok(f.answer.take().unwrap_or_default()),
+                };
+                (f.target.clone(), outcome)
+            })
             .collect();
         conclude(&node, &chunk_id, local_result, outcomes, session.quorum).await
     }
@@ -540,42 +578,61 @@ pub async fn upload(
     result
 }
 
+/// One replica target's outcome: its answer, or why it failed.
+type Outcome = (Target, Result<ChunkReplicas, String>);
+
 /// Ends an upload once the local copy and every replica answered: the
-/// replicas that stored the chunk, or (below the write quorum, or when the
-/// local copy failed) an error after deleting the copies that were made.
-/// `outcomes` holds each target with its failure, if any.
+/// replicas that stored the chunk with their receipts, or (below the write
+/// quorum, or when the local copy failed) an error after deleting the
+/// copies this upload made. A replica whose receipt names other bytes than
+/// the primary's counts as failed (its copy is not this upload's).
 async fn conclude(
     node: &Arc<Node>,
     chunk_id: &ChunkId,
-    local: Result<StoredChunk, Status>,
-    outcomes: Vec<(Target, Option<String>)>,
+    local: Result<Stored, Status>,
+    outcomes: Vec<Outcome>,
     quorum: usize,
 ) -> Result<ChunkReplicas, Status> {
     let stored_on: Vec<Target> = outcomes
         .iter()
-        .filter(|(_, failure)| failure.is_none())
+        .filter(|(_, r)| r.is_ok())
         .map(|(t, _)| t.clone())
         .collect();
-    let stored = match local {
-        Ok(s) => s,
+    let (stored, created) = match local {
+        Ok(s) => (s.chunk, s.created),
         Err(st) => {
             rollback(node, chunk_id, &stored_on, false).await;
             return Err(st);
         }
     };
     let mut replicas = vec![node.node_id.clone()];
+    let mut receipts = vec![receipt(node, stored)];
     let mut failed = Vec::new();
-    for (target, failure) in &outcomes {
-        match failure {
-            None => replicas.push(target.node_id.clone()),
-            Some(reason) => failed.push(ReplicaFailure {
+    for (target, outcome) in &outcomes {
+        let outcome = outcome.as_ref().map_err(Clone::clone).and_then(|answer| {
+            match answered_receipt(answer, &target.node_id) {
+                Some(r) if r.checksum != stored.checksum || r.size != stored.size => Err(format!(
+                    "replica stored {} bytes with crc32c {:08x}, not this chunk's {} bytes with {:08x}",
+                    r.size, r.checksum, stored.size, stored.checksum
+                )),
+                r => Ok(r),
+            }
+        });
+        match outcome {
+            Ok(r) => {
+                replicas.push(target.node_id.clone());
+                receipts.extend(r);
+            }
+            Err(reason) => failed.push(ReplicaFailure {
                 node_id: target.node_id.clone(),
-                reason: reason.clone(),
+                reason,
             }),
         }
     }
     if replicas.len() < quorum {
-        rollback(node, chunk_id, &stored_on, true).await;
+        // Only what this upload wrote is rolled back: a copy that was
+        // already stored (an idempotent retry) may be a confirmed chunk's.
+        rollback(node, chunk_id, &stored_on, created).await;
         let reasons: Vec<String> = failed
             .iter()
             .map(|f| format!("{}: {}", f.node_id, f.reason))
@@ -593,6 +650,7 @@ async fn conclude(
         replicas,
         chunk: Some(chunk_meta(chunk_id, stored)),
         failed,
+        receipts,
     })
 }
 
@@ -637,12 +695,12 @@ async fn upload_whole(
         let header = header.clone();
         let whole = whole.clone();
         async move {
-            let failure = match tokio::time::timeout(wait, send_whole(node, target, header, whole)).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(st)) => Some((st.message().to_string(), "error")),
-                Err(_) => Some((format!("no durable answer within {wait:?}"), "stall")),
+            let outcome = match tokio::time::timeout(wait, send_whole(node, target, header, whole)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(st)) => Err((st.message().to_string(), "error")),
+                Err(_) => Err((format!("no durable answer within {wait:?}"), "stall")),
             };
-            let failure = failure.map(|(reason, kind)| {
+            let outcome = outcome.map_err(|(reason, kind)| {
                 tracing::warn!(target_node = %target.node_id, "dropping replica from upload: {reason}");
                 node.metrics
                     .replicas_dropped
@@ -650,7 +708,7 @@ async fn upload_whole(
                     .inc();
                 reason
             });
-            (target.clone(), failure)
+            (target.clone(), outcome)
         }
     }));
     let (local_result, outcomes) = tokio::join!(local, remotes);
@@ -678,7 +736,7 @@ async fn send_whole(
     let stall = node.config.replica_stall_timeout;
     let mut forward = Forward::start(node, target.clone(), header);
     if forward.send(node, frame, stall).await && forward.finish(node, stall * 3).await {
-        return Ok(ChunkReplicas::default());
+        return Ok(forward.answer.take().unwrap_or_default());
     }
     Err(Status::unavailable(
         forward.failure.take().unwrap_or_default(),
@@ -740,6 +798,10 @@ pub async fn replicate(
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("ReplicateChunk header without chunk"))?;
     let (chunk_id, size, checksum) = crate::service::parse_meta(meta)?;
+    // Immutability, before a byte is received.
+    node.store
+        .check_writable(&chunk_id, size, checksum)
+        .map_err(status)?;
     let _gauge = GaugeGuard::new(
         node.metrics
             .active_sessions
@@ -782,11 +844,7 @@ pub async fn replicate(
             }
         }
         let stored = local.finish(size, Some(check.crc)).await?;
-        Ok(ChunkReplicas {
-            replicas: vec![node.node_id.clone()],
-            chunk: Some(chunk_meta(&chunk_id, stored)),
-            failed: vec![],
-        })
+        Ok(stored_answer(&node, &chunk_id, stored.chunk))
     }
     .await;
     drop(reservation);

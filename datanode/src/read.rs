@@ -183,6 +183,7 @@ pub fn spawn_read(
 pub async fn replicate_to(
     node: Arc<Node>,
     id: ChunkId,
+    expected: Option<(u64, u32)>,
     target: Target,
     session_id: String,
     rate: u64,
@@ -191,6 +192,16 @@ pub async fn replicate_to(
         .store
         .get(&id)
         .ok_or_else(|| Status::not_found(format!("chunk {id} is not stored on this node")))?;
+    // Repair copies only what the coordinator recorded: a source holding
+    // other bytes under the id sends nothing.
+    if let Some((size, checksum)) = expected
+        && (stored.size != size || stored.checksum != checksum)
+    {
+        return Err(Status::failed_precondition(format!(
+            "chunk {id} here is {} bytes with crc32c {:08x}, the coordinator recorded {size} bytes with {checksum:08x}: not sent",
+            stored.size, stored.checksum
+        )));
+    }
     let started = Instant::now();
     let header = ReplicateChunkRequest {
         kind: Some(replicate_chunk_request::Kind::Header(

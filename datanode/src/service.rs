@@ -28,6 +28,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Response messages queued towards a caller.
 const RESPONSE_QUEUE: usize = 16;
+/// Most replica targets one upload may name (replication 16 at most).
+pub const MAX_TARGETS: usize = 15;
 
 /// Validates a chunk id from the wire.
 pub fn parse_id(s: &str) -> Result<ChunkId, Status> {
@@ -59,12 +61,37 @@ pub fn prepare_upload(
         .chunk
         .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
     let (id, size, checksum) = parse_meta(&meta)?;
-    let mut targets = Vec::with_capacity(req.targets.len());
+    if req.targets.len() > MAX_TARGETS {
+        return Err(Status::invalid_argument(format!(
+            "{} targets; a chunk has at most {} replicas besides the primary",
+            req.targets.len(),
+            MAX_TARGETS
+        )));
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(req.targets.len());
     for t in req.targets {
         if t.node_id.is_empty() || t.address.is_empty() {
             return Err(Status::invalid_argument(
                 "every target needs a node_id and an address",
             ));
+        }
+        // Only gRPC URLs of a sane length: the primary connects to them.
+        if t.node_id.len() > 128
+            || t.address.len() > 256
+            || !(t.address.starts_with("http://") || t.address.starts_with("https://"))
+            || t.address.parse::<tonic::codegen::http::Uri>().is_err()
+        {
+            return Err(Status::invalid_argument(format!(
+                "invalid target {:?} at {:?}: expected a node id of at most 128 bytes and an http(s) URL of at most 256",
+                t.node_id.chars().take(64).collect::<String>(),
+                t.address.chars().take(80).collect::<String>()
+            )));
+        }
+        if targets
+            .iter()
+            .any(|x| x.node_id == t.node_id || x.address == t.address)
+        {
+            return Err(Status::invalid_argument("duplicate target"));
         }
         if t.node_id == node.node_id {
             return Err(Status::invalid_argument(
@@ -87,11 +114,12 @@ pub fn prepare_upload(
         }
         (q, _) => q as usize,
     };
-    let already_stored = checksum.is_some()
-        && node
-            .store
-            .get(&id)
-            .is_some_and(|c| Some(c.checksum) == checksum && c.size == size);
+    // Immutability, before a byte is received: other bytes under a stored
+    // id get ALREADY_EXISTS; the same ones are an idempotent retry.
+    let already_stored = node
+        .store
+        .check_writable(&id, size, checksum)
+        .map_err(status)?;
     let reservation = node
         .store
         .reserve(if already_stored { 0 } else { size })

@@ -30,7 +30,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, Target, status};
-use crate::pipeline::{FrameCheck, LocalWrite, chunk_meta, receive_frame, replica_received};
+use crate::pipeline::{FrameCheck, LocalWrite, receive_frame, replica_received};
 
 /// Chunks queued towards one peer before senders wait.
 const LINK_QUEUE: usize = 64;
@@ -299,11 +299,11 @@ async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, Sta
         local.write(frame.data).await?;
         let stored = local.finish(size, Some(check.crc)).await?;
         drop(reservation);
-        Ok(ChunkReplicas {
-            replicas: vec![node.node_id.clone()],
-            chunk: Some(chunk_meta(&chunk_id, stored)),
-            failed: vec![],
-        })
+        Ok(crate::pipeline::stored_answer(
+            node,
+            &chunk_id,
+            stored.chunk,
+        ))
     }
     .await;
     replica_received(node, started, &result, &chunk_id, &header);

@@ -8,7 +8,16 @@
 //! chunks/<id[0..2]>/<id>      complete chunks; 256 fan-out directories,
 //!                              created when the store is opened
 //! volumes/<seq>.vol            small chunks, appended (see [`crate::volume`])
+//! quarantine/<id>.<n>          corrupt copies kept aside until the
+//!                              coordinator has R good replicas elsewhere
+//! cluster_id                   the cluster this node joined (fencing)
 //! ```
+//!
+//! A stored chunk id never gets other bytes: every write path (upload,
+//! replication, small chunks, repair) ends in [`Store::claim`], which
+//! answers an identical retry with what is stored and refuses other bytes
+//! with [`StoreError::AlreadyExists`]; chunk files are renamed into place
+//! with `RENAME_NOREPLACE`.
 //!
 //! Chunks of at most `small_chunk_max` bytes go to the volumes, everything
 //! larger to its own chunk file.
@@ -96,9 +105,36 @@ pub struct StoredChunk {
     pub checksum: u32,
 }
 
+/// A chunk as a write left it: what is stored, and whether this write
+/// created it (false: the same bytes were already stored, an idempotent
+/// retry; rolling such a write back must not delete them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The chunk as stored.
+    pub chunk: StoredChunk,
+    /// This write made it.
+    pub created: bool,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The id is stored with other bytes: chunk ids are immutable.
+    #[error(
+        "chunk {chunk_id} is already stored with other bytes ({reason}); a chunk id never gets different bytes"
+    )]
+    AlreadyExists {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What differs.
+        reason: String,
+    },
+    /// Another write of the same id is being committed right now.
+    #[error("chunk {chunk_id} is being written by another stream; retry")]
+    Concurrent {
+        /// The chunk.
+        chunk_id: ChunkId,
+    },
     /// The chunk is not stored here.
     #[error("chunk {chunk_id} not found")]
     NotFound {
@@ -209,6 +245,39 @@ pub struct State {
     delta: Delta,
     /// Where the small chunks are in the volumes.
     pub(crate) index: Index,
+    /// Ids being committed right now, with what they will hold: a second
+    /// writer of the same id waits its turn instead of racing it.
+    claims: HashMap<ChunkId, StoredChunk>,
+    /// Chunks moved to `quarantine/` (corrupt), for listing.
+    quarantined: Vec<ChunkId>,
+    /// Chunks whose file could not be read at start-up (I/O error): not
+    /// served, not deleted, not reported as corrupt.
+    unavailable: Vec<ChunkId>,
+}
+
+/// What a writer may do with an id (see [`Store::claim`]).
+enum Claim {
+    /// The same bytes are stored already.
+    Stored(StoredChunk),
+    /// The id is free and now reserved for this writer.
+    New(ClaimGuard),
+}
+
+/// Releases a claimed id when the write ends (committed or not).
+pub struct ClaimGuard {
+    store: Arc<Store>,
+    id: ChunkId,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.store
+            .state
+            .lock()
+            .expect("store lock")
+            .claims
+            .remove(&self.id);
+    }
 }
 
 impl State {
@@ -379,8 +448,10 @@ impl Space {
 
 /// The chunk store of one data directory.
 pub struct Store {
+    me: std::sync::Weak<Store>,
     chunks_dir: PathBuf,
     tmp_dir: PathBuf,
+    quarantine_dir: PathBuf,
     space: Space,
     state: Arc<Mutex<State>>,
     metrics: Metrics,
@@ -416,6 +487,8 @@ impl Store {
             sync_dir(&chunks_dir)?;
         }
         fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
+        let quarantine_dir = data_dir.join("quarantine");
+        fs::create_dir_all(&quarantine_dir).map_err(io_err("create", &quarantine_dir))?;
         let mut cleaned = 0;
         for entry in fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
             let entry = entry.map_err(io_err("list", &tmp_dir))?;
@@ -446,9 +519,11 @@ impl Store {
                 Box::new(move |st| space.publish(st, &m)),
             )?
         };
-        let store = Arc::new(Store {
+        let store = Arc::new_cyclic(|me| Store {
+            me: me.clone(),
             chunks_dir,
             tmp_dir,
+            quarantine_dir,
             space,
             state,
             metrics,
@@ -467,6 +542,22 @@ impl Store {
     fn scan(&self, replayed: crate::volume::Replayed) -> Result<(), StoreError> {
         let mut found = Vec::new();
         let mut bad = Vec::new();
+        let mut unavailable = Vec::new();
+        let mut quarantined = Vec::new();
+        for entry in
+            fs::read_dir(&self.quarantine_dir).map_err(io_err("list", &self.quarantine_dir))?
+        {
+            let entry = entry.map_err(io_err("list", &self.quarantine_dir))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.split('.').next())
+                .and_then(|n| ChunkId::parse(n).ok())
+                && !quarantined.contains(&id)
+            {
+                quarantined.push(id);
+            }
+        }
         for l1 in read_dir_sorted(&self.chunks_dir)? {
             for file in read_dir_sorted(&l1)? {
                 let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -480,9 +571,18 @@ impl Store {
                 }
                 match ChunkReader::open_path(&id, &file) {
                     Ok(r) => found.push((id, r.meta())),
-                    Err(e) => {
-                        tracing::warn!("removing unreadable chunk at start-up: {e:#}");
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        tracing::warn!("quarantining a corrupt chunk at start-up: {e:#}");
                         bad.push(id);
+                    }
+                    Err(e) => {
+                        // An I/O error says nothing about the bytes: keep the
+                        // file, do not serve or report it (the coordinator
+                        // repairs around it), never call it corrupt.
+                        tracing::error!(
+                            "chunk unavailable (I/O error at start-up), kept in place: {e:#}"
+                        );
+                        unavailable.push(id);
                     }
                 }
             }
@@ -493,6 +593,9 @@ impl Store {
                 st.used += meta.size;
                 st.chunks.insert(id, meta);
             }
+            st.unavailable = unavailable;
+            self.metrics.quarantined.set(quarantined.len() as i64);
+            st.quarantined = quarantined;
             st.index = replayed.index;
             let mut small = 0;
             for (id, meta) in replayed.chunks {
@@ -596,6 +699,77 @@ impl Store {
         })
     }
 
+    /// Immutability: `id` may be written with `meta` only if it is not stored
+    /// (then it is claimed until the returned guard drops) or stored with
+    /// the same size and checksum (an idempotent retry: nothing is written).
+    fn claim(&self, id: &ChunkId, meta: StoredChunk) -> Result<Claim, StoreError> {
+        let mut st = self.state.lock().expect("store lock");
+        if let Some(have) = st.chunks.get(id) {
+            if *have == meta {
+                return Ok(Claim::Stored(*have));
+            }
+            self.metrics.rewrites_refused.inc();
+            return Err(StoreError::AlreadyExists {
+                chunk_id: id.clone(),
+                reason: format!(
+                    "stored: {} bytes, crc32c {:08x}; offered: {} bytes, crc32c {:08x}",
+                    have.size, have.checksum, meta.size, meta.checksum
+                ),
+            });
+        }
+        if st.unavailable.contains(id) {
+            self.metrics.rewrites_refused.inc();
+            return Err(StoreError::AlreadyExists {
+                chunk_id: id.clone(),
+                reason: "its file could not be read at start-up and is kept in place".into(),
+            });
+        }
+        if st.claims.contains_key(id) {
+            return Err(StoreError::Concurrent {
+                chunk_id: id.clone(),
+            });
+        }
+        st.claims.insert(id.clone(), meta);
+        Ok(Claim::New(ClaimGuard {
+            store: self.self_arc(),
+            id: id.clone(),
+        }))
+    }
+
+    fn self_arc(&self) -> Arc<Store> {
+        self.me.upgrade().expect("the store is alive while used")
+    }
+
+    /// Refuses early (before any byte is received) a write whose announced
+    /// size and checksum differ from what `id` holds; `Ok(true)` when the
+    /// same chunk is stored already.
+    pub fn check_writable(
+        &self,
+        id: &ChunkId,
+        size: u64,
+        checksum: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let st = self.state.lock().expect("store lock");
+        match st.chunks.get(id) {
+            Some(have) if have.size == size && checksum.is_none_or(|c| c == have.checksum) => {
+                Ok(checksum.is_some())
+            }
+            Some(have) => {
+                self.metrics.rewrites_refused.inc();
+                Err(StoreError::AlreadyExists {
+                    chunk_id: id.clone(),
+                    reason: format!(
+                        "stored: {} bytes, crc32c {:08x}; announced: {size} bytes, crc32c {}",
+                        have.size,
+                        have.checksum,
+                        checksum.map_or("unknown".to_string(), |c| format!("{c:08x}"))
+                    ),
+                })
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Starts writing chunk `id` into a fresh temp file.
     pub fn create_writer(self: &Arc<Self>, id: &ChunkId) -> Result<ChunkWriter, StoreError> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -614,14 +788,41 @@ impl Store {
         })
     }
 
-    fn commit(&self, id: &ChunkId, tmp: &Path, meta: StoredChunk) -> Result<(), StoreError> {
+    fn commit(&self, id: &ChunkId, tmp: &Path, meta: StoredChunk) -> Result<bool, StoreError> {
+        let _claim = match self.claim(id, meta)? {
+            Claim::Stored(_) => {
+                // The same bytes are there already: keep them, drop ours.
+                let _ = fs::remove_file(tmp);
+                return Ok(false);
+            }
+            Claim::New(guard) => guard,
+        };
         let dest = self.chunk_path(id);
         let parent = dest.parent().expect("chunk path has a parent");
         if self.crash_before_rename {
             tracing::error!(chunk_id = %id, "fault injection: aborting before rename");
             std::process::abort();
         }
-        if let Err(e) = fs::rename(tmp, &dest) {
+        // Never over an existing file (one the index does not list, e.g.
+        // unreadable at start-up): chunk ids are immutable on disk too.
+        let rename = |from: &Path, to: &Path| {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                from,
+                rustix::fs::CWD,
+                to,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        };
+        if let Err(e) = rename(tmp, &dest) {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                self.metrics.rewrites_refused.inc();
+                return Err(StoreError::AlreadyExists {
+                    chunk_id: id.clone(),
+                    reason: "a file of that name is already on disk".into(),
+                });
+            }
             if e.kind() != io::ErrorKind::NotFound || !tmp.exists() {
                 return Err(io_err("rename into place", &dest)(e));
             }
@@ -629,7 +830,7 @@ impl Store {
             // make it again, durably, and retry once.
             fs::create_dir_all(parent).map_err(io_err("create", parent))?;
             sync_dir(&self.chunks_dir)?;
-            fs::rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
+            rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
         }
         sync_dir(parent)?;
         {
@@ -640,8 +841,17 @@ impl Store {
             }
             st.insert_chunk(id.clone(), meta);
         }
+        self.after_good_copy(id);
         self.update_gauges();
-        Ok(())
+        Ok(true)
+    }
+
+    /// A verified copy of `id` is stored again (a repair): the corrupt one
+    /// kept aside is worthless now.
+    fn after_good_copy(&self, id: &ChunkId) {
+        if let Err(e) = self.drop_quarantined(id) {
+            tracing::warn!(chunk_id = %id, "failed to drop the quarantined copy: {e}");
+        }
     }
 
     /// True when a chunk of `size` bytes goes to the volumes.
@@ -650,15 +860,16 @@ impl Store {
     }
 
     /// Queues a whole small chunk (see [`Store::is_small`]) for the next group
-    /// commit; the returned [`PendingPut`] resolves once it is durable. The
-    /// size and checksum are checked here, before anything is written.
+    /// commit; the returned [`SmallPut`] resolves once it is durable. The
+    /// size and checksum are checked here, before anything is written, and
+    /// so is immutability (the same bytes again resolve at once).
     pub fn put_small(
         &self,
         id: &ChunkId,
         parts: Vec<Bytes>,
         expected_size: u64,
         expected_checksum: Option<u32>,
-    ) -> Result<PendingPut, StoreError> {
+    ) -> Result<SmallPut, StoreError> {
         let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if size != expected_size {
             return Err(StoreError::Mismatch {
@@ -688,13 +899,27 @@ impl Store {
                 ),
             });
         }
-        Ok(self.volumes.put(id, parts, size as u32, crc))
+        let meta = StoredChunk {
+            size,
+            checksum: crc,
+        };
+        match self.claim(id, meta)? {
+            Claim::Stored(chunk) => Ok(SmallPut::Stored(chunk)),
+            Claim::New(guard) => Ok(SmallPut::Pending(
+                self.volumes.put(id, parts, size as u32, crc),
+                guard,
+            )),
+        }
     }
 
     /// Deletes chunk `id`; `Ok(false)` when it was not stored (still a
     /// success: deletes are idempotent). The removal is reported either way so
     /// the coordinator forgets the replica.
     pub fn delete(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        let quarantined = self.drop_quarantined(id)?;
+        if quarantined && self.get(id).is_none() {
+            return Ok(true);
+        }
         {
             let mut st = self.state.lock().expect("store lock");
             if st.index.remove(id).is_some() {
@@ -728,25 +953,47 @@ impl Store {
         Ok(existed)
     }
 
-    /// Removes a chunk whose bytes no longer match and reports it as corrupt.
-    /// It is not kept aside: the coordinator re-replicates it from a good copy.
+    /// Quarantines a chunk whose bytes no longer match: it is moved aside to
+    /// `quarantine/` (a small chunk's record bytes are copied there), no
+    /// longer served or counted, and reported as corrupt so the coordinator
+    /// re-replicates it from a good copy. It is never deleted here: the copy
+    /// goes only when the coordinator orders it (once R good replicas exist
+    /// elsewhere), so the last copy of a chunk is never lost to a verdict.
     pub fn mark_corrupt(&self, id: &ChunkId, reason: &str) {
-        tracing::error!(chunk_id = %id, reason, "chunk is corrupt; removing it");
-        let small = self
-            .state
-            .lock()
-            .expect("store lock")
-            .index
-            .remove(id)
-            .is_some();
-        if small {
-            self.volumes.delete(id);
+        tracing::error!(chunk_id = %id, reason, "chunk is corrupt; quarantining it");
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let aside = self.quarantine_dir.join(format!("{id}.{n}"));
+        let small = {
+            let st = self.state.lock().expect("store lock");
+            st.index.locs.get(id).copied()
+        };
+        let moved = match small {
+            Some(loc) => self
+                .volumes
+                .file(loc.volume)
+                .ok_or_else(|| io::Error::other("volume gone"))
+                .and_then(|(file, _)| {
+                    let mut buf = vec![0u8; loc.size as usize];
+                    file.read_exact_at(&mut buf, loc.data_offset())?;
+                    let mut out = File::create(&aside)?;
+                    out.write_all(&buf)?;
+                    out.sync_all()
+                }),
+            None => fs::rename(self.chunk_path(id), &aside),
+        };
+        let moved =
+            moved.and_then(|()| File::open(&self.quarantine_dir).and_then(|d| d.sync_all()));
+        match moved {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                // Left where it is (not served): better than lost.
+                tracing::error!(chunk_id = %id, "failed to move a corrupt chunk aside, left in place: {e}");
+            }
         }
-        let path = self.chunk_path(id);
-        if let Err(e) = fs::remove_file(&path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::error!(chunk_id = %id, "failed to remove corrupt chunk: {e}");
+        if small.is_some() {
+            self.state.lock().expect("store lock").index.remove(id);
+            self.volumes.delete(id);
         }
         {
             let mut st = self.state.lock().expect("store lock");
@@ -756,8 +1003,51 @@ impl Store {
             if !st.delta.corrupt.contains(id) {
                 st.delta.corrupt.push(id.clone());
             }
+            if !st.quarantined.contains(id) {
+                st.quarantined.push(id.clone());
+            }
+            self.metrics.quarantined.set(st.quarantined.len() as i64);
         }
         self.update_gauges();
+    }
+
+    /// Chunks held in `quarantine/` (corrupt copies kept aside).
+    pub fn quarantined(&self) -> Vec<ChunkId> {
+        self.state.lock().expect("store lock").quarantined.clone()
+    }
+
+    /// Chunks whose file could not be read at start-up (kept, not served).
+    pub fn unavailable(&self) -> Vec<ChunkId> {
+        self.state.lock().expect("store lock").unavailable.clone()
+    }
+
+    /// Removes the quarantined copies of `id` (ordered by the coordinator
+    /// once enough good replicas exist); true when there were any.
+    pub fn drop_quarantined(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        {
+            let st = self.state.lock().expect("store lock");
+            if !st.quarantined.contains(id) {
+                return Ok(false);
+            }
+        }
+        let prefix = format!("{id}.");
+        for entry in
+            fs::read_dir(&self.quarantine_dir).map_err(io_err("list", &self.quarantine_dir))?
+        {
+            let entry = entry.map_err(io_err("list", &self.quarantine_dir))?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                fs::remove_file(entry.path()).map_err(io_err("remove", &entry.path()))?;
+            }
+        }
+        sync_dir(&self.quarantine_dir)?;
+        let mut st = self.state.lock().expect("store lock");
+        st.quarantined.retain(|q| q != id);
+        self.metrics.quarantined.set(st.quarantined.len() as i64);
+        Ok(true)
     }
 
     /// Opens chunk `id` for reading (footer and block table validated).
@@ -825,6 +1115,54 @@ impl Store {
     }
 }
 
+/// A small chunk put: already stored, or waiting for its group commit.
+pub enum SmallPut {
+    /// The same bytes were stored already.
+    Stored(StoredChunk),
+    /// Queued; the id stays claimed until the commit answered.
+    Pending(PendingPut, ClaimGuard),
+}
+
+impl SmallPut {
+    /// Waits until durable; says whether this put created the chunk.
+    pub async fn wait_stored(self) -> Result<Stored, StoreError> {
+        match self {
+            SmallPut::Stored(chunk) => Ok(Stored {
+                chunk,
+                created: false,
+            }),
+            SmallPut::Pending(p, guard) => {
+                let r = p.wait().await;
+                if r.is_ok() {
+                    guard.store.after_good_copy(&guard.id);
+                }
+                drop(guard);
+                r.map(|chunk| Stored {
+                    chunk,
+                    created: true,
+                })
+            }
+        }
+    }
+
+    /// Waits until durable.
+    pub async fn wait(self) -> Result<StoredChunk, StoreError> {
+        self.wait_stored().await.map(|s| s.chunk)
+    }
+
+    /// The same, from a blocking thread.
+    pub fn wait_blocking(self) -> Result<StoredChunk, StoreError> {
+        match self {
+            SmallPut::Stored(chunk) => Ok(chunk),
+            SmallPut::Pending(p, guard) => {
+                let r = p.wait_blocking();
+                drop(guard);
+                r
+            }
+        }
+    }
+}
+
 /// Space promised to an open session; released on drop.
 pub struct Reservation {
     store: Arc<Store>,
@@ -882,10 +1220,22 @@ impl ChunkWriter {
     /// Checks the size (and the checksum when known), appends the block table
     /// and footer, fsyncs, renames into place and fsyncs the directory.
     pub fn finish(
-        mut self,
+        self,
         expected_size: u64,
         expected_checksum: Option<u32>,
     ) -> Result<StoredChunk, StoreError> {
+        self.finish_stored(expected_size, expected_checksum)
+            .map(|s| s.chunk)
+    }
+
+    /// [`ChunkWriter::finish`], saying whether this write created the chunk
+    /// (false: the same bytes were stored already). Other bytes under a
+    /// stored id are refused with [`StoreError::AlreadyExists`].
+    pub fn finish_stored(
+        mut self,
+        expected_size: u64,
+        expected_checksum: Option<u32>,
+    ) -> Result<Stored, StoreError> {
         if self.size != expected_size {
             return Err(StoreError::Mismatch {
                 chunk_id: self.id.clone(),
@@ -925,8 +1275,11 @@ impl ChunkWriter {
                 size: self.size,
                 checksum: self.crc,
             };
-            self.store.commit(&self.id, &tmp, meta)?;
-            Ok(meta)
+            let created = self.store.commit(&self.id, &tmp, meta)?;
+            Ok(Stored {
+                chunk: meta,
+                created,
+            })
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -1426,12 +1779,14 @@ mod tests {
         assert_eq!(read(&s, &id(2), 0, 0).unwrap(), b"second");
         put_small(&s, &id(3), b"third");
         drop(s);
+        // The third put's batch starts on the next 4 KiB boundary, where the
+        // file ended; its data torn (its commit record never made it).
         let mut torn = fs::read(&vol).unwrap();
-        let last = torn.len() - (crate::volume::RECORD_OVERHEAD + 5);
-        torn.truncate(torn.len() - 2);
+        assert_eq!(torn.len() as u64, good + crate::volume::BATCH_ALIGN as u64);
+        torn.truncate(good as usize + crate::volume::RECORD_OVERHEAD + 3);
         fs::write(&vol, &torn).unwrap();
         let s = store(dir.path());
-        assert_eq!(fs::metadata(&vol).unwrap().len(), last as u64);
+        assert_eq!(fs::metadata(&vol).unwrap().len(), good);
         assert_eq!(
             s.chunk_count(),
             2,
@@ -1462,10 +1817,12 @@ mod tests {
         }
         let vol = volume_files(dir.path()).pop().unwrap();
         let len = fs::metadata(&vol).unwrap().len();
-        let records = 20 * (crate::volume::RECORD_OVERHEAD as u64 + 5100);
+        // One batch per put, each on a fresh 4 KiB boundary: a 5156-byte
+        // record and its commit record take two sectors.
+        let batches = 20 * 2 * crate::volume::BATCH_ALIGN as u64;
         assert_eq!(
             len,
-            records.div_ceil(64 << 10) * (64 << 10),
+            batches.div_ceil(64 << 10) * (64 << 10),
             "zeros ahead in 64 KiB steps"
         );
         drop(s);
@@ -1486,11 +1843,13 @@ mod tests {
             assert_eq!(read(&s, &id(100 + round), 0, 0).unwrap(), b"after reopen");
             assert_eq!(fs::metadata(&vol).unwrap().len(), len, "within the zeros");
         }
-        // A batch torn inside the zeros (its header half written) is cut
-        // away; everything acknowledged before it survives.
+        // A batch torn inside the zeros (its header half written, on the
+        // boundary after the last batch) is cut away; everything
+        // acknowledged before it survives.
         let mut bytes = fs::read(&vol).unwrap();
         let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
-        bytes[end + 40] = 0x44;
+        let next = end.next_multiple_of(crate::volume::BATCH_ALIGN);
+        bytes.copy_within(0..30, next);
         fs::write(&vol, &bytes).unwrap();
         let s = Store::open(dir.path(), options(), Metrics::new()).unwrap();
         assert_eq!(s.chunk_count(), 22);
@@ -1567,8 +1926,9 @@ mod tests {
     #[test]
     fn compacting_a_volume_keeps_delete_records_that_older_volumes_need() {
         let dir = tempfile::tempdir().unwrap();
-        // 32 KiB volumes hold four 8 KiB records.
-        let s = small_store(dir.path(), 32 << 10);
+        // 40 KiB volumes hold four 8 KiB records (each batch takes three
+        // 4 KiB sectors).
+        let s = small_store(dir.path(), 40 << 10);
         let data = |n: u8| vec![n; 8 << 10];
         for n in [1, 2, 3, 4] {
             put_small(&s, &id(n), &data(n)); // volume 1: 3 of 4 stay live
@@ -1582,10 +1942,10 @@ mod tests {
         }
         put_small(&s, &id(9), &data(9));
         assert!(s.compact_volumes().unwrap(), "volume 2 qualifies");
-        assert!(!s.compact_volumes().unwrap(), "volume 1 is 75% live");
+        assert!(!s.compact_volumes().unwrap(), "volume 1 is over half live");
         assert_eq!(volume_files(dir.path()).len(), 2);
         drop(s);
-        let s = small_store(dir.path(), 32 << 10);
+        let s = small_store(dir.path(), 40 << 10);
         let mut ids = s.ids();
         ids.sort();
         assert_eq!(

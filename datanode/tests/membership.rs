@@ -17,11 +17,26 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 type Pushed = mpsc::Sender<Result<HeartbeatResponse, Status>>;
 
-#[derive(Default)]
+/// The fake's cluster id unless a test sets another.
+const CLUSTER_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const CLUSTER_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
 struct Recorded {
     registrations: Vec<RegisterDataNodeRequest>,
     heartbeats: Vec<Heartbeat>,
     streams: Vec<Pushed>,
+    cluster_id: String,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            registrations: Vec::new(),
+            heartbeats: Vec::new(),
+            streams: Vec::new(),
+            cluster_id: CLUSTER_A.into(),
+        }
+    }
 }
 
 /// Records what datanodes send and lets the test push commands.
@@ -30,7 +45,13 @@ struct FakeCoordinator(Arc<Mutex<Recorded>>);
 
 impl FakeCoordinator {
     async fn start() -> (FakeCoordinator, String) {
+        Self::start_as(CLUSTER_A).await
+    }
+
+    /// A fake coordinator of cluster `cluster_id`.
+    async fn start_as(cluster_id: &str) -> (FakeCoordinator, String) {
         let fake = FakeCoordinator::default();
+        fake.0.lock().unwrap().cluster_id = cluster_id.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let svc = CoordinatorServer::new(fake.clone());
@@ -47,12 +68,19 @@ impl FakeCoordinator {
     }
 
     async fn push(&self, commands: Vec<DataNodeCommand>) {
+        let cluster_id = self.with(|r| r.cluster_id.clone());
+        self.push_as(&cluster_id, commands).await
+    }
+
+    /// Pushes commands in an answer that claims `cluster_id`.
+    async fn push_as(&self, cluster_id: &str, commands: Vec<DataNodeCommand>) {
         let tx = self
             .with(|r| r.streams.last().cloned())
             .expect("a heartbeat stream");
         tx.send(Ok(HeartbeatResponse {
             commands,
             state: NodeState::Healthy as i32,
+            cluster_id: cluster_id.into(),
         }))
         .await
         .unwrap();
@@ -118,11 +146,12 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<RegisterDataNodeResponse>, Status> {
         let req = request.into_inner();
         let node_id = req.node_id.clone();
-        self.0.lock().unwrap().registrations.push(req);
+        let mut rec = self.0.lock().unwrap();
+        rec.registrations.push(req);
         Ok(Response::new(RegisterDataNodeResponse {
             node_id,
             heartbeat_interval_ms: 50,
-            cluster_id: "test".into(),
+            cluster_id: rec.cluster_id.clone(),
         }))
     }
 
@@ -136,6 +165,7 @@ impl Coordinator for FakeCoordinator {
         let (tx, rx) = mpsc::channel(16);
         self.0.lock().unwrap().streams.push(tx.clone());
         let rec = self.0.clone();
+        let cluster_id = self.with(|r| r.cluster_id.clone());
         let answers = tx;
         tokio::spawn(async move {
             while let Ok(Some(hb)) = inbound.message().await {
@@ -145,6 +175,7 @@ impl Coordinator for FakeCoordinator {
                     .send(Ok(HeartbeatResponse {
                         commands: vec![],
                         state: NodeState::Healthy as i32,
+                        cluster_id: cluster_id.clone(),
                     }))
                     .await;
             }
@@ -236,6 +267,91 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<DataNodeStatus>, Status> {
         unimplemented()
     }
+    async fn set_safe_mode(
+        &self,
+        _: Request<SetSafeModeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        unimplemented()
+    }
+}
+
+fn delete_command(id: u64, chunk: &str) -> DataNodeCommand {
+    DataNodeCommand {
+        command_id: id,
+        command: Some(data_node_command::Command::Delete(DeleteChunksCommand {
+            chunk_ids: vec![chunk.to_string()],
+            quarantined_only: false,
+        })),
+    }
+}
+
+/// Fencing: a datanode persists the cluster it joined and refuses a
+/// coordinator of another one (an empty or foreign coordinator must not be
+/// able to order deletes), keeps serving reads, and moves only with
+/// --rehome-to-cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_of_another_cluster_is_refused_and_orders_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_addr) = FakeCoordinator::start_as(CLUSTER_A).await;
+    let node = TestNode::start(dir.path(), |c| c.coordinator = a_addr.clone()).await;
+    eventually("joined cluster A", || a.last_full_report().is_some()).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cluster_id"))
+            .unwrap()
+            .trim(),
+        CLUSTER_A
+    );
+    let mut c = node.client().await;
+    let x = chunk_id();
+    let bx = data(70_000, 3);
+    upload(&mut c, &x, &bx, vec![], 0).await.unwrap();
+    // Commands in an answer from another cluster are not executed, and the
+    // stream is dropped.
+    a.push_as(CLUSTER_B, vec![delete_command(1, &x)]).await;
+    eventually("fenced", || node.counter("dfs_datanode_fenced", "") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(a.result(1).is_none());
+    assert_eq!(download(&mut c, &x, 0, 0).await.unwrap(), bx);
+    node.stop().await;
+
+    // The same datanode pointed at a coordinator of cluster B (a new,
+    // empty coordinator): it says which cluster it belongs to, is refused,
+    // never opens a heartbeat stream, and still serves its chunks.
+    let (b, b_addr) = FakeCoordinator::start_as(CLUSTER_B).await;
+    let node = TestNode::start(dir.path(), |c| c.coordinator = b_addr.clone()).await;
+    eventually("registration attempts", || {
+        b.with(|r| r.registrations.len() >= 2)
+    })
+    .await;
+    b.with(|r| {
+        assert!(r.registrations.iter().all(|g| g.cluster_id == CLUSTER_A));
+        assert!(
+            r.heartbeats.is_empty(),
+            "no heartbeat to a foreign coordinator"
+        );
+    });
+    assert_eq!(node.counter("dfs_datanode_fenced", ""), 1);
+    assert!(node.counter("dfs_datanode_foreign_cluster_refusals_total", "") >= 2);
+    assert!(node.counter("dfs_datanode_registrations_total", "refused") >= 2);
+    let mut c = node.client().await;
+    assert_eq!(download(&mut c, &x, 0, 0).await.unwrap(), bx);
+    node.stop().await;
+
+    // Re-homing is explicit: with the flag it joins B.
+    let node = TestNode::start(dir.path(), |c| {
+        c.coordinator = b_addr.clone();
+        c.rehome_to_cluster = Some(CLUSTER_B.into());
+    })
+    .await;
+    eventually("joined cluster B", || b.last_full_report().is_some()).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cluster_id"))
+            .unwrap()
+            .trim(),
+        CLUSTER_B
+    );
+    assert_eq!(node.counter("dfs_datanode_fenced", ""), 0);
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,6 +409,7 @@ async fn registers_reports_and_executes_commands() {
                 command_id: 1,
                 command: Some(data_node_command::Command::Delete(DeleteChunksCommand {
                     chunk_ids: vec![x.clone()],
+                    quarantined_only: false,
                 })),
             },
             DataNodeCommand {

@@ -110,6 +110,7 @@ fn common_messages_roundtrip() {
             node_id: "n3".into(),
             reason: "unavailable".into(),
         }],
+        receipts: vec![receipt()],
     });
     roundtrip(addr(1));
     roundtrip(info());
@@ -210,6 +211,7 @@ fn coordinator_messages_roundtrip() {
             index: 0,
             chunk: Some(meta()),
             replicas: vec!["n1".into()],
+            receipts: vec![receipt()],
         }],
     });
     roundtrip(ConfirmUploadResponse {
@@ -263,6 +265,7 @@ fn coordinator_messages_roundtrip() {
         info: Some(info()),
         topology: node_status().topology,
         version: "0.1.0".into(),
+        cluster_id: "c".into(),
     });
     roundtrip(RegisterDataNodeResponse {
         node_id: "n1".into(),
@@ -285,6 +288,7 @@ fn coordinator_messages_roundtrip() {
             ok: false,
             error: "boom".into(),
         }],
+        cluster_id: "c".into(),
     });
     for command in [
         data_node_command::Command::Replicate(ReplicateChunkCommand {
@@ -294,6 +298,7 @@ fn coordinator_messages_roundtrip() {
         }),
         data_node_command::Command::Delete(DeleteChunksCommand {
             chunk_ids: vec![meta().chunk_id],
+            quarantined_only: true,
         }),
         data_node_command::Command::Config(ConfigUpdate {
             heartbeat_interval_ms: 1000,
@@ -307,6 +312,7 @@ fn coordinator_messages_roundtrip() {
                 command: Some(command),
             }],
             state: NodeState::Healthy as i32,
+            cluster_id: "c".into(),
         });
     }
     roundtrip(ListNodesResponse {
@@ -326,7 +332,23 @@ fn coordinator_messages_roundtrip() {
         repair_bytes_remaining: 9,
         repair_eta_seconds: 10,
         replication: 3,
+        safe_mode: Some(SafeModeStatus {
+            active: true,
+            reason: "waiting".into(),
+            reported_nodes: 1,
+            known_nodes: 3,
+            reported_chunks: 10,
+            known_chunks: 9,
+            manual: false,
+        }),
+        delete_budget: Some(DeleteBudgetStatus {
+            deferred: 4,
+            exhausted_nodes: vec!["n1".into()],
+            exhausted_total: 2,
+        }),
+        corrupt_replicas: 1,
     });
+    roundtrip(SetSafeModeRequest { enabled: false });
     roundtrip(DecommissionNodeRequest {
         node_id: "n1".into(),
         cancel: true,
@@ -336,4 +358,12 @@ fn coordinator_messages_roundtrip() {
         enabled: true,
         duration_seconds: 600,
     });
+}
+
+fn receipt() -> ReplicaReceipt {
+    ReplicaReceipt {
+        node_id: "n2".into(),
+        checksum: 0xdead_beef,
+        size: 4096,
+    }
 }

@@ -65,6 +65,7 @@ impl DataNode for EchoDataNode {
                         replicas: vec!["self".into()],
                         chunk: None,
                         failed: vec![],
+                        receipts: vec![],
                     });
                     let _ = tx.send(Ok(UploadChunkResponse { kind: Some(done) })).await;
                     break;
@@ -244,9 +245,11 @@ impl Coordinator for EchoCoordinator {
                     command_id: 1,
                     command: Some(data_node_command::Command::Delete(DeleteChunksCommand {
                         chunk_ids: beat.corrupt_chunks,
+                        quarantined_only: false,
                     })),
                 }],
                 state: NodeState::Healthy as i32,
+                cluster_id: String::new(),
             })
         });
         Ok(Response::new(Box::pin(out)))
@@ -273,6 +276,12 @@ impl Coordinator for EchoCoordinator {
         &self,
         _: Request<SetNodeMaintenanceRequest>,
     ) -> Result<Response<DataNodeStatus>, Status> {
+        Err(Status::unimplemented(""))
+    }
+    async fn set_safe_mode(
+        &self,
+        _: Request<SetSafeModeRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
         Err(Status::unimplemented(""))
     }
 }

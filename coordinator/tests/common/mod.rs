@@ -136,6 +136,7 @@ impl Sim {
                 info: Some(info()),
                 topology: Some(topology),
                 version: "test".into(),
+                cluster_id: String::new(),
             })
             .await
             .unwrap();
@@ -172,6 +173,7 @@ impl Sim {
                                 removed_chunks: std::mem::take(&mut me.pending_removed),
                                 corrupt_chunks: std::mem::take(&mut me.pending_corrupt),
                                 command_results: std::mem::take(&mut me.results),
+                                cluster_id: String::new(),
                             }
                         };
                         if tx.send(hb).await.is_err() {
@@ -320,6 +322,16 @@ pub fn confirm_request(plan: &UploadPlan) -> ConfirmUploadRequest {
                 checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
             }),
             replicas: c.nodes.iter().map(|n| n.node_id.clone()).collect(),
+            // What each simulated replica "stored" (checksum 42).
+            receipts: c
+                .nodes
+                .iter()
+                .map(|n| ReplicaReceipt {
+                    node_id: n.node_id.clone(),
+                    checksum: 42,
+                    size: c.size,
+                })
+                .collect(),
         })
         .collect();
     ConfirmUploadRequest {
