@@ -265,6 +265,17 @@ impl Client {
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "DecommissionNode", s))
     }
 
+    /// Enters (`true`) or leaves (`false`) safe mode (admin): while on, the
+    /// coordinator deletes and repairs nothing. Returns the status after.
+    pub async fn set_safe_mode(&self, enabled: bool) -> Result<ClusterStatus, ClientError> {
+        self.coordinator
+            .clone()
+            .set_safe_mode(dfs_proto::SetSafeModeRequest { enabled })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetSafeMode", s))
+    }
+
     /// Puts a datanode into (or out of) maintenance for at most `duration`.
     pub async fn set_maintenance(
         &self,

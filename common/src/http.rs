@@ -237,5 +237,30 @@ mod tests {
         assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
         readiness.set(true);
         assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+
+        // A loop that stops beating fails both probes...
+        let dog = readiness.watchdog("the test loop", std::time::Duration::from_millis(50));
+        dog.beat();
+        assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        let h = get("/healthz").await;
+        assert!(
+            h.starts_with("HTTP/1.1 503") && h.contains("the test loop"),
+            "{h}"
+        );
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        dog.beat();
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+        // ... and a failure fails them for good, whatever else says.
+        readiness.fail("metadata log write failed");
+        dog.beat();
+        readiness.set(true);
+        let h = get("/healthz").await;
+        assert!(
+            h.starts_with("HTTP/1.1 503") && h.contains("metadata log"),
+            "{h}"
+        );
+        assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
+        assert!(!readiness.get());
     }
 }

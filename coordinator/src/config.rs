@@ -101,6 +101,10 @@ pub struct Config {
     /// (small nodes), whatever the share.
     #[arg(long, env = "DFS_DELETE_BUDGET_MIN", default_value_t = 100)]
     pub delete_budget_min: u64,
+    /// Fault injection for tests: every metadata log write fails with an
+    /// I/O error while this file exists.
+    #[arg(long, env = "DFS_FAULT_FAIL_LOG_WRITES_WHEN", hide = true)]
+    pub fault_fail_log_writes_when: Option<PathBuf>,
 }
 
 /// Configuration that cannot work.

@@ -143,12 +143,18 @@ pub async fn serve(
 ) -> Result<(), CoordinatorError> {
     config.validate()?;
     let data_dir = config.data_dir.clone();
-    let (store, ns) = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(|source| CoordinatorError::Join {
-            task: "store open",
-            source,
-        })??;
+    let fault = config.fault_fail_log_writes_when.clone();
+    let (store, ns) = tokio::task::spawn_blocking(move || {
+        Store::open(&data_dir).map(|(mut store, ns)| {
+            store.fail_writes_when(fault);
+            (store, ns)
+        })
+    })
+    .await
+    .map_err(|source| CoordinatorError::Join {
+        task: "store open",
+        source,
+    })??;
     let mut cluster = Cluster::new(timing(&config), &ns, monotonic_ms(), unix_to_monotonic_ms);
     for u in ns.uploads().values() {
         cluster.track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms));
@@ -179,6 +185,7 @@ pub async fn serve(
     {
         let ctx = ctx.clone();
         let exit_with_parent = config.exit_with_parent;
+        let mut stopping = stop_rx.clone();
         tokio::spawn(async move {
             let parent = async {
                 if exit_with_parent {
@@ -191,6 +198,9 @@ pub async fn serve(
             tokio::select! {
                 () = shutdown => {}
                 () = parent => {}
+                // Stopped from inside (fail-stop): this task must not keep
+                // the committer alive.
+                _ = stopping.wait_for(|v| *v) => {}
             }
             let _ = stop_tx.send(true);
             ctx.streams.lock().expect("streams lock poisoned").clear();
@@ -227,6 +237,7 @@ pub async fn serve(
             ctx.halt();
             *fatal.lock().expect("fatal lock") = Some(reason);
             let _ = stop.send(true);
+            ctx.streams.lock().expect("streams lock poisoned").clear();
         });
     }
     let metrics_task = tokio::spawn(dfs_common::http::serve(

@@ -53,7 +53,7 @@ pub enum StoreError {
     /// Replaying the log failed (a corrupt or foreign database).
     #[error("failed to replay log entry {index}: {source}")]
     Replay { index: u64, source: NamespaceError },
-    /// A test's fault hook failed the write ([`FAULT_ENV`]).
+    /// A test's fault hook failed the write ([`Store::fail_writes_when`]).
     #[error("failed to append to metadata database: injected I/O error ({reason})")]
     Injected { reason: String },
     /// The committer stopped (shutdown or an earlier storage failure).
@@ -70,11 +70,6 @@ struct StoredSnapshot {
     last_index: u64,
     state: Snapshot,
 }
-
-/// Fault injection for tests: `DFS_COORDINATOR_FAULT=fail-log-writes-when:<path>`
-/// makes every log write fail with an I/O error while `<path>` exists (a
-/// metadata disk that starts failing mid-run).
-pub const FAULT_ENV: &str = "DFS_COORDINATOR_FAULT";
 
 /// The redb database holding the log and the snapshot.
 pub struct Store {
@@ -161,9 +156,7 @@ impl Store {
         );
         Ok((
             Store {
-                fail_when_exists: std::env::var(FAULT_ENV)
-                    .ok()
-                    .and_then(|v| v.strip_prefix("fail-log-writes-when:").map(PathBuf::from)),
+                fail_when_exists: None,
                 db,
                 next_index: last + 1,
                 since_snapshot: replayed,
@@ -171,6 +164,12 @@ impl Store {
             },
             ns,
         ))
+    }
+
+    /// Fault injection for tests: every log write fails with an I/O error
+    /// while `path` exists (a metadata disk that starts failing mid-run).
+    pub fn fail_writes_when(&mut self, path: Option<PathBuf>) {
+        self.fail_when_exists = path;
     }
 
     /// Appends JSON-encoded commands in one transaction, as one log row
@@ -183,7 +182,7 @@ impl Store {
             && path.exists()
         {
             return Err(StoreError::Injected {
-                reason: format!("{FAULT_ENV}: {} exists", path.display()),
+                reason: format!("{} exists", path.display()),
             });
         }
         let mut row = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum::<usize>() + 2);

@@ -116,6 +116,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Safe mode (admin): while on, the coordinator deletes and repairs
+    /// nothing. It is on after every coordinator start until the datanodes
+    /// reported; `dfs status` says why.
+    Safemode {
+        /// `enter`, `leave` or `get`.
+        #[arg(value_enum)]
+        action: SafeModeAction,
+    },
     /// Drain a datanode before removing it (or cancel with --cancel).
     Decommission {
         /// Node id (see `dfs nodes`).
@@ -130,6 +138,17 @@ enum Command {
     Coordinator(dfs_coordinator::Config),
     /// Run a datanode (same as the dfs-datanode binary).
     Datanode(dfs_datanode::Config),
+}
+
+/// What `dfs safemode` does.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SafeModeAction {
+    /// Enter safe mode (stays on until left by hand).
+    Enter,
+    /// Leave safe mode now.
+    Leave,
+    /// Show whether it is on and why.
+    Get,
 }
 
 /// Runs one command.
@@ -217,6 +236,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => {
             let status = connect().await?.status().await?;
             output::print_status(&status, json);
+            Ok(())
+        }
+        Command::Safemode { action } => {
+            let client = connect().await?;
+            let status = match action {
+                SafeModeAction::Enter => client.set_safe_mode(true).await?,
+                SafeModeAction::Leave => client.set_safe_mode(false).await?,
+                SafeModeAction::Get => client.status().await?,
+            };
+            let sm = status.safe_mode.unwrap_or_default();
+            println!(
+                "safe mode: {} ({})",
+                if sm.active { "ON" } else { "off" },
+                sm.reason
+            );
             Ok(())
         }
         Command::Decommission { node, cancel } => {

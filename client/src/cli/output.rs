@@ -208,11 +208,29 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
             "repair_bytes_remaining": s.repair_bytes_remaining,
             "repair_eta_seconds": s.repair_eta_seconds,
             "replication": s.replication,
+            "safe_mode": s.safe_mode.as_ref().map(|m| json!({
+                "active": m.active,
+                "reason": m.reason,
+                "manual": m.manual,
+                "reported_nodes": m.reported_nodes,
+                "known_nodes": m.known_nodes,
+                "reported_replicas": m.reported_chunks,
+                "known_replicas": m.known_chunks,
+            })),
+            "delete_budget": s.delete_budget.as_ref().map(|b| json!({
+                "deferred": b.deferred,
+                "exhausted_nodes": b.exhausted_nodes,
+                "exhausted_total": b.exhausted_total,
+            })),
+            "corrupt_replicas": s.corrupt_replicas,
         }));
         return;
     }
+    let safe = s.safe_mode.clone().unwrap_or_default();
     let health = if s.missing_chunks > 0 {
         "UNHEALTHY (missing chunks)"
+    } else if safe.active {
+        "SAFE MODE (no deletes, no repairs)"
     } else if s.under_replicated_chunks > 0 {
         "DEGRADED (repairing)"
     } else {
@@ -244,6 +262,27 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
             "repair:       {} left, eta {}s",
             ByteSize(s.repair_bytes_remaining),
             s.repair_eta_seconds
+        );
+    }
+    if safe.active {
+        say!("safe mode:    ON — {}", safe.reason);
+    } else {
+        say!("safe mode:    off");
+    }
+    if s.corrupt_replicas > 0 {
+        say!(
+            "corrupt:      {} replicas with another checksum than recorded (kept until repaired)",
+            s.corrupt_replicas
+        );
+    }
+    if let Some(b) = &s.delete_budget
+        && (b.deferred > 0 || !b.exhausted_nodes.is_empty())
+    {
+        say!(
+            "delete budget: exhausted on {} ({} deletes waiting for the next window; {} times since start)",
+            b.exhausted_nodes.join(", "),
+            b.deferred,
+            b.exhausted_total
         );
     }
 }

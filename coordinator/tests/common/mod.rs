@@ -74,6 +74,15 @@ impl Server {
             .unwrap();
     }
 
+    /// Waits (at most `secs`) for the server to stop by itself; its result.
+    pub async fn exited(self, secs: u64) -> Result<(), CoordinatorError> {
+        let _keep = self.stop;
+        tokio::time::timeout(Duration::from_secs(secs), self.handle)
+            .await
+            .expect("coordinator stops by itself in time")
+            .unwrap()
+    }
+
     pub async fn metrics_text(&self) -> String {
         dfs_common::http::scrape(self.metrics).await.unwrap()
     }

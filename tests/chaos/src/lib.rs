@@ -166,6 +166,8 @@ pub struct Service {
     /// Log file (stdout and stderr, appended across restarts).
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment of the process (fault hooks).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     stopped: bool,
 }
@@ -181,6 +183,7 @@ impl Service {
             .expect("open log");
         let child = Command::new(dfs_bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(log.try_clone().expect("dup log"))
@@ -194,6 +197,13 @@ impl Service {
     /// Process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status once the process has ended by itself (reaped).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// True while the process runs (not reaped).
@@ -343,6 +353,8 @@ pub struct ClusterOptions {
     pub datanode_args: Vec<String>,
     /// Extra flags for datanode `i` (index into the list).
     pub per_datanode_args: Vec<Vec<String>>,
+    /// Extra environment of the coordinator (fault hooks).
+    pub coordinator_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -354,6 +366,7 @@ impl Default for ClusterOptions {
             coordinator_args: Vec::new(),
             datanode_args: Vec::new(),
             per_datanode_args: Vec::new(),
+            coordinator_env: Vec::new(),
         }
     }
 }
@@ -418,6 +431,7 @@ impl Cluster {
             data_dir: dir,
             log: logs.join("coordinator.log"),
             args,
+            env: options.coordinator_env.clone(),
             child: None,
             stopped: false,
         };
@@ -474,6 +488,7 @@ impl Cluster {
             data_dir: dir,
             log: root.join("logs").join(format!("datanode-{i}.log")),
             args,
+            env: Vec::new(),
             child: None,
             stopped: false,
         };
@@ -554,6 +569,11 @@ impl Cluster {
     /// `dfs status --json`.
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.cli(&["status", "--json"])).expect("status --json")
+    }
+
+    /// The cluster's scratch directory (logs and data directories).
+    pub fn root(&self) -> &Path {
+        self.root.as_ref().expect("root").path()
     }
 
     /// Half-written chunk files left in any datanode's `tmp/`.
