@@ -355,6 +355,8 @@ pub struct ClusterOptions {
     pub per_datanode_args: Vec<Vec<String>>,
     /// Extra environment of the coordinator (fault hooks).
     pub coordinator_env: Vec<(String, String)>,
+    /// Extra environment of datanode `i` (index into the list).
+    pub per_datanode_env: Vec<Vec<(String, String)>>,
 }
 
 impl Default for ClusterOptions {
@@ -367,6 +369,7 @@ impl Default for ClusterOptions {
             datanode_args: Vec::new(),
             per_datanode_args: Vec::new(),
             coordinator_env: Vec::new(),
+            per_datanode_env: Vec::new(),
         }
     }
 }
@@ -488,7 +491,12 @@ impl Cluster {
             data_dir: dir,
             log: root.join("logs").join(format!("datanode-{i}.log")),
             args,
-            env: Vec::new(),
+            env: self
+                .options
+                .per_datanode_env
+                .get(i)
+                .cloned()
+                .unwrap_or_default(),
             child: None,
             stopped: false,
         };
@@ -856,4 +864,22 @@ pub fn check_replicas_on_disk(
         }
     }
     Ok(())
+}
+
+/// Where Debian's `faketime` package puts libfaketime.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The environment that runs a process on a wall clock shifted by the
+/// offset in `file` (seconds, e.g. `+3600`; re-read on every call), with its
+/// monotonic clock untouched: a wall-clock step, as NTP or an admin makes.
+pub fn shifted_clock_env(file: &Path) -> Vec<(String, String)> {
+    [
+        ("LD_PRELOAD", LIBFAKETIME.to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", file.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
