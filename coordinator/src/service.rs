@@ -39,6 +39,9 @@ pub const MAX_BATCH_CHUNKS: u64 = 65_536;
 /// Most chunk entries (report, added, removed, corrupt) one heartbeat may
 /// carry: datanodes send full reports in batches of 10,000.
 pub const MAX_HEARTBEAT_CHUNKS: usize = 20_000;
+/// Most uploads open at once (each is held in the namespace until it is
+/// confirmed, aborted or expires).
+pub const MAX_OPEN_UPLOADS: usize = 100_000;
 /// Most nodes a ReplanChunk may exclude.
 pub const MAX_EXCLUDED_NODES: usize = 1024;
 /// Most replicas (and receipts) one confirmed chunk may name.
@@ -617,6 +620,12 @@ impl CoordinatorService {
         let mut wire = Vec::with_capacity(count as usize);
         {
             let mut st = self.ctx.lock();
+            if st.ns.uploads().len() >= MAX_OPEN_UPLOADS {
+                return Err(Status::resource_exhausted(format!(
+                    "{MAX_OPEN_UPLOADS} uploads are open, the most this coordinator keeps; \
+                     confirm or abort some, or wait for them to expire"
+                )));
+            }
             st.ns.check_upload_target(&path, req.overwrite)?;
             for index in 0..count {
                 let offset = index * chunk_size;

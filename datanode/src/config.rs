@@ -158,7 +158,23 @@ pub struct Config {
     /// safe mode and the orphan grace. Remove the flag once re-homed.
     #[arg(long, env = "DFS_REHOME_TO_CLUSTER", value_parser = parse_cluster_id)]
     pub rehome_to_cluster: Option<String>,
+
+    /// Chunk streams (uploads, downloads, replications) served at once;
+    /// beyond it a new stream gets RESOURCE_EXHAUSTED. Each may hold a
+    /// blocking thread and a few frames of memory, so this bounds both.
+    #[arg(long, env = "DFS_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
+
+    /// Prepared sessions (PrepareChunkUpload, PrepareChunkDownload) kept
+    /// at once; beyond it a prepare gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DFS_MAX_SESSIONS", default_value_t = DEFAULT_MAX_SESSIONS)]
+    pub max_sessions: usize,
 }
+
+/// Default `--max-streams`.
+pub const DEFAULT_MAX_STREAMS: usize = 1024;
+/// Default `--max-sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 8192;
 
 /// `--rehome-to-cluster`: a cluster id (32 lowercase hex characters).
 fn parse_cluster_id(s: &str) -> Result<String, String> {
@@ -196,6 +212,8 @@ impl Config {
             max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,
             exit_with_parent: false,
             rehome_to_cluster: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 

@@ -162,7 +162,8 @@ impl Datanode {
         let advertise = config.advertise_for(bound);
         tracing::info!(%node_id, cluster_id = %cluster.get().unwrap_or_default(), %advertise, listen = %bound, version = env!("CARGO_PKG_VERSION"), "datanode starting");
         let node = Arc::new(Node {
-            sessions: Sessions::new(config.session_timeout, metrics.clone()),
+            sessions: Sessions::new(config.session_timeout, config.max_sessions, metrics.clone()),
+            streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1))),
             config,
             node_id,
             advertise,

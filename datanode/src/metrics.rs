@@ -67,6 +67,10 @@ pub struct Metrics {
     /// Coordinators (or their commands) refused because they belong to
     /// another cluster than the one this node joined.
     pub foreign_cluster: IntCounter,
+    /// Chunk streams refused because `--max-streams` were being served.
+    pub streams_refused: IntCounter,
+    /// Streams cut off because their peer stopped reading or writing.
+    pub streams_cut: IntCounterVec,
     /// Writes refused because the chunk id holds other bytes.
     pub rewrites_refused: IntCounter,
     /// Corrupt chunks kept aside in `quarantine/`.
@@ -251,6 +255,19 @@ impl Metrics {
                     "Coordinators or commands refused because they belong to another cluster.",
                 )
                 .expect("valid metric"),
+            ),
+            streams_refused: registered(
+                &registry,
+                IntCounter::new(
+                    "dfs_datanode_streams_refused_total",
+                    "Chunk streams refused with RESOURCE_EXHAUSTED (--max-streams reached).",
+                )
+                .expect("valid metric"),
+            ),
+            streams_cut: counter(
+                "dfs_datanode_streams_cut_total",
+                "Streams cut off because the peer stopped reading or answering, by reason.",
+                &["reason"],
             ),
             rewrites_refused: registered(
                 &registry,

@@ -44,9 +44,22 @@ pub struct Node {
     /// The cluster this node belongs to (fencing: commands are executed only
     /// from a coordinator of this cluster).
     pub cluster: crate::membership::ClusterIdentity,
+    /// Permits for chunk streams served at once (`--max-streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
+    /// A permit for one more chunk stream, or RESOURCE_EXHAUSTED.
+    pub fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.streams_refused.inc();
+            Status::resource_exhausted(format!(
+                "this datanode serves at most {} chunk streams at once; retry later or elsewhere",
+                self.config.max_streams
+            ))
+        })
+    }
+
     /// Largest frame accepted, in bytes.
     pub fn max_frame_bytes(&self) -> usize {
         self.config.max_frame_bytes.0 as usize
@@ -84,6 +97,7 @@ pub struct UploadSession {
 /// releasing the space they were promised.
 pub struct Sessions {
     timeout: Duration,
+    max: usize,
     metrics: Metrics,
     uploads: Mutex<HashMap<String, UploadSession>>,
     downloads: Mutex<HashMap<String, (ChunkId, Instant)>>,
@@ -95,10 +109,11 @@ pub fn random_id() -> String {
 }
 
 impl Sessions {
-    /// Empty tables.
-    pub fn new(timeout: Duration, metrics: Metrics) -> Self {
+    /// Empty tables holding at most `max` sessions of each kind.
+    pub fn new(timeout: Duration, max: usize, metrics: Metrics) -> Self {
         Sessions {
             timeout,
+            max: max.max(1),
             metrics,
             uploads: Mutex::default(),
             downloads: Mutex::default(),
@@ -138,18 +153,30 @@ impl Sessions {
     }
 
     /// Records a prepared upload under `session_id` (a fresh one if empty).
-    /// Returns the id.
-    pub fn insert_upload(&self, session_id: String, session: UploadSession) -> String {
+    /// Returns the id; RESOURCE_EXHAUSTED when the table is full (the
+    /// session and its reservation are dropped).
+    pub fn insert_upload(
+        &self,
+        session_id: String,
+        session: UploadSession,
+    ) -> Result<String, Status> {
         let id = if session_id.is_empty() {
             random_id()
+        } else if session_id.len() > 64 {
+            return Err(Status::invalid_argument("session ids are at most 64 bytes"));
         } else {
             session_id
         };
-        self.uploads
-            .lock()
-            .expect("sessions lock")
-            .insert(id.clone(), session);
-        id
+        let mut map = self.uploads.lock().expect("sessions lock");
+        if map.len() >= self.max && !map.contains_key(&id) {
+            return Err(Status::resource_exhausted(format!(
+                "{} prepared upload sessions are open, the most this datanode keeps; \
+                 retry once some are used or expired",
+                map.len()
+            )));
+        }
+        map.insert(id.clone(), session);
+        Ok(id)
     }
 
     /// Takes a prepared upload for its stream (a session is used once).
@@ -162,14 +189,23 @@ impl Sessions {
         (s.expires > Instant::now()).then_some(s)
     }
 
-    /// Records a download session for `chunk_id`; returns its id.
-    pub fn insert_download(&self, chunk_id: ChunkId) -> String {
+    /// Records a download session for `chunk_id`; returns its id, or
+    /// RESOURCE_EXHAUSTED when the table is full.
+    pub fn insert_download(&self, chunk_id: ChunkId) -> Result<String, Status> {
         let id = random_id();
-        self.downloads
-            .lock()
-            .expect("sessions lock")
-            .insert(id.clone(), (chunk_id, Instant::now() + self.timeout));
-        id
+        let mut map = self.downloads.lock().expect("sessions lock");
+        if map.len() >= self.max {
+            let now = Instant::now();
+            map.retain(|_, (_, exp)| *exp > now);
+            if map.len() >= self.max {
+                return Err(Status::resource_exhausted(format!(
+                    "{} download sessions are open, the most this datanode keeps",
+                    map.len()
+                )));
+            }
+        }
+        map.insert(id.clone(), (chunk_id, Instant::now() + self.timeout));
+        Ok(id)
     }
 
     /// The chunk of a live download session.

@@ -77,10 +77,36 @@ pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> 
     status(e)
 }
 
+/// Sends `item` from a blocking thread, waiting at most `idle` for room: a
+/// consumer that stopped reading (a stalled client, a hung repair target)
+/// releases the thread instead of holding it forever. False when the
+/// consumer is gone or too slow.
+fn send_within<T>(tx: &mpsc::Sender<T>, item: T, idle: Duration, metrics: &crate::Metrics) -> bool {
+    let item = match tx.try_send(item) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
+    let handle = tokio::runtime::Handle::current();
+    match handle.block_on(tokio::time::timeout(idle, tx.send(item))) {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            metrics
+                .streams_cut
+                .with_label_values(&["slow_reader"])
+                .inc();
+            tracing::warn!("a reader took no frame for {idle:?}: cutting the stream off");
+            false
+        }
+    }
+}
+
 /// Streams `[offset, offset + length)` of chunk `id` (length 0 = to the end)
-/// as frames of `frame_bytes` into `tx`, paced to `rate` bytes/s. The task
-/// ends with the read's outcome: "ok", "cancelled" (the consumer went away)
-/// or "error" (sent to the consumer as the stream's last item).
+/// as frames of `frame_bytes` into `tx`, paced to `rate` bytes/s. A
+/// consumer that takes no frame for `idle` is cut off. The task ends with
+/// the read's outcome: "ok", "cancelled" (the consumer went away or
+/// stalled) or "error" (sent to the consumer as the stream's last item).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_read(
     store: Arc<Store>,
@@ -90,6 +116,7 @@ pub fn spawn_read(
     frame_bytes: usize,
     rate: u64,
     kind: &'static str,
+    idle: Duration,
     tx: mpsc::Sender<Result<ChunkData, Status>>,
 ) -> JoinHandle<&'static str> {
     tokio::task::spawn_blocking(move || {
@@ -108,7 +135,7 @@ pub fn spawn_read(
             let mut send = |frame: ChunkData| {
                 let len = frame.data.len() as u64;
                 let done = frame.is_final;
-                if tx.blocking_send(Ok(frame)).is_err() {
+                if !send_within(&tx, Ok(frame), idle, &metrics) {
                     return false;
                 }
                 sent_final |= done;
@@ -161,7 +188,12 @@ pub fn spawn_read(
             }
             if !sent_final {
                 // Empty range (or empty chunk): one empty final frame.
-                let _ = tx.blocking_send(Ok(ChunkData::frame(Default::default(), pos, true)));
+                send_within(
+                    &tx,
+                    Ok(ChunkData::frame(Default::default(), pos, true)),
+                    idle,
+                    &metrics,
+                );
             }
             Ok(())
         })();
@@ -170,7 +202,7 @@ pub fn spawn_read(
             Err(StoreError::Cancelled) => "cancelled",
             Err(e) => {
                 let st = read_failed(&store, &id, e, "read");
-                let _ = tx.blocking_send(Err(st));
+                send_within(&tx, Err(st), idle, store.metrics());
                 "error"
             }
         }
@@ -213,6 +245,7 @@ pub async fn replicate_to(
         )),
     };
     let (frames_tx, mut frames_rx) = mpsc::channel(READ_QUEUE_FRAMES);
+    let silent = node.config.replica_stall_timeout * 3;
     let reader = spawn_read(
         node.store.clone(),
         id.clone(),
@@ -221,6 +254,7 @@ pub async fn replicate_to(
         dfs_proto::DEFAULT_FRAME_BYTES,
         rate,
         stream::FORWARD,
+        silent,
         frames_tx,
     );
     // Frames go out until the first read error, which is kept to explain
@@ -249,14 +283,34 @@ pub async fn replicate_to(
             .replicate_chunk(ReceiverStream::new(req_rx))
             .await?
             .into_inner();
-        while let Some(m) = responses.message().await? {
-            if let Some(upload_chunk_response::Kind::Replicas(_)) = m.kind {
-                return Ok(());
+        // Acks come per frame: a target silent for this long has hung.
+        loop {
+            let m = match tokio::time::timeout(silent, responses.message()).await {
+                Ok(m) => m?,
+                Err(_) => {
+                    node.metrics
+                        .streams_cut
+                        .with_label_values(&["silent_target"])
+                        .inc();
+                    return Err(Status::deadline_exceeded(format!(
+                        "repair target {} silent for {silent:?}",
+                        target.node_id
+                    )));
+                }
+            };
+            match m {
+                Some(m) => {
+                    if let Some(upload_chunk_response::Kind::Replicas(_)) = m.kind {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    return Err(Status::unavailable(
+                        "target closed the stream without an answer",
+                    ));
+                }
             }
         }
-        Err(Status::unavailable(
-            "target closed the stream without an answer",
-        ))
     }
     .await;
     let read_error = match result {

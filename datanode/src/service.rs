@@ -147,6 +147,13 @@ impl DataNodeService {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _permit = match node.stream_permit() {
+                Ok(p) => p,
+                Err(st) => {
+                    let _ = tx.send(Err(st)).await;
+                    return;
+                }
+            };
             let last = match pipeline::upload(node, frames, tx.clone()).await {
                 Ok(r) => Ok(replicas_message(r)),
                 Err(st) => Err(st),
@@ -164,6 +171,13 @@ impl DataNodeService {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _permit = match node.stream_permit() {
+                Ok(p) => p,
+                Err(st) => {
+                    let _ = tx.send(Err(st)).await;
+                    return;
+                }
+            };
             let last = match pipeline::replicate(node, requests, tx.clone()).await {
                 Ok(r) => Ok(replicas_message(r)),
                 Err(st) => Err(st),
@@ -189,7 +203,7 @@ impl DataNode for DataNodeService {
         let req = request.into_inner();
         let session_id = req.session_id.clone();
         let (session, already_stored) = prepare_upload(&self.node, req)?;
-        let session_id = self.node.sessions.insert_upload(session_id, session);
+        let session_id = self.node.sessions.insert_upload(session_id, session)?;
         Ok(Response::new(PrepareChunkUploadResponse {
             session_id,
             expires_at_unix_ms: dfs_common::time::now_unix_ms()
@@ -218,7 +232,7 @@ impl DataNode for DataNodeService {
             .store
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("chunk {id} not found")))?;
-        let session_id = self.node.sessions.insert_download(id.clone());
+        let session_id = self.node.sessions.insert_download(id.clone())?;
         Ok(Response::new(PrepareChunkDownloadResponse {
             session_id,
             chunk: Some(chunk_meta(&id, stored)),
@@ -262,6 +276,9 @@ impl DataNode for DataNodeService {
             0 => dfs_proto::DEFAULT_FRAME_BYTES,
             n => n.min(self.node.max_frame_bytes()),
         };
+        // Bounded: each read holds a blocking thread while it runs, and a
+        // reader that stops reading is cut off after the session timeout.
+        let permit = self.node.stream_permit()?;
         let (tx, rx) = mpsc::channel(4);
         let node = self.node.clone();
         let handle = spawn_read(
@@ -272,6 +289,7 @@ impl DataNode for DataNodeService {
             frame_bytes,
             0,
             stream::DOWNLOAD,
+            node.sessions.timeout(),
             tx,
         );
         let gauge = GaugeGuard::new(
@@ -282,6 +300,7 @@ impl DataNode for DataNodeService {
         let started = Instant::now();
         tokio::spawn(async move {
             let _gauge = gauge;
+            let _permit = permit;
             let outcome = handle.await.unwrap_or("error");
             node.metrics
                 .download_seconds
