@@ -27,9 +27,17 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A server builder with the shared settings.
+/// The longest a server works on one call before answering it
+/// (DEADLINE_EXCEEDED past it).
+pub const SERVER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A gRPC server builder with the shared settings.
 pub fn server() -> Server {
     Server::builder()
+        // Every call has a deadline: the client's grpc-timeout, at most
+        // this. It bounds a unary call's answer and a stream's first
+        // answer; streams then run on their own idle deadlines.
+        .timeout(SERVER_CALL_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

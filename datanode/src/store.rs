@@ -1634,6 +1634,57 @@ mod tests {
         assert_eq!(read(&s, &id(2), 0, 0).unwrap(), b"");
     }
 
+    /// An I/O error at start-up says nothing about the bytes: the chunk is
+    /// unavailable (not served, not reported), not corrupt, and its file is
+    /// left where it is; nothing may be written over it.
+    #[test]
+    fn an_unreadable_chunk_at_start_up_is_unavailable_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        write(&s, &id(1), b"fine");
+        let path = s.chunk_path(&id(2));
+        drop(s);
+        // Reading it fails with EISDIR: an I/O error like a bad sector's.
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("x"), b"keep me").unwrap();
+        let s = store(dir.path());
+        assert_eq!(s.unavailable(), vec![id(2)]);
+        assert_eq!(s.get(&id(2)), None);
+        assert!(s.take_delta().corrupt.is_empty(), "not reported corrupt");
+        assert!(s.quarantined().is_empty());
+        assert!(path.join("x").exists(), "left in place");
+        let mut w = s.create_writer(&id(2)).unwrap();
+        w.write(b"other").unwrap();
+        assert!(matches!(
+            w.finish(5, None),
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert_eq!(read(&s, &id(1), 0, 0).unwrap(), b"fine");
+    }
+
+    /// A corrupt chunk found at start-up is quarantined, never deleted.
+    #[test]
+    fn a_corrupt_chunk_at_start_up_is_moved_aside_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        write(&s, &id(3), &[7u8; 5000]);
+        let path = s.chunk_path(&id(3));
+        drop(s);
+        let len = fs::metadata(&path).unwrap().len();
+        let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff; 8], len - 8).unwrap();
+        drop(f);
+        let s = store(dir.path());
+        assert_eq!(s.get(&id(3)), None);
+        assert_eq!(s.take_delta().corrupt, vec![id(3)]);
+        assert_eq!(s.quarantined(), vec![id(3)]);
+        assert!(!path.exists());
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
+    }
+
     #[test]
     fn mismatch_and_drop_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();

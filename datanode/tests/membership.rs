@@ -615,5 +615,102 @@ async fn a_read_of_a_corrupt_chunk_gets_data_loss_and_reports_it() {
         download(&mut c, &id, 0, 0).await.unwrap_err().code(),
         Code::NotFound
     );
+    // It may be the last copy anywhere: moved aside to quarantine/ and
+    // counted, never deleted by the node itself.
+    assert_eq!(files_under(&dir.path().join("quarantine")).len(), 1);
+    assert_eq!(node.counter("dfs_datanode_quarantined_chunks", ""), 1);
+    // Restarted, it still knows the copy it keeps aside.
     node.stop().await;
+    let node = TestNode::start(dir.path(), |c| c.coordinator = coord_addr.clone()).await;
+    assert_eq!(node.counter("dfs_datanode_quarantined_chunks", ""), 1);
+    // A repair brings verified bytes back under the id: the corrupt copy
+    // goes then.
+    let mut c = node.client().await;
+    upload(&mut c, &id, &bytes, vec![], 0).await.unwrap();
+    assert!(download(&mut c, &id, 0, 0).await.unwrap() == bytes);
+    assert!(files_under(&dir.path().join("quarantine")).is_empty());
+    assert_eq!(node.counter("dfs_datanode_quarantined_chunks", ""), 0);
+    node.stop().await;
+}
+
+/// A quarantined copy goes only when the coordinator says so (it has R good
+/// replicas elsewhere), with a delete that touches nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_copy_is_deleted_only_when_the_coordinator_orders_it() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), |c| c.coordinator = coord_addr.clone()).await;
+    eventually("registered", || coord.last_full_report().is_some()).await;
+    let mut c = node.client().await;
+    let (bad, good) = (chunk_id(), chunk_id());
+    let bytes = data(600_000, 3);
+    upload(&mut c, &bad, &bytes, vec![], 0).await.unwrap();
+    upload(&mut c, &good, &bytes, vec![], 0).await.unwrap();
+    flip_byte(&chunk_path(dir.path(), &bad), 10);
+    assert_eq!(
+        download(&mut c, &bad, 0, 0).await.unwrap_err().code(),
+        Code::DataLoss
+    );
+    eventually("quarantined", || {
+        node.counter("dfs_datanode_quarantined_chunks", "") == 1
+    })
+    .await;
+    coord
+        .push(vec![DataNodeCommand {
+            command_id: 9,
+            command: Some(data_node_command::Command::Delete(DeleteChunksCommand {
+                chunk_ids: vec![bad.clone(), good.clone()],
+                quarantined_only: true,
+            })),
+        }])
+        .await;
+    eventually("delete done", || coord.result(9).is_some()).await;
+    assert!(coord.result(9).unwrap().ok);
+    assert!(files_under(&dir.path().join("quarantine")).is_empty());
+    assert_eq!(node.counter("dfs_datanode_quarantined_chunks", ""), 0);
+    // The live chunk named in the same command is untouched.
+    assert!(download(&mut c, &good, 0, 0).await.unwrap() == bytes);
+    node.stop().await;
+}
+
+/// Repair copies only what the coordinator recorded: a source whose copy
+/// has another checksum than the command's sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_source_checks_its_copy_against_the_coordinators_record() {
+    let (coord, coord_addr) = FakeCoordinator::start().await;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = TestNode::start(dirs[0].path(), |c| c.coordinator = coord_addr.clone()).await;
+    let b = TestNode::start(dirs[1].path(), |_| {}).await;
+    eventually("registered", || coord.last_full_report().is_some()).await;
+    let mut c = a.client().await;
+    let y = chunk_id();
+    let by = data(300_000, 4);
+    upload(&mut c, &y, &by, vec![], 0).await.unwrap();
+    let mut recorded = meta(&y, &by, true);
+    recorded.checksum ^= 1;
+    coord
+        .push(vec![DataNodeCommand {
+            command_id: 7,
+            command: Some(data_node_command::Command::Replicate(
+                ReplicateChunkCommand {
+                    chunk: Some(recorded),
+                    target: Some(b.target()),
+                    max_bytes_per_second: 0,
+                },
+            )),
+        }])
+        .await;
+    eventually("command result", || coord.result(7).is_some()).await;
+    let r = coord.result(7).unwrap();
+    assert!(!r.ok && r.error.contains("recorded"), "{r:?}");
+    assert_eq!(
+        download(&mut b.client().await, &y, 0, 0)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "nothing was sent"
+    );
+    a.stop().await;
+    b.stop().await;
 }
