@@ -121,6 +121,10 @@ pub struct NodeInfo {
     pub active_sessions: u32,
     /// Reserved bytes.
     pub reserved_bytes: u64,
+    /// Corrupt copies kept aside.
+    pub quarantined_chunks: u64,
+    /// Chunks unreadable at start-up.
+    pub unavailable_chunks: u64,
 }
 
 /// A node's state as the coordinator sees it.

@@ -335,6 +335,8 @@ impl From<Option<pb::NodeInfo>> for NodeInfo {
             chunk_count: i.chunk_count,
             active_sessions: i.active_sessions,
             reserved_bytes: i.reserved_bytes,
+            quarantined_chunks: i.quarantined_chunks,
+            unavailable_chunks: i.unavailable_chunks,
         }
     }
 }
@@ -354,6 +356,8 @@ fn info_to_proto(i: &NodeInfo) -> pb::NodeInfo {
         chunk_count: i.chunk_count,
         active_sessions: i.active_sessions,
         reserved_bytes: i.reserved_bytes,
+        quarantined_chunks: i.quarantined_chunks,
+        unavailable_chunks: i.unavailable_chunks,
     }
 }
 

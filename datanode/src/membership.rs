@@ -218,6 +218,7 @@ impl Control {
 /// Capacity and health now.
 pub fn node_info(node: &Node) -> NodeInfo {
     let cap = node.store.capacity();
+    let aside = node.store.set_aside();
     let sessions: i64 = ["upload", "replicate"]
         .iter()
         .map(|k| node.metrics.active_sessions.with_label_values(&[k]).get())
@@ -237,6 +238,8 @@ pub fn node_info(node: &Node) -> NodeInfo {
         chunk_count: cap.chunks,
         active_sessions: sessions.max(0) as u32,
         reserved_bytes: cap.promised,
+        quarantined_chunks: aside.0,
+        unavailable_chunks: aside.1,
     }
 }
 

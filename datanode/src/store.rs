@@ -1021,6 +1021,12 @@ impl Store {
         self.state.lock().expect("store lock").unavailable.clone()
     }
 
+    /// (quarantined, unavailable) counts, for heartbeats.
+    pub fn set_aside(&self) -> (u64, u64) {
+        let st = self.state.lock().expect("store lock");
+        (st.quarantined.len() as u64, st.unavailable.len() as u64)
+    }
+
     /// Removes the quarantined copies of `id` (ordered by the coordinator
     /// once enough good replicas exist); true when there were any.
     pub fn drop_quarantined(&self, id: &ChunkId) -> Result<bool, StoreError> {

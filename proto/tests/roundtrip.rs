@@ -39,6 +39,8 @@ fn info() -> NodeInfo {
         chunk_count: 3,
         active_sessions: 2,
         reserved_bytes: 1,
+        quarantined_chunks: 4,
+        unavailable_chunks: 6,
     }
 }
 

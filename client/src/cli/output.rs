@@ -138,6 +138,8 @@ fn node_json(n: &DataNodeStatus) -> Value {
         "free_bytes": info.free_bytes,
         "total_bytes": info.total_bytes,
         "chunk_count": n.chunk_count,
+        "quarantined_chunks": info.quarantined_chunks,
+        "unavailable_chunks": info.unavailable_chunks,
         "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
         "safe_to_remove": n.safe_to_remove,
         "zone": topo.zone,
@@ -183,6 +185,14 @@ pub fn print_nodes(nodes: &[DataNodeStatus], json: bool) {
             n.chunk_count,
             ago(n.last_heartbeat_unix_ms)
         );
+        if info.quarantined_chunks > 0 || info.unavailable_chunks > 0 {
+            say!(
+                "{:<34} {} corrupt copies kept in quarantine, {} chunks unreadable since start-up",
+                "",
+                info.quarantined_chunks,
+                info.unavailable_chunks
+            );
+        }
     }
 }
 
