@@ -252,7 +252,10 @@ async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("timed out after {READY_TIMEOUT:?}: {last}")
+    bail!(
+        "timed out after {READY_TIMEOUT:?}: {last} (see the logs under the data dir; a datanode \
+         refuses a coordinator of another cluster, e.g. one whose directory was deleted)"
+    )
 }
 
 /// Restarts children that die, until Ctrl-C or SIGTERM.
