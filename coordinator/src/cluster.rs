@@ -909,6 +909,49 @@ impl Cluster {
             .collect()
     }
 
+    /// Cuts `chunks` to what `node`'s delete budget still allows in the
+    /// current orphan-grace window (opened at `now_ms` when the last one
+    /// passed) and spends it; what is cut waits for the next window and is
+    /// counted, and a node that runs out is named once per window.
+    fn spend_budget(
+        &mut self,
+        node: &str,
+        chunks: &mut Vec<ChunkId>,
+        now_ms: u64,
+        stats: &mut RedundancyStats,
+    ) {
+        let window = self.timing.orphan_grace_ms.max(1);
+        let held = self
+            .live
+            .get(node)
+            .map_or(0, |l| (l.chunks.len() as u64).max(l.info.chunk_count));
+        let allowed = self
+            .timing
+            .delete_budget_min
+            .max((self.timing.delete_budget_share * held as f64) as u64);
+        let b = self.budgets.entry(node.to_string()).or_default();
+        if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
+            *b = Budget {
+                window_start_ms: now_ms,
+                used: 0,
+                exhausted: false,
+            };
+        }
+        let left = allowed.saturating_sub(b.used) as usize;
+        if chunks.len() > left {
+            let deferred = chunks.len() - left;
+            stats.deletes_deferred += deferred as u64;
+            self.exhausted.insert(node.to_string());
+            if !b.exhausted {
+                b.exhausted = true;
+                stats.budget_exhausted_total += 1;
+                tracing::warn!(node_id = %node, allowed, deferred, window_ms = window, "delete budget exhausted: further deletes on this node wait for the next window");
+            }
+            chunks.truncate(left);
+        }
+        b.used += chunks.len() as u64;
+    }
+
     /// Starts the expiry clock of an open upload (`deadline_ms` monotonic).
     pub fn track_upload(&mut self, upload_id: &str, deadline_ms: u64) {
         self.upload_deadlines
@@ -1216,42 +1259,12 @@ impl Cluster {
         }
 
         // The delete budget: per node and grace window.
-        let window = self.timing.orphan_grace_ms.max(1);
         self.exhausted.clear();
         let mut deletes: Vec<(NodeId, Vec<ChunkId>)> = deletes.into_iter().collect();
         deletes.sort();
         let mut ordered = Vec::with_capacity(deletes.len());
         for (node, mut chunks) in deletes {
-            let held = self
-                .live
-                .get(&node)
-                .map(|l| (l.chunks.len() as u64).max(l.info.chunk_count))
-                .unwrap_or(0);
-            let allowed = self
-                .timing
-                .delete_budget_min
-                .max((self.timing.delete_budget_share * held as f64) as u64);
-            let b = self.budgets.entry(node.clone()).or_default();
-            if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
-                *b = Budget {
-                    window_start_ms: now_ms,
-                    used: 0,
-                    exhausted: false,
-                };
-            }
-            let left = allowed.saturating_sub(b.used) as usize;
-            if chunks.len() > left {
-                let deferred = chunks.len() - left;
-                stats.deletes_deferred += deferred as u64;
-                self.exhausted.insert(node.clone());
-                if !b.exhausted {
-                    b.exhausted = true;
-                    stats.budget_exhausted_total += 1;
-                    tracing::warn!(node_id = %node, allowed, deferred, window_ms = window, "delete budget exhausted: further deletes on this node wait for the next window");
-                }
-                chunks.truncate(left);
-            }
-            b.used += chunks.len() as u64;
+            self.spend_budget(&node, &mut chunks, now_ms, &mut stats);
             if !chunks.is_empty() {
                 ordered.push((node, chunks));
             }
@@ -1285,25 +1298,7 @@ impl Cluster {
         let mut drop_quarantined: Vec<_> = drop_quarantined.into_iter().collect();
         drop_quarantined.sort();
         for (node, mut chunks) in drop_quarantined {
-            let held = self.live.get(&node).map_or(0, |l| l.chunks.len() as u64);
-            let allowed = self
-                .timing
-                .delete_budget_min
-                .max((self.timing.delete_budget_share * held as f64) as u64);
-            let b = self.budgets.entry(node.clone()).or_default();
-            if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
-                *b = Budget {
-                    window_start_ms: now_ms,
-                    used: 0,
-                    exhausted: false,
-                };
-            }
-            let left = allowed.saturating_sub(b.used) as usize;
-            if chunks.len() > left {
-                stats.deletes_deferred += (chunks.len() - left) as u64;
-                chunks.truncate(left);
-            }
-            b.used += chunks.len() as u64;
+            self.spend_budget(&node, &mut chunks, now_ms, &mut stats);
             if chunks.is_empty() {
                 continue;
             }

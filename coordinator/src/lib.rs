@@ -82,6 +82,9 @@ pub enum CoordinatorError {
     },
 }
 
+/// Calls one client connection may have in flight at once.
+pub const MAX_CALLS_PER_CONNECTION: usize = 1024;
+
 /// Binds `--listen` and `--metrics-addr`, then serves until `shutdown`
 /// resolves (or stdin closes with `--exit-with-parent`).
 pub async fn run(
@@ -264,7 +267,10 @@ pub async fn serve(
     );
     readiness.set(true);
     drop(ctx);
+    // Bounded: one connection may have this many calls in flight (the
+    // rest wait their turn); heartbeat streams are one per datanode.
     let served = transport::server()
+        .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(svc)
         .serve_with_incoming_shutdown(transport::incoming(grpc), stopped(stop_rx))
         .await;
