@@ -120,3 +120,55 @@ async fn exits_gracefully_when_stdin_closes() {
     .await;
     assert!(status.success(), "{status:?}");
 }
+
+/// The real binary fails stop: once its metadata log cannot be written it
+/// exits with a non-zero status instead of serving a state the disk does not
+/// hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_write_failure_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = dir.path().join("disk-fails");
+    let data = dir.path().join("meta");
+    let port = free_port();
+    let mut child = spawn(
+        &data,
+        port,
+        &["--fault-fail-log-writes-when", trigger.to_str().unwrap()],
+    );
+    let mut c = connect(port).await;
+    c.mkdir(MkdirRequest {
+        path: "/before".into(),
+        parents: true,
+    })
+    .await
+    .unwrap();
+    std::fs::write(&trigger, b"").unwrap();
+    let err = c
+        .mkdir(MkdirRequest {
+            path: "/after".into(),
+            parents: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let status = eventually(20, "coordinator exit", || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(!status.success(), "exited with {status:?}");
+    // Restarted on a good disk: what was acknowledged is there, what was
+    // refused is not.
+    std::fs::remove_file(&trigger).unwrap();
+    let port = free_port();
+    let mut child = spawn(&data, port, &[]);
+    let mut c = connect(port).await;
+    let st = |p: &str| StatRequest { path: p.into() };
+    c.stat(st("/before")).await.unwrap();
+    assert_eq!(
+        c.stat(st("/after")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -258,6 +258,28 @@ impl Datanode {
                 dfs_common::transport::incoming(self.grpc),
                 wait(stop_rx.clone()),
             );
+        // The probes fail once the store cannot write (a dead volume
+        // committer) or this check stops running.
+        let watchdog = readiness.watchdog(
+            "the datanode health check",
+            std::time::Duration::from_secs(30),
+        );
+        let health = {
+            let (node, readiness, mut stop) = (node.clone(), readiness.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                    if let Some(reason) = node.store.broken() {
+                        tracing::error!("{reason}: failing the probes");
+                        readiness.fail(reason);
+                    }
+                    watchdog.beat();
+                }
+            })
+        };
         readiness.set(true);
         let (grpc_result, http_result) = tokio::join!(grpc, async {
             let r = http.await;
@@ -275,6 +297,7 @@ impl Datanode {
         for task in background {
             task.abort();
         }
+        health.abort();
         // Every stream has drained: write what the volume committer still
         // holds (delete records) and stop it, so nothing appends to the
         // volumes after this returns (a restart in the same process opens

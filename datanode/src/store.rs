@@ -1115,6 +1115,12 @@ impl Store {
         self.volumes.close();
     }
 
+    /// Why the store cannot write, if it cannot (for the probes).
+    pub fn broken(&self) -> Option<String> {
+        (!self.volumes.committer_alive())
+            .then(|| "the small-chunk volume committer stopped".to_string())
+    }
+
     /// The metrics the store updates.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -1666,6 +1672,15 @@ mod tests {
             Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(read(&s, &id(1), 0, 0).unwrap(), b"fine");
+    }
+
+    #[test]
+    fn a_stopped_volume_committer_makes_the_store_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        assert_eq!(s.broken(), None);
+        s.close();
+        assert!(s.broken().unwrap().contains("volume committer"));
     }
 
     /// A corrupt chunk found at start-up is quarantined, never deleted.

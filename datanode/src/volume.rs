@@ -877,6 +877,16 @@ impl Volumes {
         Some((f, self.dir.join(volume_name(seq))))
     }
 
+    /// True while the committer thread runs (false once it stopped:
+    /// closed, or dead after a panic, when no small chunk can be written).
+    pub fn committer_alive(&self) -> bool {
+        self.join
+            .lock()
+            .expect("volume join lock")
+            .as_ref()
+            .is_some_and(|j| !j.is_finished())
+    }
+
     /// Stops the committer after it has written everything queued.
     pub fn close(&self) {
         self.tx.lock().expect("volume sender lock").take();
