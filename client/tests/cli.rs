@@ -453,3 +453,42 @@ fn bench_measures_every_operation_and_cleans_up() {
     );
     cluster.stop();
 }
+
+#[test]
+fn safe_mode_is_shown_and_an_admin_enters_and_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path());
+    // Safe mode after start ends once the datanodes reported.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster.dfs().args(["status", "--json"]).output().unwrap();
+        let status = json(&out.stdout);
+        if status["safe_mode"]["active"] == false {
+            assert_eq!(status["safe_mode"]["manual"], false);
+            assert!(status["delete_budget"]["deferred"].is_u64());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in safe mode: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = cluster.dfs().args(["safemode", "enter"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("safe mode: ON"), "{text}");
+    let out = cluster.dfs().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SAFE MODE") && text.contains("entered by an admin"),
+        "{text}"
+    );
+    let out = cluster.dfs().args(["safemode", "leave"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("safe mode: off"));
+    let out = cluster.dfs().args(["nodes", "--json"]).output().unwrap();
+    let nodes = json(&out.stdout);
+    assert_eq!(nodes.as_array().unwrap().len(), 3);
+    assert_eq!(nodes[0]["quarantined_chunks"], 0);
+    cluster.stop();
+}
