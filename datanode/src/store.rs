@@ -263,16 +263,18 @@ enum Claim {
     New(ClaimGuard),
 }
 
-/// Releases a claimed id when the write ends (committed or not).
+/// Releases a claimed id when the write ends (committed or not). A small
+/// chunk's guard travels with its record to the volume committer, which
+/// drops it only once the chunk is in the index (after releasing the store
+/// lock): a writer that gives up waiting never frees the id early.
 pub struct ClaimGuard {
-    store: Arc<Store>,
+    state: Arc<Mutex<State>>,
     id: ChunkId,
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        self.store
-            .state
+        self.state
             .lock()
             .expect("store lock")
             .claims
@@ -731,7 +733,7 @@ impl Store {
         }
         st.claims.insert(id.clone(), meta);
         Ok(Claim::New(ClaimGuard {
-            store: self.self_arc(),
+            state: self.state.clone(),
             id: id.clone(),
         }))
     }
@@ -905,10 +907,11 @@ impl Store {
         };
         match self.claim(id, meta)? {
             Claim::Stored(chunk) => Ok(SmallPut::Stored(chunk)),
-            Claim::New(guard) => Ok(SmallPut::Pending(
-                self.volumes.put(id, parts, size as u32, crc),
-                guard,
-            )),
+            Claim::New(guard) => Ok(SmallPut::Pending {
+                pending: self.volumes.put(id, parts, size as u32, crc, Some(guard)),
+                store: self.self_arc(),
+                id: id.clone(),
+            }),
         }
     }
 
@@ -1131,8 +1134,15 @@ impl Store {
 pub enum SmallPut {
     /// The same bytes were stored already.
     Stored(StoredChunk),
-    /// Queued; the id stays claimed until the commit answered.
-    Pending(PendingPut, ClaimGuard),
+    /// Queued (the id stays claimed by the queued record).
+    Pending {
+        /// Resolves once durable.
+        pending: PendingPut,
+        /// The store it goes to.
+        store: Arc<Store>,
+        /// The chunk.
+        id: ChunkId,
+    },
 }
 
 impl SmallPut {
@@ -1143,12 +1153,11 @@ impl SmallPut {
                 chunk,
                 created: false,
             }),
-            SmallPut::Pending(p, guard) => {
-                let r = p.wait().await;
+            SmallPut::Pending { pending, store, id } => {
+                let r = pending.wait().await;
                 if r.is_ok() {
-                    guard.store.after_good_copy(&guard.id);
+                    store.after_good_copy(&id);
                 }
-                drop(guard);
                 r.map(|chunk| Stored {
                     chunk,
                     created: true,
@@ -1166,9 +1175,11 @@ impl SmallPut {
     pub fn wait_blocking(self) -> Result<StoredChunk, StoreError> {
         match self {
             SmallPut::Stored(chunk) => Ok(chunk),
-            SmallPut::Pending(p, guard) => {
-                let r = p.wait_blocking();
-                drop(guard);
+            SmallPut::Pending { pending, store, id } => {
+                let r = pending.wait_blocking();
+                if r.is_ok() {
+                    store.after_good_copy(&id);
+                }
                 r
             }
         }
@@ -1672,6 +1683,31 @@ mod tests {
             Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(read(&s, &id(1), 0, 0).unwrap(), b"fine");
+    }
+
+    /// A small put whose writer stops waiting keeps its id claimed until the
+    /// record is indexed: other bytes can never be queued behind it.
+    #[test]
+    fn an_abandoned_small_put_keeps_its_claim_until_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = small_store(dir.path(), 1 << 20);
+        for round in 0..50u8 {
+            let cid = id(round);
+            let first = s
+                .put_small(&cid, vec![Bytes::from_static(b"first")], 5, None)
+                .unwrap();
+            drop(first);
+            match s.put_small(&cid, vec![Bytes::from_static(b"other")], 5, None) {
+                Err(StoreError::Concurrent { .. } | StoreError::AlreadyExists { .. }) => {}
+                Err(e) => panic!("round {round}: {e}"),
+                Ok(_) => panic!("round {round}: other bytes queued under a claimed id"),
+            }
+        }
+        s.close();
+        let s = small_store(dir.path(), 1 << 20);
+        for round in 0..50u8 {
+            assert_eq!(read(&s, &id(round), 0, 0).unwrap(), b"first");
+        }
     }
 
     #[test]

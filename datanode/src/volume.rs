@@ -69,7 +69,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use crate::store::{ChunkId, State, StoreError, StoredChunk, io_err, sync_dir};
+use crate::store::{ChunkId, ClaimGuard, State, StoreError, StoredChunk, io_err, sync_dir};
 
 const MAGIC: &[u8; 4] = b"DFV2";
 /// Magic of the records of volumes written before batches had commit
@@ -719,6 +719,8 @@ enum Job {
         size: u32,
         crc: u32,
         reply: oneshot::Sender<Result<StoredChunk, StoreError>>,
+        /// The writer's claim on the id, released once it is indexed.
+        claim: Option<ClaimGuard>,
     },
     /// Appends a delete record (the index entry is already gone).
     Delete(ChunkId),
@@ -826,7 +828,14 @@ impl Volumes {
     /// Queues a put of a whole small chunk; the caller has checked `crc`
     /// against `parts` (the pipeline verifies every frame and the whole
     /// chunk).
-    pub fn put(&self, id: &ChunkId, parts: Vec<Bytes>, size: u32, crc: u32) -> PendingPut {
+    pub fn put(
+        &self,
+        id: &ChunkId,
+        parts: Vec<Bytes>,
+        size: u32,
+        crc: u32,
+        claim: Option<ClaimGuard>,
+    ) -> PendingPut {
         let (reply, rx) = oneshot::channel();
         let job = Job::Put {
             id: id.clone(),
@@ -834,6 +843,7 @@ impl Volumes {
             size,
             crc,
             reply,
+            claim,
         };
         if let Err(mpsc::SendError(Job::Put { reply, .. })) = self.send(job) {
             let _ = reply.send(Err(StoreError::Cancelled));
@@ -1082,6 +1092,8 @@ impl Writer {
             self.metrics.volume_commit_chunks.observe(puts as f64);
         }
         let mut replies = Vec::with_capacity(puts);
+        // Released after the store lock (a guard's drop takes it).
+        let mut claims = Vec::with_capacity(puts);
         {
             let mut st = self.state.lock().expect("store lock");
             for (job, off) in batch.into_iter().zip(offsets) {
@@ -1091,8 +1103,10 @@ impl Writer {
                         size,
                         crc,
                         reply,
+                        claim,
                         ..
                     } => {
+                        claims.push(claim);
                         let meta = StoredChunk {
                             size: u64::from(size),
                             checksum: crc,
@@ -1118,6 +1132,7 @@ impl Writer {
             }
             (self.on_change)(&st);
         }
+        drop(claims);
         for (reply, meta) in replies {
             let _ = reply.send(Ok(meta));
         }
