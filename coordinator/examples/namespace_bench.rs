@@ -118,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
                                 node_id: n.node_id.clone(),
                                 checksum: 1,
                                 size: ch.size,
+                                created: true,
                             })
                             .collect(),
                     })

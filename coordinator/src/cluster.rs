@@ -353,6 +353,9 @@ struct Live {
     report: Option<HashSet<ChunkId>>,
     chunks: HashSet<ChunkId>,
     safe_to_remove: bool,
+    /// Sent a whole full report since this coordinator started: its
+    /// replicas are verified, not only recalled from confirm records.
+    reported: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -491,7 +494,17 @@ impl Cluster {
     /// Records the replicas of freshly confirmed chunks.
     pub fn on_confirmed(&mut self, chunks: &[ChunkRecord]) {
         for c in chunks {
-            self.pending.remove(&c.id);
+            // Holders that reported other bytes under the id while it was
+            // an open upload (an abandoned attempt) are corrupt, not copies.
+            if let Some(reported) = self.pending.remove(&c.id) {
+                for (node, crc) in reported {
+                    if crc != c.checksum {
+                        tracing::warn!(node_id = %node, chunk_id = %c.id, "a holder stored other bytes than confirmed: counted as corrupt");
+                        self.remove_replica(&c.id, &node);
+                        self.corrupt.entry(c.id.clone()).or_default().insert(node);
+                    }
+                }
+            }
             for n in &c.replicas {
                 self.add_replica(&c.id, n);
             }
@@ -587,13 +600,8 @@ impl Cluster {
 
     /// Safe mode and its reason, for status calls.
     pub fn safe_mode(&self, ns: &Namespace) -> SafeModeStatus {
-        let known_nodes = ns.nodes().len() as u32;
-        let reported_nodes = self
-            .safe
-            .reported
-            .iter()
-            .filter(|n| ns.nodes().contains_key(*n))
-            .count() as u32;
+        let (reported_nodes, known_nodes) = self.safe_mode_nodes(ns);
+        let (reported_nodes, known_nodes) = (reported_nodes as u32, known_nodes as u32);
         let active = self.in_safe_mode();
         let reason = match self.safe.manual {
             Some(true) => "entered by an admin (leave it with dfs safemode leave)".to_string(),
@@ -615,14 +623,19 @@ impl Cluster {
     }
 
     /// What automatic safe mode still waits for (`None`: nothing).
-    fn safe_mode_wait(&self, ns: &Namespace) -> Option<String> {
-        let known = ns.nodes().len();
-        let reported = self
-            .safe
-            .reported
-            .iter()
-            .filter(|n| ns.nodes().contains_key(*n))
+    /// (reported, known) datanodes for safe mode: draining and
+    /// decommissioned nodes are not waited for.
+    fn safe_mode_nodes(&self, ns: &Namespace) -> (usize, usize) {
+        let counted = || ns.nodes().values().filter(|r| !r.draining);
+        let known = counted().count();
+        let reported = counted()
+            .filter(|r| self.safe.reported.contains(&r.node_id))
             .count();
+        (reported, known)
+    }
+
+    fn safe_mode_wait(&self, ns: &Namespace) -> Option<String> {
+        let (reported, known) = self.safe_mode_nodes(ns);
         let need = ((self.timing.safe_mode_node_share * known as f64).ceil() as usize)
             .clamp(1, known.max(1));
         if reported < need {
@@ -691,6 +704,7 @@ impl Cluster {
                     self.safe.reported.insert(node.to_string());
                 }
                 let live = self.live.get_mut(node).expect("inserted above");
+                live.reported = true;
                 let seen = live.report.take().unwrap_or_default();
                 let lost: Vec<ChunkId> = live
                     .chunks
@@ -733,10 +747,9 @@ impl Cluster {
                 self.completions.push_back((now_ms, r.size));
             }
         }
-        for c in &ev.removed {
-            self.remove_replica(c, node);
-            self.forget_corrupt(c, node);
-        }
+        // After added: a chunk stored and then found corrupt within one
+        // heartbeat must end up not counted (a repair onto the same node
+        // comes only after the coordinator learned of the corruption).
         for c in &ev.corrupt {
             // The node quarantined it: not counted, kept until R good copies
             // exist elsewhere, then ordered deleted.
@@ -746,6 +759,10 @@ impl Cluster {
                 .entry(c.clone())
                 .or_default()
                 .insert(node.to_string());
+        }
+        for c in &ev.removed {
+            self.remove_replica(c, node);
+            self.forget_corrupt(c, node);
         }
         for r in &ev.results {
             if !r.ok {
@@ -1134,9 +1151,19 @@ impl Cluster {
                 stats.under_replicated += 1;
             }
             let inflight = inflight_by_chunk.get(chunk.as_str()).copied().unwrap_or(0);
-            // Corrupt replicas go only once R good ones exist elsewhere.
+            // Corrupt replicas go only once R good ones exist elsewhere, on
+            // live nodes whose full reports vouched for them.
+            let verified = good
+                .iter()
+                .filter(|n| {
+                    views
+                        .get(n.as_str())
+                        .is_some_and(|v| v.liveness == Liveness::Alive)
+                        && self.live.get(n.as_str()).is_some_and(|l| l.reported)
+                })
+                .count() as u32;
             if !safe_mode
-                && good.len() as u32 >= replication
+                && verified >= replication
                 && let Some(bad) = self.corrupt.get(chunk)
             {
                 for n in bad {
@@ -1215,7 +1242,12 @@ impl Cluster {
                     Some(ChunkOwner::File { replication, .. }) => {
                         let good = self.replicas.get(chunk).map_or(0, |h| {
                             h.iter()
-                                .filter(|n| views.get(n.as_str()).is_some_and(|v| v.counts))
+                                .filter(|n| {
+                                    views
+                                        .get(n.as_str())
+                                        .is_some_and(|v| v.liveness == Liveness::Alive && v.counts)
+                                        && self.live.get(n.as_str()).is_some_and(|l| l.reported)
+                                })
                                 .count()
                         });
                         good as u32 >= replication
@@ -2030,6 +2062,57 @@ mod tests {
         cluster.on_heartbeat(&ns, ev, 5).unwrap();
         assert_eq!(cluster.reported_checksum(C, "n0"), Some(77));
         assert_eq!(cluster.reported_checksum(C, "n1"), None);
+    }
+
+    /// A holder that stored other bytes under the id while the upload was
+    /// open (an abandoned attempt) is corrupt once the confirm names
+    /// another checksum: it never counts as a copy.
+    #[test]
+    fn a_holder_of_other_bytes_is_corrupt_once_the_upload_is_confirmed() {
+        let (mut ns, mut cluster) = setup(4);
+        ns.apply(&Command::BeginUpload(Upload {
+            upload_id: "u".into(),
+            path: "/f".into(),
+            size: 10,
+            chunk_size: 10,
+            replication: 3,
+            write_quorum: 2,
+            overwrite: false,
+            chunks: vec![PlannedChunkRecord {
+                index: 0,
+                chunk_id: C.into(),
+                offset: 0,
+                size: 10,
+                nodes: vec![],
+            }],
+            expires_at_ms: u64::MAX,
+        }))
+        .unwrap();
+        let ev = HeartbeatEvent {
+            node_id: "n3".into(),
+            info: info(),
+            added: vec![(C.into(), 9)],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(&ns, ev, 5).unwrap();
+        let chunks = vec![ChunkRecord {
+            id: C.into(),
+            checksum: 1,
+            size: 10,
+            algorithm: 1,
+            replicas: vec!["n0".into(), "n1".into(), "n2".into()],
+        }];
+        ns.apply(&Command::ConfirmUpload {
+            upload_id: "u".into(),
+            chunks: chunks.clone(),
+            now_ms: 0,
+        })
+        .unwrap();
+        cluster.on_confirmed(&chunks);
+        assert_eq!(cluster.holders(C), ["n0", "n1", "n2"]);
+        cluster.tick(&ns, 10);
+        assert_eq!(cluster.stats().corrupt_replicas, 1);
+        assert_eq!(cluster.stats().over_replicated, 0);
     }
 
     #[test]

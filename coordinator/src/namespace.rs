@@ -425,7 +425,8 @@ impl Namespace {
         self.uploads
             .get(upload_id)
             .ok_or_else(|| NamespaceError::UploadNotFound {
-                upload_id: upload_id.to_string(),
+                // Quoted in the error: bounded.
+                upload_id: upload_id.chars().take(64).collect(),
             })
     }
 

@@ -482,27 +482,54 @@ async fn send_heartbeats(
             }
         }
         let delta = node.store.take_delta();
-        let results = std::mem::take(&mut *ctl.results.lock().await);
+        let mut results = std::mem::take(&mut *ctl.results.lock().await);
         node.store.update_gauges();
-        let hb = Heartbeat {
-            node_id: node.node_id.clone(),
-            info: Some(node_info(&node)),
-            chunk_report: None,
-            added_chunks: delta
-                .added
-                .iter()
-                .map(|(id, c)| chunk_meta(id, *c))
-                .collect(),
-            removed_chunks: delta.removed.iter().map(|id| id.to_string()).collect(),
-            corrupt_chunks: delta.corrupt.iter().map(|id| id.to_string()).collect(),
-            command_results: results,
-            cluster_id: node.cluster.get().unwrap_or_default(),
-        };
-        let draining = hb
-            .info
-            .is_some_and(|i| i.health == NodeHealth::Draining as i32);
-        tx.send(hb).await.map_err(|_| ())?;
-        ctl.count_sent(draining);
+        // A big delta (a large delete, a repair burst) goes out in several
+        // heartbeats of at most REPORT_BATCH entries: the coordinator
+        // refuses unbounded ones.
+        let mut added: Vec<_> = delta
+            .added
+            .iter()
+            .map(|(id, c)| chunk_meta(id, *c))
+            .collect();
+        let mut removed: Vec<String> = delta.removed.iter().map(|id| id.to_string()).collect();
+        let mut corrupt: Vec<String> = delta.corrupt.iter().map(|id| id.to_string()).collect();
+        loop {
+            // In the order the coordinator applies them: added, removed,
+            // corrupt (a chunk stored and then found corrupt is reported
+            // corrupt last, in this heartbeat or a later one).
+            let mut room = REPORT_BATCH;
+            let n = added.len().min(room);
+            let added_now: Vec<_> = added.drain(..n).collect();
+            room -= n;
+            let mut take = |v: &mut Vec<String>| {
+                let n = v.len().min(room);
+                room -= n;
+                v.drain(..n).collect::<Vec<_>>()
+            };
+            let removed_now = take(&mut removed);
+            let corrupt_now = take(&mut corrupt);
+            let n = results.len().min(REPORT_BATCH);
+            let results_now: Vec<_> = results.drain(..n).collect();
+            let hb = Heartbeat {
+                node_id: node.node_id.clone(),
+                info: Some(node_info(&node)),
+                chunk_report: None,
+                added_chunks: added_now,
+                removed_chunks: removed_now,
+                corrupt_chunks: corrupt_now,
+                command_results: results_now,
+                cluster_id: node.cluster.get().unwrap_or_default(),
+            };
+            let draining = hb
+                .info
+                .is_some_and(|i| i.health == NodeHealth::Draining as i32);
+            tx.send(hb).await.map_err(|_| ())?;
+            ctl.count_sent(draining);
+            if added.is_empty() && removed.is_empty() && corrupt.is_empty() && results.is_empty() {
+                break;
+            }
+        }
         if last_full.elapsed() >= node.config.full_report_interval {
             send_full_report(&node, &ctl, &tx).await?;
             last_full = Instant::now();
@@ -510,16 +537,15 @@ async fn send_heartbeats(
     }
 }
 
-/// Executes the commands of one answer, only if it comes from this node's
-/// cluster (an answer without a cluster id is from an older coordinator that
-/// registered this node, which already checked the id).
+/// Executes the commands of one answer, only if it names this node's
+/// cluster.
 fn handle_response(
     node: &Arc<Node>,
     ctl: &Arc<Control>,
     response: HeartbeatResponse,
 ) -> Result<(), Status> {
     let ours = node.cluster.get().unwrap_or_default();
-    if !response.cluster_id.is_empty() && response.cluster_id != ours {
+    if response.cluster_id != ours {
         return Err(fence(node, &ours, &response.cluster_id));
     }
     for command in response.commands {

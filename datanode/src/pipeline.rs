@@ -45,21 +45,22 @@ const FORWARD_QUEUE_FRAMES: usize = 4;
 /// The sender half of a response stream.
 pub type Responses = mpsc::Sender<Result<UploadChunkResponse, Status>>;
 
-/// A replica's own answer: it stored `c` under `id`, with its receipt.
-pub fn stored_answer(node: &Node, id: &ChunkId, c: StoredChunk) -> ChunkReplicas {
+/// A replica's own answer: it stored `s` under `id`, with its receipt.
+pub fn stored_answer(node: &Node, id: &ChunkId, s: Stored) -> ChunkReplicas {
     ChunkReplicas {
         replicas: vec![node.node_id.clone()],
-        chunk: Some(chunk_meta(id, c)),
+        chunk: Some(chunk_meta(id, s.chunk)),
         failed: vec![],
-        receipts: vec![receipt(node, c)],
+        receipts: vec![receipt(node, s)],
     }
 }
 
-fn receipt(node: &Node, c: StoredChunk) -> ReplicaReceipt {
+fn receipt(node: &Node, s: Stored) -> ReplicaReceipt {
     ReplicaReceipt {
         node_id: node.node_id.clone(),
-        checksum: c.checksum,
-        size: c.size,
+        checksum: s.chunk.checksum,
+        size: s.chunk.size,
+        created: s.created,
     }
 }
 
@@ -73,6 +74,8 @@ fn answered_receipt(answer: &ChunkReplicas, node_id: &str) -> Option<ReplicaRece
         node_id: node_id.to_string(),
         checksum: c.checksum,
         size: c.size,
+        // An older peer: as before, its copy counts as this upload's.
+        created: true,
     })
 }
 
@@ -593,11 +596,18 @@ async fn conclude(
     outcomes: Vec<Outcome>,
     quorum: usize,
 ) -> Result<ChunkReplicas, Status> {
+    // What a rollback may delete: copies this upload created, never a copy
+    // that was already there (it may be a confirmed chunk's).
     let stored_on: Vec<Target> = outcomes
         .iter()
-        .filter(|(_, r)| r.is_ok())
+        .filter(|(t, r)| {
+            r.as_ref().is_ok_and(|answer| {
+                answered_receipt(answer, &t.node_id).is_none_or(|rc| rc.created)
+            })
+        })
         .map(|(t, _)| t.clone())
         .collect();
+    let local_stored = local.as_ref().ok().copied();
     let (stored, created) = match local {
         Ok(s) => (s.chunk, s.created),
         Err(st) => {
@@ -606,7 +616,7 @@ async fn conclude(
         }
     };
     let mut replicas = vec![node.node_id.clone()];
-    let mut receipts = vec![receipt(node, stored)];
+    let mut receipts = vec![receipt(node, local_stored.expect("local copy stored"))];
     let mut failed = Vec::new();
     for (target, outcome) in &outcomes {
         let outcome = outcome.as_ref().map_err(Clone::clone).and_then(|answer| {
@@ -844,7 +854,7 @@ pub async fn replicate(
             }
         }
         let stored = local.finish(size, Some(check.crc)).await?;
-        Ok(stored_answer(&node, &chunk_id, stored.chunk))
+        Ok(stored_answer(&node, &chunk_id, stored))
     }
     .await;
     drop(reservation);

@@ -325,9 +325,15 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<SmallChunk>>,
     ) -> Result<Response<Self::ReplicateSmallChunksStream>, Status> {
+        // One stream slot per long-lived small-chunk link.
+        let permit = self.node.stream_permit()?;
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(crate::small_link::RESPONSE_QUEUE);
-        tokio::spawn(crate::small_link::receive(self.node.clone(), requests, tx));
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            crate::small_link::receive(node, requests, tx).await
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

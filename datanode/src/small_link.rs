@@ -299,11 +299,7 @@ async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, Sta
         local.write(frame.data).await?;
         let stored = local.finish(size, Some(check.crc)).await?;
         drop(reservation);
-        Ok(crate::pipeline::stored_answer(
-            node,
-            &chunk_id,
-            stored.chunk,
-        ))
+        Ok(crate::pipeline::stored_answer(node, &chunk_id, stored))
     }
     .await;
     replica_received(node, started, &result, &chunk_id, &header);

@@ -597,6 +597,14 @@ impl Store {
             }
             st.unavailable = unavailable;
             self.metrics.quarantined.set(quarantined.len() as i64);
+            // Reported again after every start: the coordinator keeps its
+            // view in memory only, and orders the copies deleted once it
+            // has R good replicas elsewhere.
+            for id in &quarantined {
+                if !st.delta.corrupt.contains(id) {
+                    st.delta.corrupt.push(id.clone());
+                }
+            }
             st.quarantined = quarantined;
             st.index = replayed.index;
             let mut small = 0;
@@ -706,9 +714,12 @@ impl Store {
     /// the same size and checksum (an idempotent retry: nothing is written).
     fn claim(&self, id: &ChunkId, meta: StoredChunk) -> Result<Claim, StoreError> {
         let mut st = self.state.lock().expect("store lock");
-        if let Some(have) = st.chunks.get(id) {
-            if *have == meta {
-                return Ok(Claim::Stored(*have));
+        if let Some(have) = st.chunks.get(id).copied() {
+            if have == meta {
+                // Reported again: a repair that found the copy already
+                // here is then completed, not timed out.
+                st.delta.added.push((id.clone(), have));
+                return Ok(Claim::Stored(have));
             }
             self.metrics.rewrites_refused.inc();
             return Err(StoreError::AlreadyExists {
@@ -808,14 +819,21 @@ impl Store {
         // Never over an existing file (one the index does not list, e.g.
         // unreadable at start-up): chunk ids are immutable on disk too.
         let rename = |from: &Path, to: &Path| {
-            rustix::fs::renameat_with(
+            match rustix::fs::renameat_with(
                 rustix::fs::CWD,
                 from,
                 rustix::fs::CWD,
                 to,
                 rustix::fs::RenameFlags::NOREPLACE,
-            )
-            .map_err(io::Error::from)
+            ) {
+                // A filesystem without RENAME_NOREPLACE: a hard link fails
+                // the same way on an existing name, then the temp name goes.
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                    fs::hard_link(from, to)?;
+                    fs::remove_file(from)
+                }
+                r => r.map_err(io::Error::from),
+            }
         };
         if let Err(e) = rename(tmp, &dest) {
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -919,6 +937,19 @@ impl Store {
     /// success: deletes are idempotent). The removal is reported either way so
     /// the coordinator forgets the replica.
     pub fn delete(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        if self
+            .state
+            .lock()
+            .expect("store lock")
+            .claims
+            .contains_key(id)
+        {
+            // Between its rename and its index entry: a delete now would
+            // leave an indexed chunk without a file.
+            return Err(StoreError::Concurrent {
+                chunk_id: id.clone(),
+            });
+        }
         let quarantined = self.drop_quarantined(id)?;
         if quarantined && self.get(id).is_none() {
             return Ok(true);
@@ -964,8 +995,10 @@ impl Store {
     /// elsewhere), so the last copy of a chunk is never lost to a verdict.
     pub fn mark_corrupt(&self, id: &ChunkId, reason: &str) {
         tracing::error!(chunk_id = %id, reason, "chunk is corrupt; quarantining it");
-        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let aside = self.quarantine_dir.join(format!("{id}.{n}"));
+        // Unique across restarts: never over an older copy of the same id.
+        let aside = self
+            .quarantine_dir
+            .join(format!("{id}.{:016x}", rand::random::<u64>()));
         let small = {
             let st = self.state.lock().expect("store lock");
             st.index.locs.get(id).copied()
@@ -986,17 +1019,22 @@ impl Store {
         };
         let moved =
             moved.and_then(|()| File::open(&self.quarantine_dir).and_then(|d| d.sync_all()));
-        match moved {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        let kept_aside = match moved {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
                 // Left where it is (not served): better than lost.
                 tracing::error!(chunk_id = %id, "failed to move a corrupt chunk aside, left in place: {e}");
+                false
             }
-        }
+        };
         if small.is_some() {
             self.state.lock().expect("store lock").index.remove(id);
-            self.volumes.delete(id);
+            // The record stays in its volume unless its bytes are safe in
+            // quarantine/ (a restart then finds and reports it again).
+            if kept_aside {
+                self.volumes.delete(id);
+            }
         }
         {
             let mut st = self.state.lock().expect("store lock");

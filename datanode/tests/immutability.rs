@@ -178,3 +178,43 @@ async fn a_replica_holding_other_bytes_is_not_counted_and_keeps_them() {
     primary.stop().await;
     replica.stop().await;
 }
+
+/// A failed upload rolls back only the copies it wrote: a replica that
+/// already held the same bytes (a retry of a chunk that may be confirmed)
+/// keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_never_deletes_a_copy_that_was_already_there() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let replica = TestNode::start(dirs[1].path(), |_| {}).await;
+    let id = chunk_id();
+    let bytes = data(300_000, 11);
+    let mut rc = replica.client().await;
+    upload(&mut rc, &id, &bytes, vec![], 0).await.unwrap();
+    // Three replicas needed, one of them unreachable: the upload fails and
+    // is rolled back.
+    let ghost = NodeAddress {
+        node_id: "ghost".into(),
+        address: "http://127.0.0.1:9".into(),
+    };
+    let mut pc = primary.client().await;
+    let err = upload(&mut pc, &id, &bytes, vec![replica.target(), ghost], 3)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        download(&mut pc, &id, 0, 0).await.unwrap_err().code(),
+        Code::NotFound,
+        "the primary's own new copy is rolled back"
+    );
+    assert_eq!(
+        download(&mut rc, &id, 0, 0).await.unwrap(),
+        bytes,
+        "the old copy stays"
+    );
+    primary.stop().await;
+    replica.stop().await;
+}

@@ -367,5 +367,6 @@ fn receipt() -> ReplicaReceipt {
         node_id: "n2".into(),
         checksum: 0xdead_beef,
         size: 4096,
+        created: true,
     }
 }

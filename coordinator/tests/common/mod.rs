@@ -339,6 +339,7 @@ pub fn confirm_request(plan: &UploadPlan) -> ConfirmUploadRequest {
                     node_id: n.node_id.clone(),
                     checksum: 42,
                     size: c.size,
+                    created: true,
                 })
                 .collect(),
         })
