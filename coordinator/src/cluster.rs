@@ -1564,24 +1564,7 @@ mod tests {
     const C: &str = "0123456789abcdef0123456789abcdef";
 
     fn store_file(ns: &mut Namespace, cluster: &mut Cluster, replicas: &[&str]) {
-        ns.apply(&Command::BeginUpload(Upload {
-            upload_id: "u".into(),
-            path: "/f".into(),
-            size: 10,
-            chunk_size: 10,
-            replication: 3,
-            write_quorum: 2,
-            overwrite: false,
-            chunks: vec![PlannedChunkRecord {
-                index: 0,
-                chunk_id: C.into(),
-                offset: 0,
-                size: 10,
-                nodes: vec![],
-            }],
-            expires_at_ms: u64::MAX,
-        }))
-        .unwrap();
+        open_upload(ns, 3);
         let chunks = vec![ChunkRecord {
             id: C.into(),
             checksum: 1,
@@ -2032,15 +2015,14 @@ mod tests {
         assert_eq!(cluster.stats().corrupt_replicas, 0);
     }
 
-    #[test]
-    fn checksums_reported_for_open_uploads_are_kept_for_confirm() {
-        let (mut ns, mut cluster) = setup(2);
+    /// Opens upload "u" of one chunk `C` (10 bytes) at `replication`.
+    fn open_upload(ns: &mut Namespace, replication: u32) {
         ns.apply(&Command::BeginUpload(Upload {
             upload_id: "u".into(),
             path: "/f".into(),
             size: 10,
             chunk_size: 10,
-            replication: 2,
+            replication,
             write_quorum: 2,
             overwrite: false,
             chunks: vec![PlannedChunkRecord {
@@ -2053,6 +2035,12 @@ mod tests {
             expires_at_ms: u64::MAX,
         }))
         .unwrap();
+    }
+
+    #[test]
+    fn checksums_reported_for_open_uploads_are_kept_for_confirm() {
+        let (mut ns, mut cluster) = setup(2);
+        open_upload(&mut ns, 2);
         let ev = HeartbeatEvent {
             node_id: "n0".into(),
             info: info(),
@@ -2070,24 +2058,7 @@ mod tests {
     #[test]
     fn a_holder_of_other_bytes_is_corrupt_once_the_upload_is_confirmed() {
         let (mut ns, mut cluster) = setup(4);
-        ns.apply(&Command::BeginUpload(Upload {
-            upload_id: "u".into(),
-            path: "/f".into(),
-            size: 10,
-            chunk_size: 10,
-            replication: 3,
-            write_quorum: 2,
-            overwrite: false,
-            chunks: vec![PlannedChunkRecord {
-                index: 0,
-                chunk_id: C.into(),
-                offset: 0,
-                size: 10,
-                nodes: vec![],
-            }],
-            expires_at_ms: u64::MAX,
-        }))
-        .unwrap();
+        open_upload(&mut ns, 3);
         let ev = HeartbeatEvent {
             node_id: "n3".into(),
             info: info(),

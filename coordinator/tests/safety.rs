@@ -12,6 +12,19 @@ use tonic::Code;
 
 const FOREIGN: &str = "ffffffffffffffffffffffffffffffff";
 
+/// A coordinator with three healthy simulated datanodes n1..n3.
+async fn three_nodes(dir: &std::path::Path) -> (Server, Sim, Client) {
+    let server = Server::start(test_config(dir)).await;
+    let sim = Sim::default();
+    let nodes = ["n1", "n2", "n3"];
+    for n in nodes {
+        sim.spawn(&server, n, "", "").await;
+    }
+    let mut c = server.client().await;
+    wait_healthy(&mut c, &nodes).await;
+    (server, sim, c)
+}
+
 fn register(id: &str, cluster_id: &str) -> RegisterDataNodeRequest {
     RegisterDataNodeRequest {
         node_id: id.into(),
@@ -73,14 +86,7 @@ async fn a_datanode_of_another_cluster_is_refused_naming_both_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_commits_only_the_checksum_the_replicas_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(test_config(dir.path())).await;
-    let sim = Sim::default();
-    let nodes = ["n1", "n2", "n3"];
-    for n in nodes {
-        sim.spawn(&server, n, "", "").await;
-    }
-    let mut c = server.client().await;
-    wait_healthy(&mut c, &nodes).await;
+    let (server, sim, mut c) = three_nodes(dir.path()).await;
     let plan = |path: &str| UploadFileRequest {
         path: path.into(),
         size: 100,
@@ -183,14 +189,7 @@ async fn safe_mode_shows_why_and_an_admin_can_enter_and_leave_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_requests_are_refused_with_bounded_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(test_config(dir.path())).await;
-    let sim = Sim::default();
-    let nodes = ["n1", "n2", "n3"];
-    for n in nodes {
-        sim.spawn(&server, n, "", "").await;
-    }
-    let mut c = server.client().await;
-    wait_healthy(&mut c, &nodes).await;
+    let (server, _sim, mut c) = three_nodes(dir.path()).await;
     // A 1-byte chunk size would plan a million chunks per megabyte.
     for chunk_size in [1, 65_535, (1 << 30) + 1] {
         let err = c
