@@ -245,6 +245,7 @@ pub async fn receive(
         };
         let node = node.clone();
         let out = out.clone();
+        let all = permits.clone();
         tokio::spawn(async move {
             let seq = chunk.seq;
             let answer = match store(&node, chunk).await {
@@ -261,7 +262,20 @@ pub async fn receive(
                     message: st.message().to_string(),
                 },
             };
-            let _ = out.send(Ok(answer)).await;
+            // A sender that stops reading its answers is cut off after the
+            // session timeout: the link ends and frees its stream slot.
+            let idle = node.sessions.timeout();
+            if tokio::time::timeout(idle, out.send(Ok(answer)))
+                .await
+                .is_err()
+            {
+                node.metrics
+                    .streams_cut
+                    .with_label_values(&["slow_reader"])
+                    .inc();
+                tracing::warn!("a small-chunk link took no answer for {idle:?}: closing it");
+                all.close();
+            }
             drop(permit);
         });
     }
