@@ -67,6 +67,7 @@ pub struct Timing {
     pub delete_budget_min: u64,
 }
 
+#[cfg(test)]
 impl Timing {
     /// Settings for tests: everything short, safe mode ends on the first
     /// report, budgets generous.
@@ -1139,7 +1140,11 @@ impl Cluster {
                 if v.source {
                     sources.push(n);
                 }
+                // Surplus is judged (and trimmed) only among replicas a full
+                // report of this coordinator's lifetime vouched for: never
+                // on a copy recalled from a confirm record alone.
                 if matches!(v.state, NodeState::Healthy | NodeState::Full)
+                    && self.live.get(n.as_str()).is_some_and(|l| l.reported)
                     && let Some(c) = topology.get(n)
                 {
                     healthy.push(c);
@@ -1581,6 +1586,17 @@ mod tests {
         cluster.on_confirmed(&chunks);
     }
 
+    /// A heartbeat of `node` reporting `chunk` stored with checksum `crc`.
+    fn added(ns: &Namespace, cluster: &mut Cluster, node: &str, chunk: &str, crc: u32, now: u64) {
+        let ev = HeartbeatEvent {
+            node_id: node.into(),
+            info: info(),
+            added: vec![(chunk.into(), crc)],
+            ..HeartbeatEvent::default()
+        };
+        cluster.on_heartbeat(ns, ev, now).unwrap();
+    }
+
     fn beat(ns: &Namespace, cluster: &mut Cluster, node: &str, now: u64) -> Vec<NodeCommand> {
         let ev = HeartbeatEvent {
             node_id: node.into(),
@@ -1637,13 +1653,7 @@ mod tests {
         // Not re-issued while in flight; completed by the target's report.
         cluster.tick(&ns, 1150);
         assert!(cluster.nodes_with_commands().is_empty());
-        let ev = HeartbeatEvent {
-            node_id: "n3".into(),
-            info: info(),
-            added: vec![(C.into(), 1)],
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 1200).unwrap();
+        added(&ns, &mut cluster, "n3", C, 1, 1200);
         cluster.tick(&ns, 1200);
         assert_eq!(cluster.stats().under_replicated, 0);
         assert_eq!(cluster.stats().repairs_completed, 1);
@@ -1705,13 +1715,7 @@ mod tests {
         let (mut ns, mut cluster) = setup(4);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
         let orphan = "ffffffffffffffffffffffffffffffff";
-        let ev = HeartbeatEvent {
-            node_id: "n3".into(),
-            info: info(),
-            added: vec![(orphan.into(), 7)],
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 10).unwrap();
+        added(&ns, &mut cluster, "n3", orphan, 7, 10);
         let ev = HeartbeatEvent {
             node_id: "n1".into(),
             info: info(),
@@ -1993,13 +1997,7 @@ mod tests {
             matches!(&cmds[0].1, NodeCommand::Replicate { target_id, .. } if target_id == "n3")
         );
         // Only with three good copies is the corrupt one deleted.
-        let ev = HeartbeatEvent {
-            node_id: "n3".into(),
-            info: info(),
-            added: vec![(C.into(), 1)],
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 30).unwrap();
+        added(&ns, &mut cluster, "n3", C, 1, 30);
         cluster.tick(&ns, 30);
         let cmds = all_commands(&mut cluster);
         assert_eq!(cmds.len(), 1, "{cmds:?}");
@@ -2041,13 +2039,7 @@ mod tests {
     fn checksums_reported_for_open_uploads_are_kept_for_confirm() {
         let (mut ns, mut cluster) = setup(2);
         open_upload(&mut ns, 2);
-        let ev = HeartbeatEvent {
-            node_id: "n0".into(),
-            info: info(),
-            added: vec![(C.into(), 77)],
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 5).unwrap();
+        added(&ns, &mut cluster, "n0", C, 77, 5);
         assert_eq!(cluster.reported_checksum(C, "n0"), Some(77));
         assert_eq!(cluster.reported_checksum(C, "n1"), None);
     }
@@ -2059,13 +2051,7 @@ mod tests {
     fn a_holder_of_other_bytes_is_corrupt_once_the_upload_is_confirmed() {
         let (mut ns, mut cluster) = setup(4);
         open_upload(&mut ns, 3);
-        let ev = HeartbeatEvent {
-            node_id: "n3".into(),
-            info: info(),
-            added: vec![(C.into(), 9)],
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 5).unwrap();
+        added(&ns, &mut cluster, "n3", C, 9, 5);
         let chunks = vec![ChunkRecord {
             id: C.into(),
             checksum: 1,

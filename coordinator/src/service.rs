@@ -407,8 +407,8 @@ fn safe_mode_to_proto(s: &SafeModeStatus) -> pb::SafeModeStatus {
         reason: s.reason.clone(),
         reported_nodes: s.reported_nodes,
         known_nodes: s.known_nodes,
-        reported_chunks: s.reported_replicas,
-        known_chunks: s.known_replicas,
+        reported_replicas: s.reported_replicas,
+        known_replicas: s.known_replicas,
         manual: s.manual,
     }
 }

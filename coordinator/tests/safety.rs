@@ -25,6 +25,11 @@ async fn three_nodes(dir: &std::path::Path) -> (Server, Sim, Client) {
     (server, sim, c)
 }
 
+/// One sample of the coordinator's /metrics.
+async fn metric(server: &Server, series: &str) -> Option<f64> {
+    dfs_common::http::sample(&server.metrics_text().await, series)
+}
+
 fn register(id: &str, cluster_id: &str) -> RegisterDataNodeRequest {
     RegisterDataNodeRequest {
         node_id: id.into(),
@@ -75,9 +80,8 @@ async fn a_datanode_of_another_cluster_is_refused_naming_both_ids() {
         .into_inner();
     let err = answers.message().await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let text = server.metrics_text().await;
     assert_eq!(
-        dfs_common::http::sample(&text, "dfs_coordinator_foreign_datanodes_refused_total"),
+        metric(&server, "dfs_coordinator_foreign_datanodes_refused_total").await,
         Some(2.0)
     );
     server.stop().await;
@@ -131,9 +135,8 @@ async fn a_confirm_commits_only_the_checksum_the_replicas_stored() {
     let err = c.confirm_upload(req).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("vouched"), "{}", err.message());
-    let text = server.metrics_text().await;
     assert_eq!(
-        dfs_common::http::sample(&text, "dfs_coordinator_confirm_checksum_mismatches_total"),
+        metric(&server, "dfs_coordinator_confirm_checksum_mismatches_total").await,
         Some(2.0)
     );
     server.stop().await;
@@ -172,9 +175,8 @@ async fn safe_mode_shows_why_and_an_admin_can_enter_and_leave_it() {
     assert!(sm.active && sm.manual, "{sm:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(status(&mut c).await.safe_mode.unwrap().active, "stays on");
-    let text = server.metrics_text().await;
     assert_eq!(
-        dfs_common::http::sample(&text, "dfs_coordinator_safe_mode"),
+        metric(&server, "dfs_coordinator_safe_mode").await,
         Some(1.0)
     );
     let st = c

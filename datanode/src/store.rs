@@ -1052,6 +1052,15 @@ impl Store {
         self.update_gauges();
     }
 
+    /// True when a corrupt copy of `id` is kept in `quarantine/`.
+    pub fn is_quarantined(&self, id: &ChunkId) -> bool {
+        self.state
+            .lock()
+            .expect("store lock")
+            .quarantined
+            .contains(id)
+    }
+
     /// Chunks held in `quarantine/` (corrupt copies kept aside).
     pub fn quarantined(&self) -> Vec<ChunkId> {
         self.state.lock().expect("store lock").quarantined.clone()
@@ -1071,11 +1080,8 @@ impl Store {
     /// Removes the quarantined copies of `id` (ordered by the coordinator
     /// once enough good replicas exist); true when there were any.
     pub fn drop_quarantined(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        {
-            let st = self.state.lock().expect("store lock");
-            if !st.quarantined.contains(id) {
-                return Ok(false);
-            }
+        if !self.is_quarantined(id) {
+            return Ok(false);
         }
         let prefix = format!("{id}.");
         for entry in
@@ -1193,8 +1199,10 @@ impl SmallPut {
             }),
             SmallPut::Pending { pending, store, id } => {
                 let r = pending.wait().await;
-                if r.is_ok() {
-                    store.after_good_copy(&id);
+                // Dropping a quarantined copy is file I/O: off the async
+                // threads (and only when there is one, which is rare).
+                if r.is_ok() && store.is_quarantined(&id) {
+                    let _ = tokio::task::spawn_blocking(move || store.after_good_copy(&id)).await;
                 }
                 r.map(|chunk| Stored {
                     chunk,

@@ -339,8 +339,8 @@ fn coordinator_messages_roundtrip() {
             reason: "waiting".into(),
             reported_nodes: 1,
             known_nodes: 3,
-            reported_chunks: 10,
-            known_chunks: 9,
+            reported_replicas: 10,
+            known_replicas: 9,
             manual: false,
         }),
         delete_budget: Some(DeleteBudgetStatus {

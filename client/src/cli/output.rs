@@ -224,8 +224,8 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
                 "manual": m.manual,
                 "reported_nodes": m.reported_nodes,
                 "known_nodes": m.known_nodes,
-                "reported_replicas": m.reported_chunks,
-                "known_replicas": m.known_chunks,
+                "reported_replicas": m.reported_replicas,
+                "known_replicas": m.known_replicas,
             })),
             "delete_budget": s.delete_budget.as_ref().map(|b| json!({
                 "deferred": b.deferred,
