@@ -57,8 +57,11 @@ pub struct Timing {
     /// Share of known datanodes whose full reports end safe mode.
     pub safe_mode_node_share: f64,
     /// Share of reported replicas that must be known to the namespace
-    /// before safe mode ends.
+    /// before safe mode ends...
     pub safe_mode_known_share: f64,
+    /// ... unless at most this many reported replicas are unknown (the
+    /// orphans a crash leaves behind: plans it lost, deletes in progress).
+    pub safe_mode_unknown_min: u64,
     /// Share of a node's replicas that may be ordered deleted per orphan
     /// grace period.
     pub delete_budget_share: f64,
@@ -83,6 +86,7 @@ impl Timing {
             chunk_size: 10,
             safe_mode_node_share: 0.0,
             safe_mode_known_share: 0.0,
+            safe_mode_unknown_min: 0,
             delete_budget_share: 1.0,
             delete_budget_min: 1000,
         }
@@ -646,7 +650,9 @@ impl Cluster {
         }
         let total = self.safe.reported_replicas;
         let have = self.safe.known_replicas;
-        if total > 0 && (have as f64) < self.timing.safe_mode_known_share * total as f64 {
+        if total - have > self.timing.safe_mode_unknown_min
+            && (have as f64) < self.timing.safe_mode_known_share * total as f64
+        {
             return Some(format!(
                 "only {have} of {total} reported replicas are known to the namespace \
                  (need {:.0}%): is this the right metadata? Nothing is deleted until an \
@@ -1551,17 +1557,7 @@ mod tests {
         for i in 0..nodes {
             cluster.on_register(&format!("n{i}"), info(), 0);
             // An empty full report each: safe mode ends at the first tick.
-            let ev = HeartbeatEvent {
-                node_id: format!("n{i}"),
-                info: info(),
-                report: Some(ReportBatch {
-                    chunks: vec![],
-                    first: true,
-                    last: true,
-                }),
-                ..HeartbeatEvent::default()
-            };
-            cluster.on_heartbeat(&ns, ev, 0).unwrap();
+            report(&ns, &mut cluster, &format!("n{i}"), vec![], 0);
         }
         (ns, cluster)
     }
@@ -1751,17 +1747,7 @@ mod tests {
     fn full_report_drops_missing_replicas_and_draining_becomes_safe() {
         let (mut ns, mut cluster) = setup(4);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
-        let ev = HeartbeatEvent {
-            node_id: "n2".into(),
-            info: info(),
-            report: Some(ReportBatch {
-                chunks: vec![],
-                first: true,
-                last: true,
-            }),
-            ..HeartbeatEvent::default()
-        };
-        cluster.on_heartbeat(&ns, ev, 10).unwrap();
+        report(&ns, &mut cluster, "n2", vec![], 10);
         assert_eq!(cluster.holders(C), ["n0", "n1"]);
 
         ns.apply(&Command::SetDraining {
@@ -1938,6 +1924,39 @@ mod tests {
         cluster.set_safe_mode(true);
         cluster.tick(&ns, 30);
         assert!(cluster.in_safe_mode() && cluster.safe_mode(&ns).manual);
+    }
+
+    /// The few orphans a crash leaves (plans it lost) do not hold a young
+    /// cluster in safe mode, whatever share of its replicas they are.
+    #[test]
+    fn a_few_unknown_replicas_do_not_hold_safe_mode() {
+        let (ns, _) = setup(1);
+        let t = Timing {
+            safe_mode_node_share: 0.6,
+            safe_mode_known_share: 0.8,
+            safe_mode_unknown_min: 10,
+            ..timing()
+        };
+        let mut cluster = Cluster::new(t.clone(), &ns, 0, |t| t);
+        report(
+            &ns,
+            &mut cluster,
+            "n0",
+            (0..10).map(|i| (orphan(i), 5)).collect(),
+            0,
+        );
+        cluster.tick(&ns, 10);
+        assert!(!cluster.in_safe_mode(), "10 unknown replicas: tolerated");
+        let mut cluster = Cluster::new(t, &ns, 0, |t| t);
+        report(
+            &ns,
+            &mut cluster,
+            "n0",
+            (0..11).map(|i| (orphan(i), 5)).collect(),
+            0,
+        );
+        cluster.tick(&ns, 10);
+        assert!(cluster.in_safe_mode(), "11 unknown of 11: held");
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub struct Config {
     /// until an admin leaves it (`dfs safemode leave`). 0..=1.
     #[arg(long, env = "DFS_SAFE_MODE_KNOWN_SHARE", default_value_t = 0.8)]
     pub safe_mode_known_share: f64,
+    /// ... except when at most this many reported replicas are unknown:
+    /// the orphans a crash leaves (plans it lost) must not keep a young
+    /// cluster in safe mode.
+    #[arg(long, env = "DFS_SAFE_MODE_UNKNOWN_MIN", default_value_t = 256)]
+    pub safe_mode_unknown_min: u64,
     /// Share of a datanode's replicas that may be ordered deleted per
     /// orphan-grace window (orphans, surplus and corrupt replicas); beyond
     /// it deletes wait for the next window. 0..=1.

@@ -119,6 +119,7 @@ fn timing(config: &Config) -> Timing {
         chunk_size: config.chunk_size.0,
         safe_mode_node_share: config.safe_mode_node_share,
         safe_mode_known_share: config.safe_mode_known_share,
+        safe_mode_unknown_min: config.safe_mode_unknown_min,
         delete_budget_share: config.delete_budget_share,
         delete_budget_min: config.delete_budget_min,
     }
