@@ -61,7 +61,7 @@ FROM ${BUILDER_IMAGE} AS binaries-source
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
-        -p dfs-client -p dfs-coordinator -p dfs-datanode -p dfs-operator \
+        -p dfs-cli -p dfs-coordinator -p dfs-datanode -p dfs-operator \
  && mkdir -p /out/bin /out/var/lib/dfs \
  && cp target/release/dfs target/release/dfs-coordinator \
        target/release/dfs-datanode target/release/dfs-operator /out/bin/

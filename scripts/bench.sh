@@ -27,7 +27,7 @@ need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && a
 need iperf3 iperf3
 export DEBIAN_FRONTEND=noninteractive
 
-cargo build --release -q -p dfs-client --bin dfs
+cargo build --release -q -p dfs-cli --bin dfs
 DFS="$CARGO_TARGET_DIR/release/dfs"
 
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/dfs-bench.XXXXXX)}"

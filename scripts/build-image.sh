@@ -20,7 +20,7 @@ if [[ "${DFS_SKIP_CARGO:-0}" != 1 ]]; then
   # One invocation for all four: features unify once, shared crates build once.
   log "cargo build --release (CARGO_TARGET_DIR=$DFS_TARGET_DIR)"
   CARGO_TARGET_DIR="$DFS_TARGET_DIR" cargo build --release \
-    -p dfs-client -p dfs-coordinator -p dfs-datanode -p dfs-operator
+    -p dfs-cli -p dfs-coordinator -p dfs-datanode -p dfs-operator
 fi
 for b in "${bins[@]}"; do [[ -x "$b" ]] || die "missing binary $b"; done
 

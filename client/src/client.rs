@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::{
-    ClusterStatus, ConfirmUploadRequest, ConfirmUploadResponse, DataNodeStatus,
-    DecommissionNodeRequest, DeleteRequest, DeleteResponse, DownloadFileRequest,
-    DownloadFileResponse, FileInfo, GetClusterStatusRequest, ListDirectoryRequest,
-    ListNodesRequest, MkdirRequest, RenameRequest, SetNodeMaintenanceRequest, StatRequest,
-    UploadFileRequest, UploadPlan,
+    ConfirmUploadRequest, ConfirmUploadResponse, DecommissionNodeRequest, DeleteRequest,
+    DownloadFileRequest, GetClusterStatusRequest, ListDirectoryRequest, ListNodesRequest,
+    MkdirRequest, RenameRequest, SetNodeMaintenanceRequest, StatRequest, UploadFileRequest,
+    UploadPlan,
 };
 use tonic::transport::Channel;
 
 use crate::batch::{self, Batcher};
 use crate::error::ClientError;
+use dfs_common::id::NodeId;
+
+use crate::types::{ChunkMap, ClusterStatus, DeleteSummary, FileInfo, NodeStatus};
 
 /// Called with the number of bytes transferred since the previous call, so
 /// callers can draw progress (the CLI's progress bar).
@@ -139,8 +141,9 @@ impl Client {
             .clone()
             .stat(StatRequest { path: path.into() })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Stat", path, s))
+            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Stat", path, s))?
+            .into_inner()
+            .try_into()
     }
 
     /// Creates a directory; with `parents`, also its missing parents (and an
@@ -153,8 +156,9 @@ impl Client {
                 parents,
             })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Mkdir", path, s))
+            .map_err(|s| ClientError::from_status(&self.config.coordinator, "Mkdir", path, s))?
+            .into_inner()
+            .try_into()
     }
 
     /// Lists a directory (every page), in name order.
@@ -175,7 +179,9 @@ impl Client {
                     ClientError::from_status(&self.config.coordinator, "ListDirectory", path, s)
                 })?
                 .into_inner();
-            entries.extend(page.entries);
+            for entry in page.entries {
+                entries.push(entry.try_into()?);
+            }
             if page.next_page_token.is_empty() {
                 return Ok(entries);
             }
@@ -184,7 +190,7 @@ impl Client {
     }
 
     /// Deletes a file, or a directory (`recursive` for a non-empty one).
-    pub async fn delete(&self, path: &str, recursive: bool) -> Result<DeleteResponse, ClientError> {
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<DeleteSummary, ClientError> {
         self.coordinator
             .clone()
             .delete(DeleteRequest {
@@ -192,7 +198,7 @@ impl Client {
                 recursive,
             })
             .await
-            .map(|r| r.into_inner())
+            .map(|r| r.into_inner().into())
             .map_err(|s| ClientError::from_status(&self.config.coordinator, "Delete", path, s))
     }
 
@@ -205,7 +211,6 @@ impl Client {
                 destination: destination.into(),
             })
             .await
-            .map(|r| r.into_inner())
             .map_err(|s| {
                 let path = if s.code() == tonic::Code::AlreadyExists {
                     destination
@@ -213,29 +218,36 @@ impl Client {
                     source
                 };
                 ClientError::from_status(&self.config.coordinator, "Rename", path, s)
-            })
+            })?
+            .into_inner()
+            .try_into()
     }
 
     /// The chunk map of a file: every chunk with its checksum and replicas.
-    pub async fn chunk_map(&self, path: &str) -> Result<DownloadFileResponse, ClientError> {
+    pub async fn chunk_map(&self, path: &str) -> Result<ChunkMap, ClientError> {
         self.coordinator
             .clone()
             .download_file(DownloadFileRequest { path: path.into() })
             .await
-            .map(|r| r.into_inner())
             .map_err(|s| {
                 ClientError::from_status(&self.config.coordinator, "DownloadFile", path, s)
-            })
+            })?
+            .into_inner()
+            .try_into()
     }
 
     /// Every datanode the coordinator knows, with its state.
-    pub async fn nodes(&self) -> Result<Vec<DataNodeStatus>, ClientError> {
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
         self.coordinator
             .clone()
             .list_nodes(ListNodesRequest {})
             .await
-            .map(|r| r.into_inner().nodes)
-            .map_err(|s| ClientError::rpc(&self.config.coordinator, "ListNodes", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "ListNodes", s))?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(NodeStatus::try_from)
+            .collect()
     }
 
     /// Health summary of the cluster.
@@ -244,25 +256,27 @@ impl Client {
             .clone()
             .get_cluster_status(GetClusterStatusRequest {})
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc(&self.config.coordinator, "GetClusterStatus", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "GetClusterStatus", s))?
+            .into_inner()
+            .try_into()
     }
 
     /// Starts draining a datanode (or cancels it).
     pub async fn decommission(
         &self,
-        node_id: &str,
+        node_id: &NodeId,
         cancel: bool,
-    ) -> Result<DataNodeStatus, ClientError> {
+    ) -> Result<NodeStatus, ClientError> {
         self.coordinator
             .clone()
             .decommission_node(DecommissionNodeRequest {
-                node_id: node_id.into(),
+                node_id: node_id.to_string(),
                 cancel,
             })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc(&self.config.coordinator, "DecommissionNode", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "DecommissionNode", s))?
+            .into_inner()
+            .try_into()
     }
 
     /// Enters (`true`) or leaves (`false`) safe mode (admin): while on, the
@@ -272,27 +286,29 @@ impl Client {
             .clone()
             .set_safe_mode(dfs_proto::SetSafeModeRequest { enabled })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetSafeMode", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetSafeMode", s))?
+            .into_inner()
+            .try_into()
     }
 
     /// Puts a datanode into (or out of) maintenance for at most `duration`.
     pub async fn set_maintenance(
         &self,
-        node_id: &str,
+        node_id: &NodeId,
         enabled: bool,
         duration: Duration,
-    ) -> Result<DataNodeStatus, ClientError> {
+    ) -> Result<NodeStatus, ClientError> {
         self.coordinator
             .clone()
             .set_node_maintenance(SetNodeMaintenanceRequest {
-                node_id: node_id.into(),
+                node_id: node_id.to_string(),
                 enabled,
                 duration_seconds: duration.as_secs(),
             })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetNodeMaintenance", s))
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetNodeMaintenance", s))?
+            .into_inner()
+            .try_into()
     }
 }
 

@@ -79,6 +79,10 @@ pub enum ClientError {
     /// Local I/O on a stream (stdin/stdout or a caller's reader/writer).
     #[error("local I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The coordinator answered with something this client cannot use (an
+    /// id that breaks its rule, a missing field): a version mismatch or a bug.
+    #[error("unexpected answer from the coordinator: {0}")]
+    Protocol(String),
     /// Any other RPC failure.
     #[error("{method} failed: {}", status.message())]
     Rpc {

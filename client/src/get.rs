@@ -7,14 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dfs_proto::DownloadChunkStreamRequest;
 use dfs_proto::chunk_stream;
-use dfs_proto::{ChunkLocation, DownloadChunkStreamRequest, FileInfo};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::source::PositionalWriter;
+use crate::types::{ChunkLocation, FileInfo};
 
 /// Where downloaded bytes go.
 enum Sink<'a, W> {
@@ -83,7 +84,7 @@ impl Client {
             _ => {}
         }
         let map = self.chunk_map(remote).await?;
-        let file_info = map.file.unwrap_or_default();
+        let file_info = map.file;
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
@@ -141,7 +142,7 @@ impl Client {
             .buffer_unordered(self.config.concurrency.max(1))
             .try_collect::<()>()
             .await?;
-        Ok(map.file.unwrap_or_default())
+        Ok(map.file)
     }
 
     /// Streams `remote` into `writer`, chunk after chunk, in order.
@@ -169,7 +170,7 @@ impl Client {
         if let Sink::Stream(w) = sink {
             w.flush().await?;
         }
-        Ok(map.file.unwrap_or_default())
+        Ok(map.file)
     }
 
     /// Downloads one chunk into `sink`, trying its replicas in order.
@@ -180,11 +181,10 @@ impl Client {
         sink: &mut Sink<'_, W>,
         progress: Option<&crate::ProgressFn>,
     ) -> Result<(), ClientError> {
-        let meta = loc.chunk.clone().unwrap_or_default();
         let fail = |last_error: String| ClientError::DownloadChunk {
             path: remote.to_string(),
             index: loc.index,
-            chunk_id: meta.chunk_id.clone(),
+            chunk_id: loc.chunk_id.to_string(),
             last_error,
         };
         if loc.replicas.is_empty() {
@@ -199,21 +199,21 @@ impl Client {
             match self
                 .stream_chunk_from(
                     &replica.address,
-                    &meta.chunk_id,
+                    loc.chunk_id.as_str(),
                     loc.offset,
                     &mut done,
                     &mut crc,
-                    meta.size,
+                    loc.size,
                     sink,
                     progress,
                 )
                 .await
             {
-                Ok(()) if crc == meta.checksum => return Ok(()),
+                Ok(()) if crc == loc.checksum => return Ok(()),
                 Ok(()) => {
                     last_error = format!(
                         "{} sent bytes whose checksum {crc:08x} does not match the recorded {:08x}",
-                        replica.node_id, meta.checksum
+                        replica.node_id, loc.checksum
                     );
                     if !sink.can_rewind() {
                         return Err(fail(last_error));
@@ -223,7 +223,7 @@ impl Client {
                 }
                 Err(e) => last_error = format!("{}: {e}", replica.node_id),
             }
-            tracing::warn!(chunk = %meta.chunk_id, "replica failed, trying the next: {last_error}");
+            tracing::warn!(chunk = %loc.chunk_id, "replica failed, trying the next: {last_error}");
         }
         Err(fail(last_error))
     }

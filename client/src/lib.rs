@@ -44,11 +44,13 @@ mod error;
 mod get;
 mod put;
 mod source;
+mod types;
 
 pub use client::{Client, ClientConfig, ProgressFn};
+pub use dfs_common::id::{ChunkId, ClusterId, InvalidId, NodeId, NodeState, UploadId};
 pub use error::ClientError;
 pub use put::PutOptions;
-
-/// Generated protocol types the public API returns (`FileInfo`,
-/// `DownloadFileResponse`, `DataNodeStatus`, `ClusterStatus`, …).
-pub use dfs_proto as proto;
+pub use types::{
+    ChunkLocation, ChunkMap, ClusterStatus, DeleteBudget, DeleteSummary, FileInfo, FileKind,
+    NodeStatus, Replica, ReportedHealth, SafeMode,
+};

@@ -11,7 +11,7 @@ use dfs_proto::chunk_stream;
 use dfs_proto::upload_chunk_response::Kind;
 use dfs_proto::{
     AbortUploadRequest, ChecksumAlgorithm, ChunkMeta, ConfirmUploadRequest, ConfirmedChunk,
-    FileInfo, PlannedChunk, PrepareChunkUploadRequest, ReplanChunkRequest, UploadChunkResponse,
+    PlannedChunk, PrepareChunkUploadRequest, ReplanChunkRequest, UploadChunkResponse,
     UploadFileRequest, UploadPlan,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +22,7 @@ use tonic::Code;
 use crate::client::{Client, ProgressFn, source_chain};
 use crate::error::ClientError;
 use crate::source::{Source, read_chunk_frames};
+use crate::types::FileInfo;
 
 /// Options of a put.
 #[derive(Clone, Default)]
@@ -237,7 +238,12 @@ impl Client {
                 .map(|r| r.into_inner())
         };
         match confirmed {
-            Ok(r) => Ok(r.file.unwrap_or_default()),
+            Ok(r) => r
+                .file
+                .ok_or_else(|| {
+                    ClientError::Protocol("ConfirmUpload answered without the file".into())
+                })?
+                .try_into(),
             Err(status) => {
                 self.abort(&plan.upload_id).await;
                 Err(ClientError::from_status(

@@ -1,5 +1,7 @@
 //! Plumbing shared by the dfs services and tools.
 //!
+//! - [`id`]: the typed ids (`ChunkId`, `NodeId`, `UploadId`, `ClusterId`),
+//!   each with one validation rule, their one generator, and `NodeState`.
 //! - [`http`]: the `/metrics`, `/healthz` and `/readyz` endpoint every service
 //!   exposes for Prometheus and Kubernetes probes.
 //! - [`size`]: byte sizes with suffixes (`64MiB`) for flags.
@@ -9,6 +11,7 @@
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future servers drain on.
 
 pub mod http;
+pub mod id;
 pub mod shutdown;
 pub mod size;
 pub mod telemetry;

@@ -132,50 +132,8 @@ pub struct NodeInfo {
     pub unavailable_chunks: u64,
 }
 
-/// A node's state as the coordinator sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeState {
-    /// Heartbeating, accepting chunks.
-    Healthy,
-    /// Heartbeating, no room.
-    Full,
-    /// Silent for a short while.
-    Suspect,
-    /// Silent past dead-after.
-    Dead,
-    /// Being decommissioned.
-    Draining,
-    /// Drained.
-    Decommissioned,
-    /// In maintenance.
-    Maintenance,
-}
-
-impl NodeState {
-    /// Every state, for metrics.
-    pub const ALL: [NodeState; 7] = [
-        NodeState::Healthy,
-        NodeState::Full,
-        NodeState::Suspect,
-        NodeState::Dead,
-        NodeState::Draining,
-        NodeState::Decommissioned,
-        NodeState::Maintenance,
-    ];
-
-    /// Lowercase label.
-    pub fn label(self) -> &'static str {
-        match self {
-            NodeState::Healthy => "healthy",
-            NodeState::Full => "full",
-            NodeState::Suspect => "suspect",
-            NodeState::Dead => "dead",
-            NodeState::Draining => "draining",
-            NodeState::Decommissioned => "decommissioned",
-            NodeState::Maintenance => "maintenance",
-        }
-    }
-}
+/// A node's state as the coordinator sees it (the one shared enum).
+pub use dfs_common::id::NodeState;
 
 /// Identity and checksum of a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]

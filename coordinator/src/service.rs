@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use dfs_common::time::{monotonic_ms, monotonic_to_unix_ms, now_unix_ms, unix_to_monotonic_ms};
 use dfs_proto::coordinator_server::Coordinator;
-use dfs_proto::frame::is_valid_chunk_id;
 use dfs_proto::{self as pb, data_node_command};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -261,36 +260,19 @@ fn call_error(status: &Status) -> pb::CallError {
     }
 }
 
+/// The chunk id rule (`dfs_common::id::ChunkId`), as INVALID_ARGUMENT.
 fn check_chunk_id(id: &str) -> Result<(), Status> {
-    if is_valid_chunk_id(id) {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid chunk id {:?}: expected 32 lowercase hex characters",
-            truncate(id, 64)
-        )))
-    }
+    dfs_common::id::ChunkId::parse(id)?;
+    Ok(())
 }
 
+/// The node id rule (`dfs_common::id::NodeId`), as INVALID_ARGUMENT.
 fn check_node_id(id: &str) -> Result<(), Status> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid node id {:?}: 1-128 characters of [A-Za-z0-9._:-]",
-            truncate(id, 64)
-        )))
-    }
+    dfs_common::id::NodeId::parse(id)?;
+    Ok(())
 }
 
-fn random_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
+use dfs_common::id::random_hex_id as random_id;
 
 fn file_info(e: &EntryInfo) -> pb::FileInfo {
     pb::FileInfo {
@@ -362,15 +344,7 @@ fn info_to_proto(i: &NodeInfo) -> pb::NodeInfo {
 }
 
 fn state_to_proto(s: NodeState) -> pb::NodeState {
-    match s {
-        NodeState::Healthy => pb::NodeState::Healthy,
-        NodeState::Full => pb::NodeState::Full,
-        NodeState::Suspect => pb::NodeState::Suspect,
-        NodeState::Dead => pb::NodeState::Dead,
-        NodeState::Draining => pb::NodeState::Draining,
-        NodeState::Decommissioned => pb::NodeState::Decommissioned,
-        NodeState::Maintenance => pb::NodeState::Maintenance,
-    }
+    s.to_wire()
 }
 
 fn status_to_proto(s: &NodeStatus) -> pb::DataNodeStatus {

@@ -8,13 +8,11 @@
 //! The disk fault is the coordinator's test hook
 //! (`--fault-fail-log-writes-when <file>`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use dfs_coordinator::CoordinatorError;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,7 @@
 //! Namespace RPCs: mkdir, list (paged), stat, delete, rename, bad paths.
-mod common;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,10 @@
 //! The real binary: SIGKILL keeps every confirmed file; --exit-with-parent.
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,11 +1,10 @@
 //! Liveness, re-replication, orphans, corrupt replicas, decommission and
 //! maintenance, with simulated datanodes acting on commands.
-mod common;
 
 use std::collections::HashSet;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 
 async fn setup(n: usize) -> (tempfile::TempDir, Server, Sim, Client, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();

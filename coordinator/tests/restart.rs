@@ -1,8 +1,7 @@
 //! Metadata survives a restart on the same data directory.
-mod common;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_metadata() {

@@ -2,12 +2,10 @@
 //! commit a checksum no replica stored, order deletes or repairs in safe
 //! mode, plan absurd chunk sizes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 use tonic::Code;
 
 const FOREIGN: &str = "ffffffffffffffffffffffffffffffff";

@@ -1,10 +1,9 @@
 //! Plan / confirm / download, overwrite, quorum, replan, abort, placement.
-mod common;
 
 use std::collections::HashSet;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::coordinator::*;
 use tonic::Code;
 
 async fn cluster(nodes: &[(&str, &str, &str)]) -> (tempfile::TempDir, Server, Sim, Client) {

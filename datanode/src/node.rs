@@ -103,10 +103,8 @@ pub struct Sessions {
     downloads: Mutex<HashMap<String, (ChunkId, Instant)>>,
 }
 
-/// A fresh random id (32 lowercase hex characters).
-pub fn random_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
+/// A fresh random id (32 lowercase hex characters): the shared generator.
+pub use dfs_common::id::random_hex_id as random_id;
 
 impl Sessions {
     /// Empty tables holding at most `max` sessions of each kind.

@@ -64,37 +64,9 @@ const MAGIC: &[u8; 8] = b"DFSCHNK1";
 /// renamed into place, like a power cut at the worst moment.
 pub const FAULT_ENV: &str = "DFS_DATANODE_FAULT";
 
-/// A validated chunk id: 32 lowercase hex characters. Only this type is ever
-/// turned into a path, so `../../etc/passwd` cannot reach the file system.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-pub struct ChunkId(String);
-
-/// A chunk id that is not 32 lowercase hex characters.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid chunk id {0:?}: expected 32 lowercase hex characters")]
-pub struct InvalidChunkId(pub String);
-
-impl ChunkId {
-    /// Validates `s`.
-    pub fn parse(s: &str) -> Result<Self, InvalidChunkId> {
-        if dfs_proto::frame::is_valid_chunk_id(s) {
-            Ok(ChunkId(s.to_string()))
-        } else {
-            Err(InvalidChunkId(s.chars().take(80).collect()))
-        }
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for ChunkId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A validated chunk id (the shared type): only this type is ever turned
+/// into a path, so `../../etc/passwd` cannot reach the file system.
+pub use dfs_common::id::ChunkId;
 
 /// Size and checksum of a stored chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

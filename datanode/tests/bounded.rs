@@ -4,12 +4,10 @@
 //! their thread, their stream slot and their reserved space; meanwhile
 //! other callers are served.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::datanode::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;

@@ -2,13 +2,11 @@
 //! restart no torn chunk is visible and the leftover is cleaned up. Also
 //! `--exit-with-parent`.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use dfs_testkit::datanode::*;
 use tonic::Code;
 
 fn free_port() -> u16 {

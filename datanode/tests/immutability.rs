@@ -3,11 +3,9 @@
 //! stream, a primary's fan-out) answers other bytes under a stored id with
 //! ALREADY_EXISTS and changes nothing; the same bytes again stay idempotent.
 
-mod common;
-
 use bytes::Bytes;
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::datanode::*;
 use tonic::Code;
 
 fn header(id: &str, bytes: &[u8]) -> ReplicateChunkHeader {

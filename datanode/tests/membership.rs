@@ -1,15 +1,13 @@
 //! Registration, heartbeats and coordinator commands against a small fake
 //! coordinator; the scrubber and the read path reporting corruption.
 
-mod common;
-
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use dfs_proto::coordinator_server::{Coordinator, CoordinatorServer};
 use dfs_proto::*;
+use dfs_testkit::datanode::*;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};

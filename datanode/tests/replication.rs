@@ -1,10 +1,8 @@
 //! Pipelined replication: the primary forwards frames to two more
 //! datanodes while it is still receiving, and copes with a replica dying.
 
-mod common;
-
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::datanode::*;
 use tokio::sync::mpsc;
 use tonic::Code;
 

@@ -1,10 +1,8 @@
 //! Upload and download on a single datanode: round trips, range reads,
 //! integrity and input validation, capacity.
 
-mod common;
-
-use common::*;
 use dfs_proto::*;
+use dfs_testkit::datanode::*;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,69 +2,18 @@
 //! under-replicated chunks, each datanode's state) and the maintenance switch
 //! used before restarting a datanode. [`Coordinator`] is a trait so the
 //! controller scenarios can fake it; [`GrpcCoordinator`] talks to the real
-//! service through the generated client. Wire types are converted here and
-//! never reach the controller.
+//! service through the dfs client library (the same one in-cluster programs
+//! use), whose domain types are converted here into what the controller needs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use dfs_proto::coordinator_client::CoordinatorClient;
-use dfs_proto::{GetClusterStatusRequest, NodeState as WireState, SetNodeMaintenanceRequest};
+use dfs_client::{Client, ClientConfig, ClientError, NodeId};
 use futures::future::BoxFuture;
-use tonic::transport::Channel;
 
-/// A datanode's state as the coordinator reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeState {
-    /// Heartbeating, accepting chunks.
-    Healthy,
-    /// Heartbeating, no room.
-    Full,
-    /// Silent for a short while.
-    Suspect,
-    /// Silent past the dead-after interval.
-    Dead,
-    /// Being decommissioned.
-    Draining,
-    /// Drained.
-    Decommissioned,
-    /// In maintenance (planned restart).
-    Maintenance,
-    /// Not known.
-    Unknown,
-}
-
-impl NodeState {
-    /// The wire spelling without prefix, as shown in the status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Healthy => "HEALTHY",
-            Self::Full => "FULL",
-            Self::Suspect => "SUSPECT",
-            Self::Dead => "DEAD",
-            Self::Draining => "DRAINING",
-            Self::Decommissioned => "DECOMMISSIONED",
-            Self::Maintenance => "MAINTENANCE",
-            Self::Unknown => "UNKNOWN",
-        }
-    }
-}
-
-impl From<i32> for NodeState {
-    fn from(v: i32) -> Self {
-        match WireState::try_from(v) {
-            Ok(WireState::Healthy) => Self::Healthy,
-            Ok(WireState::Full) => Self::Full,
-            Ok(WireState::Suspect) => Self::Suspect,
-            Ok(WireState::Dead) => Self::Dead,
-            Ok(WireState::Draining) => Self::Draining,
-            Ok(WireState::Decommissioned) => Self::Decommissioned,
-            Ok(WireState::Maintenance) => Self::Maintenance,
-            Ok(WireState::Unspecified) | Err(_) => Self::Unknown,
-        }
-    }
-}
+/// A datanode's state: the one enum every dfs crate shares.
+pub use dfs_client::NodeState;
 
 /// One datanode as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,8 +22,8 @@ pub struct DatanodeFact {
     pub node_id: String,
     /// Kubernetes node name it registered with (`topology.host`).
     pub host: String,
-    /// Its state.
-    pub state: NodeState,
+    /// Its state (`None`: a state this operator build does not know).
+    pub state: Option<NodeState>,
 }
 
 /// The coordinator's health summary.
@@ -99,16 +48,16 @@ impl ClusterFacts {
     }
 }
 
-impl From<dfs_proto::ClusterStatus> for ClusterFacts {
-    fn from(s: dfs_proto::ClusterStatus) -> Self {
+impl From<dfs_client::ClusterStatus> for ClusterFacts {
+    fn from(s: dfs_client::ClusterStatus) -> Self {
         Self {
             nodes: s
                 .nodes
                 .into_iter()
                 .map(|n| DatanodeFact {
-                    host: n.topology.map(|t| t.host).unwrap_or_default(),
-                    state: NodeState::from(n.state),
-                    node_id: n.node_id,
+                    host: n.host,
+                    state: n.state,
+                    node_id: n.node_id.into_string(),
                 })
                 .collect(),
             under_replicated_chunks: s.under_replicated_chunks,
@@ -122,23 +71,23 @@ impl From<dfs_proto::ClusterStatus> for ClusterFacts {
 /// Why a call to a coordinator failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    /// The URL is not usable.
-    #[error("failed to build a channel to {url}: {source}")]
+    /// The coordinator could not be reached (or its URL is not usable).
+    #[error("failed to connect to the coordinator at {url}: {source}")]
     Connect {
         /// Coordinator URL.
         url: String,
         /// Cause.
-        source: tonic::transport::Error,
+        source: ClientError,
     },
-    /// The RPC failed (unreachable, timed out, refused).
-    #[error("failed to call {method} on {url}: {status}")]
+    /// The call failed (unreachable, timed out, refused).
+    #[error("failed to call {method} on {url}: {source}")]
     Call {
         /// RPC name.
         method: &'static str,
         /// Coordinator URL.
         url: String,
-        /// gRPC status.
-        status: Box<tonic::Status>,
+        /// What the client library reported.
+        source: ClientError,
     },
 }
 
@@ -159,11 +108,13 @@ pub trait Coordinator: Send + Sync {
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
 }
 
-/// The real coordinator over gRPC, one lazily connected channel per URL.
+/// The real coordinator through the client library: one [`Client`] per URL,
+/// connected on first use and kept (a failed connect is retried on the next
+/// reconcile).
 #[derive(Debug)]
 pub struct GrpcCoordinator {
     timeout: Duration,
-    channels: Mutex<HashMap<String, Channel>>,
+    clients: Mutex<HashMap<String, Client>>,
 }
 
 impl GrpcCoordinator {
@@ -171,23 +122,33 @@ impl GrpcCoordinator {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            channels: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, url: &str) -> Result<CoordinatorClient<Channel>, CoordinatorError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = channels.get(url) {
-            return Ok(CoordinatorClient::new(c.clone()));
+    async fn client(&self, url: &str) -> Result<Client, CoordinatorError> {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(url)
+        {
+            return Ok(c.clone());
         }
-        let channel = dfs_common::transport::endpoint(url, self.timeout)
-            .map(|e| e.timeout(self.timeout).connect_lazy())
+        let mut config = ClientConfig::new(url);
+        config.connect_timeout = self.timeout;
+        config.request_timeout = self.timeout;
+        let client = Client::connect(config)
+            .await
             .map_err(|source| CoordinatorError::Connect {
                 url: url.to_string(),
                 source,
             })?;
-        channels.insert(url.to_string(), channel.clone());
-        Ok(CoordinatorClient::new(channel))
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(url.to_string(), client.clone());
+        Ok(client)
     }
 }
 
@@ -197,16 +158,14 @@ impl Coordinator for GrpcCoordinator {
         url: &'a str,
     ) -> BoxFuture<'a, Result<ClusterFacts, CoordinatorError>> {
         Box::pin(async move {
-            let mut client = self.client(url)?;
-            let status = client
-                .get_cluster_status(GetClusterStatusRequest {})
-                .await
-                .map_err(|status| CoordinatorError::Call {
+            let status = self.client(url).await?.status().await.map_err(|source| {
+                CoordinatorError::Call {
                     method: "GetClusterStatus",
                     url: url.to_string(),
-                    status: Box::new(status),
-                })?;
-            Ok(status.into_inner().into())
+                    source,
+                }
+            })?;
+            Ok(status.into())
         })
     }
 
@@ -218,19 +177,18 @@ impl Coordinator for GrpcCoordinator {
         duration: Duration,
     ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
         Box::pin(async move {
-            let mut client = self.client(url)?;
-            client
-                .set_node_maintenance(SetNodeMaintenanceRequest {
-                    node_id: node_id.to_string(),
-                    enabled,
-                    duration_seconds: duration.as_secs(),
-                })
+            let call_error = |source| CoordinatorError::Call {
+                method: "SetNodeMaintenance",
+                url: url.to_string(),
+                source,
+            };
+            let node_id = NodeId::parse(node_id)
+                .map_err(|e| call_error(ClientError::InvalidArgument(e.to_string())))?;
+            self.client(url)
+                .await?
+                .set_maintenance(&node_id, enabled, duration)
                 .await
-                .map_err(|status| CoordinatorError::Call {
-                    method: "SetNodeMaintenance",
-                    url: url.to_string(),
-                    status: Box::new(status),
-                })?;
+                .map_err(call_error)?;
             Ok(())
         })
     }
@@ -241,22 +199,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_status_converts() {
-        let facts = ClusterFacts::from(dfs_proto::ClusterStatus {
-            nodes: vec![dfs_proto::DataNodeStatus {
-                node_id: "n1".into(),
-                state: WireState::Full as i32,
-                topology: Some(dfs_proto::Topology {
-                    host: "node-a".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
+    fn cluster_status_converts_to_facts() {
+        let status = dfs_client::ClusterStatus {
+            cluster_id: dfs_client::ClusterId::random(),
+            nodes: vec![dfs_client::NodeStatus {
+                node_id: NodeId::parse("n1").unwrap(),
+                address: String::new(),
+                state: Some(NodeState::Full),
+                reported_health: None,
+                zone: String::new(),
+                rack: String::new(),
+                host: "node-a".into(),
+                total_bytes: 0,
+                used_bytes: 0,
+                free_bytes: 0,
+                chunk_count: 0,
+                quarantined_chunks: 0,
+                unavailable_chunks: 0,
+                last_heartbeat_unix_ms: 0,
+                safe_to_remove: false,
+                maintenance_until_unix_ms: 0,
             }],
+            files: 0,
+            directories: 0,
+            chunks: 0,
             under_replicated_chunks: 4,
-            ..Default::default()
-        });
-        assert_eq!(facts.node_on("node-a").unwrap().state, NodeState::Full);
+            missing_chunks: 0,
+            over_replicated_chunks: 0,
+            capacity_total_bytes: 0,
+            capacity_used_bytes: 0,
+            repair_bytes_remaining: 0,
+            repair_eta_seconds: 0,
+            replication: 3,
+            safe_mode: Default::default(),
+            delete_budget: Default::default(),
+            corrupt_replicas: 0,
+        };
+        let facts = ClusterFacts::from(status);
+        assert_eq!(
+            facts.node_on("node-a").unwrap().state,
+            Some(NodeState::Full)
+        );
+        assert_eq!(facts.node_on("node-a").unwrap().node_id, "n1");
         assert_eq!(facts.under_replicated_chunks, 4);
-        assert_eq!(NodeState::from(99), NodeState::Unknown);
     }
 }

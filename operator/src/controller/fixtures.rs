@@ -138,7 +138,10 @@ impl Coordinator for FakeCoordinator {
             facts.ok_or_else(|| CoordinatorError::Call {
                 method: "GetClusterStatus",
                 url: url.to_string(),
-                status: Box::new(tonic::Status::unavailable("connection refused")),
+                source: dfs_client::ClientError::CoordinatorUnreachable {
+                    address: url.to_string(),
+                    reason: "connection refused".into(),
+                },
             })
         })
     }
@@ -156,11 +159,11 @@ impl Coordinator for FakeCoordinator {
         ));
         if let Some(f) = self.facts.lock().unwrap().as_mut() {
             for n in f.nodes.iter_mut().filter(|n| n.node_id == node_id) {
-                n.state = if enabled {
+                n.state = Some(if enabled {
                     NodeState::Maintenance
                 } else {
                     NodeState::Healthy
-                };
+                });
             }
         }
         Box::pin(async { Ok(()) })
@@ -189,7 +192,7 @@ fn facts(nodes: &[(&str, NodeState)], under: u64) -> ClusterFacts {
             .map(|(h, s)| DatanodeFact {
                 node_id: format!("id-{h}"),
                 host: (*h).into(),
-                state: *s,
+                state: Some(*s),
             })
             .collect(),
         under_replicated_chunks: under,
@@ -695,7 +698,7 @@ async fn datanode_roll_is_one_at_a_time_and_gated() {
 
     // 2. node-a in maintenance, nothing under-replicated: its pod (only) is deleted.
     let mut f = healthy(0);
-    f.nodes[0].state = NodeState::Maintenance;
+    f.nodes[0].state = Some(NodeState::Maintenance);
     let delete = Call::new("DELETE", format!("{NS}/pods/dn-a")).reply(pods[1].clone());
     let calls = pass(pods, vec![delete, unhealthy_a(), status_any()], f.clone()).await;
     assert!(calls.is_empty(), "{calls:?}");

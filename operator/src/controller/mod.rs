@@ -123,7 +123,7 @@ pub enum Error {
         /// Datanode id.
         node_id: String,
         /// Cause.
-        source: crate::coordinator::CoordinatorError,
+        source: Box<crate::coordinator::CoordinatorError>,
     },
 }
 
@@ -506,7 +506,7 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
             .await
             .map_err(|source| Error::SetMaintenance {
                 node_id: node_id.clone(),
-                source,
+                source: Box::new(source),
             })?;
     }
     match (&coordinator_step, &datanode_plan.step) {
@@ -520,7 +520,7 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
                 .await
                 .map_err(|source| Error::SetMaintenance {
                     node_id: node_id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         (_, Step::Wait(why)) | (Step::Wait(why), _) => {

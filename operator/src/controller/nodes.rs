@@ -35,7 +35,7 @@ pub fn label_changes(
     for (node, value) in current {
         let want = if hosts.contains(node.as_str()) {
             match facts {
-                Some(f) => Some(label_value(f.node_on(node).map(|n| n.state)).to_string()),
+                Some(f) => Some(label_value(f.node_on(node).and_then(|n| n.state)).to_string()),
                 None => continue,
             }
         } else {
@@ -74,17 +74,17 @@ mod tests {
                 DatanodeFact {
                     node_id: "a".into(),
                     host: "n1".into(),
-                    state: NodeState::Full,
+                    state: Some(NodeState::Full),
                 },
                 DatanodeFact {
                     node_id: "b".into(),
                     host: "n2".into(),
-                    state: NodeState::Healthy,
+                    state: Some(NodeState::Healthy),
                 },
                 DatanodeFact {
                     node_id: "c".into(),
                     host: "n3".into(),
-                    state: NodeState::Dead,
+                    state: Some(NodeState::Dead),
                 },
             ],
             ..ClusterFacts::default()

@@ -122,7 +122,7 @@ pub fn plan_datanodes(pods: &[PodView], hash: &str, facts: Option<&ClusterFacts>
         .map(|f| {
             f.nodes
                 .iter()
-                .filter(|n| n.state == NodeState::Maintenance)
+                .filter(|n| n.state == Some(NodeState::Maintenance))
                 .filter(|n| {
                     pods.iter().any(|p| {
                         p.node.as_deref() == Some(n.host.as_str())
@@ -158,7 +158,7 @@ pub fn plan_datanodes(pods: &[PodView], hash: &str, facts: Option<&ClusterFacts>
             None => Step::DeletePod {
                 pod: first.name.clone(),
             },
-            Some(n) if n.state == NodeState::Maintenance => Step::DeletePod {
+            Some(n) if n.state == Some(NodeState::Maintenance) => Step::DeletePod {
                 pod: first.name.clone(),
             },
             Some(n) => Step::EnterMaintenance {
@@ -195,7 +195,7 @@ mod tests {
                 .map(|(h, s)| DatanodeFact {
                     node_id: format!("id-{h}"),
                     host: (*h).into(),
-                    state: *s,
+                    state: Some(*s),
                 })
                 .collect(),
             under_replicated_chunks: under,

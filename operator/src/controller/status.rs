@@ -147,7 +147,7 @@ pub fn compute(
             let bad = f
                 .nodes
                 .iter()
-                .filter(|n| matches!(n.state, NodeState::Dead | NodeState::Suspect))
+                .filter(|n| matches!(n.state, Some(NodeState::Dead | NodeState::Suspect)))
                 .count();
             if bad > 0 {
                 problems.push(format!("{bad} datanodes suspect or dead"));
@@ -213,7 +213,7 @@ pub fn compute(
                     .map(|n| DatanodeState {
                         node_id: n.node_id.clone(),
                         host: n.host.clone(),
-                        state: n.state.as_str().into(),
+                        state: n.state.map_or("UNKNOWN", NodeState::as_str).into(),
                     })
                     .collect()
             })

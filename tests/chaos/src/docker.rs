@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::{dfs_bin, wait_output};
+use dfs_testkit::process::{dfs_bin, wait_output};
 
 /// Runtime image the containers use.
 pub const BASE_IMAGE: &str = "dfs-chaos-base:local";

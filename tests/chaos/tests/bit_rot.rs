@@ -58,7 +58,7 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
             .find(|c| is_big(c) && c.replicas.iter().all(|r| r.node_id != scrubber))
             .expect("a chunk not on the scrubbing node");
         let read_node = cluster.index_of(&read_chunk.replicas[0].node_id).unwrap();
-        let read_id = read_chunk.chunk.as_ref().unwrap().chunk_id.clone();
+        let read_id = read_chunk.chunk_id.to_string();
         flip_byte(&cluster.datanodes[read_node].chunk_path(&read_id), 300_000);
         let mut detected = false;
         for _ in 0..40 {
@@ -88,7 +88,7 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
                     && c.replicas.iter().any(|r| r.node_id == scrubber)
             })
             .expect("a chunk on the scrubbing node");
-        let scrub_id = scrub_chunk.chunk.as_ref().unwrap().chunk_id.clone();
+        let scrub_id = scrub_chunk.chunk_id.to_string();
         flip_byte(&cluster.datanodes[3].chunk_path(&scrub_id), 10);
         wait_for(
             "the scrubber to find the flipped byte",
@@ -129,6 +129,6 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
 }
 
 /// A chunk stored in a chunk file of its own (not in a small-chunk volume).
-fn is_big(c: &dfs_client::proto::ChunkLocation) -> bool {
-    c.chunk.as_ref().is_some_and(|m| m.size > 512 << 10)
+fn is_big(c: &dfs_client::ChunkLocation) -> bool {
+    c.size > 512 << 10
 }

@@ -8,7 +8,7 @@ use dfs_chaos::{
     Cluster, ClusterOptions, check_replicas, check_status, payload, read_all, run, wait_for,
 };
 use dfs_client::PutOptions;
-use dfs_client::proto::{NodeHealth, NodeState};
+use dfs_client::{NodeState, ReportedHealth};
 
 /// Room for exactly two 4 MiB chunks and less than one 256 KiB frame: the
 /// datanode reports itself FULL only when less than a frame is free (the
@@ -63,24 +63,20 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
                     .iter()
                     .find(|n| n.node_id == full_id)
                     .ok_or("missing node")?;
-                let info = n.info.unwrap_or_default();
-                if info.health == NodeHealth::Full as i32 && n.state == NodeState::Full as i32 {
+                if n.reported_health == Some(ReportedHealth::Full)
+                    && n.state == Some(NodeState::Full)
+                {
                     Ok(nodes)
                 } else {
                     Err(format!(
-                        "health {} state {} used {} free {}",
-                        info.health, n.state, info.used_bytes, info.free_bytes
+                        "health {:?} state {:?} used {} free {}",
+                        n.reported_health, n.state, n.used_bytes, n.free_bytes
                     ))
                 }
             },
         )
         .await;
-        let info = nodes
-            .iter()
-            .find(|n| n.node_id == full_id)
-            .unwrap()
-            .info
-            .unwrap();
+        let info = nodes.iter().find(|n| n.node_id == full_id).unwrap();
         assert!(
             info.used_bytes <= CAPACITY,
             "used {} > capacity {CAPACITY}",

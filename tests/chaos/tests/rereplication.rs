@@ -11,8 +11,8 @@ use dfs_chaos::{
     Cluster, ClusterOptions, DEAD_AFTER, check_replicas, check_status, env_u64, file_digest, run,
     state_of, wait_for, write_payload_file,
 };
+use dfs_client::NodeState;
 use dfs_client::PutOptions;
-use dfs_client::proto::NodeState;
 
 #[test]
 fn dead_datanode_is_declared_dead_and_its_chunks_re_replicated() {
@@ -41,7 +41,7 @@ fn dead_datanode_is_declared_dead_and_its_chunks_re_replicated() {
             .chunks
             .iter()
             .filter(|c| c.replicas.iter().any(|r| r.node_id == victim_id))
-            .map(|c| c.chunk.as_ref().map_or(0, |m| m.size))
+            .map(|c| c.size)
             .sum();
         cluster.datanodes[victim].kill9();
         let killed = Instant::now();

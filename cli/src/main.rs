@@ -5,7 +5,9 @@
 //! line and a non-zero exit. `dfs up` starts a whole local cluster;
 //! `dfs coordinator` and `dfs datanode` run the services themselves (the same
 //! code as the `dfs-coordinator` and `dfs-datanode` binaries), which is how
-//! `dfs up` supervises them as child processes from one executable.
+//! `dfs up` supervises them as child processes from one executable. Built
+//! without the default `local-cluster` feature (as in the container image,
+//! which ships the servers as their own binaries) it is only the client tool.
 
 mod cli;
 
@@ -18,6 +20,7 @@ use clap::Parser;
 /// threads); see docs/performance.md. The datanodes `dfs up` starts run in
 /// this binary and so use it too; the production `dfs-datanode` keeps the
 /// system allocator for its per-stream memory bound (see its main.rs).
+#[cfg(feature = "local-cluster")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

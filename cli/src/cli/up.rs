@@ -15,9 +15,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dfs_client::NodeState;
 use dfs_client::{Client, ClientConfig};
 use dfs_common::size::ByteSize;
-use dfs_proto::NodeState;
 use tokio::process::{Child, Command};
 
 /// Pause before a dead child is restarted.
@@ -239,7 +239,7 @@ async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
                 Ok(nodes) => {
                     let healthy = nodes
                         .iter()
-                        .filter(|n| n.state == NodeState::Healthy as i32)
+                        .filter(|n| n.state == Some(NodeState::Healthy))
                         .count();
                     if healthy >= datanodes {
                         return Ok(());

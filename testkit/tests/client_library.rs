@@ -2,6 +2,9 @@
 //! real datanodes on 127.0.0.1:0): a chunk whose planned primary is gone is
 //! re-planned on other nodes, and a read falls over to the next replica when
 //! one is unreachable or holds bad bytes.
+//!
+//! These tests live here rather than in `client/` so that the client crate's
+//! dependency tree, dev-dependencies included, holds no server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,57 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::Parser;
 use dfs_client::{Client, ClientConfig, PutOptions};
+use dfs_testkit::coordinator::Server;
+use dfs_testkit::datanode::TestNode;
 use rand::RngCore;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-
-struct Node {
-    dir: PathBuf,
-    id: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
-async fn start_datanode(dir: PathBuf, coordinator: &str, host: &str) -> Node {
-    let mut config = dfs_datanode::Config::new(&dir);
-    config.coordinator = coordinator.to_string();
-    config.host = host.to_string();
-    config.heartbeat_interval = Duration::from_millis(200);
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.await;
-        };
-        dfs_datanode::run_with_listeners(config, listener().await, listener().await, shutdown)
-            .await
-            .expect("datanode runs");
-    });
-    // The node id is persisted at start-up.
-    let id_file = dir.join("node_id");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        if let Ok(id) = std::fs::read_to_string(&id_file) {
-            break id.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "datanode did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Node {
-        dir,
-        id,
-        stop: Some(tx),
-        task,
-    }
-}
 
 /// A coordinator whose heartbeat interval is long enough that a stopped
 /// datanode still looks healthy to placement for the whole test.
-async fn start_coordinator(dir: &Path) -> (String, SocketAddr) {
-    let config = dfs_coordinator::Config::try_parse_from([
+fn coordinator_config(dir: &Path) -> dfs_coordinator::Config {
+    dfs_coordinator::Config::try_parse_from([
         "dfs-coordinator",
         "--data-dir",
         dir.to_str().unwrap(),
@@ -73,33 +33,25 @@ async fn start_coordinator(dir: &Path) -> (String, SocketAddr) {
         "--dead-after",
         "60s",
     ])
-    .unwrap();
-    let grpc = listener().await;
-    let addr = grpc.local_addr().unwrap();
-    let metrics = listener().await;
-    let metrics_addr = metrics.local_addr().unwrap();
-    tokio::spawn(async move {
-        dfs_coordinator::serve(config, grpc, metrics, std::future::pending())
-            .await
-            .expect("coordinator runs");
-    });
-    (format!("http://{addr}"), metrics_addr)
+    .unwrap()
 }
 
 /// A coordinator (its gRPC endpoint and metrics address) and `n` datanodes
 /// (hosts host-0…) under `dir`.
-async fn start_cluster(dir: &Path, n: usize) -> (String, SocketAddr, Vec<Node>) {
-    let (coordinator, metrics) = start_coordinator(&dir.join("coordinator")).await;
+async fn start_cluster(dir: &Path, n: usize) -> (String, SocketAddr, Vec<TestNode>) {
+    let server = Server::start(coordinator_config(&dir.join("coordinator"))).await;
+    let (coordinator, metrics) = (server.url.clone(), server.metrics);
+    // The coordinator runs until the test's runtime ends.
+    std::mem::forget(server);
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(
-            start_datanode(
-                dir.join(format!("dn{i}")),
-                &coordinator,
-                &format!("host-{i}"),
-            )
-            .await,
-        );
+        let node = TestNode::start(&dir.join(format!("dn{i}")), |c| {
+            c.coordinator = coordinator.clone();
+            c.host = format!("host-{i}");
+            c.heartbeat_interval = Duration::from_millis(200);
+        })
+        .await;
+        nodes.push(node);
     }
     (coordinator, metrics, nodes)
 }
@@ -107,7 +59,14 @@ async fn start_cluster(dir: &Path, n: usize) -> (String, SocketAddr, Vec<Node>) 
 async fn wait_for_nodes(client: &Client, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if client.nodes().await.map(|v| v.len()).unwrap_or(0) >= n {
+        // Registered is not enough: placement needs a heartbeat with free
+        // space (a put right after registration found 2 of 3 usable).
+        let usable = client.nodes().await.map_or(0, |v| {
+            v.iter()
+                .filter(|n| n.state == Some(dfs_client::NodeState::Healthy) && n.free_bytes > 0)
+                .count()
+        });
+        if usable >= n {
             return;
         }
         assert!(Instant::now() < deadline, "{n} datanodes did not register");
@@ -115,7 +74,7 @@ async fn wait_for_nodes(client: &Client, n: usize) {
     }
 }
 
-fn chunk_file(node: &Node, chunk_id: &str) -> PathBuf {
+fn chunk_file(node: &TestNode, chunk_id: &str) -> PathBuf {
     node.dir.join("chunks").join(&chunk_id[0..2]).join(chunk_id)
 }
 
@@ -131,9 +90,8 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
     // Stop node 0: the coordinator still believes it healthy, so plans name
     // it, and every chunk placed on it must be re-planned elsewhere.
     let dead = nodes.remove(0);
-    let dead_id = dead.id.clone();
-    let _ = dead.stop.unwrap().send(());
-    dead.task.await.unwrap();
+    let dead_id = dead.node_id.clone();
+    dead.stop().await;
 
     let mut data = vec![0u8; 8 * 1024 * 1024 + 999];
     rand::rng().fill_bytes(&mut data);
@@ -184,10 +142,10 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
     // Flip a byte of chunk 0 on its first replica: the read falls over to
     // the next replica and still returns the right bytes.
     let first = &map.chunks[0];
-    let chunk_id = &first.chunk.as_ref().unwrap().chunk_id;
+    let chunk_id = first.chunk_id.as_str();
     let victim = nodes
         .iter()
-        .find(|n| n.id == first.replicas[0].node_id)
+        .find(|n| first.replicas[0].node_id == n.node_id)
         .expect("first replica is a running node");
     let path = chunk_file(victim, chunk_id);
     let mut bytes = std::fs::read(&path).expect("chunk file exists");
@@ -203,8 +161,7 @@ async fn replans_around_a_dead_primary_and_reads_around_bad_replicas() {
     assert!(client.verify("/replanned.bin").await.is_ok());
 
     for node in nodes {
-        let _ = node.stop.unwrap().send(());
-        let _ = node.task.await;
+        node.stop().await;
     }
 }
 
@@ -259,8 +216,7 @@ async fn get_file_writes_into_a_fifo_instead_of_replacing_it() {
         .unwrap_err();
     assert!(err.to_string().contains("directory"), "{err}");
     for n in nodes {
-        let _ = n.stop.unwrap().send(());
-        n.task.await.unwrap();
+        n.stop().await;
     }
 }
 
@@ -352,7 +308,6 @@ async fn concurrent_small_puts_share_batched_plans_and_confirms() {
         "{plan_calls} UploadFiles calls and {planned_alone} unary UploadFile for {files} files"
     );
     for n in nodes {
-        let _ = n.stop.unwrap().send(());
-        n.task.await.unwrap();
+        n.stop().await;
     }
 }

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: real datanodes on 127.0.0.1:0
 //! with temp dirs, and a small client for uploads and downloads.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +17,8 @@ use tonic::transport::Channel;
 
 /// A datanode running in this process.
 pub struct TestNode {
+    /// Its data directory.
+    pub dir: std::path::PathBuf,
     pub address: String,
     pub node_id: String,
     pub metrics: Metrics,
@@ -49,6 +50,7 @@ impl TestNode {
             .unwrap();
         });
         TestNode {
+            dir: dir.to_path_buf(),
             address,
             node_id,
             metrics: m,

@@ -1,6 +1,5 @@
 //! Test harness: a real coordinator on 127.0.0.1:0 and simulated datanodes
 //! driven through the generated gRPC client.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -1,31 +1,16 @@
 //! What the CLI prints: aligned tables for people, `--json` for scripts.
 
+use dfs_client::{ChunkMap, ClusterStatus, FileInfo, NodeState, NodeStatus};
 use dfs_common::size::ByteSize;
 use dfs_common::time::now_unix_ms;
-use dfs_proto::{
-    ClusterStatus, DataNodeStatus, DownloadFileResponse, FileInfo, FileType, NodeState,
-};
 use serde_json::{Value, json};
 
 fn file_type(info: &FileInfo) -> &'static str {
-    match FileType::try_from(info.file_type) {
-        Ok(FileType::Directory) => "directory",
-        Ok(FileType::File) => "file",
-        _ => "unknown",
-    }
+    info.kind.as_str()
 }
 
-fn node_state(state: i32) -> &'static str {
-    match NodeState::try_from(state) {
-        Ok(NodeState::Healthy) => "healthy",
-        Ok(NodeState::Full) => "full",
-        Ok(NodeState::Suspect) => "suspect",
-        Ok(NodeState::Dead) => "dead",
-        Ok(NodeState::Draining) => "draining",
-        Ok(NodeState::Decommissioned) => "decommissioned",
-        Ok(NodeState::Maintenance) => "maintenance",
-        _ => "unknown",
-    }
+fn node_state(state: Option<NodeState>) -> &'static str {
+    state.map_or("unknown", NodeState::label)
 }
 
 fn file_json(info: &FileInfo) -> Value {
@@ -72,20 +57,19 @@ pub fn print_list(entries: &[FileInfo], json: bool) {
 }
 
 /// `dfs stat`: the entry, plus for files every chunk with its replicas.
-pub fn print_stat(info: &FileInfo, map: Option<&DownloadFileResponse>, json: bool) {
+pub fn print_stat(info: &FileInfo, map: Option<&ChunkMap>, json: bool) {
     let chunks: Vec<Value> = map
         .map(|m| {
             m.chunks
                 .iter()
                 .map(|c| {
-                    let meta = c.chunk.clone().unwrap_or_default();
                     json!({
                         "index": c.index,
                         "offset": c.offset,
-                        "id": meta.chunk_id,
-                        "size": meta.size,
-                        "checksum": format!("{:08x}", meta.checksum),
-                        "replicas": c.replicas.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>(),
+                        "id": c.chunk_id.as_str(),
+                        "size": c.size,
+                        "checksum": format!("{:08x}", c.checksum),
+                        "replicas": c.replicas.iter().map(|r| r.node_id.as_str()).collect::<Vec<_>>(),
                     })
                 })
                 .collect()
@@ -127,24 +111,22 @@ pub fn print_stat(info: &FileInfo, map: Option<&DownloadFileResponse>, json: boo
     }
 }
 
-fn node_json(n: &DataNodeStatus) -> Value {
-    let info = n.info.unwrap_or_default();
-    let topo = n.topology.clone().unwrap_or_default();
+fn node_json(n: &NodeStatus) -> Value {
     json!({
-        "node_id": n.node_id,
+        "node_id": n.node_id.as_str(),
         "address": n.address,
         "state": node_state(n.state),
-        "used_bytes": info.used_bytes,
-        "free_bytes": info.free_bytes,
-        "total_bytes": info.total_bytes,
+        "used_bytes": n.used_bytes,
+        "free_bytes": n.free_bytes,
+        "total_bytes": n.total_bytes,
         "chunk_count": n.chunk_count,
-        "quarantined_chunks": info.quarantined_chunks,
-        "unavailable_chunks": info.unavailable_chunks,
+        "quarantined_chunks": n.quarantined_chunks,
+        "unavailable_chunks": n.unavailable_chunks,
         "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
         "safe_to_remove": n.safe_to_remove,
-        "zone": topo.zone,
-        "rack": topo.rack,
-        "host": topo.host,
+        "zone": n.zone,
+        "rack": n.rack,
+        "host": n.host,
     })
 }
 
@@ -157,7 +139,7 @@ fn ago(unix_ms: u64) -> String {
 }
 
 /// `dfs nodes`.
-pub fn print_nodes(nodes: &[DataNodeStatus], json: bool) {
+pub fn print_nodes(nodes: &[NodeStatus], json: bool) {
     if json {
         print_json(&Value::Array(nodes.iter().map(node_json).collect()));
         return;
@@ -171,26 +153,21 @@ pub fn print_nodes(nodes: &[DataNodeStatus], json: bool) {
         "CHUNKS"
     );
     for n in nodes {
-        let info = n.info.unwrap_or_default();
         say!(
             "{:<34} {:<24} {:<14} {:>22} {:>8} {}",
             n.node_id,
             n.address,
             node_state(n.state),
-            format!(
-                "{}/{}",
-                ByteSize(info.used_bytes),
-                ByteSize(info.total_bytes)
-            ),
+            format!("{}/{}", ByteSize(n.used_bytes), ByteSize(n.total_bytes)),
             n.chunk_count,
             ago(n.last_heartbeat_unix_ms)
         );
-        if info.quarantined_chunks > 0 || info.unavailable_chunks > 0 {
+        if n.quarantined_chunks > 0 || n.unavailable_chunks > 0 {
             say!(
                 "{:<34} {} corrupt copies kept in quarantine, {} chunks unreadable since start-up",
                 "",
-                info.quarantined_chunks,
-                info.unavailable_chunks
+                n.quarantined_chunks,
+                n.unavailable_chunks
             );
         }
     }
@@ -203,8 +180,9 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
         *by_state.entry(node_state(n.state)).or_default() += 1;
     }
     if json {
+        let (m, b) = (&s.safe_mode, &s.delete_budget);
         print_json(&json!({
-            "cluster_id": s.cluster_id,
+            "cluster_id": s.cluster_id.as_str(),
             "datanodes": by_state,
             "nodes": s.nodes.iter().map(node_json).collect::<Vec<_>>(),
             "files": s.files,
@@ -218,7 +196,7 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
             "repair_bytes_remaining": s.repair_bytes_remaining,
             "repair_eta_seconds": s.repair_eta_seconds,
             "replication": s.replication,
-            "safe_mode": s.safe_mode.as_ref().map(|m| json!({
+            "safe_mode": json!({
                 "active": m.active,
                 "reason": m.reason,
                 "manual": m.manual,
@@ -226,17 +204,17 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
                 "known_nodes": m.known_nodes,
                 "reported_replicas": m.reported_replicas,
                 "known_replicas": m.known_replicas,
-            })),
-            "delete_budget": s.delete_budget.as_ref().map(|b| json!({
+            }),
+            "delete_budget": json!({
                 "deferred": b.deferred,
                 "exhausted_nodes": b.exhausted_nodes,
                 "exhausted_total": b.exhausted_total,
-            })),
+            }),
             "corrupt_replicas": s.corrupt_replicas,
         }));
         return;
     }
-    let safe = s.safe_mode.clone().unwrap_or_default();
+    let safe = &s.safe_mode;
     let health = if s.missing_chunks > 0 {
         "UNHEALTHY (missing chunks)"
     } else if safe.active {
@@ -285,9 +263,8 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
             s.corrupt_replicas
         );
     }
-    if let Some(b) = &s.delete_budget
-        && (b.deferred > 0 || !b.exhausted_nodes.is_empty())
-    {
+    let b = &s.delete_budget;
+    if b.deferred > 0 || !b.exhausted_nodes.is_empty() {
         say!(
             "delete budget: exhausted on {} ({} deletes waiting for the next window; {} times since start)",
             b.exhausted_nodes.join(", "),

@@ -12,10 +12,12 @@ macro_rules! say {
 mod bench;
 mod output;
 mod transfer;
+#[cfg(feature = "local-cluster")]
 mod up;
 
 use std::path::PathBuf;
 
+#[cfg(feature = "local-cluster")]
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dfs_client::{Client, ClientConfig};
@@ -43,6 +45,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a local cluster (a coordinator and N datanodes) and run it until Ctrl-C.
+    #[cfg(feature = "local-cluster")]
     Up(up::UpArgs),
     /// Upload a local file (`-` for stdin) to a remote path.
     Put {
@@ -135,8 +138,10 @@ enum Command {
     /// Measure put/get throughput and small-file operations per second.
     Bench(bench::BenchArgs),
     /// Run a coordinator (same as the dfs-coordinator binary).
+    #[cfg(feature = "local-cluster")]
     Coordinator(dfs_coordinator::Config),
     /// Run a datanode (same as the dfs-datanode binary).
+    #[cfg(feature = "local-cluster")]
     Datanode(dfs_datanode::Config),
 }
 
@@ -160,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let connect = || Client::connect(config());
     match cli.command {
+        #[cfg(feature = "local-cluster")]
         Command::Up(args) => {
             dfs_common::telemetry::init("info");
             up::run(args).await
@@ -169,12 +175,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.batch_small_files = !args.no_batching;
             bench::run(&Client::connect(config).await?, args).await
         }
+        #[cfg(feature = "local-cluster")]
         Command::Coordinator(config) => {
             dfs_common::telemetry::init("info");
             dfs_coordinator::run(config, dfs_common::shutdown::signal())
                 .await
                 .context("coordinator failed")
         }
+        #[cfg(feature = "local-cluster")]
         Command::Datanode(config) => {
             dfs_common::telemetry::init("info");
             dfs_datanode::run(config, dfs_common::shutdown::signal())
@@ -205,7 +213,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat { path, json } => {
             let client = connect().await?;
             let info = client.stat(&path).await?;
-            let map = if info.file_type == dfs_proto::FileType::File as i32 {
+            let map = if info.is_file() {
                 Some(client.chunk_map(&path).await?)
             } else {
                 None
@@ -245,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 SafeModeAction::Leave => client.set_safe_mode(false).await?,
                 SafeModeAction::Get => client.status().await?,
             };
-            let sm = status.safe_mode.unwrap_or_default();
+            let sm = status.safe_mode;
             println!(
                 "safe mode: {} ({})",
                 if sm.active { "ON" } else { "off" },
@@ -254,6 +262,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Decommission { node, cancel } => {
+            let node = dfs_client::NodeId::parse(&node)?;
             let status = connect().await?.decommission(&node, cancel).await?;
             output::print_nodes(std::slice::from_ref(&status), false);
             Ok(())

@@ -1,0 +1,21 @@
+//! Test support shared by every dfs crate's integration tests and the chaos
+//! suite, so that there is one way to start a cluster in a test.
+//!
+//! ```text
+//!   coordinator  a real coordinator in this process on 127.0.0.1:0
+//!                ([`coordinator::Server`]) and simulated datanodes that
+//!                register and heartbeat to it ([`coordinator::Sim`])
+//!   datanode     a real datanode in this process ([`datanode::TestNode`])
+//!                and a raw gRPC client for chunk uploads and downloads
+//!   process      a whole cluster of separate `dfs` processes
+//!                ([`process::Cluster`]): kill -9, SIGSTOP, restarts,
+//!                clock shifts, on-disk checks
+//! ```
+//!
+//! Everything binds free ports on 127.0.0.1, keeps its files in temporary
+//! directories, and stops (processes are SIGKILLed) on drop, also when a
+//! test panics.
+
+pub mod coordinator;
+pub mod datanode;
+pub mod process;
