@@ -23,6 +23,10 @@ pub const DEFAULT_DEAD_AFTER: &str = "30s";
 pub const DEFAULT_MAINTENANCE: Duration = Duration::from_secs(600);
 /// Largest replication factor accepted.
 pub const MAX_REPLICATION: u32 = 16;
+/// Smallest chunk size a file may be written with.
+pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
+/// Largest chunk size a file may be written with.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 
 /// Configuration of the coordinator (`dfs-coordinator` flags, also usable as
 /// an embedded subcommand).
@@ -132,9 +136,7 @@ impl Config {
         if self.replication == 0 || self.replication > MAX_REPLICATION {
             return bad("replication", "must be between 1 and 16");
         }
-        if !(crate::service::MIN_CHUNK_SIZE..=crate::service::MAX_CHUNK_SIZE)
-            .contains(&self.chunk_size.0)
-        {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size.0) {
             return bad("chunk-size", "must be between 64KiB and 1GiB");
         }
         for (flag, v) in [

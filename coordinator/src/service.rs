@@ -226,10 +226,7 @@ fn parse_path(raw: &str) -> Result<NsPath, Status> {
     Ok(NsPath::parse(raw)?)
 }
 
-/// Smallest chunk size a file may be written with.
-pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
-/// Largest chunk size a file may be written with.
-pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+pub use crate::config::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 /// Refuses a chunk size outside [`MIN_CHUNK_SIZE`]..=[`MAX_CHUNK_SIZE`].
 pub fn check_chunk_size(chunk_size: u64) -> Result<(), Status> {

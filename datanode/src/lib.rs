@@ -25,9 +25,13 @@
 //! takes pre-bound listeners (tests bind `127.0.0.1:0`).
 
 pub mod config;
+pub mod fsio;
+pub mod identity;
+pub mod links;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod pipeline;
 pub mod read;
 pub mod routes;
@@ -36,7 +40,9 @@ pub mod service;
 pub mod small_link;
 pub mod staged;
 pub mod store;
+pub mod table;
 pub mod volume;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -52,7 +58,8 @@ use tokio::sync::watch;
 pub use config::Config;
 pub use metrics::Metrics;
 
-use node::{Node, Peers, Sessions, blocking};
+use node::{Node, Sessions, blocking};
+use peers::Peers;
 use store::{Store, StoreError, StoreOptions};
 
 /// Why the datanode could not start or stopped with an error.

@@ -1,20 +1,17 @@
 //! State shared by every part of a running datanode: its identity, the
-//! store, the session tables and the connections to other datanodes.
+//! store, the session tables and the connections to other datanodes
+//! ([`crate::peers`], [`crate::links`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dfs_proto::data_node_client::DataNodeClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::peers::Target;
 use crate::store::{ChunkId, Reservation, Store, StoreError};
-
-/// Connect timeout for other datanodes and the coordinator.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A running datanode's shared state.
 pub struct Node {
@@ -31,9 +28,9 @@ pub struct Node {
     /// Open upload and download sessions.
     pub sessions: Sessions,
     /// Channels to other datanodes.
-    pub peers: Peers,
+    pub peers: crate::peers::Peers,
     /// Long-lived small-chunk streams to other datanodes.
-    pub small_links: crate::small_link::Links,
+    pub small_links: crate::links::Links,
     /// Set to true when the node starts shutting down: long-lived incoming
     /// streams end so the server's graceful stop is not held up by them.
     pub stop: Arc<tokio::sync::watch::Sender<bool>>,
@@ -43,7 +40,7 @@ pub struct Node {
     pub draining: std::sync::atomic::AtomicBool,
     /// The cluster this node belongs to (fencing: commands are executed only
     /// from a coordinator of this cluster).
-    pub cluster: crate::membership::ClusterIdentity,
+    pub cluster: crate::identity::ClusterIdentity,
     /// Permits for chunk streams served at once (`--max-streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
 }
@@ -64,15 +61,6 @@ impl Node {
     pub fn max_frame_bytes(&self) -> usize {
         self.config.max_frame_bytes.0 as usize
     }
-}
-
-/// A replica target of an upload.
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// Its node id.
-    pub node_id: String,
-    /// Its gRPC endpoint.
-    pub address: String,
 }
 
 /// A prepared upload: what PrepareChunkUpload promised, waiting for its stream.
@@ -233,60 +221,6 @@ impl Sessions {
             .lock()
             .expect("sessions lock")
             .retain(|_, (_, exp)| *exp > now);
-    }
-}
-
-/// Lazily connected, cached channels to other datanodes: one HTTP/2
-/// connection per peer carries every concurrent stream to it.
-#[derive(Default)]
-pub struct Peers {
-    channels: Mutex<HashMap<String, Channel>>,
-}
-
-impl Peers {
-    /// A client for the datanode at `address`.
-    pub fn client(&self, address: &str) -> Result<DataNodeClient<Channel>, Status> {
-        Ok(DataNodeClient::new(self.channel(address)?)
-            .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
-    }
-
-    /// The one lazily connected channel to the datanode at `address`.
-    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
-        let channel = {
-            let mut map = self.channels.lock().expect("peers lock");
-            match map.get(address) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = dfs_common::transport::lazy_channel(address, CONNECT_TIMEOUT).map_err(
-                        |e| {
-                            Status::invalid_argument(format!(
-                                "invalid datanode address {address:?}: {e}"
-                            ))
-                        },
-                    )?;
-                    map.insert(address.to_string(), c.clone());
-                    c
-                }
-            }
-        };
-        Ok(channel)
-    }
-}
-
-/// Maps a store error to the gRPC status a caller sees.
-pub fn status(e: StoreError) -> Status {
-    match &e {
-        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
-        StoreError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
-        StoreError::Concurrent { .. } => Status::aborted(e.to_string()),
-        StoreError::Corrupt { .. } | StoreError::Mismatch { .. } => {
-            Status::data_loss(e.to_string())
-        }
-        StoreError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
-        StoreError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
-        StoreError::Cancelled => Status::cancelled(e.to_string()),
-        StoreError::Io { .. } => Status::internal(e.to_string()),
     }
 }
 

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use dfs_proto::chunk_stream::{self, Inbound};
 use dfs_proto::{
     ChecksumAlgorithm, ChunkData, ChunkDataAck, ChunkMeta, ChunkReplicas, DeleteChunkRequest,
-    ReplicaFailure, ReplicaReceipt, ReplicateChunkHeader, ReplicateChunkRequest,
-    UploadChunkResponse, replicate_chunk_request, upload_chunk_response,
+    PrepareChunkUploadRequest, ReplicaFailure, ReplicaReceipt, ReplicateChunkHeader,
+    ReplicateChunkRequest, UploadChunkResponse, replicate_chunk_request, upload_chunk_response,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,8 +34,10 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::metrics::{GaugeGuard, stream};
-use crate::node::{Node, Target, UploadSession, status};
-use crate::store::{ChunkId, Store, StoreError, Stored, StoredChunk};
+use crate::node::{Node, UploadSession};
+use crate::peers::Target;
+use crate::store::{ChunkId, Store, StoreError, Stored};
+use crate::wire::{chunk_meta, parse_meta, parse_targets, status};
 
 /// Frames queued towards the local writer thread.
 const WRITER_QUEUE_FRAMES: usize = 4;
@@ -79,14 +81,44 @@ fn answered_receipt(answer: &ChunkReplicas, node_id: &str) -> Option<ReplicaRece
     })
 }
 
-/// The wire form of a stored chunk.
-pub fn chunk_meta(id: &ChunkId, c: StoredChunk) -> ChunkMeta {
-    ChunkMeta {
-        chunk_id: id.to_string(),
-        checksum: c.checksum,
-        size: c.size,
-        checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
-    }
+/// Validates a prepare request (PrepareChunkUpload, or the `prepare` of a
+/// one-call upload's first frame) and reserves the chunk's space: the
+/// session a stream then uses. Also says whether the node already stores
+/// the chunk with the announced checksum (an idempotent retry).
+pub fn prepare_upload(
+    node: &Node,
+    req: PrepareChunkUploadRequest,
+) -> Result<(UploadSession, bool), Status> {
+    let meta = req
+        .chunk
+        .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
+    let (id, size, checksum) = parse_meta(&meta)?;
+    let targets = parse_targets(req.targets, &node.node_id)?;
+    let replicas = 1 + targets.len();
+    let quorum = match (req.write_quorum, node.config.write_quorum) {
+        (0, 0) => replicas,
+        (0, q) => (q as usize).min(replicas),
+        (q, _) if q as usize > replicas => {
+            return Err(Status::invalid_argument(format!(
+                "write_quorum {q} exceeds the {replicas} replicas"
+            )));
+        }
+        (q, _) => q as usize,
+    };
+    // Immutability, before a byte is received: other bytes under a stored
+    // id get ALREADY_EXISTS; the same ones are an idempotent retry.
+    let already_stored = node
+        .store
+        .check_writable(&id, size, checksum)
+        .map_err(status)?;
+    let reservation = node
+        .store
+        .reserve(if already_stored { 0 } else { size })
+        .map_err(status)?;
+    let session = node
+        .sessions
+        .new_upload(id, size, checksum, targets, quorum, reservation);
+    Ok((session, already_stored))
 }
 
 fn ack(offset: u64, frames: u64) -> UploadChunkResponse {
@@ -474,9 +506,7 @@ pub async fn upload(
     let mut first = next_frame(&mut frames, idle).await?;
     let session = match first.prepare.take() {
         // One-call upload: prepared here, with PrepareChunkUpload's checks.
-        Some(prepare) if first.session_id.is_empty() => {
-            crate::service::prepare_upload(&node, prepare)?.0
-        }
+        Some(prepare) if first.session_id.is_empty() => prepare_upload(&node, prepare)?.0,
         Some(_) => {
             return Err(Status::invalid_argument(
                 "the first frame carries either a session_id or a prepare request, not both",
@@ -736,7 +766,13 @@ async fn send_whole(
     if node.store.is_small(frame.data.len() as u64) && node.small_links.supported(&target.address) {
         match node
             .small_links
-            .replicate(node, target, header.clone(), frame.clone())
+            .replicate(
+                &node.peers,
+                &node.metrics,
+                target,
+                header.clone(),
+                frame.clone(),
+            )
             .await
         {
             Err(st) if st.code() == tonic::Code::Unimplemented => {}
@@ -807,7 +843,7 @@ pub async fn replicate(
         .chunk
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("ReplicateChunk header without chunk"))?;
-    let (chunk_id, size, checksum) = crate::service::parse_meta(meta)?;
+    let (chunk_id, size, checksum) = parse_meta(meta)?;
     // Immutability, before a byte is received.
     node.store
         .check_writable(&chunk_id, size, checksum)

@@ -20,9 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::metrics::stream;
-use crate::node::{Node, Target, status};
-use crate::pipeline::chunk_meta;
+use crate::node::Node;
+use crate::peers::Target;
 use crate::store::{ChunkId, Store, StoreError};
+use crate::wire::{chunk_meta, status};
 
 /// Frames queued towards a reader's consumer.
 const READ_QUEUE_FRAMES: usize = 4;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use dfs_proto::chunk_stream::Inbound;
 use dfs_proto::data_node_server::DataNode;
 use dfs_proto::{
-    ChunkData, ChunkMeta, DeleteChunkRequest, DeleteChunkResponse, DownloadChunkStreamRequest,
+    ChunkData, DeleteChunkRequest, DeleteChunkResponse, DownloadChunkStreamRequest,
     PrepareChunkDownloadRequest, PrepareChunkDownloadResponse, PrepareChunkUploadRequest,
     PrepareChunkUploadResponse, ReplicateChunkRequest, SmallChunk, SmallChunkResult,
     UploadChunkResponse, upload_chunk_response,
@@ -19,117 +19,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::{GaugeGuard, stream};
-use crate::node::{Node, Target, UploadSession, blocking, status};
-use crate::pipeline::{self, chunk_meta};
+use crate::node::{Node, blocking};
+use crate::pipeline::{self, prepare_upload};
 use crate::read::spawn_read;
-use crate::store::ChunkId;
+use crate::wire::{chunk_meta, parse_id, status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Response messages queued towards a caller.
 const RESPONSE_QUEUE: usize = 16;
-/// Most replica targets one upload may name (replication 16 at most).
-pub const MAX_TARGETS: usize = 15;
-
-/// Validates a chunk id from the wire.
-pub fn parse_id(s: &str) -> Result<ChunkId, Status> {
-    ChunkId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// Validates a ChunkMeta: id, algorithm; checksum 0 means unknown.
-pub fn parse_meta(meta: &ChunkMeta) -> Result<(ChunkId, u64, Option<u32>), Status> {
-    let id = parse_id(&meta.chunk_id)?;
-    if !dfs_proto::frame::is_supported_algorithm(meta.checksum_algorithm) {
-        return Err(Status::invalid_argument(format!(
-            "unsupported checksum algorithm {}",
-            meta.checksum_algorithm
-        )));
-    }
-    let checksum = (meta.checksum != 0).then_some(meta.checksum);
-    Ok((id, meta.size, checksum))
-}
-
-/// Validates a prepare request (PrepareChunkUpload, or the `prepare` of a
-/// one-call upload's first frame) and reserves the chunk's space: the
-/// session a stream then uses. Also says whether the node already stores
-/// the chunk with the announced checksum (an idempotent retry).
-pub fn prepare_upload(
-    node: &Node,
-    req: PrepareChunkUploadRequest,
-) -> Result<(UploadSession, bool), Status> {
-    let meta = req
-        .chunk
-        .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
-    let (id, size, checksum) = parse_meta(&meta)?;
-    if req.targets.len() > MAX_TARGETS {
-        return Err(Status::invalid_argument(format!(
-            "{} targets; a chunk has at most {} replicas besides the primary",
-            req.targets.len(),
-            MAX_TARGETS
-        )));
-    }
-    let mut targets: Vec<Target> = Vec::with_capacity(req.targets.len());
-    for t in req.targets {
-        if t.node_id.is_empty() || t.address.is_empty() {
-            return Err(Status::invalid_argument(
-                "every target needs a node_id and an address",
-            ));
-        }
-        // Only gRPC URLs of a sane length: the primary connects to them.
-        if t.node_id.len() > 128
-            || t.address.len() > 256
-            || !(t.address.starts_with("http://") || t.address.starts_with("https://"))
-            || t.address.parse::<tonic::codegen::http::Uri>().is_err()
-        {
-            return Err(Status::invalid_argument(format!(
-                "invalid target {:?} at {:?}: expected a node id of at most 128 bytes and an http(s) URL of at most 256",
-                t.node_id.chars().take(64).collect::<String>(),
-                t.address.chars().take(80).collect::<String>()
-            )));
-        }
-        if targets
-            .iter()
-            .any(|x| x.node_id == t.node_id || x.address == t.address)
-        {
-            return Err(Status::invalid_argument("duplicate target"));
-        }
-        if t.node_id == node.node_id {
-            return Err(Status::invalid_argument(
-                "targets must not include the primary itself",
-            ));
-        }
-        targets.push(Target {
-            node_id: t.node_id,
-            address: t.address,
-        });
-    }
-    let replicas = 1 + targets.len();
-    let quorum = match (req.write_quorum, node.config.write_quorum) {
-        (0, 0) => replicas,
-        (0, q) => (q as usize).min(replicas),
-        (q, _) if q as usize > replicas => {
-            return Err(Status::invalid_argument(format!(
-                "write_quorum {q} exceeds the {replicas} replicas"
-            )));
-        }
-        (q, _) => q as usize,
-    };
-    // Immutability, before a byte is received: other bytes under a stored
-    // id get ALREADY_EXISTS; the same ones are an idempotent retry.
-    let already_stored = node
-        .store
-        .check_writable(&id, size, checksum)
-        .map_err(status)?;
-    let reservation = node
-        .store
-        .reserve(if already_stored { 0 } else { size })
-        .map_err(status)?;
-    let session = node
-        .sessions
-        .new_upload(id, size, checksum, targets, quorum, reservation);
-    Ok((session, already_stored))
-}
-
 /// The gRPC service of a datanode.
 pub struct DataNodeService {
     node: Arc<Node>,

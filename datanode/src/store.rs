@@ -40,8 +40,6 @@
 //! is fsynced: a crash leaves either nothing visible or the whole chunk.
 //! Every method here blocks; async callers use `spawn_blocking`.
 
-use std::collections::HashMap;
-
 use bytes::{Bytes, BytesMut};
 
 use crate::staged::{StagePool, StagedFile};
@@ -53,7 +51,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::Metrics;
-use crate::volume::{Index, PendingPut, Volumes};
+use crate::volume::{PendingPut, Volumes};
+
+pub(crate) use crate::fsio::io_err;
+pub use crate::fsio::{StoreError, sync_dir, write_atomic};
+pub use crate::table::{ClaimGuard, Delta, State, StoredChunk};
+
+const _: () = assert!(crate::volume::MAX_RECORD_DATA == BLOCK_BYTES);
 
 /// Size of a checksummed block inside a chunk file.
 pub const BLOCK_BYTES: usize = 256 * 1024;
@@ -68,15 +72,6 @@ pub const FAULT_ENV: &str = "DFS_DATANODE_FAULT";
 /// into a path, so `../../etc/passwd` cannot reach the file system.
 pub use dfs_common::id::ChunkId;
 
-/// Size and checksum of a stored chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoredChunk {
-    /// Bytes of data.
-    pub size: u64,
-    /// CRC32C of the whole chunk.
-    pub checksum: u32,
-}
-
 /// A chunk as a write left it: what is stored, and whether this write
 /// created it (false: the same bytes were already stored, an idempotent
 /// retry; rolling such a write back must not delete them).
@@ -86,93 +81,6 @@ pub struct Stored {
     pub chunk: StoredChunk,
     /// This write made it.
     pub created: bool,
-}
-
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The id is stored with other bytes: chunk ids are immutable.
-    #[error(
-        "chunk {chunk_id} is already stored with other bytes ({reason}); a chunk id never gets different bytes"
-    )]
-    AlreadyExists {
-        /// The chunk.
-        chunk_id: ChunkId,
-        /// What differs.
-        reason: String,
-    },
-    /// Another write of the same id is being committed right now.
-    #[error("chunk {chunk_id} is being written by another stream; retry")]
-    Concurrent {
-        /// The chunk.
-        chunk_id: ChunkId,
-    },
-    /// The chunk is not stored here.
-    #[error("chunk {chunk_id} not found")]
-    NotFound {
-        /// The chunk.
-        chunk_id: ChunkId,
-    },
-    /// The chunk's bytes no longer match their checksums.
-    #[error("chunk {chunk_id} is corrupt: {reason}")]
-    Corrupt {
-        /// The chunk.
-        chunk_id: ChunkId,
-        /// What did not match.
-        reason: String,
-    },
-    /// Written data does not match what was announced.
-    #[error("chunk {chunk_id}: {reason}")]
-    Mismatch {
-        /// The chunk.
-        chunk_id: ChunkId,
-        /// What did not match.
-        reason: String,
-    },
-    /// Not enough room for the chunk.
-    #[error("not enough space: {needed} bytes needed, {free} free")]
-    NoSpace {
-        /// Bytes asked for.
-        needed: u64,
-        /// Bytes free after the reserve and open sessions.
-        free: u64,
-    },
-    /// The range asked for is outside the chunk.
-    #[error("range {offset}+{length} is outside chunk {chunk_id} of {size} bytes")]
-    OutOfRange {
-        /// The chunk.
-        chunk_id: ChunkId,
-        /// First byte asked for.
-        offset: u64,
-        /// Bytes asked for.
-        length: u64,
-        /// Size of the chunk.
-        size: u64,
-    },
-    /// The reader of a range stopped early (the consumer went away).
-    #[error("read cancelled")]
-    Cancelled,
-    /// An I/O call failed.
-    #[error("failed to {action} {path}: {source}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-}
-
-pub(crate) fn io_err<'a>(
-    action: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Capacity of the node now.
@@ -190,91 +98,12 @@ pub struct Capacity {
     pub chunks: u64,
 }
 
-/// Changes since the last heartbeat, for the coordinator's incremental report.
-#[derive(Debug, Default)]
-pub struct Delta {
-    /// Chunks stored.
-    pub added: Vec<(ChunkId, StoredChunk)>,
-    /// Chunks removed.
-    pub removed: Vec<ChunkId>,
-    /// Chunks found corrupt and removed.
-    pub corrupt: Vec<ChunkId>,
-}
-
-impl Delta {
-    /// True when there is nothing to report.
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.corrupt.is_empty()
-    }
-}
-
-/// What the store knows, behind one lock (shared with the volume committer).
-#[derive(Default)]
-pub struct State {
-    chunks: HashMap<ChunkId, StoredChunk>,
-    used: u64,
-    promised: u64,
-    delta: Delta,
-    /// Where the small chunks are in the volumes.
-    pub(crate) index: Index,
-    /// Ids being committed right now, with what they will hold: a second
-    /// writer of the same id waits its turn instead of racing it.
-    claims: HashMap<ChunkId, StoredChunk>,
-    /// Chunks moved to `quarantine/` (corrupt), for listing.
-    quarantined: Vec<ChunkId>,
-    /// Chunks whose file could not be read at start-up (I/O error): not
-    /// served, not deleted, not reported as corrupt.
-    unavailable: Vec<ChunkId>,
-}
-
 /// What a writer may do with an id (see [`Store::claim`]).
 enum Claim {
     /// The same bytes are stored already.
     Stored(StoredChunk),
     /// The id is free and now reserved for this writer.
     New(ClaimGuard),
-}
-
-/// Releases a claimed id when the write ends (committed or not). A small
-/// chunk's guard travels with its record to the volume committer, which
-/// drops it only once the chunk is in the index (after releasing the store
-/// lock): a writer that gives up waiting never frees the id early.
-pub struct ClaimGuard {
-    state: Arc<Mutex<State>>,
-    id: ChunkId,
-}
-
-impl Drop for ClaimGuard {
-    fn drop(&mut self) {
-        self.state
-            .lock()
-            .expect("store lock")
-            .claims
-            .remove(&self.id);
-    }
-}
-
-impl State {
-    /// Records a stored chunk (replacing an older copy) for the next report.
-    pub(crate) fn insert_chunk(&mut self, id: ChunkId, meta: StoredChunk) {
-        if let Some(old) = self.chunks.insert(id.clone(), meta) {
-            self.used -= old.size;
-        }
-        self.used += meta.size;
-        self.delta.added.push((id, meta));
-    }
-
-    /// Forgets a chunk; reports its removal when it was stored.
-    pub(crate) fn remove_chunk(&mut self, id: &ChunkId) -> bool {
-        match self.chunks.remove(id) {
-            Some(old) => {
-                self.used -= old.size;
-                self.delta.removed.push(id.clone());
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// Tunables of a store.
@@ -1593,24 +1422,6 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Fsyncs a directory so a rename or creation inside it is durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-/// Writes `contents` to `path` atomically (temp file, fsync, rename, fsync of
-/// the directory).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(contents).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 #[cfg(test)]

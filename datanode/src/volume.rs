@@ -56,7 +56,7 @@
 //! the committer is idle, copies the live records of a sealed volume that is
 //! at least half garbage into the active one (as new batches) and removes it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -68,8 +68,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::fsio::{StoreError, io_err, sync_dir};
 use crate::metrics::Metrics;
-use crate::store::{ChunkId, ClaimGuard, State, StoreError, StoredChunk, io_err, sync_dir};
+use crate::table::{ClaimGuard, State, StoredChunk};
+use dfs_common::id::ChunkId;
+
+pub use crate::table::{Index, SmallLoc, VolumeStat};
 
 const MAGIC: &[u8; 4] = b"DFV2";
 /// Magic of the records of volumes written before batches had commit
@@ -77,8 +81,10 @@ const MAGIC: &[u8; 4] = b"DFV2";
 const MAGIC_V1: &[u8; 4] = b"DFV1";
 const HEADER_LEN: usize = 24;
 const ID_LEN: usize = dfs_proto::CHUNK_ID_LEN;
-/// Bytes of a record before its data.
-pub const RECORD_OVERHEAD: usize = HEADER_LEN + ID_LEN;
+/// Bytes of a record before its data (the location index needs it, so it
+/// is defined with the index).
+pub use crate::table::RECORD_OVERHEAD;
+const _: () = assert!(RECORD_OVERHEAD == HEADER_LEN + ID_LEN);
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 /// The commit record that ends a batch (a header only, no id).
@@ -87,90 +93,13 @@ const KIND_COMMIT: u8 = 3;
 pub const BATCH_ALIGN: usize = 4096;
 /// Largest data a record may carry (one checksum block of a chunk file): a
 /// header claiming more is damaged.
-pub const MAX_RECORD_DATA: usize = crate::store::BLOCK_BYTES;
+pub const MAX_RECORD_DATA: usize = 256 * 1024;
 /// Records written per `pwrite` + `fdatasync` at most.
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// The committer looks for a volume to compact after this long without work.
 const IDLE_COMPACT_AFTER: Duration = Duration::from_secs(2);
 /// A sealed volume is compacted once at least this share of it is garbage.
 const COMPACT_GARBAGE_RATIO: f64 = 0.5;
-
-/// Where a small chunk's record is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SmallLoc {
-    /// Volume sequence number.
-    pub volume: u32,
-    /// Offset of the record (its header) in the volume.
-    pub offset: u64,
-    /// Bytes of data.
-    pub size: u32,
-}
-
-impl SmallLoc {
-    /// Offset of the data in the volume.
-    pub fn data_offset(&self) -> u64 {
-        self.offset + RECORD_OVERHEAD as u64
-    }
-
-    fn record_len(&self) -> u64 {
-        RECORD_OVERHEAD as u64 + u64::from(self.size)
-    }
-}
-
-/// Size and live bytes of one volume. Garbage, `size - live`, is the deleted
-/// and replaced records, the delete and commit records and the zeros that
-/// start each batch on a 4 KiB boundary: compaction reclaims all of them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VolumeStat {
-    /// Bytes up to the end of the last batch's commit record (the zeros after
-    /// it, written ahead or up to the next boundary, are not counted).
-    pub size: u64,
-    /// Bytes of records the index points at.
-    pub live: u64,
-}
-
-/// The in-memory index of the small chunks (part of the store's state, so one
-/// lock covers both).
-#[derive(Debug, Default)]
-pub struct Index {
-    /// Where each small chunk is.
-    pub locs: HashMap<ChunkId, SmallLoc>,
-    /// Every volume, by sequence number.
-    pub volumes: BTreeMap<u32, VolumeStat>,
-}
-
-impl Index {
-    fn put(&mut self, id: ChunkId, loc: SmallLoc) -> Option<SmallLoc> {
-        let old = self.locs.insert(id, loc);
-        if let Some(o) = old {
-            self.unaccount(o);
-        }
-        self.volumes.entry(loc.volume).or_default().live += loc.record_len();
-        old
-    }
-
-    /// Forgets `id`; returns where it was.
-    pub fn remove(&mut self, id: &ChunkId) -> Option<SmallLoc> {
-        let old = self.locs.remove(id);
-        if let Some(o) = old {
-            self.unaccount(o);
-        }
-        old
-    }
-
-    fn unaccount(&mut self, loc: SmallLoc) {
-        if let Some(v) = self.volumes.get_mut(&loc.volume) {
-            v.live = v.live.saturating_sub(loc.record_len());
-        }
-    }
-
-    /// (live, garbage) bytes over every volume.
-    pub fn bytes(&self) -> (u64, u64) {
-        self.volumes.values().fold((0, 0), |(l, g), v| {
-            (l + v.live, g + v.size.saturating_sub(v.live))
-        })
-    }
-}
 
 /// Writes zeros over `[from, to)` of `file`.
 fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
@@ -1432,7 +1361,7 @@ mod tests {
 
     /// The live small chunks of `dir` (read-only replay): id → (volume, record
     /// offset, data).
-    fn chunks(dir: &Path) -> BTreeMap<u8, (PathBuf, usize, Vec<u8>)> {
+    fn chunks(dir: &Path) -> std::collections::BTreeMap<u8, (PathBuf, usize, Vec<u8>)> {
         inspect(dir)
             .unwrap()
             .into_iter()

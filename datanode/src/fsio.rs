@@ -1,0 +1,114 @@
+//! The disk layer's error and its two durable-file helpers (a directory
+//! fsync, an atomic file write). The lowest module of the data path: the
+//! store, the volumes and the identity files all use it.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use dfs_common::id::ChunkId;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The id is stored with other bytes: chunk ids are immutable.
+    #[error(
+        "chunk {chunk_id} is already stored with other bytes ({reason}); a chunk id never gets different bytes"
+    )]
+    AlreadyExists {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What differs.
+        reason: String,
+    },
+    /// Another write of the same id is being committed right now.
+    #[error("chunk {chunk_id} is being written by another stream; retry")]
+    Concurrent {
+        /// The chunk.
+        chunk_id: ChunkId,
+    },
+    /// The chunk is not stored here.
+    #[error("chunk {chunk_id} not found")]
+    NotFound {
+        /// The chunk.
+        chunk_id: ChunkId,
+    },
+    /// The chunk's bytes no longer match their checksums.
+    #[error("chunk {chunk_id} is corrupt: {reason}")]
+    Corrupt {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What did not match.
+        reason: String,
+    },
+    /// Written data does not match what was announced.
+    #[error("chunk {chunk_id}: {reason}")]
+    Mismatch {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// What did not match.
+        reason: String,
+    },
+    /// Not enough room for the chunk.
+    #[error("not enough space: {needed} bytes needed, {free} free")]
+    NoSpace {
+        /// Bytes asked for.
+        needed: u64,
+        /// Bytes free after the reserve and open sessions.
+        free: u64,
+    },
+    /// The range asked for is outside the chunk.
+    #[error("range {offset}+{length} is outside chunk {chunk_id} of {size} bytes")]
+    OutOfRange {
+        /// The chunk.
+        chunk_id: ChunkId,
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        length: u64,
+        /// Size of the chunk.
+        size: u64,
+    },
+    /// The reader of a range stopped early (the consumer went away).
+    #[error("read cancelled")]
+    Cancelled,
+    /// An I/O call failed.
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Fsyncs a directory so a rename or creation inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename, fsync of
+/// the directory).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(contents).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
