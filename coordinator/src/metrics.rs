@@ -1,11 +1,71 @@
 //! Prometheus metrics of the coordinator (own [`Registry`]).
+//!
+//! Every labelled series whose label values are known (node states, RPC
+//! methods and status codes) is created at 0 when the metrics are built, so
+//! `increase()` and `rate()` see the first event. Only the per-node
+//! `heartbeat_age_seconds{node_id}` appears with its node.
 
+use std::cell::RefCell;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
 use crate::cluster::{NodeState, RedundancyStats};
+
+/// `method` of `rpc_requests` and `rpc_duration`: every RPC of the
+/// Coordinator service, as `service.rs` names it.
+pub const RPC_METHODS: [&str; 19] = [
+    "UploadFile",
+    "ConfirmUpload",
+    "UploadFiles",
+    "ConfirmUploads",
+    "AbortUpload",
+    "ReplanChunk",
+    "DownloadFile",
+    "Mkdir",
+    "ListDirectory",
+    "Stat",
+    "Delete",
+    "Rename",
+    "RegisterDataNode",
+    "DataNodeHeartbeat",
+    "ListNodes",
+    "GetClusterStatus",
+    "DecommissionNode",
+    "SetNodeMaintenance",
+    "SetSafeMode",
+];
+
+/// `method` of `batched_calls`: the calls UploadFiles and ConfirmUploads
+/// carry.
+pub const BATCHED_METHODS: [&str; 2] = ["UploadFile", "ConfirmUpload"];
+
+/// Every gRPC status code (`code` of `rpc_requests`, see [`code_label`]).
+pub const RPC_CODES: [tonic::Code; 17] = {
+    use tonic::Code::*;
+    [
+        Ok,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    ]
+};
 
 /// Every coordinator metric.
 #[derive(Clone, Debug)]
@@ -47,12 +107,44 @@ pub struct Metrics {
     pub confirm_mismatch: IntCounter,
     /// 1 once the metadata log could not be written (the process stops).
     pub metadata_failed: IntGauge,
+    /// Names of every registered family (the tests check each is exported).
+    #[cfg(test)]
+    families: Vec<String>,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+/// Registers `m` in `r`, notes its name in `families` and hands it back.
+fn reg<T: Collector + Clone + 'static>(r: &Registry, families: &RefCell<Vec<String>>, m: T) -> T {
+    families
+        .borrow_mut()
+        .extend(m.desc().iter().map(|d| d.fq_name.clone()));
     r.register(Box::new(m.clone()))
         .expect("metric names are unique");
     m
+}
+
+/// Creates the series of `vec` (at 0) for every combination of `values`:
+/// one array of values per label, in label order.
+fn init_series<T: MetricVecBuilder>(vec: MetricVec<T>, values: &[&[&str]]) -> MetricVec<T> {
+    fn go<'a, T: MetricVecBuilder>(
+        vec: &MetricVec<T>,
+        values: &[&[&'a str]],
+        prefix: &mut Vec<&'a str>,
+    ) {
+        match values.split_first() {
+            None => {
+                vec.with_label_values(prefix);
+            }
+            Some((first, rest)) => {
+                for v in first.iter() {
+                    prefix.push(v);
+                    go(vec, rest, prefix);
+                    prefix.pop();
+                }
+            }
+        }
+    }
+    go(&vec, values, &mut Vec::new());
+    vec
 }
 
 impl Default for Metrics {
@@ -65,9 +157,14 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let r = Registry::new();
-        let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
+        let families = RefCell::new(Vec::new());
+        let f = &families;
+        let g =
+            |name: &str, help: &str| reg(&r, f, IntGauge::new(name, help).expect("valid metric"));
         let c =
-            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+            |name: &str, help: &str| reg(&r, f, IntCounter::new(name, help).expect("valid metric"));
+        let states = NodeState::ALL.map(NodeState::label);
+        let codes = RPC_CODES.map(code_label);
         Metrics {
             safe_mode: g(
                 "dfs_coordinator_safe_mode",
@@ -99,11 +196,15 @@ impl Metrics {
             ),
             datanodes: reg(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new("dfs_coordinator_datanodes", "Datanodes by state."),
-                    &["state"],
-                )
-                .expect("valid metric"),
+                f,
+                init_series(
+                    IntGaugeVec::new(
+                        Opts::new("dfs_coordinator_datanodes", "Datanodes by state."),
+                        &["state"],
+                    )
+                    .expect("valid metric"),
+                    &[&states],
+                ),
             ),
             capacity_total: g(
                 "dfs_coordinator_capacity_total_bytes",
@@ -141,6 +242,7 @@ impl Metrics {
             ),
             repairs_completed: reg(
                 &r,
+                f,
                 IntCounter::new(
                     "dfs_coordinator_repairs_completed_total",
                     "Re-replications completed.",
@@ -149,6 +251,7 @@ impl Metrics {
             ),
             orphans_deleted: reg(
                 &r,
+                f,
                 IntCounter::new(
                     "dfs_coordinator_orphan_replicas_deleted_total",
                     "Orphan replicas deleted.",
@@ -165,44 +268,57 @@ impl Metrics {
             ),
             rpc_requests: reg(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "dfs_coordinator_rpc_requests_total",
-                        "gRPC requests by method and status code.",
-                    ),
-                    &["method", "code"],
-                )
-                .expect("valid metric"),
+                f,
+                init_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "dfs_coordinator_rpc_requests_total",
+                            "gRPC requests by method and status code.",
+                        ),
+                        &["method", "code"],
+                    )
+                    .expect("valid metric"),
+                    &[&RPC_METHODS, &codes],
+                ),
             ),
             rpc_duration: reg(
                 &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "dfs_coordinator_rpc_duration_seconds",
-                        "gRPC latency by method.",
+                f,
+                init_series(
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "dfs_coordinator_rpc_duration_seconds",
+                            "gRPC latency by method.",
+                        )
+                        .buckets(vec![
+                            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                            0.25, 0.5, 1.0, 2.5,
+                        ]),
+                        &["method"],
                     )
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                        0.25, 0.5, 1.0, 2.5,
-                    ]),
-                    &["method"],
-                )
-                .expect("valid metric"),
+                    .expect("valid metric"),
+                    &[&RPC_METHODS],
+                ),
             ),
             batched_calls: reg(
                 &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "dfs_coordinator_batched_calls_total",
-                        "Calls that arrived inside a batch (UploadFiles, ConfirmUploads), by \
-                         their own method; also counted in dfs_coordinator_rpc_requests_total.",
-                    ),
-                    &["method"],
-                )
-                .expect("valid metric"),
+                f,
+                init_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "dfs_coordinator_batched_calls_total",
+                            "Calls that arrived inside a batch (UploadFiles, ConfirmUploads), by \
+                             their own method; also counted in dfs_coordinator_rpc_requests_total.",
+                        ),
+                        &["method"],
+                    )
+                    .expect("valid metric"),
+                    &[&BATCHED_METHODS],
+                ),
             ),
             heartbeat_age: reg(
                 &r,
+                f,
                 GaugeVec::new(
                     Opts::new(
                         "dfs_coordinator_heartbeat_age_seconds",
@@ -214,6 +330,7 @@ impl Metrics {
             ),
             commits: reg(
                 &r,
+                f,
                 IntCounter::new(
                     "dfs_coordinator_metadata_commits_total",
                     "Metadata write transactions.",
@@ -222,6 +339,7 @@ impl Metrics {
             ),
             commit_batch: reg(
                 &r,
+                f,
                 prometheus::Histogram::with_opts(
                     HistogramOpts::new(
                         "dfs_coordinator_metadata_commit_batch_size",
@@ -233,6 +351,7 @@ impl Metrics {
             ),
             commit_duration: reg(
                 &r,
+                f,
                 prometheus::Histogram::with_opts(
                     HistogramOpts::new(
                         "dfs_coordinator_metadata_commit_duration_seconds",
@@ -244,12 +363,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            #[cfg(test)]
+            families: families.into_inner(),
             registry: r,
         }
     }
 
     /// Records one RPC.
     pub fn rpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        debug_assert!(
+            RPC_METHODS.contains(&method),
+            "add {method} to metrics::RPC_METHODS"
+        );
         self.rpc_requests
             .with_label_values(&[method, code_label(code)])
             .inc();
@@ -260,6 +385,10 @@ impl Metrics {
 
     /// Records one call that arrived inside a batch, under its own method.
     pub fn batched_rpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        debug_assert!(
+            BATCHED_METHODS.contains(&method),
+            "add {method} to metrics::BATCHED_METHODS"
+        );
         self.batched_calls.with_label_values(&[method]).inc();
         self.rpc(method, code, seconds);
     }
@@ -318,7 +447,8 @@ impl Metrics {
     }
 }
 
-fn code_label(code: tonic::Code) -> &'static str {
+/// The `code` label of a status code.
+pub fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "ok",
@@ -338,5 +468,157 @@ fn code_label(code: tonic::Code) -> &'static str {
         Unavailable => "unavailable",
         DataLoss => "data_loss",
         Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::proto::{MetricFamily, MetricType};
+
+    /// Families whose label values are open-ended: their series appear with
+    /// their first event.
+    const LAZY: [&str; 1] = [
+        // One series per datanode id, created by its first heartbeat.
+        "dfs_coordinator_heartbeat_age_seconds",
+    ];
+
+    /// `family`'s series as (label values in label order, value): counter or
+    /// gauge value, or a histogram's sample count.
+    fn series(families: &[MetricFamily], family: &str) -> Vec<(Vec<String>, f64)> {
+        let f = families
+            .iter()
+            .find(|f| f.name() == family)
+            .unwrap_or_else(|| panic!("{family} is not exported"));
+        let mut out: Vec<_> = f
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect();
+                let value = match f.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                    other => panic!("{family}: unexpected type {other:?}"),
+                };
+                (labels, value)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Every combination of `values` (one array per label, in the
+    /// alphabetical order of the label names, as gathered), each at 0.
+    fn zeros(values: &[&[&str]]) -> Vec<(Vec<String>, f64)> {
+        let mut out: Vec<Vec<String>> = vec![vec![]];
+        for dim in values {
+            out = out
+                .into_iter()
+                .flat_map(|p| {
+                    dim.iter().map(move |v| {
+                        let mut p = p.clone();
+                        p.push(v.to_string());
+                        p
+                    })
+                })
+                .collect();
+        }
+        let mut out: Vec<_> = out.into_iter().map(|l| (l, 0.0)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn every_known_label_value_starts_at_zero() {
+        let families = Metrics::new().registry.gather();
+        let states = NodeState::ALL.map(NodeState::label);
+        assert_eq!(
+            series(&families, "dfs_coordinator_datanodes"),
+            zeros(&[&states])
+        );
+        // Gathered labels are sorted by name: code before method.
+        let codes = RPC_CODES.map(code_label);
+        assert_eq!(
+            series(&families, "dfs_coordinator_rpc_requests_total"),
+            zeros(&[&codes, &RPC_METHODS])
+        );
+        assert_eq!(
+            series(&families, "dfs_coordinator_rpc_duration_seconds"),
+            zeros(&[&RPC_METHODS])
+        );
+        assert_eq!(
+            series(&families, "dfs_coordinator_batched_calls_total"),
+            zeros(&[&BATCHED_METHODS])
+        );
+        assert!(
+            !families
+                .iter()
+                .any(|f| f.name() == "dfs_coordinator_heartbeat_age_seconds"),
+            "no node, no heartbeat age"
+        );
+    }
+
+    #[test]
+    fn known_codes_and_methods_are_distinct() {
+        let mut codes = RPC_CODES.map(code_label).to_vec();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), RPC_CODES.len(), "{codes:?}");
+        let mut methods = RPC_METHODS.to_vec();
+        methods.sort();
+        methods.dedup();
+        assert_eq!(methods.len(), RPC_METHODS.len());
+        assert!(BATCHED_METHODS.iter().all(|m| RPC_METHODS.contains(m)));
+    }
+
+    #[test]
+    fn an_rpc_counts_on_its_existing_series() {
+        let m = Metrics::new();
+        m.batched_rpc("UploadFile", tonic::Code::NotFound, 0.001);
+        let families = m.registry.gather();
+        let requests = series(&families, "dfs_coordinator_rpc_requests_total");
+        assert_eq!(requests.len(), RPC_METHODS.len() * RPC_CODES.len());
+        let hit: Vec<_> = requests.iter().filter(|(_, v)| *v != 0.0).collect();
+        assert_eq!(
+            hit,
+            [&(vec!["not_found".to_string(), "UploadFile".to_string()], 1.0)]
+        );
+    }
+
+    /// Fails when a metric is added without creating its series: a family
+    /// with no series is left out of the scrape altogether.
+    #[test]
+    fn every_family_is_exported_from_the_start() {
+        let m = Metrics::new();
+        let families = m.registry.gather();
+        // Every registration is noted (Vecs and plain metrics alike).
+        assert!(
+            m.families
+                .iter()
+                .any(|f| f == "dfs_coordinator_rpc_requests_total")
+        );
+        assert!(m.families.len() >= families.len(), "{:?}", m.families);
+        for name in &m.families {
+            if LAZY.contains(&name.as_str()) {
+                continue;
+            }
+            let f = families.iter().find(|f| f.name() == name);
+            assert!(
+                f.is_some_and(|f| !f.get_metric().is_empty()),
+                "{name} has no series until its first event: create them in Metrics::new() \
+                 (init_series), or list it in LAZY with the reason"
+            );
+        }
+        for name in LAZY {
+            assert!(
+                m.families.iter().any(|f| f == name),
+                "stale LAZY entry {name}"
+            );
+        }
     }
 }

@@ -129,6 +129,14 @@ async fn plan_confirm_download() {
         names.iter().all(|name| m.contains(name)).then_some(())
     })
     .await;
+    // Every labelled series exists from the start (at 0): the uploads must
+    // have counted, not just been exported.
+    let m = server.metrics_text().await;
+    let ok_uploads = dfs_common::http::sample(
+        &m,
+        "dfs_coordinator_rpc_requests_total{code=\"ok\",method=\"UploadFile\"}",
+    );
+    assert!(ok_uploads.is_some_and(|v| v > 0.0), "{ok_uploads:?}");
     server.stop().await;
 }
 

@@ -4,7 +4,16 @@
 //! Names follow `dfs_datanode_<what>_<unit>`: counters end in `_total`, sizes
 //! in `_bytes`, durations are histograms in `_seconds`. Labels are bounded
 //! (stream kind, failure source), never a chunk id.
+//!
+//! Every labelled series is created at 0 when the metrics are built, for each
+//! label value the code uses (the arrays below): `increase()` and `rate()`
+//! then see the first event, and a dashboard shows 0 rather than no data.
+//! A value missing from its array still works, but its series only appears
+//! with its first event.
 
+use std::cell::RefCell;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -20,7 +29,34 @@ pub mod stream {
     pub const FORWARD: &str = "forward";
     /// Reads served to clients.
     pub const DOWNLOAD: &str = "download";
+    /// Kinds that receive frames (`bytes_in`, `frames_in`).
+    pub const INBOUND: [&str; 2] = [UPLOAD, REPLICATE];
+    /// Kinds that send frames (`bytes_out`, `frames_out`).
+    pub const OUTBOUND: [&str; 2] = [FORWARD, DOWNLOAD];
 }
+
+/// `outcome` of uploads, replications and commands.
+pub const OUTCOMES: [&str; 2] = ["ok", "error"];
+/// `outcome` of downloads (see [`crate::read::spawn_read`]).
+pub const DOWNLOAD_OUTCOMES: [&str; 3] = ["ok", "cancelled", "error"];
+/// `kind` of `replication_seconds`: received fan-out streams, repair sends.
+pub const REPLICATION_KINDS: [&str; 2] = ["receive", "repair"];
+/// `source` of `checksum_failures`: a received frame, a read, the
+/// scrubber, a damaged small-chunk volume batch found at start-up.
+pub const CHECKSUM_SOURCES: [&str; 4] = ["frame", "read", "scrub", "volume"];
+/// `kind` of `active_sessions`.
+pub const SESSION_KINDS: [&str; 5] = ["prepared", "upload", "replicate", "download", "small_link"];
+/// `reason` of `replicas_dropped`: the replica failed, or it stalled.
+pub const DROP_REASONS: [&str; 2] = ["error", "stall"];
+/// `kind` of `commands`: one per coordinator command, and "unknown".
+pub const COMMAND_KINDS: [&str; 5] = ["replicate", "delete", "config", "request_report", "unknown"];
+/// `outcome` of `registrations` ("refused": another cluster).
+pub const REGISTRATION_OUTCOMES: [&str; 3] = ["ok", "error", "refused"];
+/// `reason` of `streams_cut`: a reader took no frame, a repair target sent
+/// no answer.
+pub const CUT_REASONS: [&str; 2] = ["slow_reader", "silent_target"];
+/// `state` of `volume_bytes`.
+pub const VOLUME_STATES: [&str; 2] = ["live", "garbage"];
 
 /// Every metric the datanode exports.
 #[derive(Clone)]
@@ -84,6 +120,9 @@ pub struct Metrics {
     pub volume_bytes: IntGaugeVec,
     /// Volumes compacted.
     pub volume_compactions: IntCounter,
+    /// Names of every registered family (the tests check each is exported).
+    #[cfg(test)]
+    families: Vec<String>,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -92,12 +131,44 @@ fn latency_buckets() -> Vec<f64> {
     ]
 }
 
-/// Registers `c` in `registry` and hands it back.
-fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+/// Registers `c` in `registry`, notes its name in `families` and hands it
+/// back.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    families: &RefCell<Vec<String>>,
+    c: C,
+) -> C {
+    families
+        .borrow_mut()
+        .extend(c.desc().iter().map(|d| d.fq_name.clone()));
     registry
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
+}
+
+/// Creates the series of `vec` (at 0) for every combination of `values`:
+/// one array of values per label, in label order.
+fn init_series<T: MetricVecBuilder>(vec: &MetricVec<T>, values: &[&[&str]]) {
+    fn go<'a, T: MetricVecBuilder>(
+        vec: &MetricVec<T>,
+        values: &[&[&'a str]],
+        prefix: &mut Vec<&'a str>,
+    ) {
+        match values.split_first() {
+            None => {
+                vec.with_label_values(prefix);
+            }
+            Some((first, rest)) => {
+                for v in first.iter() {
+                    prefix.push(v);
+                    go(vec, rest, prefix);
+                    prefix.pop();
+                }
+            }
+        }
+    }
+    go(vec, values, &mut Vec::new());
 }
 
 impl Metrics {
@@ -110,24 +181,30 @@ impl Metrics {
     /// Creates the metrics in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
+        let families = RefCell::new(Vec::new());
+        // `values`: the label values whose series start at 0, one array per
+        // label (`&[]` for a counter without labels).
+        let counter = |name: &str, help: &str, labels: &[&str], values: &[&[&str]]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registered(&registry, c)
+            init_series(&c, values);
+            registered(&registry, &families, c)
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registered(&registry, g)
+            registered(&registry, &families, g)
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let histogram = |name: &str, help: &str, labels: &[&str], values: &[&[&str]]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(latency_buckets()),
                 labels,
             )
             .expect("valid metric");
-            registered(&registry, h)
+            init_series(&h, values);
+            registered(&registry, &families, h)
         };
         let active_sessions = registered(
             &registry,
+            &families,
             IntGaugeVec::new(
                 Opts::new(
                     "dfs_datanode_active_sessions",
@@ -137,8 +214,10 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        init_series(&active_sessions, &[&SESSION_KINDS]);
         let volume_commit_chunks = registered(
             &registry,
+            &families,
             Histogram::with_opts(
                 HistogramOpts::new(
                     "dfs_datanode_volume_commit_chunks",
@@ -150,6 +229,7 @@ impl Metrics {
         );
         let volume_bytes = registered(
             &registry,
+            &families,
             IntGaugeVec::new(
                 Opts::new(
                     "dfs_datanode_volume_bytes",
@@ -159,8 +239,10 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        init_series(&volume_bytes, &[&VOLUME_STATES]);
         let volume_compactions = registered(
             &registry,
+            &families,
             IntCounter::new(
                 "dfs_datanode_volume_compactions_total",
                 "Small-chunk volumes compacted (live records copied, file removed).",
@@ -175,21 +257,25 @@ impl Metrics {
                 "dfs_datanode_bytes_in_total",
                 "Chunk payload bytes received.",
                 &["stream"],
+                &[&stream::INBOUND],
             ),
             bytes_out: counter(
                 "dfs_datanode_bytes_out_total",
                 "Chunk payload bytes sent.",
                 &["stream"],
+                &[&stream::OUTBOUND],
             ),
             frames_in: counter(
                 "dfs_datanode_frames_in_total",
                 "Chunk frames received.",
                 &["stream"],
+                &[&stream::INBOUND],
             ),
             frames_out: counter(
                 "dfs_datanode_frames_out_total",
                 "Chunk frames sent.",
                 &["stream"],
+                &[&stream::OUTBOUND],
             ),
             chunks_stored: gauge("dfs_datanode_chunks_stored", "Chunks stored on this node."),
             capacity_used: gauge(
@@ -212,44 +298,53 @@ impl Metrics {
                 "dfs_datanode_upload_duration_seconds",
                 "Upload latency from first frame to durable write quorum.",
                 &["outcome"],
+                &[&OUTCOMES],
             ),
             download_seconds: histogram(
                 "dfs_datanode_download_duration_seconds",
                 "Download stream latency, by outcome (ok, cancelled, error).",
                 &["outcome"],
+                &[&DOWNLOAD_OUTCOMES],
             ),
             replication_seconds: histogram(
                 "dfs_datanode_replication_duration_seconds",
                 "Replication latency (received fan-out streams and repair sends).",
                 &["kind", "outcome"],
+                &[&REPLICATION_KINDS, &OUTCOMES],
             ),
             checksum_failures: counter(
                 "dfs_datanode_checksum_failures_total",
                 "Checksum mismatches, by where they were found.",
                 &["source"],
+                &[&CHECKSUM_SOURCES],
             ),
             scrubbed_bytes: counter(
                 "dfs_datanode_scrubbed_bytes_total",
                 "Bytes re-verified by the scrubber.",
+                &[],
                 &[],
             ),
             replicas_dropped: counter(
                 "dfs_datanode_replicas_dropped_total",
                 "Replica targets dropped from an upload pipeline.",
                 &["reason"],
+                &[&DROP_REASONS],
             ),
             commands: counter(
                 "dfs_datanode_commands_total",
                 "Coordinator commands executed.",
                 &["kind", "outcome"],
+                &[&COMMAND_KINDS, &OUTCOMES],
             ),
             registrations: counter(
                 "dfs_datanode_registrations_total",
                 "Registration attempts with the coordinator.",
                 &["outcome"],
+                &[&REGISTRATION_OUTCOMES],
             ),
             foreign_cluster: registered(
                 &registry,
+                &families,
                 IntCounter::new(
                     "dfs_datanode_foreign_cluster_refusals_total",
                     "Coordinators or commands refused because they belong to another cluster.",
@@ -258,6 +353,7 @@ impl Metrics {
             ),
             streams_refused: registered(
                 &registry,
+                &families,
                 IntCounter::new(
                     "dfs_datanode_streams_refused_total",
                     "Chunk streams refused with RESOURCE_EXHAUSTED (--max-streams reached).",
@@ -268,9 +364,11 @@ impl Metrics {
                 "dfs_datanode_streams_cut_total",
                 "Streams cut off because the peer stopped reading or answering, by reason.",
                 &["reason"],
+                &[&CUT_REASONS],
             ),
             rewrites_refused: registered(
                 &registry,
+                &families,
                 IntCounter::new(
                     "dfs_datanode_rewrites_refused_total",
                     "Writes refused because the chunk id is already stored with other bytes.",
@@ -286,6 +384,8 @@ impl Metrics {
                 "1 while the coordinator belongs to another cluster than this node (nothing it orders is executed).",
             ),
             active_sessions,
+            #[cfg(test)]
+            families: families.into_inner(),
             registry,
         }
     }
@@ -311,5 +411,163 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::proto::{MetricFamily, MetricType};
+
+    /// Families whose label values are open-ended, so their series appear
+    /// with their first event. None today: add a family here only with a
+    /// reason (e.g. a per-peer label).
+    const LAZY: [&str; 0] = [];
+
+    fn gather(m: &Metrics) -> Vec<MetricFamily> {
+        m.registry.gather()
+    }
+
+    /// The values of `family`'s series, by their label values (in label
+    /// order): counter/gauge value, or a histogram's sample count.
+    fn series(families: &[MetricFamily], family: &str) -> Vec<(Vec<String>, f64)> {
+        let f = families
+            .iter()
+            .find(|f| f.name() == family)
+            .unwrap_or_else(|| panic!("{family} is not exported"));
+        f.get_metric()
+            .iter()
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect();
+                let value = match f.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                    other => panic!("{family}: unexpected type {other:?}"),
+                };
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// Asserts `family` has exactly one series per value of `values` (one
+    /// label), each at 0.
+    fn assert_zero(families: &[MetricFamily], family: &str, values: &[&str]) {
+        let mut got: Vec<String> = series(families, family)
+            .into_iter()
+            .map(|(labels, v)| {
+                assert_eq!(v, 0.0, "{family}{labels:?} does not start at 0");
+                assert_eq!(labels.len(), 1, "{family}: {labels:?}");
+                labels.into_iter().next().unwrap()
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{family}");
+    }
+
+    #[test]
+    fn checksum_failures_exported_at_zero_from_the_start() {
+        let families = gather(&Metrics::new());
+        for source in CHECKSUM_SOURCES {
+            let v = series(&families, "dfs_datanode_checksum_failures_total")
+                .into_iter()
+                .find(|(labels, _)| labels == &[source.to_string()])
+                .unwrap_or_else(|| panic!("no checksum_failures{{source={source:?}}}"));
+            assert_eq!(v.1, 0.0);
+        }
+    }
+
+    #[test]
+    fn every_known_label_value_starts_at_zero() {
+        let families = gather(&Metrics::new());
+        assert_zero(&families, "dfs_datanode_bytes_in_total", &stream::INBOUND);
+        assert_zero(&families, "dfs_datanode_frames_in_total", &stream::INBOUND);
+        assert_zero(&families, "dfs_datanode_bytes_out_total", &stream::OUTBOUND);
+        assert_zero(
+            &families,
+            "dfs_datanode_frames_out_total",
+            &stream::OUTBOUND,
+        );
+        assert_zero(&families, "dfs_datanode_upload_duration_seconds", &OUTCOMES);
+        assert_zero(
+            &families,
+            "dfs_datanode_download_duration_seconds",
+            &DOWNLOAD_OUTCOMES,
+        );
+        assert_zero(
+            &families,
+            "dfs_datanode_checksum_failures_total",
+            &CHECKSUM_SOURCES,
+        );
+        assert_zero(&families, "dfs_datanode_active_sessions", &SESSION_KINDS);
+        assert_zero(
+            &families,
+            "dfs_datanode_replicas_dropped_total",
+            &DROP_REASONS,
+        );
+        assert_zero(
+            &families,
+            "dfs_datanode_registrations_total",
+            &REGISTRATION_OUTCOMES,
+        );
+        assert_zero(&families, "dfs_datanode_streams_cut_total", &CUT_REASONS);
+        assert_zero(&families, "dfs_datanode_volume_bytes", &VOLUME_STATES);
+        assert_eq!(
+            series(&families, "dfs_datanode_scrubbed_bytes_total"),
+            [(vec![], 0.0)]
+        );
+        // Two labels: every combination.
+        for (family, kinds) in [
+            (
+                "dfs_datanode_replication_duration_seconds",
+                &REPLICATION_KINDS[..],
+            ),
+            ("dfs_datanode_commands_total", &COMMAND_KINDS[..]),
+        ] {
+            let mut got = series(&families, family);
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut want: Vec<(Vec<String>, f64)> = kinds
+                .iter()
+                .flat_map(|k| {
+                    OUTCOMES
+                        .iter()
+                        .map(move |o| (vec![k.to_string(), o.to_string()], 0.0))
+                })
+                .collect();
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(got, want, "{family}");
+        }
+    }
+
+    /// Fails when a metric is added without creating its series: a family
+    /// with no series is left out of the scrape altogether.
+    #[test]
+    fn every_family_is_exported_from_the_start() {
+        let m = Metrics::new();
+        let families = gather(&m);
+        // Every registration is noted (Vecs and plain metrics alike).
+        assert!(
+            m.families
+                .iter()
+                .any(|f| f == "dfs_datanode_checksum_failures_total")
+        );
+        assert!(m.families.len() >= families.len(), "{:?}", m.families);
+        for name in &m.families {
+            if LAZY.contains(&name.as_str()) {
+                continue;
+            }
+            let f = families.iter().find(|f| f.name() == name);
+            assert!(
+                f.is_some_and(|f| !f.get_metric().is_empty()),
+                "{name} has no series until its first event: create them in Metrics::new() \
+                 (init_series), or list it in LAZY with the reason"
+            );
+        }
     }
 }

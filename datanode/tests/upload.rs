@@ -68,7 +68,10 @@ async fn multi_chunk_round_trip_with_hash_comparison() {
 
     // Metrics are exported over HTTP.
     let body = http_get(node.metrics_addr, "/metrics").await;
-    assert!(body.contains("dfs_datanode_bytes_in_total{stream=\"upload\"}"));
+    // Labelled series exist from the start (at 0): the upload must count.
+    let bytes_in =
+        dfs_common::http::sample(&body, "dfs_datanode_bytes_in_total{stream=\"upload\"}");
+    assert!(bytes_in.is_some_and(|v| v > 0.0), "{bytes_in:?}");
     assert!(body.contains("dfs_datanode_chunks_stored 5"));
     assert!(body.contains("dfs_datanode_upload_duration_seconds_bucket"));
     assert!(

@@ -1,7 +1,22 @@
 //! The operator's Prometheus metrics, in their own [`Registry`] so tests can
-//! read them.
+//! read them. `reconcile_failures_total` has a series at 0 for every error
+//! kind from the start, so `rate()` and `increase()` see the first failure.
 
+use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// `error` of `reconcile_failures_total`: every
+/// [`crate::controller::Error::metric_label`].
+pub const RECONCILE_ERRORS: [&str; 8] = [
+    "apply",
+    "list",
+    "delete",
+    "finalizer",
+    "label_node",
+    "write_status",
+    "publish_event",
+    "set_maintenance",
+];
 
 /// Reconcile metrics.
 #[derive(Clone, Debug)]
@@ -31,6 +46,9 @@ impl Default for Metrics {
             &["error"],
         )
         .expect("valid metric");
+        for error in RECONCILE_ERRORS {
+            failures.with_label_values(&[error]);
+        }
         let duration = Histogram::with_opts(
             HistogramOpts::new(
                 "dfs_operator_reconcile_duration_seconds",
@@ -44,20 +62,128 @@ impl Default for Metrics {
             "Pods deleted by the operator to roll them to a new template.",
         )
         .expect("valid metric");
-        for m in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(failures.clone()),
-            Box::new(duration.clone()),
-            Box::new(pods_rolled.clone()),
-        ] {
-            registry.register(m).expect("metric names are unique");
-        }
-        Self {
+        let m = Self {
             registry,
             reconciles,
             failures,
             duration,
             pods_rolled,
+        };
+        for c in m.collectors() {
+            m.registry.register(c).expect("metric names are unique");
         }
+        m
+    }
+}
+
+impl Metrics {
+    /// Every metric, as registered.
+    fn collectors(&self) -> [Box<dyn Collector>; 4] {
+        [
+            Box::new(self.reconciles.clone()),
+            Box::new(self.failures.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.pods_rolled.clone()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Error;
+
+    /// Every family is exported right after start-up (none is open-ended):
+    /// a labelled metric added without creating its series fails here.
+    #[test]
+    fn every_family_is_exported_at_zero_from_the_start() {
+        let m = Metrics::default();
+        let families = m.registry.gather();
+        for c in m.collectors() {
+            for d in c.desc() {
+                assert!(
+                    families
+                        .iter()
+                        .any(|f| f.name() == d.fq_name && !f.get_metric().is_empty()),
+                    "{} has no series until its first event: create them in \
+                     Metrics::default()",
+                    d.fq_name
+                );
+            }
+        }
+        let failures = families
+            .iter()
+            .find(|f| f.name() == "dfs_operator_reconcile_failures_total")
+            .unwrap();
+        let mut got: Vec<(&str, f64)> = failures
+            .get_metric()
+            .iter()
+            .map(|s| (s.get_label()[0].value(), s.get_counter().get_value()))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(b.0));
+        let mut want: Vec<(&str, f64)> = RECONCILE_ERRORS.iter().map(|e| (*e, 0.0)).collect();
+        want.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(got, want);
+    }
+
+    /// Every error kind a reconcile can fail with is in [`RECONCILE_ERRORS`].
+    #[test]
+    fn reconcile_errors_match_the_error_labels() {
+        let kube = || kube::Error::TlsRequired;
+        let all = [
+            Error::Apply {
+                kind: "Service".into(),
+                name: "n".into(),
+                source: kube(),
+            },
+            Error::List {
+                kind: "Pod".into(),
+                source: kube(),
+            },
+            Error::Delete {
+                kind: "Pod".into(),
+                name: "n".into(),
+                source: kube(),
+            },
+            Error::Finalizer {
+                name: "n".into(),
+                source: kube(),
+            },
+            Error::LabelNode {
+                node: "n".into(),
+                source: kube(),
+            },
+            Error::WriteStatus {
+                name: "n".into(),
+                source: kube(),
+            },
+            Error::PublishEvent(kube()),
+            Error::SetMaintenance {
+                node_id: "n".into(),
+                source: Box::new(crate::coordinator::CoordinatorError::Connect {
+                    url: "http://c".into(),
+                    source: dfs_client::ClientError::InvalidEndpoint {
+                        address: "c".into(),
+                        reason: "test".into(),
+                    },
+                }),
+            },
+        ];
+        // Exhaustive: a new Error variant does not compile here until it is
+        // added to `all` above (and its label to RECONCILE_ERRORS).
+        for e in &all {
+            match e {
+                Error::Apply { .. }
+                | Error::List { .. }
+                | Error::Delete { .. }
+                | Error::Finalizer { .. }
+                | Error::LabelNode { .. }
+                | Error::WriteStatus { .. }
+                | Error::PublishEvent(_)
+                | Error::SetMaintenance { .. } => {}
+            }
+        }
+        let labels: Vec<&str> = all.iter().map(Error::metric_label).collect();
+        assert_eq!(labels, RECONCILE_ERRORS);
     }
 }

@@ -6,13 +6,16 @@
 //! it is connected again it re-joins on its own, and the now-surplus replicas
 //! are deleted: no chunk ends below or stays above its factor.
 //!
-//! Skipped, with the reason printed, where no Docker engine answers or the
-//! runtime image cannot be built; on CI (`CI=true`) it must run.
+//! It needs a Docker engine (and builds the runtime image), which a fresh
+//! machine with only the Rust toolchain lacks: so it is `#[ignore]`d, counted
+//! as such by `cargo test --workspace`, and `.ci/run` runs it explicitly
+//! (`cargo test -p dfs-chaos --test partition -- --ignored`), where it must
+//! pass. It never passes without running.
 
 use std::time::{Duration, Instant};
 
 use dfs_chaos::docker::{DockerCluster, unavailable};
-use dfs_chaos::{on_ci, payload, run, wait_for};
+use dfs_chaos::{payload, run, wait_for};
 
 fn node_states(c: &DockerCluster) -> Result<Vec<(String, String, String)>, String> {
     let nodes = c.cli_json(&["nodes", "--json"])?;
@@ -51,14 +54,10 @@ fn replicas(c: &DockerCluster, path: &str) -> Result<Vec<Vec<String>>, String> {
 }
 
 #[test]
+#[ignore = "needs a Docker engine; .ci/run runs it with --ignored"]
 fn partitioned_datanode_is_repaired_around_and_its_surplus_deleted_on_return() {
     if let Some(reason) = unavailable() {
-        assert!(
-            !on_ci(),
-            "CI=true but the container scenario cannot run: {reason}"
-        );
-        println!("SKIP scenario 4 (partition): {reason}");
-        return;
+        panic!("the container scenario cannot run: {reason}");
     }
     run(Duration::from_secs(300), async {
         let c = DockerCluster::start(4).expect("start containers");
