@@ -37,6 +37,26 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Cluster state comes back in domain types, with typed ids and states:
+//!
+//! ```no_run
+//! use dfs_client::{Client, ClientConfig, NodeState};
+//!
+//! # async fn demo() -> Result<(), dfs_client::ClientError> {
+//! let client = Client::connect(ClientConfig::new("http://127.0.0.1:7000")).await?;
+//! let status = client.status().await?;
+//! println!("{} healthy datanodes", status.count(NodeState::Healthy));
+//! if status.safe_mode.active {
+//!     println!("safe mode: {}", status.safe_mode.reason);
+//! }
+//! let map = client.chunk_map("/reports/2026.csv").await?;
+//! for chunk in &map.chunks {
+//!     let on: Vec<&str> = chunk.replicas.iter().map(|r| r.node_id.as_str()).collect();
+//!     println!("#{} {} crc32c {:08x} on {}", chunk.index, chunk.chunk_id, chunk.checksum, on.join(","));
+//! }
+//! # Ok(()) }
+//! ```
 
 mod batch;
 mod client;

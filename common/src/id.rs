@@ -13,6 +13,17 @@
 //! | [`UploadId`]  | 32 lowercase hex characters                | [`UploadId::random`] |
 //! | [`ClusterId`] | 32 lowercase hex characters                | [`ClusterId::random`]|
 //! | [`NodeId`]    | 1–128 characters of `[A-Za-z0-9._:-]`      | [`NodeId::random`] or an operator's choice |
+//!
+//! ```
+//! use dfs_common::id::{ChunkId, NodeId};
+//!
+//! let id = ChunkId::try_from("0123456789abcdef0123456789abcdef").unwrap();
+//! assert_eq!(id, "0123456789abcdef0123456789abcdef");
+//! // A hostile id never becomes a ChunkId, and the edge answers INVALID_ARGUMENT.
+//! let err = ChunkId::parse("../../etc/passwd").unwrap_err();
+//! assert_eq!(tonic::Status::from(err).code(), tonic::Code::InvalidArgument);
+//! assert!(NodeId::parse("dn-0.rack-a").is_ok());
+//! ```
 
 use std::borrow::Borrow;
 use std::fmt;
