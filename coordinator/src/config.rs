@@ -23,6 +23,14 @@ pub const DEFAULT_DEAD_AFTER: &str = "30s";
 pub const DEFAULT_MAINTENANCE: Duration = Duration::from_secs(600);
 /// Largest replication factor accepted.
 pub const MAX_REPLICATION: u32 = 16;
+/// Replicas a chunk of a `replication`-fold file needs at confirm: the
+/// fixed `write_quorum`, else a majority; never more than there are.
+pub fn quorum(write_quorum: Option<u32>, replication: u32) -> u32 {
+    write_quorum
+        .unwrap_or(replication / 2 + 1)
+        .clamp(1, replication.max(1))
+}
+
 /// Smallest chunk size a file may be written with.
 pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
 /// Largest chunk size a file may be written with.
@@ -170,9 +178,7 @@ impl Config {
 
     /// Write quorum for a file with `replication` replicas.
     pub fn quorum_for(&self, replication: u32) -> u32 {
-        self.write_quorum
-            .unwrap_or(replication / 2 + 1)
-            .clamp(1, replication.max(1))
+        quorum(self.write_quorum, replication)
     }
 
     /// A configuration with defaults, for tests and embedding.

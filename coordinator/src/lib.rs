@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod path;
 pub mod placement;
+pub mod planning;
 pub mod repair;
 pub mod service;
 pub mod store;

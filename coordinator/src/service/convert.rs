@@ -1,0 +1,313 @@
+//! Wire ↔ domain conversions of the coordinator's gRPC edge, and every
+//! domain error's `Status`: the one place either happens.
+
+use super::*;
+
+impl From<PathError> for Status {
+    fn from(e: PathError) -> Self {
+        Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<NamespaceError> for Status {
+    fn from(e: NamespaceError) -> Self {
+        use NamespaceError::*;
+        let msg = e.to_string();
+        match e {
+            InvalidPath(_) | Root | IntoItself { .. } | PlanMismatch { .. } => {
+                Status::invalid_argument(msg)
+            }
+            NotFound { .. } | ParentNotFound { .. } | UploadNotFound { .. } => {
+                Status::not_found(msg)
+            }
+            AlreadyExists { .. } => Status::already_exists(msg),
+            NotADirectory { .. }
+            | IsADirectory { .. }
+            | DirectoryNotEmpty { .. }
+            | QuorumNotMet { .. }
+            | UnknownNode { .. } => Status::failed_precondition(msg),
+        }
+    }
+}
+
+impl From<ProposeError> for Status {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Rejected(e) => e.into(),
+            ProposeError::Store(StoreError::Unavailable) => {
+                Status::unavailable("metadata store is unavailable")
+            }
+            ProposeError::Store(e) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<PlanError> for Status {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Namespace(e) => Status::from(e),
+            PlanError::TooManyUploads => Status::resource_exhausted(e.to_string()),
+            PlanError::TooFewNodes { .. } => Status::failed_precondition(e.to_string()),
+            PlanError::ReplicationTooHigh(_)
+            | PlanError::ChunkSize(_)
+            | PlanError::TooManyChunks { .. } => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::UnknownNode { .. } => Status::not_found(e.to_string()),
+        }
+    }
+}
+
+pub(super) fn parse_path(raw: &str) -> Result<NsPath, Status> {
+    Ok(NsPath::parse(raw)?)
+}
+
+/// Refuses a batch above [`MAX_BATCH_CALLS`].
+pub(super) fn check_batch_len(n: usize) -> Result<(), Status> {
+    if n > MAX_BATCH_CALLS {
+        return Err(Status::invalid_argument(format!(
+            "the batch holds {n} calls; the most one batch may hold is {MAX_BATCH_CALLS}"
+        )));
+    }
+    Ok(())
+}
+
+/// The wire form of one batched call's failure.
+pub(super) fn call_error(status: &Status) -> pb::CallError {
+    pb::CallError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    }
+}
+
+/// The chunk id rule (`dfs_common::id::ChunkId`), as INVALID_ARGUMENT.
+pub(super) fn check_chunk_id(id: &str) -> Result<(), Status> {
+    dfs_common::id::ChunkId::parse(id)?;
+    Ok(())
+}
+
+/// The node id rule (`dfs_common::id::NodeId`), as INVALID_ARGUMENT.
+pub(super) fn check_node_id(id: &str) -> Result<(), Status> {
+    dfs_common::id::NodeId::parse(id)?;
+    Ok(())
+}
+
+pub(super) fn file_info(e: &EntryInfo) -> pb::FileInfo {
+    pb::FileInfo {
+        path: e.path.clone(),
+        name: e.name.clone(),
+        file_type: if e.is_dir {
+            pb::FileType::Directory
+        } else {
+            pb::FileType::File
+        } as i32,
+        size: e.size,
+        replication: e.replication,
+        chunk_size: e.chunk_size,
+        chunk_count: e.chunk_count,
+        created_unix_ms: e.created_ms,
+        modified_unix_ms: e.modified_ms,
+        version: e.version,
+    }
+}
+
+pub(super) fn entry_of(outcome: Outcome) -> Result<EntryInfo, Status> {
+    match outcome {
+        Outcome::Entry(e) => Ok(e),
+        other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+impl From<Option<pb::NodeInfo>> for NodeInfo {
+    fn from(i: Option<pb::NodeInfo>) -> Self {
+        let i = i.unwrap_or_default();
+        NodeInfo {
+            free_bytes: i.free_bytes,
+            total_bytes: i.total_bytes,
+            health: match pb::NodeHealth::try_from(i.health) {
+                Ok(pb::NodeHealth::Healthy) => Health::Healthy,
+                Ok(pb::NodeHealth::Full) => Health::Full,
+                Ok(pb::NodeHealth::Degraded) => Health::Degraded,
+                Ok(pb::NodeHealth::Draining) => Health::Draining,
+                _ => Health::Unspecified,
+            },
+            used_bytes: i.used_bytes,
+            chunk_count: i.chunk_count,
+            active_sessions: i.active_sessions,
+            reserved_bytes: i.reserved_bytes,
+            quarantined_chunks: i.quarantined_chunks,
+            unavailable_chunks: i.unavailable_chunks,
+        }
+    }
+}
+
+pub(super) fn info_to_proto(i: &NodeInfo) -> pb::NodeInfo {
+    pb::NodeInfo {
+        free_bytes: i.free_bytes,
+        total_bytes: i.total_bytes,
+        health: match i.health {
+            Health::Unspecified => pb::NodeHealth::Unspecified,
+            Health::Healthy => pb::NodeHealth::Healthy,
+            Health::Full => pb::NodeHealth::Full,
+            Health::Degraded => pb::NodeHealth::Degraded,
+            Health::Draining => pb::NodeHealth::Draining,
+        } as i32,
+        used_bytes: i.used_bytes,
+        chunk_count: i.chunk_count,
+        active_sessions: i.active_sessions,
+        reserved_bytes: i.reserved_bytes,
+        quarantined_chunks: i.quarantined_chunks,
+        unavailable_chunks: i.unavailable_chunks,
+    }
+}
+
+pub(super) fn state_to_proto(s: NodeState) -> pb::NodeState {
+    s.to_wire()
+}
+
+pub(super) fn status_to_proto(s: &NodeStatus) -> pb::DataNodeStatus {
+    pb::DataNodeStatus {
+        node_id: s.record.node_id.clone(),
+        address: s.record.address.clone(),
+        state: state_to_proto(s.state) as i32,
+        info: Some(info_to_proto(&s.info)),
+        topology: Some(pb::Topology {
+            zone: s.record.topology.zone.clone(),
+            rack: s.record.topology.rack.clone(),
+            host: s.record.topology.host.clone(),
+        }),
+        last_heartbeat_unix_ms: if s.last_heartbeat_ms == 0 {
+            0
+        } else {
+            monotonic_to_unix_ms(s.last_heartbeat_ms)
+        },
+        chunk_count: s.chunk_count,
+        safe_to_remove: s.safe_to_remove,
+        // The durable deadline as the admin set it (decisions use the
+        // monotonic one derived from it).
+        maintenance_until_unix_ms: match (s.maintenance_until_ms, s.record.maintenance_until_ms) {
+            (0, _) => 0,
+            (_, wall) if wall > 0 => wall,
+            (mono, _) => monotonic_to_unix_ms(mono),
+        },
+    }
+}
+
+pub(super) fn safe_mode_to_proto(s: &SafeModeStatus) -> pb::SafeModeStatus {
+    pb::SafeModeStatus {
+        active: s.active,
+        reason: s.reason.clone(),
+        reported_nodes: s.reported_nodes,
+        known_nodes: s.known_nodes,
+        reported_replicas: s.reported_replicas,
+        known_replicas: s.known_replicas,
+        manual: s.manual,
+    }
+}
+
+pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
+    match c {
+        NodeCommand::Replicate {
+            command_id,
+            chunk,
+            target_id,
+            target_address,
+            max_bytes_per_second,
+        } => pb::DataNodeCommand {
+            command_id,
+            command: Some(data_node_command::Command::Replicate(
+                pb::ReplicateChunkCommand {
+                    chunk: Some(pb::ChunkMeta {
+                        chunk_id: chunk.id,
+                        checksum: chunk.checksum,
+                        size: chunk.size,
+                        checksum_algorithm: chunk.algorithm,
+                    }),
+                    target: Some(pb::NodeAddress {
+                        node_id: target_id,
+                        address: target_address,
+                    }),
+                    max_bytes_per_second,
+                },
+            )),
+        },
+        NodeCommand::Delete {
+            command_id,
+            chunk_ids,
+            quarantined_only,
+        } => pb::DataNodeCommand {
+            command_id,
+            command: Some(data_node_command::Command::Delete(
+                pb::DeleteChunksCommand {
+                    chunk_ids,
+                    quarantined_only,
+                },
+            )),
+        },
+    }
+}
+
+impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
+    type Error = Status;
+
+    fn try_from(h: pb::Heartbeat) -> Result<Self, Status> {
+        check_node_id(&h.node_id)?;
+        let reported = h.chunk_report.as_ref().map_or(0, |r| r.chunks.len())
+            + h.added_chunks.len()
+            + h.removed_chunks.len()
+            + h.corrupt_chunks.len();
+        if reported > MAX_HEARTBEAT_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat carries {reported} chunk entries; at most {MAX_HEARTBEAT_CHUNKS} \
+                 (split full reports into batches)"
+            )));
+        }
+        if h.command_results.len() > MAX_HEARTBEAT_CHUNKS {
+            return Err(Status::invalid_argument(format!(
+                "a heartbeat carries {} command results; at most {MAX_HEARTBEAT_CHUNKS}",
+                h.command_results.len()
+            )));
+        }
+        let ids = |metas: Vec<pb::ChunkMeta>| -> Result<Vec<(String, u32)>, Status> {
+            metas
+                .into_iter()
+                .map(|m| check_chunk_id(&m.chunk_id).map(|()| (m.chunk_id, m.checksum)))
+                .collect()
+        };
+        let plain = |ids: Vec<String>| -> Result<Vec<String>, Status> {
+            for id in &ids {
+                check_chunk_id(id)?;
+            }
+            Ok(ids)
+        };
+        Ok(HeartbeatEvent {
+            node_id: h.node_id,
+            info: Some(h.info.unwrap_or_default()).into(),
+            report: match h.chunk_report {
+                Some(r) => Some(ReportBatch {
+                    chunks: ids(r.chunks)?,
+                    first: r.first,
+                    last: r.last,
+                }),
+                None => None,
+            },
+            added: ids(h.added_chunks)?,
+            removed: plain(h.removed_chunks)?,
+            corrupt: plain(h.corrupt_chunks)?,
+            results: h
+                .command_results
+                .into_iter()
+                .map(|r| CommandOutcome {
+                    command_id: r.command_id,
+                    ok: r.ok,
+                    error: truncate(&r.error, 512),
+                })
+                .collect(),
+        })
+    }
+}

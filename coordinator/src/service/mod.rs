@@ -1,0 +1,493 @@
+//! The gRPC edge: wire types are converted and validated here (bad input
+//! becomes `INVALID_ARGUMENT`), domain errors become `Status` here, and
+//! nowhere else. Split by concern:
+//!
+//! - this module: the shared context ([`Ctx`]), the limits every handler
+//!   enforces, and the thin `Coordinator` handlers (parse, call, map);
+//! - [`convert`]: wire ↔ domain conversions and error → status mappings;
+//! - [`upload`]: planning, re-planning and confirming uploads (single and
+//!   batched);
+//! - [`reads`]: downloads (chunk maps) and listings;
+//! - [`datanodes`]: registration, the heartbeat stream and cluster status.
+
+mod convert;
+mod datanodes;
+mod reads;
+mod upload;
+
+use convert::*;
+use datanodes::heartbeat_loop;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dfs_common::time::{monotonic_ms, monotonic_to_unix_ms, now_unix_ms, unix_to_monotonic_ms};
+use dfs_proto::coordinator_server::Coordinator;
+use dfs_proto::{self as pb, data_node_command};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cluster::{
+    Cluster, ClusterError, CommandOutcome, Health, HeartbeatEvent, NodeCommand, NodeInfo,
+    NodeState, NodeStatus, ReportBatch, SafeModeStatus,
+};
+use crate::config::{Config, DEFAULT_MAINTENANCE};
+use crate::metrics::Metrics;
+use crate::namespace::{
+    ChunkRecord, Command, EntryInfo, Namespace, NamespaceError, NodeId, NodeRecord, Outcome,
+    TopologyRecord,
+};
+use crate::path::{NsPath, PathError};
+use crate::planning::{self, PlanError};
+use crate::store::{Applied, Committer, ProposeError, StoreError};
+
+pub use crate::config::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+pub use crate::planning::{MAX_CHUNKS_PER_FILE, MAX_OPEN_UPLOADS};
+/// Most calls one UploadFiles or ConfirmUploads batch may carry.
+pub const MAX_BATCH_CALLS: usize = 1024;
+/// Most chunks one UploadFiles batch may plan in all: the batch is for small
+/// files, and its answer is one message held in memory.
+pub const MAX_BATCH_CHUNKS: u64 = 65_536;
+/// Most chunk entries (report, added, removed, corrupt) one heartbeat may
+/// carry: datanodes send full reports in batches of 10,000.
+pub const MAX_HEARTBEAT_CHUNKS: usize = 20_000;
+/// Most nodes a ReplanChunk may exclude.
+pub const MAX_EXCLUDED_NODES: usize = 1024;
+/// Most replicas (and receipts) one confirmed chunk may name.
+pub const MAX_CONFIRMED_REPLICAS: usize = 64;
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked when
+/// cut: error messages never quote unbounded client input.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Default and largest directory page.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Largest directory page.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Durable namespace plus soft cluster state, behind one lock.
+#[derive(Debug)]
+pub struct State {
+    /// Durable metadata.
+    pub ns: Namespace,
+    /// Liveness, replicas, repair.
+    pub cluster: Cluster,
+}
+
+/// Keeps the cluster's replica map in step with confirmed uploads.
+#[derive(Debug)]
+pub struct Hook;
+
+impl Applied<State> for Hook {
+    fn applied(&self, st: &mut State, cmd: &Command, _: &Outcome) {
+        match cmd {
+            Command::ConfirmUpload { chunks, .. } => st.cluster.on_confirmed(chunks),
+            Command::BeginUpload(u) => st
+                .cluster
+                .track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms)),
+            Command::SetMaintenance { node_id, until_ms } => st.cluster.set_maintenance(
+                node_id,
+                if *until_ms == 0 {
+                    0
+                } else {
+                    unix_to_monotonic_ms(*until_ms)
+                },
+            ),
+            _ => {}
+        }
+    }
+    fn namespace<'a>(&self, st: &'a mut State) -> &'a mut Namespace {
+        &mut st.ns
+    }
+}
+
+type ResponseTx = mpsc::Sender<Result<pb::HeartbeatResponse, Status>>;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Ctx {
+    /// State.
+    pub state: Arc<Mutex<State>>,
+    /// Proposals go here.
+    pub committer: Committer,
+    /// Configuration.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Open heartbeat streams by node.
+    pub streams: Mutex<HashMap<String, ResponseTx>>,
+    /// Becomes true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    /// Locks the state.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state lock poisoned")
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
+        Ok(self.committer.propose(cmd).await?)
+    }
+
+    /// See [`Committer::propose_applied`].
+    async fn propose_applied(&self, cmd: Command) -> Result<Outcome, Status> {
+        Ok(self.committer.propose_applied(cmd).await?)
+    }
+
+    /// Fail-stop: drops every queued command and delivers none from now on.
+    pub fn halt(&self) {
+        self.lock().cluster.clear_outboxes();
+    }
+
+    /// Delivers queued commands to nodes with an open stream.
+    pub fn flush_outboxes(&self) {
+        if self.committer.has_failed() {
+            return;
+        }
+        let streams = self.streams.lock().expect("streams lock poisoned").clone();
+        let mut st = self.lock();
+        let now = monotonic_ms();
+        let cluster_id = st.ns.cluster_id().to_string();
+        let nodes = st.cluster.nodes_with_commands();
+        let states: HashMap<String, NodeState> = st
+            .cluster
+            .status(&st.ns, now)
+            .into_iter()
+            .map(|s| (s.record.node_id, s.state))
+            .collect();
+        for node in nodes {
+            let Some(tx) = streams.get(&node) else {
+                continue;
+            };
+            let commands = st.cluster.take_outbox(&node);
+            let resp = pb::HeartbeatResponse {
+                commands: commands.into_iter().map(command_to_proto).collect(),
+                state: state_to_proto(states.get(&node).copied().unwrap_or(NodeState::Healthy))
+                    as i32,
+                cluster_id: cluster_id.clone(),
+            };
+            if tx.try_send(Ok(resp)).is_err() {
+                tracing::warn!(node_id = %node, "heartbeat stream full or closed; commands dropped (they are re-planned)");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ service
+
+/// The Coordinator gRPC service.
+#[derive(Debug, Clone)]
+pub struct CoordinatorService {
+    ctx: Arc<Ctx>,
+}
+
+impl CoordinatorService {
+    /// Wraps the shared context.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        CoordinatorService { ctx }
+    }
+
+    async fn timed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let start = Instant::now();
+        let r = f.await;
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.ctx
+            .metrics
+            .rpc(method, code, start.elapsed().as_secs_f64());
+        r.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn upload_file(
+        &self,
+        r: Request<pb::UploadFileRequest>,
+    ) -> Result<Response<pb::UploadPlan>, Status> {
+        self.timed("UploadFile", self.upload_file_impl(r.into_inner()))
+            .await
+    }
+
+    async fn confirm_upload(
+        &self,
+        r: Request<pb::ConfirmUploadRequest>,
+    ) -> Result<Response<pb::ConfirmUploadResponse>, Status> {
+        self.timed("ConfirmUpload", self.confirm_impl(r.into_inner()))
+            .await
+    }
+
+    async fn upload_files(
+        &self,
+        r: Request<pb::UploadFilesRequest>,
+    ) -> Result<Response<pb::UploadFilesResponse>, Status> {
+        self.timed("UploadFiles", self.upload_files_impl(r.into_inner()))
+            .await
+    }
+
+    async fn confirm_uploads(
+        &self,
+        r: Request<pb::ConfirmUploadsRequest>,
+    ) -> Result<Response<pb::ConfirmUploadsResponse>, Status> {
+        self.timed("ConfirmUploads", self.confirm_uploads_impl(r.into_inner()))
+            .await
+    }
+
+    async fn abort_upload(
+        &self,
+        r: Request<pb::AbortUploadRequest>,
+    ) -> Result<Response<pb::AbortUploadResponse>, Status> {
+        let req = r.into_inner();
+        self.timed("AbortUpload", async {
+            self.ctx
+                .propose(Command::AbortUpload {
+                    upload_id: req.upload_id,
+                })
+                .await?;
+            Ok(pb::AbortUploadResponse {})
+        })
+        .await
+    }
+
+    async fn replan_chunk(
+        &self,
+        r: Request<pb::ReplanChunkRequest>,
+    ) -> Result<Response<pb::PlannedChunk>, Status> {
+        self.timed("ReplanChunk", self.replan_impl(r.into_inner()))
+            .await
+    }
+
+    async fn download_file(
+        &self,
+        r: Request<pb::DownloadFileRequest>,
+    ) -> Result<Response<pb::DownloadFileResponse>, Status> {
+        let req = r.into_inner();
+        self.timed("DownloadFile", async { self.download_impl(req) })
+            .await
+    }
+
+    async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Result<Response<pb::FileInfo>, Status> {
+        let req = r.into_inner();
+        self.timed("Mkdir", async {
+            let path = parse_path(&req.path)?;
+            let outcome = self
+                .ctx
+                .propose(Command::Mkdir {
+                    path: path.to_string(),
+                    parents: req.parents,
+                    now_ms: now_unix_ms(),
+                })
+                .await?;
+            Ok(file_info(&entry_of(outcome)?))
+        })
+        .await
+    }
+
+    async fn list_directory(
+        &self,
+        r: Request<pb::ListDirectoryRequest>,
+    ) -> Result<Response<pb::ListDirectoryResponse>, Status> {
+        let req = r.into_inner();
+        self.timed("ListDirectory", async { self.list_impl(req) })
+            .await
+    }
+
+    async fn stat(&self, r: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
+        let req = r.into_inner();
+        self.timed("Stat", async {
+            let path = parse_path(&req.path)?;
+            Ok(file_info(&self.ctx.lock().ns.stat(&path)?))
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = r.into_inner();
+        self.timed("Delete", async {
+            let path = parse_path(&req.path)?;
+            match self
+                .ctx
+                .propose(Command::Delete {
+                    path: path.to_string(),
+                    recursive: req.recursive,
+                })
+                .await?
+            {
+                Outcome::Deleted {
+                    files,
+                    chunks_released,
+                } => Ok(pb::DeleteResponse {
+                    files_deleted: files,
+                    chunks_released,
+                }),
+                other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            }
+        })
+        .await
+    }
+
+    async fn rename(
+        &self,
+        r: Request<pb::RenameRequest>,
+    ) -> Result<Response<pb::FileInfo>, Status> {
+        let req = r.into_inner();
+        self.timed("Rename", async {
+            let source = parse_path(&req.source)?;
+            let destination = parse_path(&req.destination)?;
+            let outcome = self
+                .ctx
+                .propose(Command::Rename {
+                    source: source.to_string(),
+                    destination: destination.to_string(),
+                    now_ms: now_unix_ms(),
+                })
+                .await?;
+            Ok(file_info(&entry_of(outcome)?))
+        })
+        .await
+    }
+
+    async fn register_data_node(
+        &self,
+        r: Request<pb::RegisterDataNodeRequest>,
+    ) -> Result<Response<pb::RegisterDataNodeResponse>, Status> {
+        self.timed("RegisterDataNode", self.register_impl(r.into_inner()))
+            .await
+    }
+
+    type DataNodeHeartbeatStream = ReceiverStream<Result<pb::HeartbeatResponse, Status>>;
+
+    async fn data_node_heartbeat(
+        &self,
+        r: Request<Streaming<pb::Heartbeat>>,
+    ) -> Result<Response<Self::DataNodeHeartbeatStream>, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(heartbeat_loop(self.ctx.clone(), r.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_nodes(
+        &self,
+        _: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.timed("ListNodes", async {
+            let st = self.ctx.lock();
+            Ok(pb::ListNodesResponse {
+                nodes: st
+                    .cluster
+                    .status(&st.ns, monotonic_ms())
+                    .iter()
+                    .map(status_to_proto)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.timed("GetClusterStatus", async { Ok(self.cluster_status()) })
+            .await
+    }
+
+    async fn decommission_node(
+        &self,
+        r: Request<pb::DecommissionNodeRequest>,
+    ) -> Result<Response<pb::DataNodeStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("DecommissionNode", async {
+            check_node_id(&req.node_id)?;
+            self.ctx
+                .committer
+                .propose(Command::SetDraining {
+                    node_id: req.node_id.clone(),
+                    draining: !req.cancel,
+                })
+                .await
+                .map_err(|e| match e {
+                    ProposeError::Rejected(NamespaceError::UnknownNode { node_id }) => {
+                        Status::not_found(format!("unknown datanode {node_id}"))
+                    }
+                    e => e.into(),
+                })?;
+            tracing::info!(node_id = %req.node_id, cancel = req.cancel, "decommission");
+            self.node_status(&req.node_id)
+        })
+        .await
+    }
+
+    async fn set_node_maintenance(
+        &self,
+        r: Request<pb::SetNodeMaintenanceRequest>,
+    ) -> Result<Response<pb::DataNodeStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("SetNodeMaintenance", async {
+            check_node_id(&req.node_id)?;
+            let max = self.ctx.config.maintenance_max;
+            let duration = if req.duration_seconds == 0 {
+                DEFAULT_MAINTENANCE.min(max)
+            } else {
+                std::time::Duration::from_secs(req.duration_seconds).min(max)
+            };
+            let until_ms = if req.enabled {
+                now_unix_ms() + duration.as_millis() as u64
+            } else {
+                0
+            };
+            // Durable first: a coordinator restarting inside the window
+            // keeps it (applied to the live state by the Hook).
+            self.ctx
+                .committer
+                .propose(Command::SetMaintenance {
+                    node_id: req.node_id.clone(),
+                    until_ms,
+                })
+                .await
+                .map_err(|e| match e {
+                    ProposeError::Rejected(NamespaceError::UnknownNode { node_id }) => {
+                        Status::not_found(format!("unknown datanode {node_id}"))
+                    }
+                    e => e.into(),
+                })?;
+            tracing::info!(node_id = %req.node_id, enabled = req.enabled, ?duration, "maintenance");
+            self.node_status(&req.node_id)
+        })
+        .await
+    }
+
+    async fn set_safe_mode(
+        &self,
+        r: Request<pb::SetSafeModeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("SetSafeMode", async {
+            self.ctx.lock().cluster.set_safe_mode(req.enabled);
+            Ok(self.cluster_status())
+        })
+        .await
+    }
+}
