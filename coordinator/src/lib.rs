@@ -2,7 +2,7 @@
 //! liveness and automatic re-replication.
 //!
 //! ```text
-//!            gRPC (service.rs: validation, Status mapping, metrics)
+//!            gRPC (service/: parse, call, map to Status; metrics)
 //!              │ reads                         │ mutations
 //!              ▼                               ▼
 //!   ┌──── State (one lock) ────┐      store::Committer (group commit)
@@ -15,9 +15,12 @@
 //!
 //! - [`namespace`]: the pure metadata state machine (commands → state).
 //! - [`store`]: redb operations log + snapshots, group commit.
+//! - [`planning`]: upload planning as a pure decision (namespace, cluster
+//!   view, time and ids in; the log entry out).
 //! - [`placement`] and [`repair`]: pure planning functions.
 //! - [`cluster`]: soft state (liveness, replica locations) and the repair driver.
-//! - [`service`]: the gRPC edge; [`metrics`]: Prometheus.
+//! - [`service`]: the gRPC edge, by concern (uploads, reads, datanodes,
+//!   conversions); [`metrics`]: Prometheus.
 
 pub mod cluster;
 pub mod config;

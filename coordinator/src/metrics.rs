@@ -16,7 +16,7 @@ use prometheus::{
 use crate::cluster::{NodeState, RedundancyStats};
 
 /// `method` of `rpc_requests` and `rpc_duration`: every RPC of the
-/// Coordinator service, as `service.rs` names it.
+/// Coordinator service, as `service/` names it.
 pub const RPC_METHODS: [&str; 19] = [
     "UploadFile",
     "ConfirmUpload",
