@@ -14,6 +14,7 @@
 #                                  context's dist/ folder; nothing is compiled
 #                                  and BUILDER_IMAGE is never used:
 #       dist/bin/{dfs,dfs-coordinator,dfs-datanode,dfs-operator}
+#                  (stripped, debug info kept apart; `dfs` without local-cluster)
 #       dist/var/lib/dfs/          (empty; becomes the writable data dir)
 #       docker build --target prebuilt \
 #                    --build-arg RUNTIME_IMAGE=dfs-base:local -t dfs:0.1.0 <ctx>
@@ -60,11 +61,19 @@ WORKDIR /var/lib/dfs
 FROM ${BUILDER_IMAGE} AS binaries-source
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
-        -p dfs-cli -p dfs-coordinator -p dfs-datanode -p dfs-operator \
- && mkdir -p /out/bin /out/var/lib/dfs \
- && cp target/release/dfs target/release/dfs-coordinator \
-       target/release/dfs-datanode target/release/dfs-operator /out/bin/
+# As scripts/build-image.sh: the `image` profile (release, own directory);
+# `dfs` without its local-cluster feature (no server inside it) in its own
+# invocation; debug info moved to /out/debug/<bin>.debug, which stays in this
+# stage (docker build --target binaries-source to get it), the runtime gets
+# the binaries stripped of it.
+RUN cargo build --profile image --locked -p dfs-coordinator -p dfs-datanode -p dfs-operator \
+ && cargo build --profile image --locked -p dfs-cli --no-default-features --features tokio/io-std \
+ && mkdir -p /out/bin /out/var/lib/dfs /out/debug \
+ && for b in dfs dfs-coordinator dfs-datanode dfs-operator; do \
+      objcopy --only-keep-debug "target/image/$b" "/out/debug/$b.debug" \
+      && objcopy --strip-all --add-gnu-debuglink="/out/debug/$b.debug" \
+                 "target/image/$b" "/out/bin/$b" || exit 1; \
+    done
 
 FROM runtime-base AS runtime
 COPY --from=binaries-source /out/bin/ /usr/local/bin/
