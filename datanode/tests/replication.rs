@@ -3,6 +3,7 @@
 
 use dfs_proto::*;
 use dfs_testkit::datanode::*;
+use dfs_testkit::fake::{Behaviour, FakeDatanode};
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -186,162 +187,11 @@ async fn an_unreachable_replica_is_reported_as_failed() {
     r1.stop().await;
 }
 
-/// A replica that accepts the stream and then never reads from it.
-struct StalledReplica;
-
-type Boxed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl dfs_proto::data_node_server::DataNode for StalledReplica {
-    async fn prepare_chunk_upload(
-        &self,
-        _: tonic::Request<PrepareChunkUploadRequest>,
-    ) -> Result<tonic::Response<PrepareChunkUploadResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("stalled"))
-    }
-    type UploadChunkStreamStream = Boxed<UploadChunkResponse>;
-    async fn upload_chunk_stream(
-        &self,
-        _: tonic::Request<tonic::Streaming<ChunkData>>,
-    ) -> Result<tonic::Response<Self::UploadChunkStreamStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("stalled"))
-    }
-    async fn prepare_chunk_download(
-        &self,
-        _: tonic::Request<PrepareChunkDownloadRequest>,
-    ) -> Result<tonic::Response<PrepareChunkDownloadResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("stalled"))
-    }
-    type DownloadChunkStreamStream = Boxed<ChunkData>;
-    async fn download_chunk_stream(
-        &self,
-        _: tonic::Request<DownloadChunkStreamRequest>,
-    ) -> Result<tonic::Response<Self::DownloadChunkStreamStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("stalled"))
-    }
-    type ReplicateChunkStream = Boxed<UploadChunkResponse>;
-    async fn replicate_chunk(
-        &self,
-        request: tonic::Request<tonic::Streaming<ReplicateChunkRequest>>,
-    ) -> Result<tonic::Response<Self::ReplicateChunkStream>, tonic::Status> {
-        let inbound = request.into_inner();
-        // Hold the request stream open without reading it.
-        let out = futures::stream::unfold(inbound, |s| async move {
-            std::future::pending::<()>().await;
-            Some((Ok(UploadChunkResponse::default()), s))
-        });
-        Ok(tonic::Response::new(Box::pin(out)))
-    }
-    type ReplicateSmallChunksStream = Boxed<SmallChunkResult>;
-    async fn replicate_small_chunks(
-        &self,
-        request: tonic::Request<tonic::Streaming<SmallChunk>>,
-    ) -> Result<tonic::Response<Self::ReplicateSmallChunksStream>, tonic::Status> {
-        // Reads the chunks and never answers.
-        let mut inbound = request.into_inner();
-        let out = futures::stream::unfold((), move |()| async move {
-            std::future::pending::<()>().await;
-            Some((Ok(SmallChunkResult::default()), ()))
-        });
-        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        Ok(tonic::Response::new(Box::pin(out)))
-    }
-    async fn delete_chunk(
-        &self,
-        _: tonic::Request<DeleteChunkRequest>,
-    ) -> Result<tonic::Response<DeleteChunkResponse>, tonic::Status> {
-        Ok(tonic::Response::new(DeleteChunkResponse { deleted: false }))
-    }
-}
-
-/// A datanode of an older release: forwards ReplicateChunk to a real node
-/// and does not know ReplicateSmallChunks.
-struct OldReplica {
-    real: String,
-    small_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl dfs_proto::data_node_server::DataNode for OldReplica {
-    async fn prepare_chunk_upload(
-        &self,
-        _: tonic::Request<PrepareChunkUploadRequest>,
-    ) -> Result<tonic::Response<PrepareChunkUploadResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("old"))
-    }
-    type UploadChunkStreamStream = Boxed<UploadChunkResponse>;
-    async fn upload_chunk_stream(
-        &self,
-        _: tonic::Request<tonic::Streaming<ChunkData>>,
-    ) -> Result<tonic::Response<Self::UploadChunkStreamStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("old"))
-    }
-    async fn prepare_chunk_download(
-        &self,
-        _: tonic::Request<PrepareChunkDownloadRequest>,
-    ) -> Result<tonic::Response<PrepareChunkDownloadResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("old"))
-    }
-    type DownloadChunkStreamStream = Boxed<ChunkData>;
-    async fn download_chunk_stream(
-        &self,
-        _: tonic::Request<DownloadChunkStreamRequest>,
-    ) -> Result<tonic::Response<Self::DownloadChunkStreamStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("old"))
-    }
-    type ReplicateChunkStream = Boxed<UploadChunkResponse>;
-    async fn replicate_chunk(
-        &self,
-        request: tonic::Request<tonic::Streaming<ReplicateChunkRequest>>,
-    ) -> Result<tonic::Response<Self::ReplicateChunkStream>, tonic::Status> {
-        let inbound = request.into_inner();
-        let forwarded = tokio_stream::StreamExt::filter_map(inbound, |m| m.ok());
-        let answers = client(&self.real).await.replicate_chunk(forwarded).await?;
-        Ok(tonic::Response::new(Box::pin(answers.into_inner())))
-    }
-    type ReplicateSmallChunksStream = Boxed<SmallChunkResult>;
-    async fn replicate_small_chunks(
-        &self,
-        _: tonic::Request<tonic::Streaming<SmallChunk>>,
-    ) -> Result<tonic::Response<Self::ReplicateSmallChunksStream>, tonic::Status> {
-        self.small_calls
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Err(tonic::Status::unimplemented("unknown method"))
-    }
-    async fn delete_chunk(
-        &self,
-        _: tonic::Request<DeleteChunkRequest>,
-    ) -> Result<tonic::Response<DeleteChunkResponse>, tonic::Status> {
-        Ok(tonic::Response::new(DeleteChunkResponse { deleted: false }))
-    }
-}
-
-/// Serves `service` on a free port of 127.0.0.1; returns its address.
-async fn serve_fake(service: impl dfs_proto::data_node_server::DataNode) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(dfs_proto::data_node_server::DataNodeServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    address
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_is_dropped_after_the_stall_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stalled = NodeAddress {
-        node_id: "e".repeat(32),
-        address: format!("http://{}", listener.local_addr().unwrap()),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(dfs_proto::data_node_server::DataNodeServer::new(
-                StalledReplica,
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let stalled = FakeDatanode::start(Behaviour::Stall)
+        .await
+        .target(&"e".repeat(32));
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let primary = TestNode::start(dirs[0].path(), |c| {
         c.replica_stall_timeout = std::time::Duration::from_millis(300);
@@ -561,16 +411,12 @@ async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let primary = TestNode::start(dirs[0].path(), |_| {}).await;
     let real = TestNode::start(dirs[1].path(), |_| {}).await;
-    let small_calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let old = serve_fake(OldReplica {
+    let old = FakeDatanode::start(Behaviour::OldRelease {
         real: real.address.clone(),
-        small_calls: small_calls.clone(),
     })
     .await;
-    let target = NodeAddress {
-        node_id: real.node_id.clone(),
-        address: old,
-    };
+    // The old release stands in for the real node (its id, the fake's address).
+    let target = old.target(&real.node_id);
     let mut c = primary.client().await;
     for i in 0..3u64 {
         let id = chunk_id();
@@ -586,7 +432,7 @@ async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
         assert_eq!(download(&mut rc, &id, 0, 0).await.unwrap(), bytes);
     }
     // Asked once; remembered as unsupported after that.
-    assert_eq!(small_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(old.small_calls(), 1);
     primary.stop().await;
     real.stop().await;
 }
@@ -595,7 +441,7 @@ async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
 async fn a_replica_that_never_answers_a_small_chunk_is_dropped() {
     let stalled = NodeAddress {
         node_id: "e".repeat(32),
-        address: serve_fake(StalledReplica).await,
+        address: FakeDatanode::start(Behaviour::Stall).await.address,
     };
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let primary = TestNode::start(dirs[0].path(), |c| {

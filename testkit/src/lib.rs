@@ -7,6 +7,8 @@
 //!                register and heartbeat to it ([`coordinator::Sim`])
 //!   datanode     a real datanode in this process ([`datanode::TestNode`])
 //!                and a raw gRPC client for chunk uploads and downloads
+//!   fake         the one fake datanode ([`fake::FakeDatanode`]): a hung
+//!                peer or an older release, on demand
 //!   process      a whole cluster of separate `dfs` processes
 //!                ([`process::Cluster`]): kill -9, SIGSTOP, restarts,
 //!                clock shifts, on-disk checks
@@ -18,4 +20,5 @@
 
 pub mod coordinator;
 pub mod datanode;
+pub mod fake;
 pub mod process;
