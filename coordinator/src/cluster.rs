@@ -1,10 +1,12 @@
 //! Soft cluster state: datanode liveness, the replica map, command outboxes
-//! and the repair loop's driver. No I/O: the clock is passed in, commands are
-//! queued per node for the gRPC edge to deliver.
+//! and the repair loop's driver. No I/O: the clock is passed in; the repair
+//! loop's decisions come back as [`Order`]s, which `tick` queues per node
+//! for the gRPC edge to deliver with the next heartbeat answer.
 //!
 //! ```text
 //!   heartbeats ──▶ Cluster::on_heartbeat ──▶ replica map, liveness
-//!   every tick ──▶ Cluster::tick ──▶ repair::plan / excess / orphans ──▶ outboxes
+//!   every tick ──▶ Cluster::decide ──▶ repair::plan / excess / orphans ──▶ Vec<Order>
+//!                  Cluster::enqueue(orders) ──▶ outboxes ──▶ heartbeat answers
 //! ```
 //!
 //! Replica locations are not part of the durable state machine (like HDFS
@@ -146,6 +148,15 @@ pub struct ChunkMetaRec {
     pub size: u64,
     /// Algorithm (wire value).
     pub algorithm: i32,
+}
+
+/// A decision for one datanode: what the repair loop wants it to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    /// The datanode.
+    pub node: NodeId,
+    /// What to do.
+    pub command: NodeCommand,
 }
 
 /// A command for a datanode.
@@ -988,10 +999,30 @@ impl Cluster {
         id
     }
 
-    /// One pass of the repair loop: expires maintenance and stale repairs,
-    /// plans re-replication, deletes over-replicated and orphan replicas
-    /// after their grace periods, refreshes the summary.
+    /// One pass of the repair loop: [`Cluster::decide`], then the orders
+    /// queued for delivery with the next heartbeat answers of their nodes.
     pub fn tick(&mut self, ns: &Namespace, now_ms: u64) {
+        let orders = self.decide(ns, now_ms);
+        self.enqueue(orders);
+    }
+
+    /// Queues `orders` for their nodes (dropped for a node not alive).
+    pub fn enqueue(&mut self, orders: Vec<Order>) {
+        for Order { node, command } in orders {
+            if let Some(l) = self.live.get_mut(&node) {
+                l.outbox.push(command);
+            }
+        }
+    }
+
+    /// The repair loop's decisions at `now_ms` (time passed in, nothing
+    /// sent): expires maintenance and stale repairs, plans re-replication,
+    /// deletes over-replicated and orphan replicas after their grace
+    /// periods, refreshes the summary, and returns the commands to send to
+    /// datanodes.
+    #[must_use = "the orders are what the datanodes must be sent"]
+    pub fn decide(&mut self, ns: &Namespace, now_ms: u64) -> Vec<Order> {
+        let mut out: Vec<Order> = Vec::new();
         if self.safe.active && self.safe.manual.is_none() && self.safe_mode_wait(ns).is_none() {
             tracing::info!(
                 reported_nodes = self.safe.reported.len(),
@@ -1287,11 +1318,14 @@ impl Cluster {
             }
             let command_id = self.command_id();
             tracing::info!(node_id = %node, chunks = chunks.len(), "deleting surplus replicas");
-            if let Some(l) = self.live.get_mut(&node) {
-                l.outbox.push(NodeCommand::Delete {
-                    command_id,
-                    chunk_ids: chunks,
-                    quarantined_only: false,
+            if self.live.contains_key(&node) {
+                out.push(Order {
+                    node: node.clone(),
+                    command: NodeCommand::Delete {
+                        command_id,
+                        chunk_ids: chunks,
+                        quarantined_only: false,
+                    },
                 });
             }
         }
@@ -1308,11 +1342,14 @@ impl Cluster {
             }
             let command_id = self.command_id();
             tracing::info!(node_id = %node, chunks = chunks.len(), "deleting quarantined copies");
-            if let Some(l) = self.live.get_mut(&node) {
-                l.outbox.push(NodeCommand::Delete {
-                    command_id,
-                    chunk_ids: chunks,
-                    quarantined_only: true,
+            if self.live.contains_key(&node) {
+                out.push(Order {
+                    node: node.clone(),
+                    command: NodeCommand::Delete {
+                        command_id,
+                        chunk_ids: chunks,
+                        quarantined_only: true,
+                    },
                 });
             }
         }
@@ -1365,18 +1402,21 @@ impl Cluster {
                     deadline_ms,
                 },
             );
-            if let Some(l) = self.live.get_mut(&order.source) {
-                l.outbox.push(NodeCommand::Replicate {
-                    command_id,
-                    chunk: ChunkMetaRec {
-                        id: order.chunk_id,
-                        checksum,
-                        size: order.size,
-                        algorithm,
+            if self.live.contains_key(&order.source) {
+                out.push(Order {
+                    node: order.source.clone(),
+                    command: NodeCommand::Replicate {
+                        command_id,
+                        chunk: ChunkMetaRec {
+                            id: order.chunk_id,
+                            checksum,
+                            size: order.size,
+                            algorithm,
+                        },
+                        target_id: target.node_id.clone(),
+                        target_address: target.address.clone(),
+                        max_bytes_per_second: per_stream,
                     },
-                    target_id: target.node_id.clone(),
-                    target_address: target.address.clone(),
-                    max_bytes_per_second: per_stream,
                 });
             }
         }
@@ -1443,6 +1483,7 @@ impl Cluster {
             (stats.repair_bytes_remaining as f64 / rate).ceil() as u64
         };
         self.stats = stats;
+        out
     }
 
     /// Sum of usable and used capacity over nodes that are not dead.
@@ -1558,6 +1599,34 @@ mod tests {
             ..HeartbeatEvent::default()
         };
         cluster.on_heartbeat(ns, ev, now).unwrap().0
+    }
+
+    #[test]
+    fn decide_returns_the_orders_and_queues_nothing() {
+        let (mut ns, mut cluster) = setup(4);
+        // Replication 3, two replicas: one copy is ordered.
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        for n in ["n0", "n1", "n2", "n3"] {
+            beat(&ns, &mut cluster, n, 10);
+        }
+        let orders = cluster.decide(&ns, 10);
+        assert_eq!(orders.len(), 1, "{orders:?}");
+        let Order {
+            node,
+            command: NodeCommand::Replicate { target_id, .. },
+        } = &orders[0]
+        else {
+            panic!("{orders:?}")
+        };
+        assert!(["n0", "n1"].contains(&node.as_str()), "{node}");
+        assert!(["n2", "n3"].contains(&target_id.as_str()), "{target_id}");
+        assert!(
+            cluster.nodes_with_commands().is_empty(),
+            "decide sends nothing"
+        );
+        // Delivery is the caller's explicit step.
+        cluster.enqueue(orders.clone());
+        assert_eq!(cluster.take_outbox(node), vec![orders[0].command.clone()]);
     }
 
     #[test]
