@@ -67,7 +67,7 @@ COPY . .
 # stage (docker build --target binaries-source to get it), the runtime gets
 # the binaries stripped of it.
 RUN cargo build --profile image --locked -p dfs-coordinator -p dfs-datanode -p dfs-operator \
- && cargo build --profile image --locked -p dfs-cli --no-default-features --features tokio/io-std \
+ && cargo build --profile image --locked -p dfs-cli --no-default-features \
  && mkdir -p /out/bin /out/var/lib/dfs /out/debug \
  && for b in dfs dfs-coordinator dfs-datanode dfs-operator; do \
       objcopy --only-keep-debug "target/image/$b" "/out/debug/$b.debug" \

@@ -20,7 +20,8 @@
 #        lasts about 0.4 s, so the median of several is the figure compared),
 #        CHUNK_MIB (64: the chunk size of `dfs up`'s coordinator, in MiB),
 #        READERS (4: concurrent readers of the read limit, as many as the
-#        client reads chunks in parallel, ClientConfig::concurrency)
+#        client reads chunks in parallel, ClientConfig::concurrency),
+#        DFS_BIN (a `dfs` binary to measure instead of this tree's release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +34,14 @@ need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && a
 need iperf3 iperf3
 export DEBIAN_FRONTEND=noninteractive
 
-cargo build --release -q -p dfs-cli --bin dfs
-DFS="$CARGO_TARGET_DIR/release/dfs"
+# DFS_BIN runs another build (e.g. an older commit's, for a before/after
+# comparison in the same hour); by default the release build of this tree.
+if [ -n "${DFS_BIN:-}" ]; then
+  DFS="$DFS_BIN"
+else
+  cargo build --release -q -p dfs-cli --bin dfs
+  DFS="$CARGO_TARGET_DIR/release/dfs"
+fi
 
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/dfs-bench.XXXXXX)}"
 mkdir -p "$WORK"
@@ -75,10 +82,10 @@ chunk_mib() { # $1: chunk index -> its size in MiB (the last one may be short)
 # `dd bs=1M oflag=direct conv=fsync` (one fsync at the end of each file).
 # (Until 2026-12-01 this limit was `dd bs=64M oflag=direct,dsync`: one
 # growing file per writer, synced after every 64 MiB write. That is not the
-# datanodes' policy and measured 1.2-1.4x slower here (450-480 against
-# 557-680 MiB/s, interleaved), a lower limit that flattered the put's ratio.
-# The read limit was three O_DIRECT readers of 64 MiB blocks; the datanodes
-# read through the page cache with read-ahead, which this disk serves faster.)
+# datanodes' policy and measured 1.2-1.6x lower here (425-509 against
+# 514-740 MiB/s, seconds apart), a limit that flattered the put's ratio. The
+# read limit was three O_DIRECT readers of 64 MiB blocks, 1.2-1.4x below the
+# datanodes' own read pattern (below); docs/performance.md has the figures.)
 write_copy() { # $1: copy number
   local dir="$WORK/disk-$1" k
   mkdir -p "$dir"
@@ -95,31 +102,46 @@ end=$(date +%s.%N)
 write_secs=$(python3 -c "print($end - $start)")
 
 # Disk read limit: the disk's aggregate read rate for the file's chunks, read
-# the way the cluster reads a file the first time: the client reads
-# READERS chunks at a time, each from one replica (replicas are spread over
-# the datanodes by a per-chunk hash), and a datanode reads a chunk from its
-# disk through the page cache. Chunk k is read from copy k mod 3; reader r
-# reads chunks r, r + READERS, ... one after another (1 MiB reads); the page
-# cache is dropped first (sync; echo 3 > /proc/sys/vm/drop_caches) so every
-# byte comes from the disk. The limit is all readers' bytes (the whole file)
-# over the time the last reader needs.
-read_chunks() { # $1: reader number
-  local k
-  for (( k = $1; k < chunks; k += READERS )); do
-    dd if="$WORK/disk-$(( k % 3 + 1 ))/chunk-$k" of=/dev/null bs=1M status=none
-  done
-}
+# the way the cluster reads a file the first time: the client reads READERS
+# chunks at a time, each from one replica (replicas are spread over the
+# datanodes by a per-chunk hash), and a datanode reads a chunk from its disk
+# through the page cache, asking for the whole range ahead (WILLNEED) and
+# then reading it in 256 KiB blocks (ChunkReader::read_range in
+# datanode/src/store.rs).
+# So: chunk k is read from copy k mod 3; READERS concurrent readers take
+# chunks r, r + READERS, ... one after another, each with WILLNEED over the
+# file and 256 KiB reads; the page cache is dropped first (sync; echo 3 >
+# /proc/sys/vm/drop_caches) so every byte comes from the disk. The limit is
+# all readers' bytes (the whole file) over the time the last one needs.
 sync
 if ! { echo 3 > /proc/sys/vm/drop_caches; } 2>/dev/null; then
   echo "warning: cannot drop the page cache (not root?); the read limit may count cached bytes" >&2
 fi
 echo "== disk read limit: $SIZE ($chunks chunk files) read by $READERS concurrent readers, page cache dropped"
-start=$(date +%s.%N)
-for (( r = 0; r < READERS; r++ )); do read_chunks "$r" & done
-wait
-end=$(date +%s.%N)
+read_secs=$(python3 - "$WORK" "$chunks" "$READERS" <<'PY'
+import os, sys, threading, time
+work, chunks, readers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def reader(r):
+    buf = bytearray(256 << 10)
+    for k in range(r, chunks, readers):
+        fd = os.open(f"{work}/disk-{k % 3 + 1}/chunk-{k}", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            off = 0
+            while (n := os.preadv(fd, [buf], off)) > 0:
+                off += n
+        finally:
+            os.close(fd)
+threads = [threading.Thread(target=reader, args=(r,)) for r in range(readers)]
+start = time.monotonic()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(time.monotonic() - start)
+PY
+)
 rm -rf "$WORK"/disk-*
-read_secs=$(python3 -c "print($end - $start)")
 
 echo "== network limit: one loopback TCP stream (iperf3, 5 s)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

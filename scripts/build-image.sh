@@ -36,11 +36,8 @@ if [[ "${DFS_SKIP_CARGO:-0}" != 1 ]]; then
     -p dfs-coordinator -p dfs-datanode -p dfs-operator
   # Its own invocation: `--no-default-features` applies to every package an
   # invocation selects, and features of shared crates unify per invocation.
-  # tokio/io-std: `dfs put -`/`get -` use tokio's stdin/stdout, whose feature
-  # cli/Cargo.toml does not enable itself (without local-cluster nothing else
-  # turns it on); harmless once it does.
   CARGO_TARGET_DIR="$DFS_TARGET_DIR" cargo build --profile image \
-    -p dfs-cli --no-default-features --features tokio/io-std
+    -p dfs-cli --no-default-features
 fi
 for n in "${names[@]}"; do [[ -x "$build_dir/$n" ]] || die "missing binary $build_dir/$n"; done
 command -v objcopy >/dev/null || die "objcopy is not installed (Debian: binutils)"
