@@ -9,7 +9,9 @@
 //!   every server and client of the data path is tuned the same way.
 //! - [`telemetry`]: tracing set-up for binaries.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future servers drain on.
+//! - [`bootstrap`]: the one start-up and shutdown every server binary uses.
 
+pub mod bootstrap;
 pub mod http;
 pub mod id;
 pub mod shutdown;

@@ -174,7 +174,7 @@ pub async fn serve(
     if needs_id {
         committer
             .propose(Command::InitCluster {
-                cluster_id: format!("{:032x}", rand::random::<u128>()),
+                cluster_id: dfs_common::id::ClusterId::random().into_string(),
             })
             .await?;
     }

@@ -12,8 +12,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = dfs_coordinator::Config::parse();
-    dfs_common::telemetry::init("info");
-    dfs_coordinator::run(config, dfs_common::shutdown::signal())
-        .await
-        .context("run coordinator")
+    dfs_common::bootstrap::serve("dfs-coordinator", |shutdown| {
+        dfs_coordinator::run(config, shutdown)
+    })
+    .await
+    .context("run coordinator")
 }

@@ -11,15 +11,28 @@
 //!              ──▶ commands (replicate, delete, config, report)
 //! ```
 //!
-//! - [`config`]: flags and `DFS_…` environment variables.
+//! Modules import one way, top to bottom (`scripts/check-module-cycles.py`
+//! keeps it so):
+//!
+//! - [`service`], [`routes`]: the gRPC edge (handlers, the zero-copy routes).
+//! - [`membership`]: registration, heartbeats, coordinator commands.
+//! - [`small_link`]: the receiving side of the small-chunk links.
+//! - [`read`]: verified streaming reads (downloads and repair sends).
+//! - [`pipeline`]: the upload on the primary and its frame-by-frame fan-out;
+//!   the receiving side on replicas; preparing an upload session.
+//! - [`node`]: the state every layer shares (store, sessions, peers).
+//! - [`links`]: the sending side of the small-chunk links; [`peers`]: the
+//!   channels to other datanodes.
+//! - [`wire`]: wire messages parsed into typed values, and the data path's
+//!   typed error ([`store::StoreError`]) mapped to a gRPC status, once.
+//! - [`identity`]: the cluster this node belongs to (fencing).
 //! - [`store`]: chunk files with per-block CRC32C, atomic commit, capacity.
 //! - [`volume`]: small chunks appended to volumes, group-committed.
-//! - [`pipeline`]: the upload on the primary and its frame-by-frame fan-out;
-//!   the receiving side on replicas.
-//! - [`read`]: verified streaming reads (downloads and repair sends).
-//! - [`membership`]: registration, heartbeats, coordinator commands.
-//! - [`scrub`]: background re-verification.
-//! - [`metrics`]: the Prometheus registry served at `/metrics`.
+//! - [`table`]: the in-memory state the store and the volumes share.
+//! - [`fsio`]: the disk layer's error and durable-file helpers.
+//! - [`scrub`]: background re-verification; [`staged`]: O_DIRECT staging;
+//!   [`config`]: flags and `DFS_…` environment variables; [`metrics`]: the
+//!   Prometheus registry served at `/metrics`.
 //!
 //! [`run`] binds the listeners and serves until shutdown; [`Datanode::start`]
 //! takes pre-bound listeners (tests bind `127.0.0.1:0`).

@@ -11,8 +11,9 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = dfs_datanode::Config::parse();
-    dfs_common::telemetry::init("info");
-    dfs_datanode::run(config, dfs_common::shutdown::signal())
-        .await
-        .context("failed to run the datanode")
+    dfs_common::bootstrap::serve("dfs-datanode", |shutdown| {
+        dfs_datanode::run(config, shutdown)
+    })
+    .await
+    .context("failed to run the datanode")
 }

@@ -61,13 +61,13 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", dfs_operator::crd::crd_yaml());
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => {
+            dfs_common::bootstrap::serve("dfs-operator", |shutdown| run(args, shutdown)).await
+        }
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    dfs_common::telemetry::init("info");
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting dfs-operator");
+async fn run(args: RunArgs, shutdown: dfs_common::bootstrap::Shutdown) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to create the Kubernetes client")?;
@@ -89,7 +89,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ..dfs_operator::leader::LeaseConfig::default()
             }),
     };
-    dfs_operator::controller::run(client, config, listener, dfs_common::shutdown::signal())
+    dfs_operator::controller::run(client, config, listener, shutdown)
         .await
         .context("controller failed")
 }

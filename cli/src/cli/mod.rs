@@ -177,18 +177,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(feature = "local-cluster")]
         Command::Coordinator(config) => {
-            dfs_common::telemetry::init("info");
-            dfs_coordinator::run(config, dfs_common::shutdown::signal())
-                .await
-                .context("coordinator failed")
+            dfs_common::bootstrap::serve("dfs coordinator", |shutdown| {
+                dfs_coordinator::run(config, shutdown)
+            })
+            .await
+            .context("coordinator failed")
         }
         #[cfg(feature = "local-cluster")]
-        Command::Datanode(config) => {
-            dfs_common::telemetry::init("info");
-            dfs_datanode::run(config, dfs_common::shutdown::signal())
-                .await
-                .context("datanode failed")
-        }
+        Command::Datanode(config) => dfs_common::bootstrap::serve("dfs datanode", |shutdown| {
+            dfs_datanode::run(config, shutdown)
+        })
+        .await
+        .context("datanode failed"),
         Command::Put {
             replication,
             chunk_size,
