@@ -48,7 +48,7 @@ use dfs_coordinator::path::NsPath;
 use dfs_coordinator::store::{Applied, Committer, Store};
 use redb::{ReadableDatabase, TableDefinition};
 
-const UPDATE_ENV: &str = "DFS_UPDATE_GOLDEN";
+use dfs_testkit::golden::{Diff, Golden, UPDATE_ENV};
 const REGENERATE: &str = "DFS_UPDATE_GOLDEN=1 cargo test -p dfs-coordinator --test golden_formats";
 /// The tables as `store.rs` defines them (private there: spelled out here,
 /// so renaming one fails this test).
@@ -57,68 +57,34 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT_KEY: &str = "snapshot";
 const DB_FILE: &str = "metadata.redb";
 
+fn golden() -> Golden {
+    Golden::new(env!("CARGO_MANIFEST_DIR"), REGENERATE)
+}
+
 fn updating() -> bool {
-    std::env::var(UPDATE_ENV).is_ok_and(|v| v == "1")
+    dfs_testkit::golden::updating()
 }
 
 fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    golden().path(name)
 }
 
 fn read_golden(what: &str, name: &str) -> Vec<u8> {
-    let path = golden_path(name);
-    fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "the {what} golden file {} cannot be read ({e}); create it with {REGENERATE}",
-            path.display()
-        )
-    })
+    golden().read(what, name)
 }
 
 /// Compares `actual` with the golden file `name` (rewrites it instead when
 /// [`UPDATE_ENV`] is set).
 fn check_golden(what: &str, name: &str, actual: &[u8]) {
-    let path = golden_path(name);
-    if updating() {
-        fs::create_dir_all(path.parent().expect("golden dir")).unwrap();
-        fs::write(&path, actual).unwrap();
-        eprintln!("{UPDATE_ENV}=1: rewrote {}", path.display());
-        return;
-    }
-    let golden = read_golden(what, name);
-    assert!(
-        golden == actual,
-        "{what} format changed: what the current code writes differs from \
+    if let Err(diff) = golden().compare(what, name, actual, Diff::Text) {
+        panic!(
+            "{what} format changed: what the current code writes differs from \
          tests/golden/{name}: {}.\nIf deliberate, keep reading the old encoding (coordinators \
          have it on disk; e.g. serde defaults or aliases for renamed or new fields), and rerun \
          with {REGENERATE} to rewrite the golden file.",
-        describe_diff(&golden, actual)
-    );
-}
-
-/// Where two (JSON, so ASCII) texts differ, for the failure message.
-fn describe_diff(golden: &[u8], actual: &[u8]) -> String {
-    let at = golden
-        .iter()
-        .zip(actual)
-        .position(|(a, b)| a != b)
-        .unwrap_or(golden.len().min(actual.len()));
-    let line = golden[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-    let around = |b: &[u8]| {
-        let from = at.saturating_sub(60).min(b.len());
-        let to = (at + 60).min(b.len());
-        String::from_utf8_lossy(&b[from..to]).into_owned()
-    };
-    format!(
-        "golden {} bytes, now {} bytes; first difference at byte {at} (line {line}):\n  \
-         golden: …{}…\n  now:    …{}…",
-        golden.len(),
-        actual.len(),
-        around(golden),
-        around(actual)
-    )
+            diff
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

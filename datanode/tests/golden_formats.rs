@@ -43,77 +43,38 @@ use dfs_datanode::store::{BLOCK_BYTES, ChunkId, Store, StoreOptions, StoredChunk
 use dfs_datanode::{Config, Datanode, Metrics, volume};
 use tokio::net::TcpListener;
 
-const UPDATE_ENV: &str = "DFS_UPDATE_GOLDEN";
+use dfs_testkit::golden::{Diff, Golden};
 const REGENERATE: &str = "DFS_UPDATE_GOLDEN=1 cargo test -p dfs-datanode --test golden_formats";
 
+fn golden() -> Golden {
+    Golden::new(env!("CARGO_MANIFEST_DIR"), REGENERATE)
+}
+
 fn updating() -> bool {
-    std::env::var(UPDATE_ENV).is_ok_and(|v| v == "1")
+    dfs_testkit::golden::updating()
 }
 
 fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    golden().path(name)
 }
 
 fn read_golden(what: &str, name: &str) -> Vec<u8> {
-    let path = golden_path(name);
-    fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "the {what} golden file {} cannot be read ({e}); create it with {REGENERATE}",
-            path.display()
-        )
-    })
+    golden().read(what, name)
 }
 
 /// Compares `actual` with the golden file `name` (rewrites it instead when
-/// [`UPDATE_ENV`] is set). `version` says what to bump on a deliberate
+/// `DFS_UPDATE_GOLDEN=1` is set). `version` says what to bump on a deliberate
 /// change.
 fn check_golden(what: &str, name: &str, version: &str, actual: &[u8]) {
-    let path = golden_path(name);
-    if updating() {
-        fs::create_dir_all(path.parent().expect("golden dir")).unwrap();
-        fs::write(&path, actual).unwrap();
-        eprintln!("{UPDATE_ENV}=1: rewrote {}", path.display());
-        return;
-    }
-    let golden = read_golden(what, name);
-    assert!(
-        golden == actual,
-        "{what} format changed: the bytes written now differ from tests/golden/{name}: {}.\n\
+    if let Err(diff) = golden().compare(what, name, actual, Diff::Binary) {
+        panic!(
+            "{what} format changed: the bytes written now differ from tests/golden/{name}: {}.\n\
          If deliberate, bump the format version ({version}), keep reading files of the old \
          version (nodes have them on disk), and rerun with {REGENERATE} to rewrite the golden \
          file.",
-        describe_diff(&golden, actual)
-    );
-}
-
-/// Where and how two byte strings differ, for the failure message.
-fn describe_diff(golden: &[u8], actual: &[u8]) -> String {
-    let at = golden
-        .iter()
-        .zip(actual)
-        .position(|(a, b)| a != b)
-        .unwrap_or(golden.len().min(actual.len()));
-    let around = |b: &[u8]| {
-        let from = at.saturating_sub(8);
-        let to = (at + 8).min(b.len());
-        b.get(from..to).map_or(String::new(), |s| {
-            s.iter()
-                .map(|x| format!("{x:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-    };
-    format!(
-        "golden {} bytes, now {} bytes; first difference at byte {at} (0x{at:x}); \
-         bytes from 0x{:x}: golden [{}], now [{}]",
-        golden.len(),
-        actual.len(),
-        at.saturating_sub(8),
-        around(golden),
-        around(actual)
-    )
+            diff
+        );
+    }
 }
 
 fn id(s: &str) -> ChunkId {
@@ -466,7 +427,7 @@ fn legacy_dfv1_volumes_are_still_read() {
         golden == legacy_volume(),
         "tests/golden/{name} was modified ({}): it is frozen and must hold the DFV1 records of \
          `legacy_volume()`; restore it from git (or delete it and rerun with {REGENERATE})",
-        describe_diff(&legacy_volume(), &golden)
+        dfs_testkit::golden::describe(&legacy_volume(), &golden, Diff::Binary)
     );
     let dir = tempfile::tempdir().unwrap();
     let vol = dir.path().join("volumes").join(FIRST_VOLUME);

@@ -21,4 +21,5 @@
 pub mod coordinator;
 pub mod datanode;
 pub mod fake;
+pub mod golden;
 pub mod process;
