@@ -4,6 +4,7 @@
 //!   each with one validation rule, their one generator, and `NodeState`.
 //! - [`http`]: the `/metrics`, `/healthz` and `/readyz` endpoint every service
 //!   exposes for Prometheus and Kubernetes probes.
+//! - [`metrics`]: registering metrics with their series at 0.
 //! - [`size`]: byte sizes with suffixes (`64MiB`) for flags.
 //! - [`transport`]: gRPC transport settings (TCP_NODELAY, message limits) so
 //!   every server and client of the data path is tuned the same way.
@@ -14,6 +15,7 @@
 pub mod bootstrap;
 pub mod http;
 pub mod id;
+pub mod metrics;
 pub mod shutdown;
 pub mod size;
 pub mod telemetry;

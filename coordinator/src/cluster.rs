@@ -159,6 +159,26 @@ pub struct Order {
     pub command: NodeCommand,
 }
 
+impl Order {
+    /// Delete `chunk_ids` on `node` (only its quarantined copies, with
+    /// `quarantined_only`).
+    fn delete(
+        node: NodeId,
+        command_id: u64,
+        chunk_ids: Vec<ChunkId>,
+        quarantined_only: bool,
+    ) -> Self {
+        Order {
+            node,
+            command: NodeCommand::Delete {
+                command_id,
+                chunk_ids,
+                quarantined_only,
+            },
+        }
+    }
+}
+
 /// A command for a datanode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
@@ -1006,7 +1026,8 @@ impl Cluster {
         self.enqueue(orders);
     }
 
-    /// Queues `orders` for their nodes (dropped for a node not alive).
+    /// Queues `orders` for their nodes; an order for a node that is not
+    /// alive is dropped (the loop decides again on the next tick).
     pub fn enqueue(&mut self, orders: Vec<Order>) {
         for Order { node, command } in orders {
             if let Some(l) = self.live.get_mut(&node) {
@@ -1318,16 +1339,7 @@ impl Cluster {
             }
             let command_id = self.command_id();
             tracing::info!(node_id = %node, chunks = chunks.len(), "deleting surplus replicas");
-            if self.live.contains_key(&node) {
-                out.push(Order {
-                    node: node.clone(),
-                    command: NodeCommand::Delete {
-                        command_id,
-                        chunk_ids: chunks,
-                        quarantined_only: false,
-                    },
-                });
-            }
+            out.push(Order::delete(node, command_id, chunks, false));
         }
         // Quarantined copies, from what is left of each node's budget.
         let mut drop_quarantined: Vec<_> = drop_quarantined.into_iter().collect();
@@ -1342,16 +1354,7 @@ impl Cluster {
             }
             let command_id = self.command_id();
             tracing::info!(node_id = %node, chunks = chunks.len(), "deleting quarantined copies");
-            if self.live.contains_key(&node) {
-                out.push(Order {
-                    node: node.clone(),
-                    command: NodeCommand::Delete {
-                        command_id,
-                        chunk_ids: chunks,
-                        quarantined_only: true,
-                    },
-                });
-            }
+            out.push(Order::delete(node, command_id, chunks, true));
         }
 
         // Re-replication (none in safe mode).
@@ -1402,23 +1405,21 @@ impl Cluster {
                     deadline_ms,
                 },
             );
-            if self.live.contains_key(&order.source) {
-                out.push(Order {
-                    node: order.source.clone(),
-                    command: NodeCommand::Replicate {
-                        command_id,
-                        chunk: ChunkMetaRec {
-                            id: order.chunk_id,
-                            checksum,
-                            size: order.size,
-                            algorithm,
-                        },
-                        target_id: target.node_id.clone(),
-                        target_address: target.address.clone(),
-                        max_bytes_per_second: per_stream,
+            out.push(Order {
+                node: order.source.clone(),
+                command: NodeCommand::Replicate {
+                    command_id,
+                    chunk: ChunkMetaRec {
+                        id: order.chunk_id,
+                        checksum,
+                        size: order.size,
+                        algorithm,
                     },
-                });
-            }
+                    target_id: target.node_id.clone(),
+                    target_address: target.address.clone(),
+                    max_bytes_per_second: per_stream,
+                },
+            });
         }
 
         // Decommission progress.
@@ -1522,7 +1523,7 @@ fn spread(chunk_id: &str, node_id: &str) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::namespace::{Command, PlannedChunkRecord, TopologyRecord, Upload};
 
@@ -1539,7 +1540,9 @@ mod tests {
         }
     }
 
-    fn setup(nodes: usize) -> (Namespace, Cluster) {
+    /// `nodes` registered, alive datanodes n0… with 1 GiB free each, every
+    /// one past its first (empty) full report.
+    pub(crate) fn setup(nodes: usize) -> (Namespace, Cluster) {
         let mut ns = Namespace::new();
         for i in 0..nodes {
             ns.apply(&Command::RegisterNode(NodeRecord {

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::core::{MetricVec, MetricVecBuilder};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -112,38 +112,11 @@ pub struct Metrics {
     families: Vec<String>,
 }
 
-/// Registers `m` in `r`, notes its name in `families` and hands it back.
-fn reg<T: Collector + Clone + 'static>(r: &Registry, families: &RefCell<Vec<String>>, m: T) -> T {
-    families
-        .borrow_mut()
-        .extend(m.desc().iter().map(|d| d.fq_name.clone()));
-    r.register(Box::new(m.clone()))
-        .expect("metric names are unique");
-    m
-}
+use dfs_common::metrics::{init_series, register as reg};
 
-/// Creates the series of `vec` (at 0) for every combination of `values`:
-/// one array of values per label, in label order.
-fn init_series<T: MetricVecBuilder>(vec: MetricVec<T>, values: &[&[&str]]) -> MetricVec<T> {
-    fn go<'a, T: MetricVecBuilder>(
-        vec: &MetricVec<T>,
-        values: &[&[&'a str]],
-        prefix: &mut Vec<&'a str>,
-    ) {
-        match values.split_first() {
-            None => {
-                vec.with_label_values(prefix);
-            }
-            Some((first, rest)) => {
-                for v in first.iter() {
-                    prefix.push(v);
-                    go(vec, rest, prefix);
-                    prefix.pop();
-                }
-            }
-        }
-    }
-    go(&vec, values, &mut Vec::new());
+/// [`init_series`] handing `vec` back (for the builders below).
+fn with_series<T: MetricVecBuilder>(vec: MetricVec<T>, values: &[&[&str]]) -> MetricVec<T> {
+    init_series(&vec, values);
     vec
 }
 
@@ -197,7 +170,7 @@ impl Metrics {
             datanodes: reg(
                 &r,
                 f,
-                init_series(
+                with_series(
                     IntGaugeVec::new(
                         Opts::new("dfs_coordinator_datanodes", "Datanodes by state."),
                         &["state"],
@@ -269,7 +242,7 @@ impl Metrics {
             rpc_requests: reg(
                 &r,
                 f,
-                init_series(
+                with_series(
                     IntCounterVec::new(
                         Opts::new(
                             "dfs_coordinator_rpc_requests_total",
@@ -284,7 +257,7 @@ impl Metrics {
             rpc_duration: reg(
                 &r,
                 f,
-                init_series(
+                with_series(
                     HistogramVec::new(
                         HistogramOpts::new(
                             "dfs_coordinator_rpc_duration_seconds",
@@ -303,7 +276,7 @@ impl Metrics {
             batched_calls: reg(
                 &r,
                 f,
-                init_series(
+                with_series(
                     IntCounterVec::new(
                         Opts::new(
                             "dfs_coordinator_batched_calls_total",
@@ -603,17 +576,12 @@ mod tests {
                 .any(|f| f == "dfs_coordinator_rpc_requests_total")
         );
         assert!(m.families.len() >= families.len(), "{:?}", m.families);
-        for name in &m.families {
-            if LAZY.contains(&name.as_str()) {
-                continue;
-            }
-            let f = families.iter().find(|f| f.name() == name);
-            assert!(
-                f.is_some_and(|f| !f.get_metric().is_empty()),
-                "{name} has no series until its first event: create them in Metrics::new() \
-                 (init_series), or list it in LAZY with the reason"
-            );
-        }
+        let missing = dfs_common::metrics::families_without_series(&m.registry, &m.families, &LAZY);
+        assert!(
+            missing.is_empty(),
+            "{missing:?} have no series until their first event: create them in Metrics::new() \
+             (init_series), or list them in LAZY with the reason"
+        );
         for name in LAZY {
             assert!(
                 m.families.iter().any(|f| f == name),

@@ -260,35 +260,8 @@ pub fn plan_replan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{Health, NodeInfo, Timing};
-    use crate::namespace::{NodeRecord, TopologyRecord};
+    use crate::cluster::tests::setup;
     use rand::SeedableRng;
-
-    fn setup(nodes: usize) -> (Namespace, Cluster) {
-        let mut ns = Namespace::new();
-        for i in 0..nodes {
-            ns.apply(&Command::RegisterNode(NodeRecord {
-                node_id: format!("n{i}"),
-                address: format!("http://n{i}"),
-                topology: TopologyRecord::default(),
-                version: String::new(),
-                draining: false,
-                maintenance_until_ms: 0,
-            }))
-            .unwrap();
-        }
-        let mut cluster = Cluster::new(Timing::for_tests(), &ns, 0, |t| t);
-        for i in 0..nodes {
-            let info = NodeInfo {
-                free_bytes: 1 << 30,
-                total_bytes: 1 << 30,
-                health: Health::Healthy,
-                ..NodeInfo::default()
-            };
-            cluster.on_register(&format!("n{i}"), info, 0);
-        }
-        (ns, cluster)
-    }
 
     const DEFAULTS: Defaults = Defaults {
         replication: 3,

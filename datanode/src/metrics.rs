@@ -13,7 +13,6 @@
 
 use std::cell::RefCell;
 
-use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -131,45 +130,7 @@ fn latency_buckets() -> Vec<f64> {
     ]
 }
 
-/// Registers `c` in `registry`, notes its name in `families` and hands it
-/// back.
-fn registered<C: Collector + Clone + 'static>(
-    registry: &Registry,
-    families: &RefCell<Vec<String>>,
-    c: C,
-) -> C {
-    families
-        .borrow_mut()
-        .extend(c.desc().iter().map(|d| d.fq_name.clone()));
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
-
-/// Creates the series of `vec` (at 0) for every combination of `values`:
-/// one array of values per label, in label order.
-fn init_series<T: MetricVecBuilder>(vec: &MetricVec<T>, values: &[&[&str]]) {
-    fn go<'a, T: MetricVecBuilder>(
-        vec: &MetricVec<T>,
-        values: &[&[&'a str]],
-        prefix: &mut Vec<&'a str>,
-    ) {
-        match values.split_first() {
-            None => {
-                vec.with_label_values(prefix);
-            }
-            Some((first, rest)) => {
-                for v in first.iter() {
-                    prefix.push(v);
-                    go(vec, rest, prefix);
-                    prefix.pop();
-                }
-            }
-        }
-    }
-    go(vec, values, &mut Vec::new());
-}
+use dfs_common::metrics::{init_series, register as registered};
 
 impl Metrics {
     /// Counts one frame of `len` bytes sent on a stream of `kind`.
@@ -558,16 +519,11 @@ mod tests {
                 .any(|f| f == "dfs_datanode_checksum_failures_total")
         );
         assert!(m.families.len() >= families.len(), "{:?}", m.families);
-        for name in &m.families {
-            if LAZY.contains(&name.as_str()) {
-                continue;
-            }
-            let f = families.iter().find(|f| f.name() == name);
-            assert!(
-                f.is_some_and(|f| !f.get_metric().is_empty()),
-                "{name} has no series until its first event: create them in Metrics::new() \
-                 (init_series), or list it in LAZY with the reason"
-            );
-        }
+        let missing = dfs_common::metrics::families_without_series(&m.registry, &m.families, &LAZY);
+        assert!(
+            missing.is_empty(),
+            "{missing:?} have no series until their first event: create them in Metrics::new() \
+             (init_series), or list them in LAZY with the reason"
+        );
     }
 }
