@@ -317,8 +317,12 @@ async fn a_coordinator_of_another_cluster_is_refused_and_orders_nothing() {
     // never opens a heartbeat stream, and still serves its chunks.
     let (b, b_addr) = FakeCoordinator::start_as(CLUSTER_B).await;
     let node = TestNode::start(dir.path(), |c| c.coordinator = b_addr.clone()).await;
+    // The fake records a registration when it arrives; the datanode counts
+    // the refusal only once the answer is back, so wait for both.
     eventually("registration attempts", || {
         b.with(|r| r.registrations.len() >= 2)
+            && node.counter("dfs_datanode_foreign_cluster_refusals_total", "") >= 2
+            && node.counter("dfs_datanode_registrations_total", "refused") >= 2
     })
     .await;
     b.with(|r| {
