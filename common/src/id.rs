@@ -101,6 +101,18 @@ macro_rules! id_type {
                 }
             }
 
+            /// The id whose 128 bits are `n`, written as 32 lowercase hex
+            /// characters (valid under every id rule): deterministic ids for
+            /// planning and tests.
+            pub fn from_u128(n: u128) -> Self {
+                Self(format!("{n:032x}"))
+            }
+
+            /// A fresh random id (128 random bits, from the one generator).
+            pub fn random() -> Self {
+                Self(random_hex_id())
+            }
+
             /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -163,6 +175,22 @@ macro_rules! id_type {
             }
         }
 
+        /// Stored as its text (metadata log rows, snapshots, JSON).
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        /// Loaded with the same rule as at the gRPC edge: a stored id that
+        /// breaks it is corruption, and loading fails instead of guessing.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::try_from(s).map_err(serde::de::Error::custom)
+            }
+        }
+
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
                 self.0 == other
@@ -214,34 +242,6 @@ id_type!(
     "1-128 characters of [A-Za-z0-9._:-]",
     is_node_id
 );
-
-impl ChunkId {
-    /// A fresh random chunk id.
-    pub fn random() -> Self {
-        Self(random_hex_id())
-    }
-}
-
-impl UploadId {
-    /// A fresh random upload id.
-    pub fn random() -> Self {
-        Self(random_hex_id())
-    }
-}
-
-impl ClusterId {
-    /// A fresh random cluster id.
-    pub fn random() -> Self {
-        Self(random_hex_id())
-    }
-}
-
-impl NodeId {
-    /// A fresh random node id.
-    pub fn random() -> Self {
-        Self(random_hex_id())
-    }
-}
 
 /// A datanode's state as the coordinator sees it: the one definition the
 /// coordinator, the client library, the CLI and the operator share.
@@ -388,6 +388,17 @@ mod tests {
         assert!(ChunkId::parse(a.as_str()).is_ok());
         assert_ne!(a, ChunkId::random());
         assert!(NodeId::parse(NodeId::random().as_str()).is_ok());
+    }
+
+    #[test]
+    fn ids_are_stored_as_text_and_loaded_with_their_rule() {
+        let id = ChunkId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"0123456789abcdef0123456789abcdef\"");
+        assert_eq!(serde_json::from_str::<ChunkId>(&json).unwrap(), id);
+        let err = serde_json::from_str::<ChunkId>("\"../../etc/passwd\"").unwrap_err();
+        assert!(err.to_string().contains("invalid chunk id"), "{err}");
+        assert!(serde_json::from_str::<NodeId>("\"a/b\"").is_err());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::namespace::{ChunkId, ChunkOwner, ChunkRecord, Namespace, NodeId, NodeRecord};
+use crate::namespace::{ChunkId, ChunkOwner, ChunkRecord, Namespace, NodeId, NodeRecord, UploadId};
 use crate::placement::Candidate;
 use crate::repair::{self, Need};
 
@@ -225,7 +225,7 @@ pub struct ReportBatch {
 }
 
 /// One heartbeat, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeartbeatEvent {
     /// Sender.
     pub node_id: NodeId,
@@ -241,6 +241,21 @@ pub struct HeartbeatEvent {
     pub corrupt: Vec<ChunkId>,
     /// Command results.
     pub results: Vec<CommandOutcome>,
+}
+
+impl HeartbeatEvent {
+    /// A heartbeat of `node_id` that reports nothing but default capacity.
+    pub fn new(node_id: NodeId) -> Self {
+        HeartbeatEvent {
+            node_id,
+            info: NodeInfo::default(),
+            report: None,
+            added: Vec::new(),
+            removed: Vec::new(),
+            corrupt: Vec::new(),
+            results: Vec::new(),
+        }
+    }
 }
 
 /// Errors of the cluster layer.
@@ -401,7 +416,7 @@ pub struct Cluster {
     /// ConfirmUpload checks the confirmed checksum against.
     pending: HashMap<ChunkId, HashMap<NodeId, u32>>,
     /// Open uploads' expiry on the monotonic clock.
-    upload_deadlines: HashMap<String, u64>,
+    upload_deadlines: HashMap<UploadId, u64>,
     /// Corrupt copies nodes keep in quarantine (they reported them).
     quarantined: HashMap<ChunkId, BTreeSet<NodeId>>,
 }
@@ -463,17 +478,17 @@ impl Cluster {
         &self.timing
     }
 
-    fn add_replica(&mut self, chunk: &str, node: &str) {
+    fn add_replica(&mut self, chunk: &ChunkId, node: &NodeId) {
         self.replicas
-            .entry(chunk.to_string())
+            .entry(chunk.clone())
             .or_default()
-            .insert(node.to_string());
+            .insert(node.clone());
         if let Some(l) = self.live.get_mut(node) {
-            l.chunks.insert(chunk.to_string());
+            l.chunks.insert(chunk.clone());
         }
     }
 
-    fn remove_replica(&mut self, chunk: &str, node: &str) {
+    fn remove_replica(&mut self, chunk: &ChunkId, node: &NodeId) {
         if let Some(set) = self.replicas.get_mut(chunk) {
             set.remove(node);
             if set.is_empty() {
@@ -507,25 +522,25 @@ impl Cluster {
 
     /// The checksum `node` reported storing for chunk `chunk_id` of an open
     /// upload, if it did.
-    pub fn reported_checksum(&self, chunk_id: &str, node: &str) -> Option<u32> {
+    pub fn reported_checksum(&self, chunk_id: &ChunkId, node: &NodeId) -> Option<u32> {
         self.pending.get(chunk_id)?.get(node).copied()
     }
 
     /// One replica a node says it holds: counted when its checksum agrees
     /// with the namespace (or the chunk is not a file's), kept apart as
     /// corrupt otherwise. Returns whether the namespace knows the chunk.
-    fn observe(&mut self, ns: &Namespace, chunk: &str, checksum: u32, node: &str) -> bool {
+    fn observe(&mut self, ns: &Namespace, chunk: &ChunkId, checksum: u32, node: &NodeId) -> bool {
         match ns.chunk_owner(chunk) {
             Some(ChunkOwner::File { checksum: want, .. }) if want != checksum => {
                 if self
                     .corrupt
-                    .entry(chunk.to_string())
+                    .entry(chunk.clone())
                     .or_default()
-                    .insert(node.to_string())
+                    .insert(node.clone())
                 {
                     tracing::warn!(
-                        node_id = node,
-                        chunk_id = chunk,
+                        node_id = %node,
+                        chunk_id = %chunk,
                         reported = format_args!("{checksum:08x}"),
                         recorded = format_args!("{want:08x}"),
                         "replica checksum differs from the namespace: counted as corrupt"
@@ -544,9 +559,9 @@ impl Cluster {
             }
             Some(ChunkOwner::Upload) => {
                 self.pending
-                    .entry(chunk.to_string())
+                    .entry(chunk.clone())
                     .or_default()
-                    .insert(node.to_string(), checksum);
+                    .insert(node.clone(), checksum);
                 self.add_replica(chunk, node);
                 true
             }
@@ -557,7 +572,7 @@ impl Cluster {
         }
     }
 
-    fn forget_quarantined(&mut self, chunk: &str, node: &str) {
+    fn forget_quarantined(&mut self, chunk: &ChunkId, node: &NodeId) {
         if let Some(set) = self.quarantined.get_mut(chunk) {
             set.remove(node);
             if set.is_empty() {
@@ -566,7 +581,7 @@ impl Cluster {
         }
     }
 
-    fn forget_corrupt(&mut self, chunk: &str, node: &str) {
+    fn forget_corrupt(&mut self, chunk: &ChunkId, node: &NodeId) {
         if let Some(set) = self.corrupt.get_mut(chunk) {
             set.remove(node);
             if set.is_empty() {
@@ -653,8 +668,8 @@ impl Cluster {
     }
 
     /// A node registered (or re-registered).
-    pub fn on_register(&mut self, node_id: &str, info: NodeInfo, now_ms: u64) {
-        let live = self.live.entry(node_id.to_string()).or_default();
+    pub fn on_register(&mut self, node_id: &NodeId, info: NodeInfo, now_ms: u64) {
+        let live = self.live.entry(node_id.clone()).or_default();
         live.info = info;
         live.last_heartbeat_ms = now_ms;
         live.planned_bytes = 0;
@@ -673,7 +688,7 @@ impl Cluster {
                 node_id: ev.node_id,
             });
         };
-        let node = ev.node_id.as_str();
+        let node = &ev.node_id;
         {
             let live = self.live.entry(ev.node_id.clone()).or_default();
             live.info = ev.info;
@@ -697,7 +712,7 @@ impl Cluster {
             }
             if batch.last {
                 if counting {
-                    self.safe.reported.insert(node.to_string());
+                    self.safe.reported.insert(node.clone());
                 }
                 let live = self.live.get_mut(node).expect("inserted above");
                 live.reported = true;
@@ -719,7 +734,7 @@ impl Cluster {
                 }
                 if !lost.is_empty() {
                     tracing::info!(
-                        node_id = node,
+                        node_id = %node,
                         lost = lost.len(),
                         "full report: replicas gone"
                     );
@@ -734,7 +749,7 @@ impl Cluster {
             let done: Vec<u64> = self
                 .inflight
                 .iter()
-                .filter(|(_, r)| r.chunk_id == *c && r.target == node)
+                .filter(|(_, r)| r.chunk_id == *c && r.target == *node)
                 .map(|(id, _)| *id)
                 .collect();
             for id in done {
@@ -749,12 +764,12 @@ impl Cluster {
         for c in &ev.corrupt {
             // The node quarantined it: not counted, kept until R good copies
             // exist elsewhere, then ordered deleted.
-            tracing::warn!(node_id = node, chunk_id = %c, "corrupt replica reported; repairing");
+            tracing::warn!(node_id = %node, chunk_id = %c, "corrupt replica reported; repairing");
             self.remove_replica(c, node);
             self.quarantined
                 .entry(c.clone())
                 .or_default()
-                .insert(node.to_string());
+                .insert(node.clone());
         }
         for c in &ev.removed {
             self.remove_replica(c, node);
@@ -762,7 +777,7 @@ impl Cluster {
         }
         for r in &ev.results {
             if !r.ok {
-                tracing::warn!(node_id = node, command_id = r.command_id, error = %r.error, "command failed");
+                tracing::warn!(node_id = %node, command_id = r.command_id, error = %r.error, "command failed");
                 self.inflight.remove(&r.command_id);
             }
         }
@@ -774,7 +789,7 @@ impl Cluster {
     }
 
     /// Takes the queued commands of a node.
-    pub fn take_outbox(&mut self, node_id: &str) -> Vec<NodeCommand> {
+    pub fn take_outbox(&mut self, node_id: &NodeId) -> Vec<NodeCommand> {
         self.live
             .get_mut(node_id)
             .map(|l| std::mem::take(&mut l.outbox))
@@ -791,9 +806,9 @@ impl Cluster {
     }
 
     /// Puts a node into maintenance until `until_ms` (0 ends it).
-    pub fn set_maintenance(&mut self, node_id: &str, until_ms: u64) {
+    pub fn set_maintenance(&mut self, node_id: &NodeId, until_ms: u64) {
         self.live
-            .entry(node_id.to_string())
+            .entry(node_id.clone())
             .or_default()
             .maintenance_until_ms = until_ms;
     }
@@ -856,7 +871,7 @@ impl Cluster {
     }
 
     /// Accounts bytes planned on a node until its next heartbeat.
-    pub fn reserve(&mut self, node_id: &str, bytes: u64) {
+    pub fn reserve(&mut self, node_id: &NodeId, bytes: u64) {
         if let Some(l) = self.live.get_mut(node_id) {
             l.planned_bytes = l.planned_bytes.saturating_add(bytes);
         }
@@ -865,7 +880,12 @@ impl Cluster {
     /// Live replicas of a chunk, healthiest first (never dead nodes); among
     /// equally healthy replicas the order is a per-chunk hash, so the chunks
     /// of a file are read from all their holders instead of all from one.
-    pub fn read_replicas(&self, ns: &Namespace, chunk_id: &str, now_ms: u64) -> Vec<NodeRecord> {
+    pub fn read_replicas(
+        &self,
+        ns: &Namespace,
+        chunk_id: &ChunkId,
+        now_ms: u64,
+    ) -> Vec<NodeRecord> {
         let Some(holders) = self.replicas.get(chunk_id) else {
             return Vec::new();
         };
@@ -928,7 +948,7 @@ impl Cluster {
     /// counted, and a node that runs out is named once per window.
     fn spend_budget(
         &mut self,
-        node: &str,
+        node: &NodeId,
         chunks: &mut Vec<ChunkId>,
         now_ms: u64,
         stats: &mut RedundancyStats,
@@ -942,7 +962,7 @@ impl Cluster {
             .timing
             .delete_budget_min
             .max((self.timing.delete_budget_share * held as f64) as u64);
-        let b = self.budgets.entry(node.to_string()).or_default();
+        let b = self.budgets.entry(node.clone()).or_default();
         if b.window_start_ms == 0 || now_ms.saturating_sub(b.window_start_ms) >= window {
             *b = Budget {
                 window_start_ms: now_ms,
@@ -954,7 +974,7 @@ impl Cluster {
         if chunks.len() > left {
             let deferred = chunks.len() - left;
             stats.deletes_deferred += deferred as u64;
-            self.exhausted.insert(node.to_string());
+            self.exhausted.insert(node.clone());
             if !b.exhausted {
                 b.exhausted = true;
                 stats.budget_exhausted_total += 1;
@@ -966,17 +986,16 @@ impl Cluster {
     }
 
     /// Starts the expiry clock of an open upload (`deadline_ms` monotonic).
-    pub fn track_upload(&mut self, upload_id: &str, deadline_ms: u64) {
-        self.upload_deadlines
-            .insert(upload_id.to_string(), deadline_ms);
+    pub fn track_upload(&mut self, upload_id: &UploadId, deadline_ms: u64) {
+        self.upload_deadlines.insert(upload_id.clone(), deadline_ms);
     }
 
     /// Open uploads whose monotonic deadline passed; forgets uploads that
     /// ended otherwise.
-    pub fn expired_uploads(&mut self, ns: &Namespace, now_ms: u64) -> Vec<String> {
+    pub fn expired_uploads(&mut self, ns: &Namespace, now_ms: u64) -> Vec<UploadId> {
         self.upload_deadlines
             .retain(|id, _| ns.uploads().contains_key(id));
-        let mut out: Vec<String> = self
+        let mut out: Vec<UploadId> = self
             .upload_deadlines
             .iter()
             .filter(|(_, d)| **d <= now_ms)
@@ -1006,7 +1025,7 @@ impl Cluster {
     }
 
     /// Holders of a chunk (any state), for tests and diagnostics.
-    pub fn holders(&self, chunk_id: &str) -> Vec<NodeId> {
+    pub fn holders(&self, chunk_id: &ChunkId) -> Vec<NodeId> {
         self.replicas
             .get(chunk_id)
             .map(|s| s.iter().cloned().collect())
@@ -1078,19 +1097,19 @@ impl Cluster {
             self.completions.pop_front();
         }
 
-        let views: HashMap<&str, View> = ns
+        let views: HashMap<&NodeId, View> = ns
             .nodes()
             .values()
-            .map(|r| (r.node_id.as_str(), self.view(r, now_ms)))
+            .map(|r| (&r.node_id, self.view(r, now_ms)))
             .collect();
-        let mut inflight_by_chunk: HashMap<&str, u32> = HashMap::new();
-        let mut busy: HashMap<String, u32> = HashMap::new();
+        let mut inflight_by_chunk: HashMap<&ChunkId, u32> = HashMap::new();
+        let mut busy: HashMap<NodeId, u32> = HashMap::new();
         for r in self.inflight.values() {
-            *inflight_by_chunk.entry(r.chunk_id.as_str()).or_default() += 1;
+            *inflight_by_chunk.entry(&r.chunk_id).or_default() += 1;
             *busy.entry(r.source.clone()).or_default() += 1;
             *busy.entry(r.target.clone()).or_default() += 1;
         }
-        let topology: HashMap<String, Candidate> = ns
+        let topology: HashMap<NodeId, Candidate> = ns
             .nodes()
             .values()
             .map(|r| {
@@ -1128,8 +1147,8 @@ impl Cluster {
         // replica was most of its cost (perf: allocator and memmove under
         // Cluster::tick); owned copies are made only for the rare chunk
         // that needs repair or trimming.
-        let mut good: Vec<&String> = Vec::new();
-        let mut sources: Vec<&String> = Vec::new();
+        let mut good: Vec<&NodeId> = Vec::new();
+        let mut sources: Vec<&NodeId> = Vec::new();
         let mut healthy: Vec<&Candidate> = Vec::new();
         for (chunk, owner) in ns.chunk_index() {
             let ChunkOwner::File {
@@ -1144,7 +1163,7 @@ impl Cluster {
             healthy.clear();
             let mut live_count = 0;
             for n in holders {
-                let Some(v) = views.get(n.as_str()) else {
+                let Some(v) = views.get(n) else {
                     continue;
                 };
                 if v.liveness != Liveness::Dead {
@@ -1160,7 +1179,7 @@ impl Cluster {
                 // report of this coordinator's lifetime vouched for: never
                 // on a copy recalled from a confirm record alone.
                 if matches!(v.state, NodeState::Healthy | NodeState::Full)
-                    && self.live.get(n.as_str()).is_some_and(|l| l.reported)
+                    && self.live.get(n).is_some_and(|l| l.reported)
                     && let Some(c) = topology.get(n)
                 {
                     healthy.push(c);
@@ -1171,16 +1190,16 @@ impl Cluster {
             } else if (good.len() as u32) < replication {
                 stats.under_replicated += 1;
             }
-            let inflight = inflight_by_chunk.get(chunk.as_str()).copied().unwrap_or(0);
+            let inflight = inflight_by_chunk.get(chunk).copied().unwrap_or(0);
             // Corrupt replicas go only once R good ones exist elsewhere, on
             // live nodes whose full reports vouched for them.
             let verified = good
                 .iter()
                 .filter(|n| {
                     views
-                        .get(n.as_str())
+                        .get(**n)
                         .is_some_and(|v| v.liveness == Liveness::Alive)
-                        && self.live.get(n.as_str()).is_some_and(|l| l.reported)
+                        && self.live.get(**n).is_some_and(|l| l.reported)
                 })
                 .count() as u32;
             if !safe_mode
@@ -1188,10 +1207,7 @@ impl Cluster {
                 && let Some(bad) = self.corrupt.get(chunk)
             {
                 for n in bad {
-                    if views
-                        .get(n.as_str())
-                        .is_some_and(|v| v.liveness == Liveness::Alive)
-                    {
+                    if views.get(n).is_some_and(|v| v.liveness == Liveness::Alive) {
                         deletes.entry(n.clone()).or_default().push(chunk.clone());
                     }
                 }
@@ -1244,10 +1260,7 @@ impl Cluster {
             let since = *self.orphan_since.entry(chunk.clone()).or_insert(now_ms);
             if now_ms.saturating_sub(since) >= self.timing.orphan_grace_ms {
                 for n in holders {
-                    if views
-                        .get(n.as_str())
-                        .is_some_and(|v| v.liveness == Liveness::Alive)
-                    {
+                    if views.get(n).is_some_and(|v| v.liveness == Liveness::Alive) {
                         deletes.entry(n.clone()).or_default().push(chunk.clone());
                     }
                 }
@@ -1265,9 +1278,9 @@ impl Cluster {
                             h.iter()
                                 .filter(|n| {
                                     views
-                                        .get(n.as_str())
+                                        .get(*n)
                                         .is_some_and(|v| v.liveness == Liveness::Alive && v.counts)
-                                        && self.live.get(n.as_str()).is_some_and(|l| l.reported)
+                                        && self.live.get(*n).is_some_and(|l| l.reported)
                                 })
                                 .count()
                         });
@@ -1281,11 +1294,7 @@ impl Cluster {
                 }
                 for n in nodes {
                     let holds = self.replicas.get(chunk).is_some_and(|h| h.contains(n));
-                    if !holds
-                        && views
-                            .get(n.as_str())
-                            .is_some_and(|v| v.liveness == Liveness::Alive)
-                    {
+                    if !holds && views.get(n).is_some_and(|v| v.liveness == Liveness::Alive) {
                         drop_quarantined
                             .entry(n.clone())
                             .or_default()
@@ -1301,10 +1310,7 @@ impl Cluster {
                     continue;
                 }
                 for n in holders {
-                    if views
-                        .get(n.as_str())
-                        .is_some_and(|v| v.liveness == Liveness::Alive)
-                    {
+                    if views.get(n).is_some_and(|v| v.liveness == Liveness::Alive) {
                         deletes.entry(n.clone()).or_default().push(chunk.clone());
                     }
                 }
@@ -1441,7 +1447,7 @@ impl Cluster {
                         h.iter()
                             .filter(|n| *n != &rec.node_id)
                             .filter(|n| {
-                                views.get(n.as_str()).is_some_and(|v| {
+                                views.get(n).is_some_and(|v| {
                                     v.liveness == Liveness::Alive
                                         && matches!(v.state, NodeState::Healthy | NodeState::Full)
                                 })
@@ -1514,7 +1520,7 @@ impl Cluster {
 
 /// Rendezvous weight of `node_id` for `chunk_id`: stable for a pair (so
 /// repeated lookups agree), uniformly spread across chunks.
-fn spread(chunk_id: &str, node_id: &str) -> u64 {
+fn spread(chunk_id: &ChunkId, node_id: &NodeId) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     chunk_id.hash(&mut h);
@@ -1526,6 +1532,7 @@ fn spread(chunk_id: &str, node_id: &str) -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::namespace::{Command, PlannedChunkRecord, TopologyRecord, Upload};
+    use crate::test_ids::{named, nodes};
 
     fn timing() -> Timing {
         Timing::for_tests()
@@ -1546,7 +1553,7 @@ pub(crate) mod tests {
         let mut ns = Namespace::new();
         for i in 0..nodes {
             ns.apply(&Command::RegisterNode(NodeRecord {
-                node_id: format!("n{i}"),
+                node_id: named(&format!("n{i}")),
                 address: format!("http://n{i}"),
                 topology: TopologyRecord::default(),
                 version: String::new(),
@@ -1557,7 +1564,7 @@ pub(crate) mod tests {
         }
         let mut cluster = Cluster::new(timing(), &ns, 0, |t| t);
         for i in 0..nodes {
-            cluster.on_register(&format!("n{i}"), info(), 0);
+            cluster.on_register(&named(&format!("n{i}")), info(), 0);
             // An empty full report each: safe mode ends at the first tick.
             report(&ns, &mut cluster, &format!("n{i}"), vec![], 0);
         }
@@ -1569,14 +1576,14 @@ pub(crate) mod tests {
     fn store_file(ns: &mut Namespace, cluster: &mut Cluster, replicas: &[&str]) {
         open_upload(ns, 3);
         let chunks = vec![ChunkRecord {
-            id: C.into(),
+            id: named(C),
             checksum: 1,
             size: 10,
             algorithm: 1,
-            replicas: replicas.iter().map(|s| s.to_string()).collect(),
+            replicas: nodes(replicas),
         }];
         ns.apply(&Command::ConfirmUpload {
-            upload_id: "u".into(),
+            upload_id: named("u"),
             chunks: chunks.clone(),
             now_ms: 0,
         })
@@ -1587,19 +1594,17 @@ pub(crate) mod tests {
     /// A heartbeat of `node` reporting `chunk` stored with checksum `crc`.
     fn added(ns: &Namespace, cluster: &mut Cluster, node: &str, chunk: &str, crc: u32, now: u64) {
         let ev = HeartbeatEvent {
-            node_id: node.into(),
             info: info(),
-            added: vec![(chunk.into(), crc)],
-            ..HeartbeatEvent::default()
+            added: vec![(named(chunk), crc)],
+            ..HeartbeatEvent::new(named(node))
         };
         cluster.on_heartbeat(ns, ev, now).unwrap();
     }
 
     fn beat(ns: &Namespace, cluster: &mut Cluster, node: &str, now: u64) -> Vec<NodeCommand> {
         let ev = HeartbeatEvent {
-            node_id: node.into(),
             info: info(),
-            ..HeartbeatEvent::default()
+            ..HeartbeatEvent::new(named(node))
         };
         cluster.on_heartbeat(ns, ev, now).unwrap().0
     }
@@ -1650,7 +1655,7 @@ pub(crate) mod tests {
         assert!(cluster.nodes_with_commands().is_empty());
         // Suspect replicas are served last.
         let order: Vec<_> = cluster
-            .read_replicas(&ns, C, 300)
+            .read_replicas(&ns, &named(C), 300)
             .into_iter()
             .map(|r| r.node_id)
             .collect();
@@ -1662,11 +1667,11 @@ pub(crate) mod tests {
         cluster.tick(&ns, 1100);
         assert_eq!(cluster.stats().under_replicated, 1);
         let order: Vec<_> = cluster
-            .read_replicas(&ns, C, 1100)
+            .read_replicas(&ns, &named(C), 1100)
             .into_iter()
             .map(|r| r.node_id)
             .collect();
-        assert!(!order.contains(&"n2".to_string()));
+        assert!(!order.contains(&named("n2")));
         let mut orders = Vec::new();
         for n in cluster.nodes_with_commands() {
             orders.extend(cluster.take_outbox(&n));
@@ -1689,9 +1694,9 @@ pub(crate) mod tests {
     fn a_node_shutting_down_is_read_last_and_gets_no_new_chunks() {
         let (mut ns, mut cluster) = setup(3);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
-        let order = |cluster: &Cluster| -> Vec<String> {
+        let order = |cluster: &Cluster| -> Vec<NodeId> {
             cluster
-                .read_replicas(&ns, C, 100)
+                .read_replicas(&ns, &named(C), 100)
                 .into_iter()
                 .map(|r| r.node_id)
                 .collect()
@@ -1699,12 +1704,11 @@ pub(crate) mod tests {
         // Whichever node the hash puts first announces it is shutting down.
         let first = order(&cluster)[0].clone();
         let ev = HeartbeatEvent {
-            node_id: first.clone(),
             info: NodeInfo {
                 health: Health::Draining,
                 ..info()
             },
-            ..HeartbeatEvent::default()
+            ..HeartbeatEvent::new(first.clone())
         };
         cluster.on_heartbeat(&ns, ev, 100).unwrap();
         let now = order(&cluster);
@@ -1722,7 +1726,7 @@ pub(crate) mod tests {
     fn maintenance_suppresses_repair() {
         let (mut ns, mut cluster) = setup(4);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
-        cluster.set_maintenance("n2", 5000);
+        cluster.set_maintenance(&named("n2"), 5000);
         for n in ["n0", "n1", "n3"] {
             beat(&ns, &mut cluster, n, 2000);
         }
@@ -1743,34 +1747,33 @@ pub(crate) mod tests {
         let orphan = "ffffffffffffffffffffffffffffffff";
         added(&ns, &mut cluster, "n3", orphan, 7, 10);
         let ev = HeartbeatEvent {
-            node_id: "n1".into(),
             info: info(),
-            corrupt: vec![C.into()],
-            ..HeartbeatEvent::default()
+            corrupt: vec![named(C)],
+            ..HeartbeatEvent::new(named("n1"))
         };
         cluster.on_heartbeat(&ns, ev, 10).unwrap();
-        assert_eq!(cluster.holders(C), ["n0", "n2"]);
+        assert_eq!(cluster.holders(&named(C)), ["n0", "n2"]);
         cluster.tick(&ns, 10);
         // Repair queued, orphan not yet deleted.
         let cmds = cluster
-            .take_outbox("n0")
+            .take_outbox(&named("n0"))
             .into_iter()
-            .chain(cluster.take_outbox("n2"));
+            .chain(cluster.take_outbox(&named("n2")));
         assert_eq!(cmds.count(), 1);
-        assert!(cluster.take_outbox("n3").is_empty());
+        assert!(cluster.take_outbox(&named("n3")).is_empty());
         for n in ["n0", "n1", "n2", "n3"] {
             beat(&ns, &mut cluster, n, 600);
         }
         cluster.tick(&ns, 600);
         assert_eq!(
-            cluster.take_outbox("n3"),
+            cluster.take_outbox(&named("n3")),
             [NodeCommand::Delete {
                 command_id: 2,
-                chunk_ids: vec![orphan.into()],
+                chunk_ids: vec![named(orphan)],
                 quarantined_only: false,
             }]
         );
-        assert!(cluster.holders(orphan).is_empty());
+        assert!(cluster.holders(&named(orphan)).is_empty());
     }
 
     #[test]
@@ -1778,10 +1781,10 @@ pub(crate) mod tests {
         let (mut ns, mut cluster) = setup(4);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
         report(&ns, &mut cluster, "n2", vec![], 10);
-        assert_eq!(cluster.holders(C), ["n0", "n1"]);
+        assert_eq!(cluster.holders(&named(C)), ["n0", "n1"]);
 
         ns.apply(&Command::SetDraining {
-            node_id: "n0".into(),
+            node_id: named("n0"),
             draining: true,
         })
         .unwrap();
@@ -1801,10 +1804,9 @@ pub(crate) mod tests {
         assert_eq!(targets, ["n2", "n3"]);
         for t in targets {
             let ev = HeartbeatEvent {
-                node_id: t,
                 info: info(),
-                added: vec![(C.into(), 1)],
-                ..HeartbeatEvent::default()
+                added: vec![(named(C), 1)],
+                ..HeartbeatEvent::new(t)
             };
             cluster.on_heartbeat(&ns, ev, 30).unwrap();
         }
@@ -1820,14 +1822,13 @@ pub(crate) mod tests {
 
     fn report(ns: &Namespace, cluster: &mut Cluster, node: &str, chunks: Vec<Held>, now: u64) {
         let ev = HeartbeatEvent {
-            node_id: node.into(),
             info: info(),
             report: Some(ReportBatch {
                 chunks,
                 first: true,
                 last: true,
             }),
-            ..HeartbeatEvent::default()
+            ..HeartbeatEvent::new(named(node))
         };
         cluster.on_heartbeat(ns, ev, now).unwrap();
     }
@@ -1845,7 +1846,7 @@ pub(crate) mod tests {
     }
 
     fn orphan(i: u32) -> ChunkId {
-        format!("{i:032x}")
+        ChunkId::from_u128(u128::from(i))
     }
 
     /// A coordinator restarted on a namespace that knows the nodes: safe
@@ -1856,7 +1857,7 @@ pub(crate) mod tests {
         let mut ns = Namespace::new();
         for i in 0..4 {
             ns.apply(&Command::RegisterNode(NodeRecord {
-                node_id: format!("n{i}"),
+                node_id: named(&format!("n{i}")),
                 address: format!("http://n{i}"),
                 topology: TopologyRecord::default(),
                 version: String::new(),
@@ -1876,7 +1877,7 @@ pub(crate) mod tests {
         // n2 is gone for good: its replica needs repair, and n3 holds ten
         // chunks the namespace never heard of.
         for n in ["n0", "n1"] {
-            report(&ns, &mut cluster, n, vec![(C.into(), 1)], 10);
+            report(&ns, &mut cluster, n, vec![(named(C), 1)], 10);
         }
         report(
             &ns,
@@ -1943,11 +1944,11 @@ pub(crate) mod tests {
             ..timing()
         };
         let mut cluster = Cluster::new(t, &ns, 0, |t| t);
-        report(&ns, &mut cluster, "n0", vec![(C.into(), 1)], 10);
+        report(&ns, &mut cluster, "n0", vec![(named(C), 1)], 10);
         cluster.tick(&ns, 10);
         assert!(cluster.in_safe_mode(), "1 of 3 reported, 2 needed");
         assert!(cluster.safe_mode(&ns).reason.contains("1 of 3"));
-        report(&ns, &mut cluster, "n1", vec![(C.into(), 1)], 20);
+        report(&ns, &mut cluster, "n1", vec![(named(C), 1)], 20);
         cluster.tick(&ns, 20);
         assert!(!cluster.in_safe_mode());
         // An admin may force it on again; it then stays on.
@@ -1998,7 +1999,7 @@ pub(crate) mod tests {
             ..timing()
         };
         let mut cluster = Cluster::new(t, &ns, 0, |t| t);
-        cluster.on_register("n0", info(), 0);
+        cluster.on_register(&named("n0"), info(), 0);
         report(
             &ns,
             &mut cluster,
@@ -2033,8 +2034,8 @@ pub(crate) mod tests {
         let (mut ns, mut cluster) = setup(4);
         store_file(&mut ns, &mut cluster, &["n0", "n1", "n2"]);
         // n1 reports C with a checksum the namespace never confirmed.
-        report(&ns, &mut cluster, "n1", vec![(C.into(), 9)], 10);
-        assert_eq!(cluster.holders(C), ["n0", "n2"]);
+        report(&ns, &mut cluster, "n1", vec![(named(C), 9)], 10);
+        assert_eq!(cluster.holders(&named(C)), ["n0", "n2"]);
         for n in ["n0", "n1", "n2", "n3"] {
             beat(&ns, &mut cluster, n, 20);
         }
@@ -2065,7 +2066,7 @@ pub(crate) mod tests {
     /// Opens upload "u" of one chunk `C` (10 bytes) at `replication`.
     fn open_upload(ns: &mut Namespace, replication: u32) {
         ns.apply(&Command::BeginUpload(Upload {
-            upload_id: "u".into(),
+            upload_id: named("u"),
             path: "/f".into(),
             size: 10,
             chunk_size: 10,
@@ -2074,7 +2075,7 @@ pub(crate) mod tests {
             overwrite: false,
             chunks: vec![PlannedChunkRecord {
                 index: 0,
-                chunk_id: C.into(),
+                chunk_id: named(C),
                 offset: 0,
                 size: 10,
                 nodes: vec![],
@@ -2089,8 +2090,8 @@ pub(crate) mod tests {
         let (mut ns, mut cluster) = setup(2);
         open_upload(&mut ns, 2);
         added(&ns, &mut cluster, "n0", C, 77, 5);
-        assert_eq!(cluster.reported_checksum(C, "n0"), Some(77));
-        assert_eq!(cluster.reported_checksum(C, "n1"), None);
+        assert_eq!(cluster.reported_checksum(&named(C), &named("n0")), Some(77));
+        assert_eq!(cluster.reported_checksum(&named(C), &named("n1")), None);
     }
 
     /// A holder that stored other bytes under the id while the upload was
@@ -2102,20 +2103,20 @@ pub(crate) mod tests {
         open_upload(&mut ns, 3);
         added(&ns, &mut cluster, "n3", C, 9, 5);
         let chunks = vec![ChunkRecord {
-            id: C.into(),
+            id: named(C),
             checksum: 1,
             size: 10,
             algorithm: 1,
-            replicas: vec!["n0".into(), "n1".into(), "n2".into()],
+            replicas: nodes(&["n0", "n1", "n2"]),
         }];
         ns.apply(&Command::ConfirmUpload {
-            upload_id: "u".into(),
+            upload_id: named("u"),
             chunks: chunks.clone(),
             now_ms: 0,
         })
         .unwrap();
         cluster.on_confirmed(&chunks);
-        assert_eq!(cluster.holders(C), ["n0", "n1", "n2"]);
+        assert_eq!(cluster.holders(&named(C)), ["n0", "n1", "n2"]);
         cluster.tick(&ns, 10);
         assert_eq!(cluster.stats().corrupt_replicas, 1);
         assert_eq!(cluster.stats().over_replicated, 0);
@@ -2125,7 +2126,7 @@ pub(crate) mod tests {
     fn upload_expiry_and_liveness_follow_the_monotonic_clock_given() {
         let (mut ns, mut cluster) = setup(1);
         ns.apply(&Command::BeginUpload(Upload {
-            upload_id: "u".into(),
+            upload_id: named("u"),
             path: "/f".into(),
             size: 0,
             chunk_size: 10,
@@ -2136,11 +2137,14 @@ pub(crate) mod tests {
             expires_at_ms: 1,
         }))
         .unwrap();
-        cluster.track_upload("u", 5_000);
+        cluster.track_upload(&named("u"), 5_000);
         assert!(cluster.expired_uploads(&ns, 4_999).is_empty());
-        assert_eq!(cluster.expired_uploads(&ns, 5_000), ["u"]);
+        assert_eq!(
+            cluster.expired_uploads(&ns, 5_000),
+            [named::<UploadId>("u")]
+        );
         ns.apply(&Command::AbortUpload {
-            upload_id: "u".into(),
+            upload_id: named("u"),
         })
         .unwrap();
         assert!(
@@ -2153,8 +2157,7 @@ pub(crate) mod tests {
     fn heartbeat_from_unknown_node_is_rejected() {
         let (ns, mut cluster) = setup(1);
         let ev = HeartbeatEvent {
-            node_id: "zz".into(),
-            ..HeartbeatEvent::default()
+            ..HeartbeatEvent::new(named("zz"))
         };
         assert!(matches!(
             cluster.on_heartbeat(&ns, ev, 0),

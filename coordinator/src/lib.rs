@@ -17,6 +17,7 @@
 //! - [`store`]: redb operations log + snapshots, group commit.
 //! - [`planning`]: upload planning as a pure decision (namespace, cluster
 //!   view, time and ids in; the log entry out).
+//! - [`confirm`]: which confirmed replicas vouched for their bytes (pure).
 //! - [`placement`] and [`repair`]: pure planning functions.
 //! - [`cluster`]: soft state (liveness, replica locations) and the repair driver.
 //! - [`service`]: the gRPC edge, by concern (uploads, reads, datanodes,
@@ -24,6 +25,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod confirm;
 pub mod metrics;
 pub mod namespace;
 pub mod path;
@@ -167,14 +169,14 @@ pub async fn serve(
     for u in ns.uploads().values() {
         cluster.track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms));
     }
-    let needs_id = ns.cluster_id().is_empty();
+    let needs_id = ns.cluster_id().is_none();
     let state = Arc::new(Mutex::new(State { ns, cluster }));
     let metrics = Metrics::new();
     let (committer, commit_task) = Committer::start(store, state.clone(), Hook, metrics.clone());
     if needs_id {
         committer
             .propose(Command::InitCluster {
-                cluster_id: dfs_common::id::ClusterId::random().into_string(),
+                cluster_id: dfs_common::id::ClusterId::random(),
             })
             .await?;
     }
@@ -355,5 +357,58 @@ async fn tick_loop(
                 Err(e) => tracing::warn!(%upload_id, "failed to expire upload: {e:#}"),
             }
         }
+    }
+}
+
+/// Readable ids for unit tests: `named::<NodeId>("n1")` is that node id,
+/// `named::<ChunkId>("c1")` the hex of the name padded to 32 characters (a
+/// valid id that still reads as its name in a hex dump).
+#[cfg(test)]
+pub(crate) mod test_ids {
+    use dfs_common::id::{ChunkId, ClusterId, NodeId, UploadId};
+
+    /// An id kind a test can name.
+    pub trait Named: Sized {
+        fn named(name: &str) -> Self;
+    }
+
+    fn hex_of(name: &str) -> String {
+        if name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return name.to_string();
+        }
+        assert!(
+            name.len() <= 16,
+            "test id name {name:?} is longer than 16 bytes"
+        );
+        let mut hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        hex.extend(std::iter::repeat_n('0', 32 - hex.len()));
+        hex
+    }
+
+    impl Named for NodeId {
+        fn named(name: &str) -> Self {
+            NodeId::parse(name).expect("a valid test node id")
+        }
+    }
+
+    macro_rules! hex_named {
+        ($($t:ty),*) => {$(
+            impl Named for $t {
+                fn named(name: &str) -> Self {
+                    <$t>::try_from(hex_of(name)).expect("hex")
+                }
+            }
+        )*};
+    }
+    hex_named!(ChunkId, UploadId, ClusterId);
+
+    /// The id of kind `T` named `name`.
+    pub fn named<T: Named>(name: &str) -> T {
+        T::named(name)
+    }
+
+    /// Several node ids.
+    pub fn nodes(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| named(n)).collect()
     }
 }

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::cluster::{NodeState, RedundancyStats};
+use crate::namespace::NodeId;
 
 /// `method` of `rpc_requests` and `rpc_duration`: every RPC of the
 /// Coordinator service, as `service/` names it.
@@ -376,7 +377,7 @@ impl Metrics {
         directories: u64,
         chunks: u64,
         stats: RedundancyStats,
-        ages_ms: &[(String, u64)],
+        ages_ms: &[(NodeId, u64)],
         safe_mode: bool,
     ) {
         self.safe_mode.set(i64::from(safe_mode));

@@ -17,10 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{NsPath, PathError};
 
-/// A datanode id.
-pub type NodeId = String;
-/// A chunk id (32 lowercase hex characters).
-pub type ChunkId = String;
+pub use dfs_common::id::{ChunkId, ClusterId, NodeId, UploadId};
 
 /// A chunk of a confirmed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +93,7 @@ pub struct PlannedChunkRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upload {
     /// Upload id.
-    pub upload_id: String,
+    pub upload_id: UploadId,
     /// Normalised destination path.
     pub path: String,
     /// File size.
@@ -150,7 +147,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Sets the cluster id (first start only).
-    InitCluster { cluster_id: String },
+    InitCluster { cluster_id: ClusterId },
     /// Creates a directory.
     Mkdir {
         path: String,
@@ -161,19 +158,19 @@ pub enum Command {
     BeginUpload(Upload),
     /// Replaces one planned chunk of an open upload.
     ReplanChunk {
-        upload_id: String,
+        upload_id: UploadId,
         index: u64,
         chunk_id: ChunkId,
         nodes: Vec<NodeId>,
     },
     /// Commits an upload (chunks in index order).
     ConfirmUpload {
-        upload_id: String,
+        upload_id: UploadId,
         chunks: Vec<ChunkRecord>,
         now_ms: u64,
     },
     /// Abandons an upload.
-    AbortUpload { upload_id: String },
+    AbortUpload { upload_id: UploadId },
     /// Drops every upload that expired before `now_ms`.
     ExpireUploads { now_ms: u64 },
     /// Deletes a path.
@@ -278,11 +275,11 @@ pub enum NamespaceError {
         destination: String,
     },
     /// Unknown upload id.
-    #[error("no open upload with id {upload_id:?} (unknown, confirmed, aborted or expired)")]
-    UploadNotFound { upload_id: String },
+    #[error("no open upload with id {upload_id} (unknown, confirmed, aborted or expired)")]
+    UploadNotFound { upload_id: UploadId },
     /// The confirm request does not match the plan.
     #[error("confirm does not match the plan of upload {upload_id}: {reason}")]
-    PlanMismatch { upload_id: String, reason: String },
+    PlanMismatch { upload_id: UploadId, reason: String },
     /// Too few replicas.
     #[error("chunk {index} has {replicas} replicas, the write quorum is {quorum}")]
     QuorumNotMet {
@@ -292,15 +289,15 @@ pub enum NamespaceError {
     },
     /// A replica names a node that is not registered.
     #[error("unknown datanode {node_id}")]
-    UnknownNode { node_id: String },
+    UnknownNode { node_id: NodeId },
 }
 
 /// The durable metadata: namespace tree, open uploads, datanode registry.
 #[derive(Debug, Clone, Default)]
 pub struct Namespace {
-    cluster_id: String,
+    cluster_id: Option<ClusterId>,
     root: Dir,
-    uploads: BTreeMap<String, Upload>,
+    uploads: BTreeMap<UploadId, Upload>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     chunk_index: HashMap<ChunkId, ChunkOwner>,
     files: u64,
@@ -311,14 +308,36 @@ pub struct Namespace {
 /// Flat, serialisable image of a [`Namespace`] (parents before children).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Cluster id.
-    pub cluster_id: String,
+    /// Cluster id (stored as "" before `InitCluster`, the format of every
+    /// snapshot written so far).
+    #[serde(with = "cluster_id_or_empty")]
+    pub cluster_id: Option<ClusterId>,
     /// Every entry below the root, parents first.
     pub entries: Vec<SnapshotEntry>,
     /// Open uploads.
     pub uploads: Vec<Upload>,
     /// Registered nodes.
     pub nodes: Vec<NodeRecord>,
+}
+
+/// A snapshot's cluster id: "" when none, else the id under its rule.
+mod cluster_id_or_empty {
+    use super::ClusterId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &Option<ClusterId>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(id.as_ref().map_or("", ClusterId::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ClusterId>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        ClusterId::try_from(s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// One entry of a [`Snapshot`].
@@ -380,9 +399,9 @@ impl Namespace {
         Self::default()
     }
 
-    /// The cluster id ("" before `InitCluster`).
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    /// The cluster id (none before `InitCluster`).
+    pub fn cluster_id(&self) -> Option<&ClusterId> {
+        self.cluster_id.as_ref()
     }
 
     /// Number of files.
@@ -401,7 +420,7 @@ impl Namespace {
     }
 
     /// Who references `chunk_id`, if anyone.
-    pub fn chunk_owner(&self, chunk_id: &str) -> Option<ChunkOwner> {
+    pub fn chunk_owner(&self, chunk_id: &ChunkId) -> Option<ChunkOwner> {
         self.chunk_index.get(chunk_id).copied()
     }
 
@@ -416,17 +435,16 @@ impl Namespace {
     }
 
     /// Open uploads.
-    pub fn uploads(&self) -> &BTreeMap<String, Upload> {
+    pub fn uploads(&self) -> &BTreeMap<UploadId, Upload> {
         &self.uploads
     }
 
     /// An open upload.
-    pub fn upload(&self, upload_id: &str) -> Result<&Upload, NamespaceError> {
+    pub fn upload(&self, upload_id: &UploadId) -> Result<&Upload, NamespaceError> {
         self.uploads
             .get(upload_id)
             .ok_or_else(|| NamespaceError::UploadNotFound {
-                // Quoted in the error: bounded.
-                upload_id: upload_id.chars().take(64).collect(),
+                upload_id: upload_id.clone(),
             })
     }
 
@@ -587,8 +605,8 @@ impl Namespace {
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, NamespaceError> {
         match cmd {
             Command::InitCluster { cluster_id } => {
-                if self.cluster_id.is_empty() {
-                    self.cluster_id = cluster_id.clone();
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
                 }
                 Ok(Outcome::Done)
             }
@@ -641,7 +659,7 @@ impl Namespace {
                 Ok(Outcome::Done)
             }
             Command::ExpireUploads { now_ms } => {
-                let expired: Vec<String> = self
+                let expired: Vec<UploadId> = self
                     .uploads
                     .values()
                     .filter(|u| u.expires_at_ms <= *now_ms)
@@ -689,15 +707,15 @@ impl Namespace {
     }
 
     /// A registered node's record, for an operator decision about it.
-    fn node_mut(&mut self, node_id: &str) -> Result<&mut NodeRecord, NamespaceError> {
+    fn node_mut(&mut self, node_id: &NodeId) -> Result<&mut NodeRecord, NamespaceError> {
         self.nodes
             .get_mut(node_id)
             .ok_or_else(|| NamespaceError::UnknownNode {
-                node_id: node_id.to_string(),
+                node_id: node_id.clone(),
             })
     }
 
-    fn drop_upload(&mut self, upload_id: &str) {
+    fn drop_upload(&mut self, upload_id: &UploadId) {
         if let Some(upload) = self.uploads.remove(upload_id) {
             for c in upload.chunks {
                 if self.chunk_index.get(&c.chunk_id) == Some(&ChunkOwner::Upload) {
@@ -791,7 +809,7 @@ impl Namespace {
 
     fn confirm(
         &mut self,
-        upload_id: &str,
+        upload_id: &UploadId,
         chunks: &[ChunkRecord],
         now_ms: u64,
     ) -> Result<Outcome, NamespaceError> {
@@ -806,12 +824,12 @@ impl Namespace {
     /// registered replicas, the write quorum) without changing anything.
     pub fn check_confirm(
         &self,
-        upload_id: &str,
+        upload_id: &UploadId,
         chunks: &[ChunkRecord],
     ) -> Result<(), NamespaceError> {
         let upload = self.upload(upload_id)?;
         let mismatch = |reason: String| NamespaceError::PlanMismatch {
-            upload_id: upload_id.to_string(),
+            upload_id: upload_id.clone(),
             reason,
         };
         if chunks.len() != upload.chunks.len() {
@@ -861,7 +879,7 @@ impl Namespace {
 
     fn confirm_commit(
         &mut self,
-        upload_id: &str,
+        upload_id: &UploadId,
         path: &NsPath,
         chunks: &[ChunkRecord],
         now_ms: u64,
@@ -1092,10 +1110,11 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_ids::{named, nodes};
 
     fn node(id: &str) -> Command {
         Command::RegisterNode(NodeRecord {
-            node_id: id.into(),
+            node_id: named(id),
             address: format!("http://{id}"),
             topology: TopologyRecord::default(),
             version: "t".into(),
@@ -1112,17 +1131,17 @@ mod tests {
             .map(|(i, s)| {
                 let c = PlannedChunkRecord {
                     index: i as u64,
-                    chunk_id: format!("{id}{i:0>31}"),
+                    chunk_id: named(&format!("{id}{i}")),
                     offset,
                     size: *s,
-                    nodes: vec!["n1".into(), "n2".into()],
+                    nodes: nodes(&["n1", "n2"]),
                 };
                 offset += s;
                 c
             })
             .collect();
         Command::BeginUpload(Upload {
-            upload_id: id.into(),
+            upload_id: named(id),
             path: path.into(),
             size: offset,
             chunk_size: 4,
@@ -1136,7 +1155,7 @@ mod tests {
 
     fn confirm_cmd(ns: &Namespace, id: &str, replicas: &[&str]) -> Command {
         let chunks = ns
-            .upload(id)
+            .upload(&named(id))
             .unwrap()
             .chunks
             .iter()
@@ -1145,11 +1164,11 @@ mod tests {
                 checksum: 7,
                 size: c.size,
                 algorithm: 1,
-                replicas: replicas.iter().map(|s| s.to_string()).collect(),
+                replicas: nodes(replicas),
             })
             .collect();
         Command::ConfirmUpload {
-            upload_id: id.into(),
+            upload_id: named(id),
             chunks,
             now_ms: 5,
         }
@@ -1174,10 +1193,7 @@ mod tests {
             ns.stat(&p("/d/f")),
             Err(NamespaceError::NotFound { .. })
         ));
-        assert_eq!(
-            ns.chunk_owner("a0000000000000000000000000000000"),
-            Some(ChunkOwner::Upload)
-        );
+        assert_eq!(ns.chunk_owner(&named("a0")), Some(ChunkOwner::Upload));
         let cmd = confirm_cmd(&ns, "a", &["n1", "n2"]);
         let Outcome::Entry(info) = ns.apply(&cmd).unwrap() else {
             panic!()
@@ -1203,7 +1219,7 @@ mod tests {
         let (info, file) = ns.file(&p("/d/f")).unwrap();
         assert_eq!((info.size, info.version, file.chunks.len()), (2, 2, 1));
         assert_eq!(ns.chunk_count(), 1);
-        assert_eq!(ns.chunk_owner("a0000000000000000000000000000000"), None);
+        assert_eq!(ns.chunk_owner(&named("a0")), None);
     }
 
     #[test]
@@ -1214,7 +1230,7 @@ mod tests {
             panic!()
         };
         let with = |chunks: Vec<ChunkRecord>| Command::ConfirmUpload {
-            upload_id: "a".into(),
+            upload_id: named("a"),
             chunks,
             now_ms: 1,
         };
@@ -1223,19 +1239,19 @@ mod tests {
             Err(NamespaceError::QuorumNotMet { .. })
         ));
         let mut c = chunks.clone();
-        c[0].replicas = vec!["n1".into(), "zz".into()];
+        c[0].replicas = nodes(&["n1", "zz"]);
         assert!(matches!(
             ns.apply(&with(c)),
             Err(NamespaceError::UnknownNode { .. })
         ));
         let mut c = chunks.clone();
-        c[0].replicas = vec!["n1".into(), "n1".into()];
+        c[0].replicas = nodes(&["n1", "n1"]);
         assert!(matches!(
             ns.apply(&with(c)),
             Err(NamespaceError::PlanMismatch { .. })
         ));
         let mut c = chunks.clone();
-        c[0].replicas = vec!["n1".into(), "n2".into()];
+        c[0].replicas = nodes(&["n1", "n2"]);
         c[0].size = 3;
         assert!(matches!(
             ns.apply(&with(c)),
@@ -1254,10 +1270,10 @@ mod tests {
         ns.apply(&begin("a", "/f", &[4], false)).unwrap();
         ns.apply(&begin("b", "/g", &[4], false)).unwrap();
         ns.apply(&Command::AbortUpload {
-            upload_id: "a".into(),
+            upload_id: named("a"),
         })
         .unwrap();
-        assert!(ns.chunk_owner("a0000000000000000000000000000000").is_none());
+        assert!(ns.chunk_owner(&named("a0")).is_none());
         assert_eq!(
             ns.apply(&Command::ExpireUploads { now_ms: 999 }).unwrap(),
             Outcome::Expired { uploads: 0 }
@@ -1269,7 +1285,7 @@ mod tests {
         assert!(ns.chunk_index().is_empty());
         assert!(
             ns.apply(&Command::AbortUpload {
-                upload_id: "zz".into()
+                upload_id: named("zz")
             })
             .is_err()
         );
@@ -1371,7 +1387,7 @@ mod tests {
     fn snapshot_round_trips() {
         let mut ns = setup();
         ns.apply(&Command::InitCluster {
-            cluster_id: "c".into(),
+            cluster_id: named("c"),
         })
         .unwrap();
         ns.apply(&Command::Mkdir {
@@ -1393,7 +1409,7 @@ mod tests {
         assert_eq!(back.chunk_index(), ns.chunk_index());
         assert_eq!(back.uploads(), ns.uploads());
         assert_eq!(back.nodes(), ns.nodes());
-        assert_eq!(back.cluster_id(), "c");
+        assert_eq!(back.cluster_id(), Some(&named("c")));
         assert_eq!(back.stat(&p("/x/y")).unwrap().created_ms, 3);
     }
 }

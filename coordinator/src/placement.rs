@@ -9,11 +9,13 @@ use std::collections::HashSet;
 
 use rand::Rng;
 
+use crate::namespace::NodeId;
+
 /// A node placement may choose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// Node id.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Zone label ("" when unknown).
     pub zone: String,
     /// Rack label ("" when unknown).
@@ -27,7 +29,7 @@ pub struct Candidate {
 impl Candidate {
     fn host_key(&self) -> &str {
         if self.host.is_empty() {
-            &self.node_id
+            self.node_id.as_str()
         } else {
             &self.host
         }
@@ -120,7 +122,7 @@ mod tests {
 
     fn cand(id: &str, zone: &str, host: &str, free: u64) -> Candidate {
         Candidate {
-            node_id: id.into(),
+            node_id: crate::test_ids::named(id),
             zone: zone.into(),
             rack: String::new(),
             host: host.into(),

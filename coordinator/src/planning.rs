@@ -18,7 +18,9 @@ use rand::Rng;
 
 use crate::cluster::Cluster;
 use crate::config::{MAX_CHUNK_SIZE, MAX_REPLICATION, MIN_CHUNK_SIZE};
-use crate::namespace::{Command, Namespace, NamespaceError, NodeId, PlannedChunkRecord, Upload};
+use crate::namespace::{
+    ChunkId, Command, Namespace, NamespaceError, NodeId, PlannedChunkRecord, Upload, UploadId,
+};
 use crate::path::NsPath;
 use crate::placement::{self, Spread};
 
@@ -127,7 +129,7 @@ pub fn place(
     ns: &Namespace,
     replication: u32,
     bytes: u64,
-    exclude: &[String],
+    exclude: &[NodeId],
     now_ms: u64,
     rng: &mut impl Rng,
 ) -> Result<Vec<NodeId>, PlanError> {
@@ -156,14 +158,14 @@ pub fn place(
 
 /// Plans a whole upload: every chunk placed, its space reserved, and the
 /// log entry ([`Command::BeginUpload`]) that makes the plan durable.
-/// `new_id` makes the upload's and the chunks' ids.
+/// `new_id` gives the 128 bits of each new upload and chunk id.
 pub fn plan_upload(
     cluster: &mut Cluster,
     ns: &Namespace,
     defaults: &Defaults,
     req: &UploadRequest,
     now: Now,
-    new_id: &mut impl FnMut() -> String,
+    new_id: &mut impl FnMut() -> u128,
     rng: &mut impl Rng,
 ) -> Result<Command, PlanError> {
     let replication = if req.replication == 0 {
@@ -192,7 +194,7 @@ pub fn plan_upload(
         return Err(PlanError::TooManyUploads);
     }
     ns.check_upload_target(&req.path, req.overwrite)?;
-    let upload_id = new_id();
+    let upload_id = UploadId::from_u128(new_id());
     let mut chunks = Vec::with_capacity(count as usize);
     for index in 0..count {
         let offset = index * chunk_size;
@@ -200,7 +202,7 @@ pub fn plan_upload(
         let nodes = place(cluster, ns, replication, size, &[], now.monotonic_ms, rng)?;
         chunks.push(PlannedChunkRecord {
             index,
-            chunk_id: new_id(),
+            chunk_id: ChunkId::from_u128(new_id()),
             offset,
             size,
             nodes,
@@ -227,11 +229,11 @@ pub fn plan_upload(
 pub fn plan_replan(
     cluster: &mut Cluster,
     ns: &Namespace,
-    upload_id: &str,
+    upload_id: &UploadId,
     index: u64,
-    exclude: &[String],
+    exclude: &[NodeId],
     now: Now,
-    new_id: &mut impl FnMut() -> String,
+    new_id: &mut impl FnMut() -> u128,
     rng: &mut impl Rng,
 ) -> Result<Option<(PlannedChunkRecord, Command)>, PlanError> {
     let upload = ns.upload(upload_id)?;
@@ -249,9 +251,9 @@ pub fn plan_replan(
         rng,
     )?;
     let command = Command::ReplanChunk {
-        upload_id: upload_id.to_string(),
+        upload_id: upload_id.clone(),
         index,
-        chunk_id: new_id(),
+        chunk_id: ChunkId::from_u128(new_id()),
         nodes,
     };
     Ok(Some((chunk, command)))
@@ -280,11 +282,11 @@ mod tests {
         }
     }
 
-    fn ids() -> impl FnMut() -> String {
-        let mut n = 0u32;
+    fn ids() -> impl FnMut() -> u128 {
+        let mut n = 0u128;
         move || {
             n += 1;
-            format!("{n:032x}")
+            n
         }
     }
 

@@ -11,23 +11,24 @@ use std::collections::HashMap;
 
 use rand::Rng;
 
+use crate::namespace::{ChunkId, NodeId};
 use crate::placement::{self, Candidate, Spread};
 
 /// A chunk below its replication factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Need {
     /// Chunk id.
-    pub chunk_id: String,
+    pub chunk_id: ChunkId,
     /// Size in bytes.
     pub size: u64,
     /// Wanted replicas.
     pub replication: u32,
     /// Nodes whose replicas count toward the factor.
-    pub good: Vec<String>,
+    pub good: Vec<NodeId>,
     /// Nodes able to send the chunk now.
-    pub sources: Vec<String>,
+    pub sources: Vec<NodeId>,
     /// Every node holding the chunk (never a target).
-    pub holders: Vec<String>,
+    pub holders: Vec<NodeId>,
     /// Repairs of this chunk already in flight.
     pub inflight: u32,
 }
@@ -44,11 +45,11 @@ impl Need {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Order {
     /// Chunk id.
-    pub chunk_id: String,
+    pub chunk_id: ChunkId,
     /// Node that sends it.
-    pub source: String,
+    pub source: NodeId,
     /// Node that receives it.
-    pub target: String,
+    pub target: NodeId,
     /// Size in bytes.
     pub size: u64,
 }
@@ -60,8 +61,8 @@ pub struct Order {
 pub fn plan(
     mut needs: Vec<Need>,
     targets: &[Candidate],
-    topology: &HashMap<String, Candidate>,
-    busy: &mut HashMap<String, u32>,
+    topology: &HashMap<NodeId, Candidate>,
+    busy: &mut HashMap<NodeId, u32>,
     max_streams: u32,
     rng: &mut impl Rng,
 ) -> Vec<Order> {
@@ -80,7 +81,7 @@ pub fn plan(
                 spread.add(c);
             }
         }
-        let mut taken: Vec<String> = Vec::new();
+        let mut taken: Vec<NodeId> = Vec::new();
         for _ in 0..need.missing() {
             let Some(source) = need
                 .sources
@@ -127,14 +128,14 @@ pub fn plan(
 /// Chooses which of `holders` (replicas on healthy nodes) to delete so that
 /// `replication` remain, keeping the widest spread: a replica sharing its
 /// host (then zone) with another goes first, then the one on the fullest node.
-pub fn excess(holders: &[Candidate], replication: u32) -> Vec<String> {
+pub fn excess(holders: &[Candidate], replication: u32) -> Vec<NodeId> {
     let mut keep: Vec<Candidate> = holders.to_vec();
     let mut victims = Vec::new();
     while keep.len() > replication as usize {
         let shared = |c: &Candidate, keep: &[Candidate]| {
-            let host = |x: &Candidate| {
+            let host = |x: &Candidate| -> String {
                 if x.host.is_empty() {
-                    x.node_id.clone()
+                    x.node_id.to_string()
                 } else {
                     x.host.clone()
                 }
@@ -160,12 +161,13 @@ pub fn excess(holders: &[Candidate], replication: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_ids::{named as id, nodes};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    fn cand(id: &str) -> Candidate {
+    fn cand(name: &str) -> Candidate {
         Candidate {
-            node_id: id.into(),
+            node_id: id(name),
             zone: String::new(),
             rack: String::new(),
             host: String::new(),
@@ -173,19 +175,19 @@ mod tests {
         }
     }
 
-    fn need(id: &str, good: &[&str]) -> Need {
+    fn need(name: &str, good: &[&str]) -> Need {
         Need {
-            chunk_id: id.into(),
+            chunk_id: id(name),
             size: 10,
             replication: 3,
-            good: good.iter().map(|s| s.to_string()).collect(),
-            sources: good.iter().map(|s| s.to_string()).collect(),
-            holders: good.iter().map(|s| s.to_string()).collect(),
+            good: nodes(good),
+            sources: nodes(good),
+            holders: nodes(good),
             inflight: 0,
         }
     }
 
-    fn topo(ids: &[&str]) -> (Vec<Candidate>, HashMap<String, Candidate>) {
+    fn topo(ids: &[&str]) -> (Vec<Candidate>, HashMap<NodeId, Candidate>) {
         let v: Vec<Candidate> = ids.iter().map(|i| cand(i)).collect();
         let m = v.iter().map(|c| (c.node_id.clone(), c.clone())).collect();
         (v, m)
@@ -205,10 +207,10 @@ mod tests {
             1,
             &mut StdRng::seed_from_u64(1),
         );
-        assert_eq!(orders[0].chunk_id, "one");
+        assert_eq!(orders[0].chunk_id, id::<ChunkId>("one"));
         assert_eq!(orders[0].source, "c");
         for o in &orders {
-            assert!(!["a", "b"].contains(&o.target.as_str()) || o.chunk_id == "one");
+            assert!(!["a", "b"].contains(&o.target.as_str()) || o.chunk_id == id::<ChunkId>("one"));
         }
         assert!(busy.values().all(|&b| b <= 1), "{busy:?}");
     }
@@ -217,7 +219,7 @@ mod tests {
     fn targets_never_hold_the_chunk_and_inflight_counts() {
         let (targets, topology) = topo(&["a", "b", "c", "d"]);
         let mut n = need("x", &["a"]);
-        n.holders.push("b".into()); // e.g. a dead node's replica
+        n.holders.push(id("b")); // e.g. a dead node's replica
         let orders = plan(
             vec![n.clone()],
             &targets,
@@ -247,7 +249,7 @@ mod tests {
     #[test]
     fn no_source_below_the_limit_means_no_order() {
         let (targets, topology) = topo(&["a", "b"]);
-        let mut busy = HashMap::from([("a".to_string(), 2)]);
+        let mut busy = HashMap::from([(id("a"), 2)]);
         assert!(
             plan(
                 vec![need("x", &["a"])],

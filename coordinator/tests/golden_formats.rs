@@ -40,6 +40,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use dfs_common::id::InvalidId;
 use dfs_coordinator::namespace::{
     ChunkOwner, ChunkRecord, Command, Namespace, NodeRecord, Outcome, PlannedChunkRecord,
     TopologyRecord, Upload,
@@ -97,6 +98,10 @@ const FAR: u64 = 4_000_000_000_000;
 const CLUSTER: &str = "c0ffee00c0ffee00c0ffee00c0ffee00";
 const N1: &str = "11111111111111111111111111111111";
 const N2: &str = "22222222222222222222222222222222";
+const U1: &str = "00000000000000000000000000000001";
+const U2: &str = "00000000000000000000000000000002";
+const U3: &str = "00000000000000000000000000000003";
+const U4: &str = "00000000000000000000000000000004";
 const PLANNED: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const REPLANNED: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const OPEN_CHUNK: &str = "cccccccccccccccccccccccccccccccc";
@@ -105,9 +110,14 @@ const ABORTED_CHUNK: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 /// Commands in the log when the snapshot is taken.
 const SNAPSHOT_INDEX: u64 = 9;
 
-fn node(id: &str, n: u8) -> Command {
+/// A fixed id of the kind the field wants, under its rule.
+fn id<T: for<'a> TryFrom<&'a str, Error = InvalidId>>(s: &str) -> T {
+    T::try_from(s).expect("a valid fixed id")
+}
+
+fn node(node_id: &str, n: u8) -> Command {
     Command::RegisterNode(NodeRecord {
-        node_id: id.into(),
+        node_id: id(node_id),
         address: format!("10.0.0.{n}:7001"),
         topology: TopologyRecord {
             zone: format!("zone-{n}"),
@@ -120,9 +130,9 @@ fn node(id: &str, n: u8) -> Command {
     })
 }
 
-fn upload(id: &str, path: &str, chunk: &str, expires_at_ms: u64) -> Command {
+fn upload(upload_id: &str, path: &str, chunk: &str, expires_at_ms: u64) -> Command {
     Command::BeginUpload(Upload {
-        upload_id: id.into(),
+        upload_id: id(upload_id),
         path: path.into(),
         size: 10,
         chunk_size: 1 << 20,
@@ -131,10 +141,10 @@ fn upload(id: &str, path: &str, chunk: &str, expires_at_ms: u64) -> Command {
         overwrite: false,
         chunks: vec![PlannedChunkRecord {
             index: 0,
-            chunk_id: chunk.into(),
+            chunk_id: id(chunk),
             offset: 0,
             size: 10,
-            nodes: vec![N1.into(), N2.into()],
+            nodes: vec![id(N1), id(N2)],
         }],
         expires_at_ms,
     })
@@ -152,34 +162,34 @@ fn mkdir(path: &str, parents: bool, now_ms: u64) -> Command {
 fn phase_one() -> Vec<Command> {
     vec![
         Command::InitCluster {
-            cluster_id: CLUSTER.into(),
+            cluster_id: id(CLUSTER),
         },
         mkdir("/data", true, T),
         node(N1, 1),
         node(N2, 2),
-        upload("u1", "/data/a.bin", PLANNED, FAR),
+        upload(U1, "/data/a.bin", PLANNED, FAR),
         Command::ReplanChunk {
-            upload_id: "u1".into(),
+            upload_id: id(U1),
             index: 0,
-            chunk_id: REPLANNED.into(),
-            nodes: vec![N2.into(), N1.into()],
+            chunk_id: id(REPLANNED),
+            nodes: vec![id(N2), id(N1)],
         },
         Command::ConfirmUpload {
-            upload_id: "u1".into(),
+            upload_id: id(U1),
             chunks: vec![ChunkRecord {
-                id: REPLANNED.into(),
+                id: id(REPLANNED),
                 checksum: 0xdead_beef,
                 size: 10,
                 algorithm: 1,
-                replicas: vec![N1.into(), N2.into()],
+                replicas: vec![id(N1), id(N2)],
             }],
             now_ms: T + 1,
         },
         Command::SetDraining {
-            node_id: N2.into(),
+            node_id: id(N2),
             draining: true,
         },
-        upload("u2", "/data/open.bin", OPEN_CHUNK, FAR),
+        upload(U2, "/data/open.bin", OPEN_CHUNK, FAR),
     ]
 }
 
@@ -192,14 +202,12 @@ fn phase_two() -> Vec<Command> {
             destination: "/data/b.bin".into(),
             now_ms: T + 3,
         },
-        upload("u3", "/tmp/x/c.bin", EXPIRED_CHUNK, T + 5),
+        upload(U3, "/tmp/x/c.bin", EXPIRED_CHUNK, T + 5),
         Command::ExpireUploads { now_ms: T + 6 },
-        upload("u4", "/tmp/x/d.bin", ABORTED_CHUNK, FAR),
-        Command::AbortUpload {
-            upload_id: "u4".into(),
-        },
+        upload(U4, "/tmp/x/d.bin", ABORTED_CHUNK, FAR),
+        Command::AbortUpload { upload_id: id(U4) },
         Command::SetMaintenance {
-            node_id: N1.into(),
+            node_id: id(N1),
             until_ms: T + 3_600_000,
         },
         Command::Delete {
@@ -342,7 +350,11 @@ fn stat(ns: &Namespace, path: &str) -> Option<dfs_coordinator::namespace::EntryI
 
 /// The namespace as of the snapshot (after phase one).
 fn check_phase_one(ns: &Namespace, what: &str) {
-    assert_eq!(ns.cluster_id(), CLUSTER, "{what}: cluster id");
+    assert_eq!(
+        ns.cluster_id().map(|c| c.as_str()),
+        Some(CLUSTER),
+        "{what}: cluster id"
+    );
     assert_eq!(
         (ns.dir_count(), ns.file_count(), ns.chunk_count()),
         (2, 1, 1),
@@ -364,7 +376,7 @@ fn check_phase_one(ns: &Namespace, what: &str) {
     );
     assert_eq!(
         ns.uploads().keys().collect::<Vec<_>>(),
-        vec!["u2"],
+        vec![U2],
         "{what}: open uploads"
     );
     assert!(ns.nodes()[N2].draining, "{what}: {N2} draining");
@@ -372,7 +384,11 @@ fn check_phase_one(ns: &Namespace, what: &str) {
 
 /// The whole scenario's namespace (the golden database adds `/legacy`).
 fn check_final(ns: &Namespace, what: &str, legacy: bool) {
-    assert_eq!(ns.cluster_id(), CLUSTER, "{what}: cluster id");
+    assert_eq!(
+        ns.cluster_id().map(|c| c.as_str()),
+        Some(CLUSTER),
+        "{what}: cluster id"
+    );
     let dirs = ["/data", "/logs", "/logs/old", "/legacy"];
     for d in &dirs[..if legacy { 4 } else { 3 }] {
         let e = stat(ns, d).unwrap_or_else(|| panic!("{what}: directory {d} missing"));
@@ -406,16 +422,16 @@ fn check_final(ns: &Namespace, what: &str, legacy: bool) {
     assert_eq!(
         file.chunks,
         vec![ChunkRecord {
-            id: REPLANNED.into(),
+            id: id(REPLANNED),
             checksum: 0xdead_beef,
             size: 10,
             algorithm: 1,
-            replicas: vec![N1.into(), N2.into()],
+            replicas: vec![id(N1), id(N2)],
         }],
         "{what}: /data/b.bin chunks"
     );
     assert_eq!(
-        ns.chunk_owner(REPLANNED),
+        ns.chunk_owner(&id(REPLANNED)),
         Some(ChunkOwner::File {
             size: 10,
             replication: 2,
@@ -423,13 +439,13 @@ fn check_final(ns: &Namespace, what: &str, legacy: bool) {
             algorithm: 1
         })
     );
-    assert_eq!(ns.chunk_owner(OPEN_CHUNK), Some(ChunkOwner::Upload));
+    assert_eq!(ns.chunk_owner(&id(OPEN_CHUNK)), Some(ChunkOwner::Upload));
     for gone in [PLANNED, EXPIRED_CHUNK, ABORTED_CHUNK] {
-        assert_eq!(ns.chunk_owner(gone), None, "{what}: chunk {gone}");
+        assert_eq!(ns.chunk_owner(&id(gone)), None, "{what}: chunk {gone}");
     }
     assert_eq!(
         ns.uploads().keys().collect::<Vec<_>>(),
-        vec!["u2"],
+        vec![U2],
         "{what}: open uploads"
     );
     let nodes = ns.nodes();

@@ -350,14 +350,29 @@ async fn quorum_replan_abort_and_errors() {
         confirm_all(&mut client, &plan).await.unwrap_err().code(),
         Code::NotFound
     );
+    // A well-formed id nobody planned is NOT_FOUND; a malformed one never
+    // gets past the edge.
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let err = client
+        .abort_upload(AbortUploadRequest {
+            upload_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains(unknown));
     let err = client
         .abort_upload(AbortUploadRequest {
             upload_id: "nope".into(),
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    assert!(err.message().contains("nope"));
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("invalid upload id \"nope\""),
+        "{}",
+        err.message()
+    );
     server.stop().await;
 }
 
@@ -451,7 +466,8 @@ async fn batched_plans_and_confirms_answer_each_call_on_its_own() {
     uploads.insert(
         5,
         ConfirmUploadRequest {
-            upload_id: "no-such-upload".into(),
+            // Well-formed, never planned.
+            upload_id: "0123456789abcdef0123456789abcdef".into(),
             chunks: vec![],
         },
     );

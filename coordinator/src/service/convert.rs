@@ -55,6 +55,12 @@ impl From<PlanError> for Status {
     }
 }
 
+impl From<ConfirmError> for Status {
+    fn from(e: ConfirmError) -> Self {
+        Status::failed_precondition(e.to_string())
+    }
+}
+
 impl From<ClusterError> for Status {
     fn from(e: ClusterError) -> Self {
         match e {
@@ -85,16 +91,27 @@ pub(super) fn call_error(status: &Status) -> pb::CallError {
     }
 }
 
-/// The chunk id rule (`dfs_common::id::ChunkId`), as INVALID_ARGUMENT.
-pub(super) fn check_chunk_id(id: &str) -> Result<(), Status> {
-    dfs_common::id::ChunkId::parse(id)?;
-    Ok(())
+/// A wire id parsed under its rule (`dfs_common::id`), INVALID_ARGUMENT
+/// otherwise: the one way a raw id string enters the coordinator.
+pub(super) fn parse_id<T>(raw: String) -> Result<T, Status>
+where
+    T: TryFrom<String, Error = dfs_common::id::InvalidId>,
+{
+    Ok(T::try_from(raw)?)
 }
 
-/// The node id rule (`dfs_common::id::NodeId`), as INVALID_ARGUMENT.
-pub(super) fn check_node_id(id: &str) -> Result<(), Status> {
-    dfs_common::id::NodeId::parse(id)?;
-    Ok(())
+/// The cluster id as the wire carries it ("" only before the first start
+/// has initialised it).
+pub(super) fn cluster_id_wire(ns: &Namespace) -> String {
+    ns.cluster_id().map(ToString::to_string).unwrap_or_default()
+}
+
+/// A list of wire ids, each under its rule.
+pub(super) fn parse_ids<T>(raw: Vec<String>) -> Result<Vec<T>, Status>
+where
+    T: TryFrom<String, Error = dfs_common::id::InvalidId>,
+{
+    raw.into_iter().map(parse_id).collect()
 }
 
 pub(super) fn file_info(e: &EntryInfo) -> pb::FileInfo {
@@ -172,7 +189,7 @@ pub(super) fn state_to_proto(s: NodeState) -> pb::NodeState {
 
 pub(super) fn status_to_proto(s: &NodeStatus) -> pb::DataNodeStatus {
     pb::DataNodeStatus {
-        node_id: s.record.node_id.clone(),
+        node_id: s.record.node_id.to_string(),
         address: s.record.address.clone(),
         state: state_to_proto(s.state) as i32,
         info: Some(info_to_proto(&s.info)),
@@ -223,13 +240,13 @@ pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
             command: Some(data_node_command::Command::Replicate(
                 pb::ReplicateChunkCommand {
                     chunk: Some(pb::ChunkMeta {
-                        chunk_id: chunk.id,
+                        chunk_id: chunk.id.into_string(),
                         checksum: chunk.checksum,
                         size: chunk.size,
                         checksum_algorithm: chunk.algorithm,
                     }),
                     target: Some(pb::NodeAddress {
-                        node_id: target_id,
+                        node_id: target_id.into_string(),
                         address: target_address,
                     }),
                     max_bytes_per_second,
@@ -244,7 +261,7 @@ pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
             command_id,
             command: Some(data_node_command::Command::Delete(
                 pb::DeleteChunksCommand {
-                    chunk_ids,
+                    chunk_ids: chunk_ids.into_iter().map(String::from).collect(),
                     quarantined_only,
                 },
             )),
@@ -252,11 +269,77 @@ pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
     }
 }
 
+/// A ConfirmUpload request parsed: chunks in index order, every id under
+/// its rule, bounded counts.
+pub(super) struct ConfirmRequest {
+    pub upload_id: UploadId,
+    pub records: Vec<ChunkRecord>,
+    pub receipts: Vec<confirm::Receipts>,
+}
+
+impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
+    type Error = Status;
+
+    fn try_from(req: pb::ConfirmUploadRequest) -> Result<Self, Status> {
+        let upload_id = parse_id(req.upload_id)?;
+        let mut chunks = req.chunks;
+        if chunks.len() as u64 > MAX_CHUNKS_PER_FILE {
+            return Err(Status::invalid_argument(format!(
+                "ConfirmUpload carries {} chunks; a file has at most {MAX_CHUNKS_PER_FILE}",
+                chunks.len()
+            )));
+        }
+        chunks.sort_by_key(|c| c.index);
+        let mut records = Vec::with_capacity(chunks.len());
+        let mut receipts = Vec::with_capacity(chunks.len());
+        for (i, c) in chunks.into_iter().enumerate() {
+            if c.index != i as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "chunk indices must be 0..n without gaps or repeats (found {} at position {i})",
+                    c.index
+                )));
+            }
+            let Some(meta) = c.chunk else {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {i} has no ChunkMeta"
+                )));
+            };
+            if c.replicas.len() > MAX_CONFIRMED_REPLICAS
+                || c.receipts.len() > MAX_CONFIRMED_REPLICAS
+            {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {i} names {} replicas and {} receipts; at most {MAX_CONFIRMED_REPLICAS} each",
+                    c.replicas.len(),
+                    c.receipts.len()
+                )));
+            }
+            receipts.push(
+                c.receipts
+                    .into_iter()
+                    .map(|r| Ok((parse_id(r.node_id)?, (r.checksum, r.size))))
+                    .collect::<Result<confirm::Receipts, Status>>()?,
+            );
+            records.push(ChunkRecord {
+                id: parse_id(meta.chunk_id)?,
+                checksum: meta.checksum,
+                size: meta.size,
+                algorithm: meta.checksum_algorithm,
+                replicas: parse_ids(c.replicas)?,
+            });
+        }
+        Ok(ConfirmRequest {
+            upload_id,
+            records,
+            receipts,
+        })
+    }
+}
+
 impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
     type Error = Status;
 
     fn try_from(h: pb::Heartbeat) -> Result<Self, Status> {
-        check_node_id(&h.node_id)?;
+        let node_id = parse_id(h.node_id)?;
         let reported = h.chunk_report.as_ref().map_or(0, |r| r.chunks.len())
             + h.added_chunks.len()
             + h.removed_chunks.len()
@@ -273,20 +356,14 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
                 h.command_results.len()
             )));
         }
-        let ids = |metas: Vec<pb::ChunkMeta>| -> Result<Vec<(String, u32)>, Status> {
+        let ids = |metas: Vec<pb::ChunkMeta>| -> Result<Vec<(ChunkId, u32)>, Status> {
             metas
                 .into_iter()
-                .map(|m| check_chunk_id(&m.chunk_id).map(|()| (m.chunk_id, m.checksum)))
+                .map(|m| Ok((parse_id(m.chunk_id)?, m.checksum)))
                 .collect()
         };
-        let plain = |ids: Vec<String>| -> Result<Vec<String>, Status> {
-            for id in &ids {
-                check_chunk_id(id)?;
-            }
-            Ok(ids)
-        };
         Ok(HeartbeatEvent {
-            node_id: h.node_id,
+            node_id,
             info: Some(h.info.unwrap_or_default()).into(),
             report: match h.chunk_report {
                 Some(r) => Some(ReportBatch {
@@ -297,8 +374,8 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
                 None => None,
             },
             added: ids(h.added_chunks)?,
-            removed: plain(h.removed_chunks)?,
-            corrupt: plain(h.corrupt_chunks)?,
+            removed: parse_ids(h.removed_chunks)?,
+            corrupt: parse_ids(h.corrupt_chunks)?,
             results: h
                 .command_results
                 .into_iter()

@@ -8,7 +8,7 @@ impl CoordinatorService {
         &self,
         req: pb::RegisterDataNodeRequest,
     ) -> Result<pb::RegisterDataNodeResponse, Status> {
-        check_node_id(&req.node_id)?;
+        let node_id: NodeId = parse_id(req.node_id)?;
         if !(req.address.starts_with("http://") || req.address.starts_with("https://"))
             || req.address.len() > 256
             || req.address.parse::<tonic::codegen::http::Uri>().is_err()
@@ -27,10 +27,10 @@ impl CoordinatorService {
                 "topology fields and version are at most 256 bytes each",
             ));
         }
-        self.check_cluster(&req.node_id, &req.cluster_id)?;
+        self.check_cluster(&node_id, &req.cluster_id)?;
         self.ctx
             .propose(Command::RegisterNode(NodeRecord {
-                node_id: req.node_id.clone(),
+                node_id: node_id.clone(),
                 address: req.address.clone(),
                 topology: TopologyRecord {
                     zone: topology.zone,
@@ -45,12 +45,12 @@ impl CoordinatorService {
         let cluster_id = {
             let mut st = self.ctx.lock();
             st.cluster
-                .on_register(&req.node_id, req.info.into(), monotonic_ms());
-            st.ns.cluster_id().to_string()
+                .on_register(&node_id, req.info.into(), monotonic_ms());
+            cluster_id_wire(&st.ns)
         };
-        tracing::info!(node_id = %req.node_id, address = %req.address, "datanode registered");
+        tracing::info!(%node_id, address = %req.address, "datanode registered");
         Ok(pb::RegisterDataNodeResponse {
-            node_id: req.node_id,
+            node_id: node_id.into_string(),
             heartbeat_interval_ms: self.ctx.config.heartbeat_interval.as_millis() as u64,
             cluster_id,
         })
@@ -59,12 +59,12 @@ impl CoordinatorService {
     /// Fencing: a datanode that belongs to another cluster is refused, and
     /// nothing of it is touched. (An empty id: a datanode that never joined,
     /// or one older than cluster ids.)
-    pub(super) fn check_cluster(&self, node_id: &str, theirs: &str) -> Result<(), Status> {
+    pub(super) fn check_cluster(&self, node_id: &NodeId, theirs: &str) -> Result<(), Status> {
         if theirs.is_empty() {
             return Ok(());
         }
         let st = self.ctx.lock();
-        let ours = st.ns.cluster_id().to_string();
+        let ours = cluster_id_wire(&st.ns);
         if theirs == ours {
             return Ok(());
         }
@@ -77,7 +77,7 @@ impl CoordinatorService {
              cluster's?); the datanode is refused and none of its chunks is deleted",
             truncate(theirs, 64)
         );
-        tracing::error!(node_id, theirs = %truncate(theirs, 64), ours, "{msg}");
+        tracing::error!(%node_id, theirs = %truncate(theirs, 64), ours, "{msg}");
         Err(Status::failed_precondition(msg))
     }
 
@@ -88,7 +88,7 @@ impl CoordinatorService {
         let stats = st.cluster.stats();
         let (total, used) = st.cluster.capacity(&st.ns, now);
         pb::ClusterStatus {
-            cluster_id: st.ns.cluster_id().to_string(),
+            cluster_id: cluster_id_wire(&st.ns),
             nodes: nodes.iter().map(status_to_proto).collect(),
             files: st.ns.file_count(),
             directories: st.ns.dir_count(),
@@ -104,7 +104,12 @@ impl CoordinatorService {
             safe_mode: Some(safe_mode_to_proto(&st.cluster.safe_mode(&st.ns))),
             delete_budget: Some(pb::DeleteBudgetStatus {
                 deferred: stats.deletes_deferred,
-                exhausted_nodes: st.cluster.budget_exhausted_nodes(),
+                exhausted_nodes: st
+                    .cluster
+                    .budget_exhausted_nodes()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
                 exhausted_total: stats.budget_exhausted_total,
             }),
             corrupt_replicas: stats.corrupt_replicas,
@@ -118,7 +123,7 @@ pub(super) async fn heartbeat_loop(
     tx: ResponseTx,
 ) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut node: Option<String> = None;
+    let mut node: Option<NodeId> = None;
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -161,7 +166,7 @@ pub(super) async fn heartbeat_loop(
                 } else {
                     commands
                 };
-                if node.as_deref() != Some(id.as_str()) {
+                if node.as_ref() != Some(&id) {
                     ctx.streams
                         .lock()
                         .expect("streams lock poisoned")
@@ -176,7 +181,7 @@ pub(super) async fn heartbeat_loop(
                 let resp = pb::HeartbeatResponse {
                     commands: commands.into_iter().map(command_to_proto).collect(),
                     state: state_to_proto(state) as i32,
-                    cluster_id: ctx.lock().ns.cluster_id().to_string(),
+                    cluster_id: cluster_id_wire(&ctx.lock().ns),
                 };
                 if tx.send(Ok(resp)).await.is_err() {
                     break;

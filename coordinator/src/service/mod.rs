@@ -35,10 +35,11 @@ use crate::cluster::{
     NodeState, NodeStatus, ReportBatch, SafeModeStatus,
 };
 use crate::config::{Config, DEFAULT_MAINTENANCE};
+use crate::confirm::{self, ConfirmError};
 use crate::metrics::Metrics;
 use crate::namespace::{
-    ChunkRecord, Command, EntryInfo, Namespace, NamespaceError, NodeId, NodeRecord, Outcome,
-    TopologyRecord,
+    ChunkId, ChunkRecord, Command, EntryInfo, Namespace, NamespaceError, NodeId, NodeRecord,
+    Outcome, TopologyRecord, UploadId,
 };
 use crate::path::{NsPath, PathError};
 use crate::planning::{self, PlanError};
@@ -127,7 +128,7 @@ pub struct Ctx {
     /// Metrics.
     pub metrics: Metrics,
     /// Open heartbeat streams by node.
-    pub streams: Mutex<HashMap<String, ResponseTx>>,
+    pub streams: Mutex<HashMap<NodeId, ResponseTx>>,
     /// Becomes true on shutdown.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -160,9 +161,9 @@ impl Ctx {
         let streams = self.streams.lock().expect("streams lock poisoned").clone();
         let mut st = self.lock();
         let now = monotonic_ms();
-        let cluster_id = st.ns.cluster_id().to_string();
+        let cluster_id = cluster_id_wire(&st.ns);
         let nodes = st.cluster.nodes_with_commands();
-        let states: HashMap<String, NodeState> = st
+        let states: HashMap<NodeId, NodeState> = st
             .cluster
             .status(&st.ns, now)
             .into_iter()
@@ -260,7 +261,7 @@ impl Coordinator for CoordinatorService {
         self.timed("AbortUpload", async {
             self.ctx
                 .propose(Command::AbortUpload {
-                    upload_id: req.upload_id,
+                    upload_id: parse_id(req.upload_id)?,
                 })
                 .await?;
             Ok(pb::AbortUploadResponse {})
@@ -420,11 +421,11 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::DataNodeStatus>, Status> {
         let req = r.into_inner();
         self.timed("DecommissionNode", async {
-            check_node_id(&req.node_id)?;
+            let node_id: NodeId = parse_id(req.node_id)?;
             self.ctx
                 .committer
                 .propose(Command::SetDraining {
-                    node_id: req.node_id.clone(),
+                    node_id: node_id.clone(),
                     draining: !req.cancel,
                 })
                 .await
@@ -434,8 +435,8 @@ impl Coordinator for CoordinatorService {
                     }
                     e => e.into(),
                 })?;
-            tracing::info!(node_id = %req.node_id, cancel = req.cancel, "decommission");
-            self.node_status(&req.node_id)
+            tracing::info!(%node_id, cancel = req.cancel, "decommission");
+            self.node_status(&node_id)
         })
         .await
     }
@@ -446,7 +447,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::DataNodeStatus>, Status> {
         let req = r.into_inner();
         self.timed("SetNodeMaintenance", async {
-            check_node_id(&req.node_id)?;
+            let node_id: NodeId = parse_id(req.node_id)?;
             let max = self.ctx.config.maintenance_max;
             let duration = if req.duration_seconds == 0 {
                 DEFAULT_MAINTENANCE.min(max)
@@ -463,7 +464,7 @@ impl Coordinator for CoordinatorService {
             self.ctx
                 .committer
                 .propose(Command::SetMaintenance {
-                    node_id: req.node_id.clone(),
+                    node_id: node_id.clone(),
                     until_ms,
                 })
                 .await
@@ -473,8 +474,8 @@ impl Coordinator for CoordinatorService {
                     }
                     e => e.into(),
                 })?;
-            tracing::info!(node_id = %req.node_id, enabled = req.enabled, ?duration, "maintenance");
-            self.node_status(&req.node_id)
+            tracing::info!(%node_id, enabled = req.enabled, ?duration, "maintenance");
+            self.node_status(&node_id)
         })
         .await
     }

@@ -22,7 +22,7 @@ impl CoordinatorService {
                     index: i as u64,
                     offset,
                     chunk: Some(pb::ChunkMeta {
-                        chunk_id: c.id.clone(),
+                        chunk_id: c.id.to_string(),
                         checksum: c.checksum,
                         size: c.size,
                         checksum_algorithm: c.algorithm,
@@ -32,7 +32,7 @@ impl CoordinatorService {
                         .read_replicas(&st.ns, &c.id, now)
                         .into_iter()
                         .map(|r| pb::NodeAddress {
-                            node_id: r.node_id,
+                            node_id: r.node_id.into_string(),
                             address: r.address,
                         })
                         .collect(),
@@ -68,12 +68,12 @@ impl CoordinatorService {
         })
     }
 
-    pub(super) fn node_status(&self, node_id: &str) -> Result<pb::DataNodeStatus, Status> {
+    pub(super) fn node_status(&self, node_id: &NodeId) -> Result<pb::DataNodeStatus, Status> {
         let st = self.ctx.lock();
         st.cluster
             .status(&st.ns, monotonic_ms())
             .iter()
-            .find(|s| s.record.node_id == node_id)
+            .find(|s| &s.record.node_id == node_id)
             .map(status_to_proto)
             .ok_or_else(|| Status::not_found(format!("unknown datanode {node_id}")))
     }

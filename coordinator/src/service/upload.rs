@@ -3,7 +3,11 @@
 //! forms of UploadFile and ConfirmUpload.
 
 use super::*;
-use dfs_common::id::random_hex_id as random_id;
+
+/// The 128 bits of a new upload or chunk id.
+fn random_id() -> u128 {
+    rand::random()
+}
 
 impl CoordinatorService {
     /// The node addresses of planned replicas, for the wire.
@@ -11,7 +15,7 @@ impl CoordinatorService {
         nodes
             .iter()
             .map(|id| pb::NodeAddress {
-                node_id: id.clone(),
+                node_id: id.to_string(),
                 address: st
                     .ns
                     .nodes()
@@ -66,7 +70,7 @@ impl CoordinatorService {
                 .iter()
                 .map(|c| pb::PlannedChunk {
                     index: c.index,
-                    chunk_id: c.chunk_id.clone(),
+                    chunk_id: c.chunk_id.to_string(),
                     offset: c.offset,
                     size: c.size,
                     nodes: Self::addresses(st, &c.nodes),
@@ -78,7 +82,7 @@ impl CoordinatorService {
             unreachable!("plan_upload returns BeginUpload");
         };
         let plan = pb::UploadPlan {
-            upload_id: upload.upload_id.clone(),
+            upload_id: upload.upload_id.to_string(),
             chunks,
             chunk_size: upload.chunk_size,
             replication: upload.replication,
@@ -102,9 +106,8 @@ impl CoordinatorService {
                 req.exclude_nodes.len()
             )));
         }
-        for n in &req.exclude_nodes {
-            check_node_id(n)?;
-        }
+        let exclude: Vec<NodeId> = parse_ids(req.exclude_nodes)?;
+        let upload_id: UploadId = parse_id(req.upload_id)?;
         let now = planning::Now {
             monotonic_ms: monotonic_ms(),
             unix_ms: now_unix_ms(),
@@ -115,17 +118,17 @@ impl CoordinatorService {
             let Some((chunk, command)) = planning::plan_replan(
                 &mut st.cluster,
                 &st.ns,
-                &req.upload_id,
+                &upload_id,
                 req.index,
-                &req.exclude_nodes,
+                &exclude,
                 now,
                 &mut random_id,
                 &mut rand::rng(),
             )?
             else {
                 return Err(Status::invalid_argument(format!(
-                    "upload {} has no chunk {}",
-                    req.upload_id, req.index
+                    "upload {upload_id} has no chunk {}",
+                    req.index
                 )));
             };
             let Command::ReplanChunk { nodes, .. } = &command else {
@@ -137,7 +140,7 @@ impl CoordinatorService {
         let Command::ReplanChunk { chunk_id, .. } = &command else {
             unreachable!("plan_replan returns ReplanChunk");
         };
-        let chunk_id = chunk_id.clone();
+        let chunk_id = chunk_id.to_string();
         self.ctx.propose(command).await?;
         Ok(pb::PlannedChunk {
             index: chunk.index,
@@ -148,66 +151,25 @@ impl CoordinatorService {
         })
     }
 
+    /// ConfirmUpload: parse, check the plan, wait (briefly) until enough
+    /// replicas vouched for their bytes ([`crate::confirm`] decides), then
+    /// commit.
     pub(super) async fn confirm_impl(
         &self,
         req: pb::ConfirmUploadRequest,
     ) -> Result<pb::ConfirmUploadResponse, Status> {
-        let mut chunks = req.chunks;
-        if chunks.len() as u64 > MAX_CHUNKS_PER_FILE {
-            return Err(Status::invalid_argument(format!(
-                "ConfirmUpload carries {} chunks; a file has at most {MAX_CHUNKS_PER_FILE}",
-                chunks.len()
-            )));
-        }
-        chunks.sort_by_key(|c| c.index);
-        let mut records = Vec::with_capacity(chunks.len());
-        let mut receipts = Vec::with_capacity(chunks.len());
-        for (i, c) in chunks.into_iter().enumerate() {
-            if c.index != i as u64 {
-                return Err(Status::invalid_argument(format!(
-                    "chunk indices must be 0..n without gaps or repeats (found {} at position {i})",
-                    c.index
-                )));
-            }
-            let Some(meta) = c.chunk else {
-                return Err(Status::invalid_argument(format!(
-                    "chunk {i} has no ChunkMeta"
-                )));
-            };
-            check_chunk_id(&meta.chunk_id)?;
-            if c.replicas.len() > MAX_CONFIRMED_REPLICAS
-                || c.receipts.len() > MAX_CONFIRMED_REPLICAS
-            {
-                return Err(Status::invalid_argument(format!(
-                    "chunk {i} names {} replicas and {} receipts; at most {MAX_CONFIRMED_REPLICAS} each",
-                    c.replicas.len(),
-                    c.receipts.len()
-                )));
-            }
-            for r in &c.replicas {
-                check_node_id(r)?;
-            }
-            receipts.push(
-                c.receipts
-                    .into_iter()
-                    .map(|r| (r.node_id, (r.checksum, r.size)))
-                    .collect::<HashMap<_, _>>(),
-            );
-            records.push(ChunkRecord {
-                id: meta.chunk_id,
-                checksum: meta.checksum,
-                size: meta.size,
-                algorithm: meta.checksum_algorithm,
-                replicas: c.replicas,
-            });
-        }
+        let ConfirmRequest {
+            upload_id,
+            records,
+            receipts,
+        } = ConfirmRequest::try_from(req)?;
         let records = self
-            .verified_replicas(&req.upload_id, records, &receipts)
+            .verified_replicas(&upload_id, records, &receipts)
             .await?;
         let outcome = self
             .ctx
             .propose(Command::ConfirmUpload {
-                upload_id: req.upload_id,
+                upload_id,
                 chunks: records,
                 now_ms: now_unix_ms(),
             })
@@ -218,15 +180,14 @@ impl CoordinatorService {
     }
 
     /// Keeps, for each chunk, only the claimed replicas that vouch for the
-    /// confirmed checksum and size themselves: by the receipt the primary
-    /// collected from them, or by their own chunk report. A replica that
-    /// stored something else fails the confirm. Replicas with neither are
-    /// waited for (a few heartbeats) while the write quorum is not met.
+    /// confirmed checksum and size themselves ([`confirm::check`]); waits
+    /// (a few heartbeats) for the reports of the others while the write
+    /// quorum is not met.
     pub(super) async fn verified_replicas(
         &self,
-        upload_id: &str,
-        mut records: Vec<ChunkRecord>,
-        receipts: &[HashMap<String, (u32, u64)>],
+        upload_id: &UploadId,
+        records: Vec<ChunkRecord>,
+        receipts: &[confirm::Receipts],
     ) -> Result<Vec<ChunkRecord>, Status> {
         let quorum = {
             let st = self.ctx.lock();
@@ -238,63 +199,30 @@ impl CoordinatorService {
         let wait = (self.ctx.config.heartbeat_interval * 3 + std::time::Duration::from_secs(1))
             .min(std::time::Duration::from_secs(15));
         let deadline = tokio::time::Instant::now() + wait;
-        let mut verified: Vec<Vec<String>> = vec![Vec::new(); records.len()];
+        let mut vouched = confirm::Vouched::new(records.len());
         loop {
-            let mut short = false;
-            {
+            let short = {
                 let st = self.ctx.lock();
-                for (i, rec) in records.iter().enumerate() {
-                    let done = &mut verified[i];
-                    for node in &rec.replicas {
-                        if done.contains(node) {
-                            continue;
-                        }
-                        let said = receipts[i].get(node).copied().or_else(|| {
-                            st.cluster
-                                .reported_checksum(&rec.id, node)
-                                .map(|crc| (crc, rec.size))
-                        });
-                        match said {
-                            Some((crc, size)) if crc == rec.checksum && size == rec.size => {
-                                done.push(node.clone())
-                            }
-                            Some((crc, size)) => {
-                                self.ctx.metrics.confirm_mismatch.inc();
-                                return Err(Status::failed_precondition(format!(
-                                    "chunk {i} ({}): replica {node} stored {size} bytes with crc32c \
-                                     {crc:08x}, but the confirm says {} bytes with crc32c {:08x}; \
-                                     nothing was committed",
-                                    rec.id, rec.size, rec.checksum
-                                )));
-                            }
-                            None => {}
-                        }
-                    }
-                    if done.len() < quorum.max(1) {
-                        short = true;
-                    }
+                confirm::check(
+                    &records,
+                    receipts,
+                    |chunk, node| st.cluster.reported_checksum(chunk, node),
+                    quorum,
+                    &mut vouched,
+                )
+            };
+            match short {
+                Err(e @ confirm::ConfirmError::Mismatch { .. }) => {
+                    self.ctx.metrics.confirm_mismatch.inc();
+                    return Err(e.into());
                 }
+                Err(e) => return Err(e.into()),
+                Ok(false) => break,
+                Ok(true) if tokio::time::Instant::now() >= deadline => break,
+                Ok(true) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
-            if !short || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        for (i, rec) in records.iter_mut().enumerate() {
-            if verified[i].len() < quorum.max(1) {
-                return Err(Status::failed_precondition(format!(
-                    "chunk {i} ({}): {} of the {} replicas named vouched for crc32c {:08x} \
-                     (a receipt or their own chunk report within {wait:?}); the write quorum is \
-                     {quorum}; nothing was committed",
-                    rec.id,
-                    verified[i].len(),
-                    rec.replicas.len(),
-                    rec.checksum
-                )));
-            }
-            rec.replicas.retain(|n| verified[i].contains(n));
-        }
-        Ok(records)
+        Ok(confirm::finish(records, &vouched, quorum, wait)?)
     }
 
     /// UploadFiles: every request planned as UploadFile would plan it, all
