@@ -196,15 +196,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         service.spawn(&exe)?;
     }
 
+    // A child that dies while the cluster comes up (a port taken between
+    // picking and binding it, a slow disk) is restarted as it would be later.
     let ready = tokio::select! {
         r = wait_ready(&coordinator_url, args.datanodes) => r,
-        () = dfs_common::shutdown::signal() => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
+        () = supervise(&mut services, &exe) => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
     };
     if let Err(e) = ready {
         stop(&mut services).await;
         return Err(e.context(format!(
-            "the cluster did not come up; see the logs in {}",
-            logs.display()
+            "the cluster did not come up; see the logs in {}{}",
+            logs.display(),
+            log_tails(&services)
         )));
     }
 
@@ -226,6 +229,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The last lines of every service's log, for an error that the logs
+/// explain (they may be gone by the time someone looks).
+fn log_tails(services: &[Service]) -> String {
+    const LINES: usize = 6;
+    let mut out = String::new();
+    for service in services {
+        let Ok(text) = std::fs::read_to_string(&service.log) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!(
+            "\n--- {} (last lines of {})",
+            service.name,
+            service.log.display()
+        ));
+        for line in &lines[lines.len().saturating_sub(LINES)..] {
+            out.push_str("\n  ");
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// Waits until the coordinator answers and `datanodes` nodes are healthy.
 async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -244,7 +270,15 @@ async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
                     if healthy >= datanodes {
                         return Ok(());
                     }
-                    last = format!("{healthy} of {datanodes} datanodes healthy");
+                    let others: Vec<String> = nodes
+                        .iter()
+                        .filter(|n| n.state != Some(NodeState::Healthy))
+                        .map(|n| format!("{} {:?}", n.node_id, n.state))
+                        .collect();
+                    last = format!(
+                        "{healthy} of {datanodes} datanodes healthy (registered, not healthy: [{}])",
+                        others.join(", ")
+                    );
                 }
                 Err(e) => last = e.to_string(),
             },
