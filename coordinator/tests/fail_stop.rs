@@ -13,6 +13,7 @@ use std::time::Duration;
 use dfs_coordinator::CoordinatorError;
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,18 +21,18 @@ async fn a_failing_metadata_disk_stops_the_coordinator_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let trigger = dir.path().join("disk-fails-now");
     let data = dir.path().join("meta");
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     let nodes = ["n1", "n2", "n3"];
     let mut config = test_config(&data);
     config.fault_fail_log_writes_when = Some(trigger.clone());
     let server = Server::start(config).await;
     for n in nodes {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     let mut c = server.client().await;
     wait_healthy(&mut c, &nodes).await;
-    put(&mut c, &sim, "/a", 10, false).await;
-    put(&mut c, &sim, "/b", 10, false).await;
+    fleet.put(&mut c, "/a", 10, false).await;
+    fleet.put(&mut c, "/b", 10, false).await;
 
     // The disk fails. The delete is applied in memory, never logged: it
     // must not be acknowledged, and its chunks must not be deleted.
@@ -56,11 +57,11 @@ async fn a_failing_metadata_disk_stops_the_coordinator_and_deletes_nothing() {
     // Several orphan graces later: no datanode was told to delete anything.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for n in nodes {
-        let deleted = sim.nodes.lock().unwrap()[n].deleted.clone();
+        let deleted = fleet.nodes.lock().unwrap()[n].deleted.clone();
         assert!(deleted.is_empty(), "{n} was told to delete {deleted:?}");
     }
     for n in nodes {
-        sim.kill(n);
+        fleet.kill(n);
     }
 
     // A good disk again: everything acknowledged is there, and the delete

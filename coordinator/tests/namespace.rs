@@ -2,15 +2,16 @@
 
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_operations() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(test_config(dir.path())).await;
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     for n in ["n1", "n2", "n3"] {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     let mut c = server.client().await;
     wait_healthy(&mut c, &["n1", "n2", "n3"]).await;
@@ -57,7 +58,7 @@ async fn namespace_operations() {
     );
 
     for i in 0..25 {
-        put(&mut c, &sim, &format!("/a/b/f{i:02}"), 10, false).await;
+        fleet.put(&mut c, &format!("/a/b/f{i:02}"), 10, false).await;
     }
     // Paged listing.
     let mut names = Vec::new();

@@ -5,19 +5,20 @@ use std::collections::HashSet;
 
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 
-async fn setup(n: usize) -> (tempfile::TempDir, Server, Sim, Client, Vec<String>) {
+async fn setup(n: usize) -> (tempfile::TempDir, Server, Fleet, Client, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(test_config(dir.path())).await;
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
     for id in &ids {
-        sim.spawn(&server, id, "", "").await;
+        fleet.spawn(&server, id, "", "").await;
     }
     let mut client = server.client().await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     wait_healthy(&mut client, &refs).await;
-    (dir, server, sim, client, ids)
+    (dir, server, fleet, client, ids)
 }
 
 /// Replica node ids of every chunk of `path`.
@@ -32,15 +33,15 @@ async fn replicas(client: &mut Client, path: &str) -> Vec<HashSet<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_node_is_repaired_back_to_factor() {
-    let (_d, server, sim, mut c, _) = setup(5).await;
-    put(&mut c, &sim, "/f", 4 << 20, false).await;
+    let (_d, server, fleet, mut c, _) = setup(5).await;
+    fleet.put(&mut c, "/f", 4 << 20, false).await;
     let before = replicas(&mut c, "/f").await;
     // Kill the node holding the most chunks.
     let victim = (1..=5)
         .map(|i| format!("n{i}"))
         .max_by_key(|n| before.iter().filter(|r| r.contains(n)).count())
         .unwrap();
-    sim.kill(&victim);
+    fleet.kill(&victim);
     let st = eventually(45, "node dead", || {
         let mut c = c.clone();
         let v = victim.clone();
@@ -66,7 +67,7 @@ async fn dead_node_is_repaired_back_to_factor() {
     let dl = download(&mut c, "/f").await;
     for (chunk, reps) in dl.chunks.iter().zip(&after) {
         for n in reps {
-            assert!(sim.holds(n, &chunk.chunk.as_ref().unwrap().chunk_id));
+            assert!(fleet.holds(n, &chunk.chunk.as_ref().unwrap().chunk_id));
         }
     }
     let st = status(&mut c).await;
@@ -89,28 +90,28 @@ async fn dead_node_is_repaired_back_to_factor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_replica_is_replaced() {
-    let (_d, server, sim, mut c, _) = setup(4).await;
-    put(&mut c, &sim, "/f", 10, false).await;
+    let (_d, server, fleet, mut c, _) = setup(4).await;
+    fleet.put(&mut c, "/f", 10, false).await;
     let dl = download(&mut c, "/f").await;
     let chunk = dl.chunks[0].chunk.as_ref().unwrap().chunk_id.clone();
     let bad = dl.chunks[0].replicas[0].node_id.clone();
-    sim.corrupt(&bad, &chunk);
+    fleet.corrupt(&bad, &chunk);
     // The corrupt replica is dropped and a repair restores three replicas
     // that really hold the chunk (the target may be any node without it).
     eventually(45, "corrupt replica replaced", || {
         let mut c = c.clone();
-        let sim = sim.clone();
+        let fleet = fleet.clone();
         let chunk = chunk.clone();
         async move {
             let r = replicas(&mut c, "/f").await;
-            let repaired: usize = sim
+            let repaired: usize = fleet
                 .nodes
                 .lock()
                 .unwrap()
                 .values()
                 .map(|n| n.replicated_from_here)
                 .sum();
-            (repaired >= 1 && r[0].len() == 3 && r[0].iter().all(|n| sim.holds(n, &chunk)))
+            (repaired >= 1 && r[0].len() == 3 && r[0].iter().all(|n| fleet.holds(n, &chunk)))
                 .then_some(())
         }
     })
@@ -120,10 +121,10 @@ async fn corrupt_replica_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_are_deleted_after_grace() {
-    let (_d, server, sim, mut c, _) = setup(3).await;
+    let (_d, server, fleet, mut c, _) = setup(3).await;
     // A chunk no file references.
     let orphan = "0123456789abcdef0123456789abcdef";
-    sim.store("n1", orphan);
+    fleet.store("n1", orphan);
     // An aborted upload's chunks, and an overwritten version's chunks.
     let plan = c
         .upload_file(UploadFileRequest {
@@ -135,38 +136,38 @@ async fn orphans_are_deleted_after_grace() {
         .unwrap()
         .into_inner();
     for n in &plan.chunks[0].nodes {
-        sim.store(&n.node_id, &plan.chunks[0].chunk_id);
+        fleet.store(&n.node_id, &plan.chunks[0].chunk_id);
     }
     c.abort_upload(AbortUploadRequest {
         upload_id: plan.upload_id.clone(),
     })
     .await
     .unwrap();
-    put(&mut c, &sim, "/f", 10, false).await;
+    fleet.put(&mut c, "/f", 10, false).await;
     let old = download(&mut c, "/f").await.chunks[0]
         .chunk
         .clone()
         .unwrap()
         .chunk_id;
-    put(&mut c, &sim, "/f", 20, true).await;
+    fleet.put(&mut c, "/f", 20, true).await;
     let current = download(&mut c, "/f").await.chunks[0]
         .chunk
         .clone()
         .unwrap()
         .chunk_id;
     eventually(45, "orphans deleted", || {
-        let sim = sim.clone();
+        let fleet = fleet.clone();
         let aborted = plan.chunks[0].chunk_id.clone();
         let old = old.clone();
         async move {
-            let gone = |id: &str| (1..=3).all(|i| !sim.holds(&format!("n{i}"), id));
+            let gone = |id: &str| (1..=3).all(|i| !fleet.holds(&format!("n{i}"), id));
             (gone(orphan) && gone(&aborted) && gone(&old)).then_some(())
         }
     })
     .await;
     for i in 1..=3 {
         assert!(
-            sim.holds(&format!("n{i}"), &current),
+            fleet.holds(&format!("n{i}"), &current),
             "live chunks are kept"
         );
     }
@@ -179,9 +180,9 @@ async fn expired_uploads_are_reclaimed() {
     let mut cfg = test_config(dir.path());
     cfg.upload_ttl = std::time::Duration::from_millis(300);
     let server = Server::start(cfg).await;
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     for n in ["n1", "n2", "n3"] {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     let mut c = server.client().await;
     wait_healthy(&mut c, &["n1", "n2", "n3"]).await;
@@ -196,14 +197,14 @@ async fn expired_uploads_are_reclaimed() {
         .into_inner();
     let chunk = plan.chunks[0].chunk_id.clone();
     for n in &plan.chunks[0].nodes {
-        sim.store(&n.node_id, &chunk);
+        fleet.store(&n.node_id, &chunk);
     }
     eventually(45, "expired upload reclaimed", || {
-        let sim = sim.clone();
+        let fleet = fleet.clone();
         let chunk = chunk.clone();
         async move {
             (1..=3)
-                .all(|i| !sim.holds(&format!("n{i}"), &chunk))
+                .all(|i| !fleet.holds(&format!("n{i}"), &chunk))
                 .then_some(())
         }
     })
@@ -217,8 +218,8 @@ async fn expired_uploads_are_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_drains_then_is_safe() {
-    let (_d, server, sim, mut c, _) = setup(4).await;
-    put(&mut c, &sim, "/f", 3 << 20, false).await;
+    let (_d, server, fleet, mut c, _) = setup(4).await;
+    fleet.put(&mut c, "/f", 3 << 20, false).await;
     let before = replicas(&mut c, "/f").await;
     let node = (1..=4)
         .map(|i| format!("n{i}"))
@@ -249,7 +250,7 @@ async fn decommission_drains_then_is_safe() {
         let id = &ch.chunk.as_ref().unwrap().chunk_id;
         let others = (1..=4)
             .map(|i| format!("n{i}"))
-            .filter(|n| *n != node && sim.holds(n, id))
+            .filter(|n| *n != node && fleet.holds(n, id))
             .count();
         assert_eq!(others, 3);
     }
@@ -286,8 +287,8 @@ async fn decommission_drains_then_is_safe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_suppresses_repair() {
-    let (_d, server, sim, mut c, _) = setup(4).await;
-    put(&mut c, &sim, "/f", 10, false).await;
+    let (_d, server, fleet, mut c, _) = setup(4).await;
+    fleet.put(&mut c, "/f", 10, false).await;
     let holder = download(&mut c, "/f").await.chunks[0].replicas[0]
         .node_id
         .clone();
@@ -302,7 +303,7 @@ async fn maintenance_suppresses_repair() {
         .into_inner();
     assert_eq!(st.state, NodeState::Maintenance as i32);
     assert!(st.maintenance_until_unix_ms > 0);
-    sim.kill(&holder);
+    fleet.kill(&holder);
     // Well past dead-after (1 s): still maintenance, nothing repaired.
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
     let n = node_state(&mut c, &holder).await;
@@ -310,7 +311,7 @@ async fn maintenance_suppresses_repair() {
     let r = replicas(&mut c, "/f").await;
     assert_eq!(r[0].len(), 3);
     assert!(r[0].contains(&holder));
-    let total_replications: usize = sim
+    let total_replications: usize = fleet
         .nodes
         .lock()
         .unwrap()

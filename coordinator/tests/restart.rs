@@ -2,15 +2,16 @@
 
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     let (cluster_id, plan) = {
         let server = Server::start(test_config(dir.path())).await;
         for n in ["n1", "n2", "n3"] {
-            sim.spawn(&server, n, "", "").await;
+            fleet.spawn(&server, n, "", "").await;
         }
         let mut c = server.client().await;
         wait_healthy(&mut c, &["n1", "n2", "n3"]).await;
@@ -20,9 +21,9 @@ async fn restart_keeps_metadata() {
         })
         .await
         .unwrap();
-        put(&mut c, &sim, "/dir/f1", 3 << 20, false).await;
-        put(&mut c, &sim, "/dir/f1", 2 << 20, true).await;
-        put(&mut c, &sim, "/dir/sub/f2", 7, false).await;
+        fleet.put(&mut c, "/dir/f1", 3 << 20, false).await;
+        fleet.put(&mut c, "/dir/f1", 2 << 20, true).await;
+        fleet.put(&mut c, "/dir/sub/f2", 7, false).await;
         c.rename(RenameRequest {
             source: "/dir/sub/f2".into(),
             destination: "/f2".into(),
@@ -42,7 +43,7 @@ async fn restart_keeps_metadata() {
         let id = status(&mut c).await.cluster_id;
         assert_eq!(id.len(), 32);
         for n in ["n1", "n2", "n3"] {
-            sim.kill(n);
+            fleet.kill(n);
         }
         server.stop().await;
         (id, plan)
@@ -70,7 +71,7 @@ async fn restart_keeps_metadata() {
     assert_eq!(info.path, "/later");
     // Datanodes reconnect without re-registering (the node is known).
     for n in ["n1", "n2", "n3"] {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     wait_healthy(&mut c, &["n1", "n2", "n3"]).await;
     server.stop().await;
@@ -88,16 +89,16 @@ async fn restart_keeps_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_windows_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     let nodes = ["n1", "n2", "n3", "n4"];
     let (holder, until) = {
         let server = Server::start(test_config(dir.path())).await;
         for n in nodes {
-            sim.spawn(&server, n, "", "").await;
+            fleet.spawn(&server, n, "", "").await;
         }
         let mut c = server.client().await;
         wait_healthy(&mut c, &nodes).await;
-        put(&mut c, &sim, "/f", 10, false).await;
+        fleet.put(&mut c, "/f", 10, false).await;
         let holder = download(&mut c, "/f").await.chunks[0].replicas[0]
             .node_id
             .clone();
@@ -116,7 +117,7 @@ async fn maintenance_windows_survive_a_restart() {
         c.set_node_maintenance(set(&other, true)).await.unwrap();
         c.set_node_maintenance(set(&other, false)).await.unwrap();
         for n in nodes {
-            sim.kill(n);
+            fleet.kill(n);
         }
         server.stop().await;
         (holder, st.maintenance_until_unix_ms)
@@ -130,7 +131,7 @@ async fn maintenance_windows_survive_a_restart() {
     // Every other node comes back; the holder stays down past dead-after.
     let back: Vec<&str> = nodes.iter().copied().filter(|n| *n != holder).collect();
     for n in &back {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     wait_healthy(&mut c, &back).await;
     tokio::time::sleep(std::time::Duration::from_millis(2000)).await;

@@ -6,21 +6,22 @@ use std::time::Duration;
 
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 use tonic::Code;
 
 const FOREIGN: &str = "ffffffffffffffffffffffffffffffff";
 
 /// A coordinator with three healthy simulated datanodes n1..n3.
-async fn three_nodes(dir: &std::path::Path) -> (Server, Sim, Client) {
+async fn three_nodes(dir: &std::path::Path) -> (Server, Fleet, Client) {
     let server = Server::start(test_config(dir)).await;
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     let nodes = ["n1", "n2", "n3"];
     for n in nodes {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     let mut c = server.client().await;
     wait_healthy(&mut c, &nodes).await;
-    (server, sim, c)
+    (server, fleet, c)
 }
 
 /// One sample of the coordinator's /metrics.
@@ -88,7 +89,7 @@ async fn a_datanode_of_another_cluster_is_refused_naming_both_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_commits_only_the_checksum_the_replicas_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, sim, mut c) = three_nodes(dir.path()).await;
+    let (server, fleet, mut c) = three_nodes(dir.path()).await;
     let plan = |path: &str| UploadFileRequest {
         path: path.into(),
         size: 100,
@@ -99,7 +100,7 @@ async fn a_confirm_commits_only_the_checksum_the_replicas_stored() {
     // without receipts that says 7 is refused, and nothing is visible.
     let p = c.upload_file(plan("/wrong")).await.unwrap().into_inner();
     for n in &p.chunks[0].nodes {
-        sim.store(&n.node_id, &p.chunks[0].chunk_id);
+        fleet.store(&n.node_id, &p.chunks[0].chunk_id);
     }
     let mut req = confirm_request(&p);
     req.chunks[0].receipts.clear();
@@ -152,9 +153,9 @@ async fn safe_mode_shows_why_and_an_admin_can_enter_and_leave_it() {
         "{}",
         sm.reason
     );
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     for n in ["n1", "n2", "n3"] {
-        sim.spawn(&server, n, "", "").await;
+        fleet.spawn(&server, n, "", "").await;
     }
     eventually(10, "safe mode ends once the nodes reported", || {
         let mut c = c.clone();

@@ -4,19 +4,20 @@ use std::collections::HashSet;
 
 use dfs_proto::*;
 use dfs_testkit::coordinator::*;
+use dfs_testkit::fake::Fleet;
 use tonic::Code;
 
-async fn cluster(nodes: &[(&str, &str, &str)]) -> (tempfile::TempDir, Server, Sim, Client) {
+async fn cluster(nodes: &[(&str, &str, &str)]) -> (tempfile::TempDir, Server, Fleet, Client) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(test_config(dir.path())).await;
-    let sim = Sim::default();
+    let fleet = Fleet::default();
     for (id, zone, host) in nodes {
-        sim.spawn(&server, id, zone, host).await;
+        fleet.spawn(&server, id, zone, host).await;
     }
     let mut client = server.client().await;
     let ids: Vec<&str> = nodes.iter().map(|n| n.0).collect();
     wait_healthy(&mut client, &ids).await;
-    (dir, server, sim, client)
+    (dir, server, fleet, client)
 }
 
 fn three() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -30,7 +31,7 @@ fn three() -> Vec<(&'static str, &'static str, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_confirm_download() {
-    let (_d, server, sim, mut client) = cluster(&three()).await;
+    let (_d, server, fleet, mut client) = cluster(&three()).await;
     let size = (5 << 20) / 2; // 2.5 chunks of 1 MiB
     let plan = client
         .upload_file(UploadFileRequest {
@@ -71,7 +72,7 @@ async fn plan_confirm_download() {
     assert_eq!(err.code(), Code::NotFound);
     for c in &plan.chunks {
         for n in &c.nodes {
-            sim.store(&n.node_id, &c.chunk_id);
+            fleet.store(&n.node_id, &c.chunk_id);
         }
     }
     let info = confirm_all(&mut client, &plan).await.unwrap();
@@ -93,7 +94,7 @@ async fn plan_confirm_download() {
     );
 
     // A 0-byte file has zero chunks.
-    let empty = put(&mut client, &sim, "/empty", 0, false).await;
+    let empty = fleet.put(&mut client, "/empty", 0, false).await;
     assert_eq!((empty.size, empty.chunk_count), (0, 0));
     assert!(download(&mut client, "/empty").await.chunks.is_empty());
 
@@ -142,8 +143,8 @@ async fn plan_confirm_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overwrite_is_explicit_and_atomic() {
-    let (_d, server, sim, mut client) = cluster(&three()).await;
-    put(&mut client, &sim, "/f", 3 << 20, false).await;
+    let (_d, server, fleet, mut client) = cluster(&three()).await;
+    fleet.put(&mut client, "/f", 3 << 20, false).await;
     let err = client
         .upload_file(UploadFileRequest {
             path: "/f".into(),
@@ -172,7 +173,7 @@ async fn overwrite_is_explicit_and_atomic() {
         })
     };
     for i in 0..10u64 {
-        let info = put(&mut client, &sim, "/f", (i % 3 + 1) << 20, true).await;
+        let info = fleet.put(&mut client, "/f", (i % 3 + 1) << 20, true).await;
         assert_eq!(info.version, i + 2);
     }
     reader.await.unwrap();
@@ -187,7 +188,7 @@ async fn overwrite_is_explicit_and_atomic() {
         .await
         .unwrap()
         .into_inner();
-    put(&mut client, &sim, "/g", 5, false).await;
+    fleet.put(&mut client, "/g", 5, false).await;
     assert_eq!(
         confirm_all(&mut client, &plan).await.unwrap_err().code(),
         Code::AlreadyExists
@@ -200,7 +201,7 @@ async fn overwrite_is_explicit_and_atomic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_replan_abort_and_errors() {
-    let (_d, server, sim, mut client) = cluster(&three()).await;
+    let (_d, server, fleet, mut client) = cluster(&three()).await;
     // Replication above the node count.
     let err = client
         .upload_file(UploadFileRequest {
@@ -317,7 +318,7 @@ async fn quorum_replan_abort_and_errors() {
     chunk.chunk.as_mut().unwrap().chunk_id = re.chunk_id.clone();
     chunk.replicas = re.nodes.iter().map(|n| n.node_id.clone()).collect();
     for n in &chunk.replicas {
-        sim.store(n, &re.chunk_id);
+        fleet.store(n, &re.chunk_id);
     }
     client.confirm_upload(confirm(chunk)).await.unwrap();
     let err = client
@@ -411,8 +412,8 @@ async fn placement_spreads_over_zones_and_hosts() {
 /// the unary call would, in request order, and refuse oversize batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_plans_and_confirms_answer_each_call_on_its_own() {
-    let (_d, server, sim, mut client) = cluster(&three()).await;
-    put(&mut client, &sim, "/taken", 10, false).await;
+    let (_d, server, fleet, mut client) = cluster(&three()).await;
+    fleet.put(&mut client, "/taken", 10, false).await;
     let file = |path: &str, size: u64| UploadFileRequest {
         path: path.into(),
         size,
@@ -456,7 +457,7 @@ async fn batched_plans_and_confirms_answer_each_call_on_its_own() {
     assert_eq!(ids.len(), 20, "every call has its own upload");
     for p in &plans {
         for n in &p.chunks[0].nodes {
-            sim.store(&n.node_id, &p.chunks[0].chunk_id);
+            fleet.store(&n.node_id, &p.chunks[0].chunk_id);
         }
     }
 

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //!   coordinator  a real coordinator in this process on 127.0.0.1:0
-//!                ([`coordinator::Server`]) and simulated datanodes that
-//!                register and heartbeat to it ([`coordinator::Sim`])
+//!                ([`coordinator::Server`]) and the calls tests make to it
 //!   datanode     a real datanode in this process ([`datanode::TestNode`])
 //!                and a raw gRPC client for chunk uploads and downloads
-//!   fake         the one fake datanode ([`fake::FakeDatanode`]): a hung
-//!                peer or an older release, on demand
+//!   fake         the one fake datanode ([`fake::FakeDatanode`]), with two
+//!                optional sides: on the data path a hung peer or an older
+//!                release, on demand; on the control plane a member of a
+//!                simulated fleet ([`fake::Fleet`]) that registers and
+//!                heartbeats to a coordinator and acts on its commands
 //!   process      a whole cluster of separate `dfs` processes
 //!                ([`process::Cluster`]): kill -9, SIGSTOP, restarts,
 //!                clock shifts, on-disk checks
