@@ -18,6 +18,7 @@
 //! - [`planning`]: upload planning as a pure decision (namespace, cluster
 //!   view, time and ids in; the log entry out).
 //! - [`confirm`]: which confirmed replicas vouched for their bytes (pure).
+//! - [`raft`]: the replicated namespace's Raft types and storage (openraft).
 //! - [`placement`] and [`repair`]: pure planning functions.
 //! - [`cluster`]: soft state (liveness, replica locations) and the repair driver.
 //! - [`service`]: the gRPC edge, by concern (uploads, reads, datanodes,
@@ -31,6 +32,7 @@ pub mod namespace;
 pub mod path;
 pub mod placement;
 pub mod planning;
+pub mod raft;
 pub mod repair;
 pub mod service;
 pub mod store;

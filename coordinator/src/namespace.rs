@@ -190,7 +190,7 @@ pub enum Command {
 }
 
 /// What a successful command produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Nothing to report.
     Done,
@@ -203,7 +203,7 @@ pub enum Outcome {
 }
 
 /// Description of one namespace entry (domain form of `FileInfo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryInfo {
     /// Normalised path.
     pub path: String,
@@ -242,7 +242,7 @@ pub enum ChunkOwner {
 }
 
 /// Why a command or query failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum NamespaceError {
     /// Bad path.
     #[error(transparent)]

@@ -12,8 +12,9 @@ pub const MAX_DEPTH: usize = 64;
 /// Longest accepted component, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 
-/// Why a path was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a path was rejected. Serialisable: it travels in a replicated
+/// command's result (the Raft state machine's response).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PathError {
     /// Empty or not starting with `/`.
     #[error("invalid path {path:?}: must be absolute (start with '/')")]
@@ -26,7 +27,7 @@ pub enum PathError {
     TooDeep,
     /// A bad component.
     #[error("invalid path {path:?}: {reason}")]
-    BadComponent { path: String, reason: &'static str },
+    BadComponent { path: String, reason: String },
 }
 
 /// A validated, normalised absolute path.
@@ -61,9 +62,9 @@ impl NsPath {
         let mut components = Vec::new();
         if trimmed != "/" || raw.len() > 1 {
             for c in trimmed[1..].split('/') {
-                let bad = |reason| PathError::BadComponent {
+                let bad = |reason: &str| PathError::BadComponent {
                     path: raw.to_string(),
-                    reason,
+                    reason: reason.to_string(),
                 };
                 if c.is_empty() {
                     return Err(bad("empty component"));
