@@ -4,7 +4,12 @@
 //! `FileDescriptorSet` that `tonic-prost-build` turns into code, so a fresh
 //! machine with only the Rust toolchain builds dfs without a system `protoc`.
 
-const PROTOS: [&str; 3] = ["common.proto", "datanode.proto", "coordinator.proto"];
+const PROTOS: [&str; 4] = [
+    "common.proto",
+    "datanode.proto",
+    "coordinator.proto",
+    "raft.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

@@ -1,10 +1,11 @@
 //! The dfs wire protocol.
 //!
 //! The IDL lives beside this crate (`common.proto`, `coordinator.proto`,
-//! `datanode.proto`, package `dfs.v1`); `build.rs` compiles it with `protox`,
-//! a pure-Rust protobuf compiler, so no system `protoc` is needed, and
-//! `tonic-prost-build` generates the messages and both services' clients and
-//! servers. `ChunkData.data` is generated as `bytes::Bytes` so chunk frames
+//! `datanode.proto`, and `raft.proto` for coordinator-to-coordinator Raft
+//! traffic; package `dfs.v1`); `build.rs` compiles it with `protox`, a
+//! pure-Rust protobuf compiler, so no system `protoc` is needed, and
+//! `tonic-prost-build` generates the messages and every service's clients
+//! and servers. `ChunkData.data` is generated as `bytes::Bytes` so chunk frames
 //! move through the data path without copies.
 //!
 //! ```text

@@ -1,0 +1,87 @@
+//! One member of the coordinator group: its Raft instance on its own
+//! storage (`raft.redb` in its data directory) and its state machine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{Config, Raft, SnapshotPolicy};
+
+use super::log_store::LogStore;
+use super::network::Network;
+use super::state_machine::StateMachine;
+use super::{MemberId, RaftStorageError, TypeConfig};
+
+/// Log entries between snapshots (each entry is one group commit).
+pub const SNAPSHOT_EVERY: u64 = 20_000;
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// The data directory could not be created.
+    #[error("failed to create the Raft data directory {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The Raft database could not be opened.
+    #[error("failed to open the Raft database: {0}")]
+    Db(#[from] redb::DatabaseError),
+    /// The stored log, vote or snapshot could not be read.
+    #[error("failed to load Raft state: {0}")]
+    Storage(#[from] RaftStorageError),
+    /// The Raft configuration is invalid.
+    #[error("invalid Raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// openraft refused to start.
+    #[error("Raft failed to start: {0}")]
+    Fatal(#[from] openraft::error::Fatal<MemberId>),
+}
+
+/// The default timing: a leader heartbeats every 150 ms and a follower
+/// that hears nothing for 0.5–1 s stands for election, so a dead leader is
+/// replaced in about a second.
+pub fn default_config() -> Config {
+    Config {
+        cluster_name: "dfs-coordinators".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        // Followers a little behind catch up from the log, not a snapshot.
+        max_in_snapshot_log_to_keep: 1000,
+        snapshot_max_chunk_size: 4 << 20,
+        ..Config::default()
+    }
+}
+
+/// A running member.
+pub struct Member {
+    /// Its id in the group.
+    pub id: MemberId,
+    /// The Raft instance (clone freely).
+    pub raft: Raft<TypeConfig>,
+    /// Its state machine (the replicated namespace).
+    pub state: StateMachine,
+}
+
+impl Member {
+    /// Opens (or creates) the member's storage under `dir` and starts Raft.
+    /// A new member waits to be initialised or added; a restarted one
+    /// resumes from its log and snapshot.
+    pub async fn open(id: MemberId, dir: &Path, config: Config) -> Result<Member, MemberError> {
+        std::fs::create_dir_all(dir).map_err(|source| MemberError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("raft.redb");
+        let db = tokio::task::spawn_blocking(move || redb::Database::create(path))
+            .await
+            .expect("redb open task panicked")?;
+        let db = Arc::new(db);
+        let log = LogStore::open(db.clone()).await?;
+        let state = StateMachine::open(db).await?;
+        let config = Arc::new(config.validate()?);
+        let raft = Raft::new(id, config, Network, log, state.clone()).await?;
+        Ok(Member { id, raft, state })
+    }
+}
