@@ -39,10 +39,17 @@ impl Running {
 }
 
 async fn start(id: MemberId, dir: &Path, listener: tokio::net::TcpListener) -> Running {
+    start_with(id, dir, listener, default_config()).await
+}
+
+async fn start_with(
+    id: MemberId,
+    dir: &Path,
+    listener: tokio::net::TcpListener,
+    config: openraft::Config,
+) -> Running {
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let member = Member::open(id, dir, default_config())
-        .await
-        .expect("member starts");
+    let member = Member::open(id, dir, config).await.expect("member starts");
     let (tx, rx) = oneshot::channel::<()>();
     let service = RaftService::server(member.raft.clone());
     let server = tokio::spawn(async move {
@@ -196,6 +203,103 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
     running.push(back);
     let all: Vec<&Running> = running.iter().collect();
     leader(&all).await;
+    for r in running {
+        r.stop().await;
+    }
+}
+
+/// A member that lost its volume comes back empty: it is removed and added
+/// again as a new member (never restarted as the old one), and the leader,
+/// whose log was compacted behind a snapshot, brings it up to date by
+/// streaming that snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_a_wiped_volume_rejoins_through_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Snapshot every 10 entries and keep no log behind it.
+    let config = || openraft::Config {
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10),
+        max_in_snapshot_log_to_keep: 0,
+        ..default_config()
+    };
+    let mut running = Vec::new();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        let r = start_with(
+            id,
+            &tmp.path().join(format!("m{id}")),
+            bind("127.0.0.1:0").await,
+            config(),
+        )
+        .await;
+        nodes.insert(
+            id,
+            BasicNode {
+                addr: r.addr.clone(),
+            },
+        );
+        running.push(r);
+    }
+    running[0].member.raft.initialize(nodes).await.unwrap();
+    let all: Vec<&Running> = running.iter().collect();
+    let lead = leader(&all).await;
+    let li = running.iter().position(|r| r.member.id == lead).unwrap();
+    for i in 0..30 {
+        running[li]
+            .member
+            .raft
+            .client_write(vec![mkdir(&format!("/d{i}"))])
+            .await
+            .unwrap();
+    }
+    eventually(
+        10,
+        "a snapshot on the leader, its log purged behind it",
+        || {
+            let m = running[li].member.raft.metrics().borrow().clone();
+            m.snapshot.is_some() && m.purged.is_some_and(|p| p.index >= 10)
+        },
+    )
+    .await;
+
+    // A follower loses its volume.
+    let vi = running.iter().position(|r| r.member.id != lead).unwrap();
+    let victim = running.remove(vi);
+    let (vid, vaddr, vdir) = victim.stop().await;
+    std::fs::remove_dir_all(&vdir).unwrap();
+    let li = running.iter().position(|r| r.member.id == lead).unwrap();
+    let raft = running[li].member.raft.clone();
+    // Out of the membership first, then back in under a new id on an empty
+    // directory: learner, then voter once it caught up.
+    let voters: std::collections::BTreeSet<MemberId> =
+        running.iter().map(|r| r.member.id).collect();
+    raft.change_membership(voters.clone(), false).await.unwrap();
+    let new_id = vid + 10;
+    let back = start_with(
+        new_id,
+        &tmp.path().join("fresh"),
+        bind(vaddr.trim_start_matches("http://")).await,
+        config(),
+    )
+    .await;
+    raft.add_learner(
+        new_id,
+        BasicNode {
+            addr: back.addr.clone(),
+        },
+        true,
+    )
+    .await
+    .expect("the new member catches up as a learner");
+    let mut voters = voters;
+    voters.insert(new_id);
+    raft.change_membership(voters, false).await.unwrap();
+    // The root and /d0../d29, from the snapshot (the log behind it is gone).
+    eventually(15, "the new member has everything", || dirs(&back) == 31).await;
+    assert!(
+        back.member.raft.metrics().borrow().snapshot.is_some(),
+        "it was brought up by a snapshot"
+    );
+    running.push(back);
     for r in running {
         r.stop().await;
     }
