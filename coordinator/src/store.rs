@@ -343,6 +343,9 @@ pub trait Applied<S>: Send + 'static {
     fn applied(&self, state: &mut S, cmd: &Command, outcome: &Outcome);
     /// The namespace inside `S`.
     fn namespace<'a>(&self, state: &'a mut S) -> &'a mut Namespace;
+    /// Called after the namespace was replaced whole (a replicated
+    /// snapshot installed): soft state derived from it starts over.
+    fn restored(&self, _state: &mut S) {}
 }
 
 /// Handle for proposing commands to the group-commit loop.

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dfs_coordinator::namespace::Command;
+use dfs_coordinator::namespace::Namespace;
 use dfs_coordinator::raft::member::{Member, default_config};
 use dfs_coordinator::raft::network::RaftService;
+use dfs_coordinator::raft::state_machine::Plain;
 use dfs_coordinator::raft::{Batch, MemberId};
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
@@ -18,7 +20,7 @@ use tokio::sync::oneshot;
 
 /// A member and the server it answers on.
 struct Running {
-    member: Member,
+    member: Member<Namespace, Plain>,
     addr: String,
     dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
@@ -49,7 +51,9 @@ async fn start_with(
     config: openraft::Config,
 ) -> Running {
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let member = Member::open(id, dir, config).await.expect("member starts");
+    let member = Member::open(id, dir, config, Default::default(), Plain)
+        .await
+        .expect("member starts");
     let (tx, rx) = oneshot::channel::<()>();
     let service = RaftService::server(member.raft.clone());
     let server = tokio::spawn(async move {
@@ -110,7 +114,7 @@ fn mkdir(path: &str) -> Command {
 }
 
 fn dirs(r: &Running) -> u64 {
-    r.member.state.with_namespace(|ns| ns.dir_count())
+    r.member.state.with_state(|ns| ns.dir_count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

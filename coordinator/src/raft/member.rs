@@ -2,7 +2,7 @@
 //! storage (`raft.redb` in its data directory) and its state machine.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::{Config, Raft, SnapshotPolicy};
 
@@ -10,6 +10,7 @@ use super::log_store::LogStore;
 use super::network::Network;
 use super::state_machine::StateMachine;
 use super::{MemberId, RaftStorageError, TypeConfig};
+use crate::store::Applied;
 
 /// Log entries between snapshots (each entry is one group commit).
 pub const SNAPSHOT_EVERY: u64 = 20_000;
@@ -54,21 +55,28 @@ pub fn default_config() -> Config {
     }
 }
 
-/// A running member.
-pub struct Member {
+/// A running member whose state machine applies to the state `S`.
+pub struct Member<S, H> {
     /// Its id in the group.
     pub id: MemberId,
     /// The Raft instance (clone freely).
     pub raft: Raft<TypeConfig>,
-    /// Its state machine (the replicated namespace).
-    pub state: StateMachine,
+    /// Its state machine (the replicated namespace, inside `S`).
+    pub state: StateMachine<S, H>,
 }
 
-impl Member {
-    /// Opens (or creates) the member's storage under `dir` and starts Raft.
-    /// A new member waits to be initialised or added; a restarted one
-    /// resumes from its log and snapshot.
-    pub async fn open(id: MemberId, dir: &Path, config: Config) -> Result<Member, MemberError> {
+impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
+    /// Opens (or creates) the member's storage under `dir` and starts Raft,
+    /// applying to `state` through `hook`. A new member waits to be
+    /// initialised or added; a restarted one resumes from its log and
+    /// snapshot.
+    pub async fn open(
+        id: MemberId,
+        dir: &Path,
+        config: Config,
+        state: Arc<Mutex<S>>,
+        hook: H,
+    ) -> Result<Member<S, H>, MemberError> {
         std::fs::create_dir_all(dir).map_err(|source| MemberError::CreateDir {
             path: dir.to_path_buf(),
             source,
@@ -79,7 +87,7 @@ impl Member {
             .expect("redb open task panicked")?;
         let db = Arc::new(db);
         let log = LogStore::open(db.clone()).await?;
-        let state = StateMachine::open(db).await?;
+        let state = StateMachine::open(db, state, hook).await?;
         let config = Arc::new(config.validate()?);
         let raft = Raft::new(id, config, Network, log, state.clone()).await?;
         Ok(Member { id, raft, state })

@@ -95,22 +95,23 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::log_store::LogStore;
-    use super::state_machine::StateMachine;
+    use super::state_machine::{Plain, StateMachine};
+    use crate::namespace::Namespace;
+
+    type Sm = StateMachine<Namespace, Plain>;
     use super::*;
 
     /// A fresh log store and state machine on one redb file in a temp dir.
     struct Builder;
 
-    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-        async fn build(
-            &self,
-        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), RaftStorageError> {
+    impl StoreBuilder<TypeConfig, LogStore, Sm, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, Sm), RaftStorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = Arc::new(
                 redb::Database::create(dir.path().join("raft.redb")).expect("create redb"),
             );
             let log = LogStore::open(db.clone()).await?;
-            let sm = StateMachine::open(db).await?;
+            let sm = Sm::open(db, Default::default(), Plain).await?;
             Ok((dir, log, sm))
         }
     }
@@ -156,7 +157,7 @@ mod tests {
         ));
         assert!(out[0][2].is_ok());
         // The root, /a and /a/b.
-        assert_eq!(sm.with_namespace(|ns| ns.dir_count()), 3);
+        assert_eq!(sm.with_state(|ns| ns.dir_count()), 3);
     }
 
     /// Vote, log and snapshot survive a restart of the member (a reopened
@@ -170,7 +171,7 @@ mod tests {
         {
             let db = Arc::new(redb::Database::create(&path).unwrap());
             let mut log = LogStore::open(db.clone()).await.unwrap();
-            let mut sm = StateMachine::open(db).await.unwrap();
+            let mut sm = Sm::open(db, Default::default(), Plain).await.unwrap();
             log.save_vote(&Vote::new(3, 1)).await.unwrap();
             let e = entry(1, vec![mkdir("/kept")]);
             log.blocking_append(vec![e.clone()]).await.unwrap();
@@ -186,17 +187,13 @@ mod tests {
         }
         let db = Arc::new(redb::Database::create(&path).unwrap());
         let mut log = LogStore::open(db.clone()).await.unwrap();
-        let mut sm = StateMachine::open(db).await.unwrap();
+        let mut sm = Sm::open(db, Default::default(), Plain).await.unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
         let entries = log.try_get_log_entries(1..3).await.unwrap();
         assert_eq!(entries.len(), 2);
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1), "from the snapshot");
-        assert_eq!(
-            sm.with_namespace(|ns| ns.dir_count()),
-            2,
-            "the root and /kept"
-        );
+        assert_eq!(sm.with_state(|ns| ns.dir_count()), 2, "the root and /kept");
         assert!(sm.get_current_snapshot().await.unwrap().is_some());
     }
 }

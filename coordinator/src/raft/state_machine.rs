@@ -3,7 +3,10 @@
 //! Applying an entry applies its commands to the [`Namespace`] in order
 //! (a command that fails changes nothing, and its error is that command's
 //! result: every member fails it the same way, so the state stays equal).
-//! The state itself lives in memory; what is durable is the Raft log
+//! The namespace lives in the caller's state `S` (the coordinator's
+//! `State`, under the same lock its handlers read), and the caller's
+//! [`Applied`] hook keeps its soft state in step, as with the single-copy
+//! [`crate::store::Committer`]. The state lives in memory; what is durable is the Raft log
 //! ([`super::log_store`]) and the current snapshot, which this module keeps
 //! in the member's database (`raft_snapshot`) whenever one is built or
 //! installed, so a restarted member starts from it and replays the log
@@ -21,7 +24,8 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{BatchResult, MemberId, RaftStorageError, TypeConfig, blocking, storage_err};
-use crate::namespace::{Namespace, Snapshot as NsSnapshot};
+use crate::namespace::{Command, Namespace, Outcome, Snapshot as NsSnapshot};
+use crate::store::Applied;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 const CURRENT: &str = "current";
@@ -40,7 +44,6 @@ struct StoredSnapshot {
 }
 
 struct Inner {
-    ns: Namespace,
     last_applied: Option<LogId<MemberId>>,
     membership: StoredMembership<MemberId, BasicNode>,
     current: Option<Arc<StoredSnapshot>>,
@@ -48,14 +51,37 @@ struct Inner {
     built: u64,
 }
 
-/// One member's state machine (cheap to clone: shared state).
-#[derive(Clone)]
-pub struct StateMachine {
+/// A namespace alone as the state (tests, tools).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Applied<Namespace> for Plain {
+    fn applied(&self, _: &mut Namespace, _: &Command, _: &Outcome) {}
+    fn namespace<'a>(&self, ns: &'a mut Namespace) -> &'a mut Namespace {
+        ns
+    }
+}
+
+/// One member's state machine over the state `S` (cheap to clone).
+pub struct StateMachine<S, H> {
     inner: Arc<Mutex<Inner>>,
+    state: Arc<Mutex<S>>,
+    hook: Arc<H>,
     db: Arc<Database>,
 }
 
-impl std::fmt::Debug for StateMachine {
+impl<S, H> Clone for StateMachine<S, H> {
+    fn clone(&self) -> Self {
+        StateMachine {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            hook: self.hook.clone(),
+            db: self.db.clone(),
+        }
+    }
+}
+
+impl<S, H> std::fmt::Debug for StateMachine<S, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMachine").finish_non_exhaustive()
     }
@@ -65,10 +91,14 @@ fn sm_err(e: impl std::error::Error + 'static) -> RaftStorageError {
     storage_err(StorageIOError::write_state_machine, e)
 }
 
-impl StateMachine {
-    /// Opens the state machine of `db`: the stored snapshot's state, or an
-    /// empty namespace.
-    pub async fn open(db: Arc<Database>) -> Result<StateMachine, RaftStorageError> {
+impl<S: Send + 'static, H: Applied<S> + Sync> StateMachine<S, H> {
+    /// Opens the state machine of `db` over `state`: the stored snapshot's
+    /// namespace replaces the one in `state`, if there is a snapshot.
+    pub async fn open(
+        db: Arc<Database>,
+        state: Arc<Mutex<S>>,
+        hook: H,
+    ) -> Result<StateMachine<S, H>, RaftStorageError> {
         let d = db.clone();
         let stored: Option<StoredSnapshot> =
             blocking(StorageIOError::read_state_machine, move || {
@@ -86,28 +116,35 @@ impl StateMachine {
                 }
             })
             .await?;
+        let hook = Arc::new(hook);
         let mut inner = Inner {
-            ns: Namespace::new(),
             last_applied: None,
             membership: StoredMembership::default(),
             current: None,
             built: 0,
         };
         if let Some(s) = stored {
-            inner.ns = restore(&s.data)?;
+            let ns = restore(&s.data)?;
+            let mut st = state.lock().expect("state lock poisoned");
+            *hook.namespace(&mut st) = ns;
+            hook.restored(&mut st);
+            drop(st);
             inner.last_applied = s.meta.last_log_id;
             inner.membership = s.meta.last_membership.clone();
             inner.current = Some(Arc::new(s));
         }
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
+            state,
+            hook,
             db,
         })
     }
 
-    /// Reads the namespace (the leader's and the followers' view of it).
-    pub fn with_namespace<T>(&self, f: impl FnOnce(&Namespace) -> T) -> T {
-        f(&self.lock().ns)
+    /// Works on the state (the namespace every member agrees on, as far as
+    /// this member has applied it).
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut S) -> T) -> T {
+        f(&mut self.state.lock().expect("state lock poisoned"))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,14 +183,19 @@ fn as_snapshot(s: &StoredSnapshot) -> Snapshot<TypeConfig> {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+impl<S: Send + 'static, H: Applied<S> + Sync> RaftSnapshotBuilder<TypeConfig>
+    for StateMachine<S, H>
+{
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         // The copy is taken under the lock; encoding it is not.
         let (state, last_log_id, membership, n) = {
+            // The state lock first, as in apply: the copy and the applied
+            // position belong together.
+            let mut st = self.state.lock().expect("state lock poisoned");
             let mut inner = self.lock();
             inner.built += 1;
             (
-                inner.ns.snapshot(),
+                self.hook.namespace(&mut st).snapshot(),
                 inner.last_applied,
                 inner.membership.clone(),
                 inner.built,
@@ -183,8 +225,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
+impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for StateMachine<S, H> {
+    type SnapshotBuilder = StateMachine<S, H>;
 
     async fn applied_state(
         &mut self,
@@ -204,15 +246,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let mut st = self.state.lock().expect("state lock poisoned");
         let mut inner = self.lock();
+        let hook = &self.hook;
         let mut out = Vec::new();
         for entry in entries {
             inner.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => {
-                    batch.iter().map(|cmd| inner.ns.apply(cmd)).collect()
-                }
+                EntryPayload::Normal(batch) => batch
+                    .iter()
+                    .map(|cmd| {
+                        let r = hook.namespace(&mut st).apply(cmd);
+                        if let Ok(outcome) = &r {
+                            hook.applied(&mut st, cmd, outcome);
+                        }
+                        r
+                    })
+                    .collect(),
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()
@@ -245,8 +296,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 data,
             })
             .await?;
+        let mut st = self.state.lock().expect("state lock poisoned");
+        *self.hook.namespace(&mut st) = ns;
+        self.hook.restored(&mut st);
         let mut inner = self.lock();
-        inner.ns = ns;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.current = Some(stored);
