@@ -118,10 +118,50 @@ pub struct Config {
     /// (small nodes), whatever the share.
     #[arg(long, env = "DFS_DELETE_BUDGET_MIN", default_value_t = 100)]
     pub delete_budget_min: u64,
+    /// This coordinator's id in its group (with --peers).
+    #[arg(long, env = "DFS_RAFT_ID", default_value_t = 1)]
+    pub raft_id: u64,
+    /// The coordinator group, every member as id=url, this one included
+    /// (e.g. 1=http://c0:7000,2=http://c1:7000,3=http://c2:7000): the
+    /// namespace is replicated on Raft among them. 1, 3 or 5 members. Empty:
+    /// one coordinator, its namespace a single copy.
+    #[arg(long, env = "DFS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
     /// Fault injection for tests: every metadata log write fails with an
     /// I/O error while this file exists.
     #[arg(long, env = "DFS_FAULT_FAIL_LOG_WRITES_WHEN", hide = true)]
     pub fault_fail_log_writes_when: Option<PathBuf>,
+}
+
+/// A member of the coordinator group: its id and its gRPC URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Raft id (positive).
+    pub id: u64,
+    /// `http://host:port` (clients, datanodes and the other members use it).
+    pub url: String,
+}
+
+/// Parses `id=url`.
+pub fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected id=url, e.g. 1=http://c0:7000"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: the id must be a positive integer"))?;
+    let url = url.trim();
+    if id == 0 {
+        return Err(format!("{s:?}: the id must be positive"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 256 {
+        return Err(format!("{s:?}: the url must be http(s)://host:port"));
+    }
+    Ok(Peer {
+        id,
+        url: url.to_string(),
+    })
 }
 
 /// Configuration that cannot work.
@@ -154,6 +194,21 @@ impl Config {
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(flag, "must be between 0 and 1");
+            }
+        }
+        if !self.peers.is_empty() {
+            if ![1, 3, 5].contains(&self.peers.len()) {
+                return bad(
+                    "peers",
+                    "a group has 1, 3 or 5 members (2 or 4 survive no more failures than 1 or 3)",
+                );
+            }
+            let ids: std::collections::BTreeSet<u64> = self.peers.iter().map(|p| p.id).collect();
+            if ids.len() != self.peers.len() {
+                return bad("peers", "every member needs its own id");
+            }
+            if !ids.contains(&self.raft_id) {
+                return bad("raft-id", "must be one of the --peers ids");
             }
         }
         if self.orphan_grace.is_zero() {

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dfs_common::http::Readiness;
-use dfs_common::time::{monotonic_ms, unix_to_monotonic_ms};
+use dfs_common::time::monotonic_ms;
 use dfs_common::transport;
 use dfs_proto::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
@@ -52,7 +52,7 @@ use tokio::sync::watch;
 pub use config::Config;
 pub use metrics::Metrics;
 
-use crate::cluster::{Cluster, Timing};
+use crate::cluster::Timing;
 use crate::namespace::Command;
 use crate::service::{CoordinatorService, Ctx, Hook, State};
 use crate::store::{Committer, ProposeError, Store, StoreError};
@@ -82,6 +82,9 @@ pub enum CoordinatorError {
     /// (fail-stop) instead of serving a state the disk does not hold.
     #[error("stopped: {0}")]
     MetadataFailed(String),
+    /// This coordinator's member of the group could not start.
+    #[error(transparent)]
+    Raft(#[from] raft::member::MemberError),
     /// A background task panicked.
     #[error("failed to join {task}: {source}")]
     Join {
@@ -113,6 +116,101 @@ pub async fn run(
             source,
         })?;
     serve(config, grpc, metrics, shutdown).await
+}
+
+/// Joins the coordinator group of `config.peers`: opens this member's Raft
+/// storage under the data directory, bootstraps the group if it is new
+/// (once, by the member with the lowest id), and watches leadership: a
+/// coordinator that becomes (or stops being) the leader starts its cluster
+/// view over, in safe mode, so it never acts on another leader's view.
+async fn join_group(
+    config: &Config,
+    hook: Hook,
+    metrics: &Metrics,
+) -> Result<
+    (
+        Arc<Mutex<State>>,
+        Committer,
+        tokio::task::JoinHandle<()>,
+        openraft::Raft<raft::TypeConfig>,
+    ),
+    CoordinatorError,
+> {
+    let ns = namespace::Namespace::new();
+    let cluster = hook.fresh_cluster(&ns);
+    let state = Arc::new(Mutex::new(State { ns, cluster }));
+    let rebuild = Hook {
+        timing: hook.timing.clone(),
+    };
+    let member = raft::member::Member::open(
+        config.raft_id,
+        &config.data_dir.join("raft"),
+        raft::member::default_config(),
+        state.clone(),
+        hook,
+    )
+    .await?;
+    let raft = member.raft.clone();
+    let lowest = config.peers.iter().map(|p| p.id).min();
+    if lowest == Some(config.raft_id) && !raft.is_initialized().await.unwrap_or(true) {
+        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    openraft::BasicNode {
+                        addr: p.url.clone(),
+                    },
+                )
+            })
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(peers = config.peers.len(), "coordinator group bootstrapped"),
+            // Another start already did (or a member already has a log).
+            Err(e) => tracing::info!("group not bootstrapped here: {e}"),
+        }
+    }
+    let (committer, commit_task) = raft::committer::start(raft.clone(), metrics.clone());
+    {
+        let mut m = raft.metrics();
+        let state = state.clone();
+        let committer = committer.clone();
+        let id = config.raft_id;
+        tokio::spawn(async move {
+            let mut leading = false;
+            loop {
+                let now_leading = m.borrow().current_leader == Some(id);
+                if now_leading != leading {
+                    leading = now_leading;
+                    {
+                        let mut st = state.lock().expect("state lock poisoned");
+                        st.cluster = rebuild.fresh_cluster(&st.ns);
+                    }
+                    tracing::info!(leading, "coordinator group leadership changed");
+                    let needs_id = state
+                        .lock()
+                        .expect("state lock poisoned")
+                        .ns
+                        .cluster_id()
+                        .is_none();
+                    if leading && needs_id {
+                        // The first InitCluster committed wins; a later one
+                        // changes nothing.
+                        let _ = committer
+                            .propose(Command::InitCluster {
+                                cluster_id: dfs_common::id::ClusterId::random(),
+                            })
+                            .await;
+                    }
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok((state, committer, commit_task, raft))
 }
 
 fn timing(config: &Config) -> Timing {
@@ -154,35 +252,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
     config.validate()?;
-    let data_dir = config.data_dir.clone();
-    let fault = config.fault_fail_log_writes_when.clone();
-    let (store, ns) = tokio::task::spawn_blocking(move || {
-        Store::open(&data_dir).map(|(mut store, ns)| {
-            store.fail_writes_when(fault);
-            (store, ns)
-        })
-    })
-    .await
-    .map_err(|source| CoordinatorError::Join {
-        task: "store open",
-        source,
-    })??;
-    let mut cluster = Cluster::new(timing(&config), &ns, monotonic_ms(), unix_to_monotonic_ms);
-    for u in ns.uploads().values() {
-        cluster.track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms));
-    }
-    let needs_id = ns.cluster_id().is_none();
-    let state = Arc::new(Mutex::new(State { ns, cluster }));
     let metrics = Metrics::new();
-    let (committer, commit_task) = Committer::start(store, state.clone(), Hook, metrics.clone());
-    if needs_id {
-        committer
-            .propose(Command::InitCluster {
-                cluster_id: dfs_common::id::ClusterId::random(),
+    let hook = Hook {
+        timing: timing(&config),
+    };
+    let (state, committer, commit_task, raft) = if config.peers.is_empty() {
+        let data_dir = config.data_dir.clone();
+        let fault = config.fault_fail_log_writes_when.clone();
+        let (store, ns) = tokio::task::spawn_blocking(move || {
+            Store::open(&data_dir).map(|(mut store, ns)| {
+                store.fail_writes_when(fault);
+                (store, ns)
             })
-            .await?;
-    }
-
+        })
+        .await
+        .map_err(|source| CoordinatorError::Join {
+            task: "store open",
+            source,
+        })??;
+        let cluster = hook.fresh_cluster(&ns);
+        let needs_id = ns.cluster_id().is_none();
+        let state = Arc::new(Mutex::new(State { ns, cluster }));
+        let (committer, commit_task) =
+            Committer::start(store, state.clone(), hook, metrics.clone());
+        if needs_id {
+            committer
+                .propose(Command::InitCluster {
+                    cluster_id: dfs_common::id::ClusterId::random(),
+                })
+                .await?;
+        }
+        (state, committer, commit_task, None)
+    } else {
+        let (state, committer, commit_task, raft) = join_group(&config, hook, &metrics).await?;
+        (state, committer, commit_task, Some(raft))
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let ctx_stop = stop_tx.clone();
@@ -193,6 +297,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         streams: Mutex::new(Default::default()),
         shutdown: stop_rx.clone(),
+        raft: raft.clone(),
     });
     {
         let ctx = ctx.clone();
@@ -278,11 +383,18 @@ pub async fn serve(
     drop(ctx);
     // Bounded: one connection may have this many calls in flight (the
     // rest wait their turn); heartbeat streams are one per datanode.
+    let raft_svc = raft.clone().map(raft::network::RaftService::server);
     let served = transport::server()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(svc)
+        .add_optional_service(raft_svc)
         .serve_with_incoming_shutdown(transport::incoming(grpc), stopped(stop_rx))
         .await;
+    if let Some(raft) = &raft
+        && let Err(e) = raft.shutdown().await
+    {
+        tracing::warn!("Raft did not stop cleanly: {e}");
+    }
     readiness.set(false);
     tick_task.await.map_err(|source| CoordinatorError::Join {
         task: "repair loop",
@@ -324,10 +436,15 @@ async fn tick_loop(
             return;
         }
         let now = monotonic_ms();
+        // In a group only the leader decides (repairs, deletes, expiry): a
+        // follower's view of the datanodes is empty by design.
+        let leading = ctx.is_leader();
         let expired = {
             let mut guard = ctx.lock();
             let st = &mut *guard;
-            st.cluster.tick(&st.ns, now);
+            if leading {
+                st.cluster.tick(&st.ns, now);
+            }
             let status = st.cluster.status(&st.ns, now);
             let states: Vec<_> = status.iter().map(|s| s.state).collect();
             ctx.metrics.refresh(
@@ -340,7 +457,11 @@ async fn tick_loop(
                 &st.cluster.heartbeat_ages(now),
                 st.cluster.in_safe_mode(),
             );
-            st.cluster.expired_uploads(&st.ns, now)
+            if leading {
+                st.cluster.expired_uploads(&st.ns, now)
+            } else {
+                Vec::new()
+            }
         };
         ctx.flush_outboxes();
         watchdog.beat();

@@ -317,10 +317,21 @@ pub enum ProposeError {
     /// It could not be made durable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This coordinator is a follower of a replicated group: writes go to
+    /// the leader (its client address, when known).
+    #[error("this coordinator is not the leader of its group{}", match leader {
+        Some(l) => format!("; the leader is {l}"),
+        None => "; no leader is known yet (an election is under way)".to_string(),
+    })]
+    NotLeader { leader: Option<String> },
+    /// The group could not commit it (lost leadership mid-write, shutdown).
+    #[error("the coordinator group could not commit the change: {0}")]
+    Replication(String),
 }
 
-struct Proposal {
-    cmd: Command,
+/// One command waiting to be committed, with whom to answer.
+pub struct Proposal {
+    pub(crate) cmd: Command,
     /// Taken when the answer is sent: after the log write, or right after
     /// the apply for a proposal that does not wait for durability.
     reply: Option<oneshot::Sender<Result<Outcome, ProposeError>>>,
@@ -329,7 +340,7 @@ struct Proposal {
 }
 
 impl Proposal {
-    fn answer(&mut self, r: Result<Outcome, ProposeError>) {
+    pub(crate) fn answer(&mut self, r: Result<Outcome, ProposeError>) {
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(r);
         }
@@ -362,6 +373,15 @@ impl std::fmt::Debug for Proposal {
 }
 
 impl Committer {
+    /// A handle over another commit loop (the Raft group's): proposals go
+    /// to `tx`, and `failure` says when that loop stopped for good.
+    pub(crate) fn from_parts(
+        tx: mpsc::UnboundedSender<Proposal>,
+        failure: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Committer {
+        Committer { tx, failure }
+    }
+
     /// Starts the commit loop on a blocking thread. It ends when every
     /// `Committer` clone is dropped.
     pub fn start<S: Send + 'static, H: Applied<S>>(

@@ -35,6 +35,7 @@
 // it here would only add a conversion at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod committer;
 pub mod log_store;
 pub mod member;
 pub mod network;

@@ -30,6 +30,10 @@ impl From<NamespaceError> for Status {
     }
 }
 
+/// The response metadata key naming the leader's address when a follower
+/// refuses a write.
+pub const LEADER_METADATA: &str = "dfs-leader";
+
 impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Self {
         match e {
@@ -38,6 +42,17 @@ impl From<ProposeError> for Status {
                 Status::unavailable("metadata store is unavailable")
             }
             ProposeError::Store(e) => Status::internal(e.to_string()),
+            ProposeError::NotLeader { ref leader } => {
+                // UNAVAILABLE: retry, at the leader the metadata names.
+                let mut status = Status::unavailable(e.to_string());
+                if let Some(l) = leader
+                    && let Ok(v) = l.parse()
+                {
+                    status.metadata_mut().insert(LEADER_METADATA, v);
+                }
+                status
+            }
+            ProposeError::Replication(_) => Status::unavailable(e.to_string()),
         }
     }
 }

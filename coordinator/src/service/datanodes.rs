@@ -138,6 +138,13 @@ pub(super) async fn heartbeat_loop(
             }
         };
         let start = Instant::now();
+        // Followers do not track datanodes: the stream ends with the
+        // leader's address, and the datanode goes there.
+        if let Err(status) = ctx.check_leader() {
+            ctx.metrics.rpc("DataNodeHeartbeat", status.code(), 0.0);
+            let _ = tx.send(Err(status)).await;
+            break;
+        }
         let cluster = std::mem::take(&mut hb.cluster_id);
         let ev = match HeartbeatEvent::try_from(hb) {
             Ok(ev) => ev,

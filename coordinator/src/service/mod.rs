@@ -47,6 +47,7 @@ use crate::store::{Applied, Committer, ProposeError, StoreError};
 
 pub use crate::config::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 pub use crate::planning::{MAX_CHUNKS_PER_FILE, MAX_OPEN_UPLOADS};
+pub use convert::LEADER_METADATA;
 /// Most calls one UploadFiles or ConfirmUploads batch may carry.
 pub const MAX_BATCH_CALLS: usize = 1024;
 /// Most chunks one UploadFiles batch may plan in all: the batch is for small
@@ -89,9 +90,34 @@ pub struct State {
 
 /// Keeps the cluster's replica map in step with confirmed uploads.
 #[derive(Debug)]
-pub struct Hook;
+pub struct Hook {
+    /// The cluster view's timing, for a view rebuilt from scratch.
+    pub timing: crate::cluster::Timing,
+}
+
+impl Hook {
+    /// A cluster view of `ns` from scratch: every known node alive until
+    /// heard otherwise, open uploads tracked, and safe mode until datanodes
+    /// have reported to this coordinator.
+    pub fn fresh_cluster(&self, ns: &Namespace) -> Cluster {
+        let mut cluster = Cluster::new(
+            self.timing.clone(),
+            ns,
+            monotonic_ms(),
+            unix_to_monotonic_ms,
+        );
+        for u in ns.uploads().values() {
+            cluster.track_upload(&u.upload_id, unix_to_monotonic_ms(u.expires_at_ms));
+        }
+        cluster
+    }
+}
 
 impl Applied<State> for Hook {
+    fn restored(&self, st: &mut State) {
+        st.cluster = self.fresh_cluster(&st.ns);
+    }
+
     fn applied(&self, st: &mut State, cmd: &Command, _: &Outcome) {
         match cmd {
             Command::ConfirmUpload { chunks, .. } => st.cluster.on_confirmed(chunks),
@@ -117,7 +143,6 @@ impl Applied<State> for Hook {
 type ResponseTx = mpsc::Sender<Result<pb::HeartbeatResponse, Status>>;
 
 /// Everything the handlers share.
-#[derive(Debug)]
 pub struct Ctx {
     /// State.
     pub state: Arc<Mutex<State>>,
@@ -131,12 +156,54 @@ pub struct Ctx {
     pub streams: Mutex<HashMap<NodeId, ResponseTx>>,
     /// Becomes true on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// The Raft group this coordinator is a member of (none: a single
+    /// coordinator).
+    pub raft: Option<openraft::Raft<crate::raft::TypeConfig>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("config", &self.config)
+            .field("replicated", &self.raft.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {
     /// Locks the state.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("state lock poisoned")
+    }
+
+    /// True unless this coordinator is a follower in a group: only the
+    /// leader tracks datanodes and orders repairs and deletes.
+    pub fn is_leader(&self) -> bool {
+        match &self.raft {
+            None => true,
+            Some(raft) => {
+                let m = raft.metrics();
+                let m = m.borrow();
+                m.current_leader == Some(m.id)
+            }
+        }
+    }
+
+    /// UNAVAILABLE with the leader's address, on a follower.
+    pub fn check_leader(&self) -> Result<(), Status> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let leader = self.raft.as_ref().and_then(|raft| {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let id = m.current_leader?;
+            m.membership_config
+                .nodes()
+                .find(|(n, _)| **n == id)
+                .map(|(_, node)| node.addr.clone())
+        });
+        Err(ProposeError::NotLeader { leader }.into())
     }
 
     async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {

@@ -1,0 +1,205 @@
+//! Three `dfs-coordinator` processes on 127.0.0.1 as one group (`--peers`):
+//! writes go through the leader, a follower refuses them with UNAVAILABLE
+//! and the leader's address (`dfs-leader` metadata), every member serves
+//! what was written, a SIGKILLed leader is replaced and writes resume (the
+//! time is printed), and the killed member comes back on its directory and
+//! catches up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dfs_coordinator::service::LEADER_METADATA;
+use dfs_proto::coordinator_client::CoordinatorClient;
+use dfs_proto::{MkdirRequest, StatRequest};
+use dfs_testkit::process::free_addr;
+use tonic::Code;
+
+/// One coordinator process, killed when dropped.
+struct Member {
+    id: u64,
+    url: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dfs-coordinator"))
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dfs-coordinator");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn group(dir: &std::path::Path) -> Vec<Member> {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}=http://{a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let id = i as u64 + 1;
+            let mut m = Member {
+                id,
+                url: format!("http://{a}"),
+                args: vec![
+                    "--listen".into(),
+                    a.to_string(),
+                    "--metrics-addr".into(),
+                    free_addr().to_string(),
+                    "--data-dir".into(),
+                    dir.join(format!("c{id}")).display().to_string(),
+                    "--raft-id".into(),
+                    id.to_string(),
+                    "--peers".into(),
+                    peers.clone(),
+                    "--exit-with-parent".into(),
+                ],
+                log: dir.join(format!("c{id}.log")),
+                child: None,
+            };
+            m.spawn();
+            m
+        })
+        .collect()
+}
+
+async fn client(url: &str) -> Option<CoordinatorClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3));
+    endpoint.connect().await.ok().map(CoordinatorClient::new)
+}
+
+async fn mkdir(url: &str, path: &str) -> Result<(), tonic::Status> {
+    let Some(mut c) = client(url).await else {
+        return Err(tonic::Status::unavailable("not reachable"));
+    };
+    c.mkdir(MkdirRequest {
+        path: path.into(),
+        parents: false,
+    })
+    .await
+    .map(|_| ())
+}
+
+async fn exists(url: &str, path: &str) -> bool {
+    let Some(mut c) = client(url).await else {
+        return false;
+    };
+    c.stat(StatRequest { path: path.into() }).await.is_ok()
+}
+
+/// Writes `path` through whichever member leads; returns the leader's
+/// index once one accepted it.
+async fn write_somewhere(members: &[Member], path: &str, secs: u64) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            if m.child.is_some() && mkdir(&m.url, path).await.is_ok() {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no member accepted a write of {path} within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn eventually_exists(url: &str, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !exists(url, path).await {
+        assert!(Instant::now() < deadline, "{path} never appeared at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_three_processes_writes_through_its_leader_and_survives_its_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = group(tmp.path());
+    let leader = write_somewhere(&members, "/a", 20).await;
+
+    // A follower refuses writes and names the leader.
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let err = mkdir(&members[follower].url, "/no").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok()),
+        Some(members[leader].url.as_str()),
+        "{err:?}"
+    );
+    mkdir(&members[leader].url, "/a/b").await.unwrap();
+    // Every member applies what the group committed.
+    for m in &members {
+        eventually_exists(&m.url, "/a/b").await;
+    }
+
+    // SIGKILL the leader: the others elect one of themselves.
+    let old = members[leader].id;
+    members[leader].kill();
+    let killed = Instant::now();
+    let next = write_somewhere(&members, "/c", 20).await;
+    eprintln!(
+        "failover: leader {old} SIGKILLed -> first acknowledged write on member {} in {:?}",
+        members[next].id,
+        killed.elapsed()
+    );
+    assert_ne!(next, leader);
+    assert!(
+        exists(&members[next].url, "/a/b").await,
+        "nothing acknowledged is lost"
+    );
+
+    // The killed member restarts on its directory and catches up.
+    members[leader].spawn();
+    eventually_exists(&members[leader].url, "/c").await;
+    for m in &members {
+        assert!(exists(&m.url, "/a").await);
+    }
+    let logs: Vec<String> = members
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("coordinator group bootstrapped")),
+        "the group was bootstrapped once"
+    );
+}
