@@ -71,6 +71,6 @@ pub use dfs_common::id::{ChunkId, ClusterId, InvalidId, NodeId, NodeState, Uploa
 pub use error::ClientError;
 pub use put::PutOptions;
 pub use types::{
-    ChunkLocation, ChunkMap, ClusterStatus, DeleteBudget, DeleteSummary, FileInfo, FileKind,
-    NodeStatus, Replica, ReportedHealth, SafeMode,
+    ChunkLocation, ChunkMap, ClusterStatus, CoordinatorMember, DeleteBudget, DeleteSummary,
+    FileInfo, FileKind, NodeStatus, Replica, ReportedHealth, SafeMode,
 };

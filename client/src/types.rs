@@ -321,6 +321,30 @@ pub struct ClusterStatus {
     pub delete_budget: DeleteBudget,
     /// Replicas whose bytes differ from what was recorded.
     pub corrupt_replicas: u64,
+    /// The coordinator group as the answering coordinator sees it (empty
+    /// for a single coordinator).
+    pub coordinators: Vec<CoordinatorMember>,
+}
+
+/// One member of the coordinator group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorMember {
+    /// Raft id.
+    pub id: u64,
+    /// Its gRPC URL.
+    pub address: String,
+    /// "leader", "follower", "candidate", "learner" or "unknown".
+    pub role: String,
+    /// Raft term.
+    pub term: u64,
+    /// Last index in its log (as the answering member knows it).
+    pub last_log_index: u64,
+    /// Last index it applied (known for the answering member only).
+    pub applied_index: u64,
+    /// Entries behind the leader's log (known by the leader).
+    pub lag: u64,
+    /// Whether this member answered.
+    pub answering: bool,
 }
 
 impl ClusterStatus {
@@ -373,6 +397,20 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
                 exhausted_total: budget.exhausted_total,
             },
             corrupt_replicas: s.corrupt_replicas,
+            coordinators: s
+                .coordinators
+                .into_iter()
+                .map(|c| CoordinatorMember {
+                    id: c.id,
+                    address: c.address,
+                    role: c.role,
+                    term: c.term,
+                    last_log_index: c.last_log_index,
+                    applied_index: c.applied_index,
+                    lag: c.lag,
+                    answering: c.answering,
+                })
+                .collect(),
         })
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dfs_coordinator::service::LEADER_METADATA;
 use dfs_proto::coordinator_client::CoordinatorClient;
-use dfs_proto::{MkdirRequest, StatRequest};
+use dfs_proto::{GetClusterStatusRequest, MkdirRequest, StatRequest};
 use dfs_testkit::process::free_addr;
 use tonic::Code;
 
@@ -166,6 +166,31 @@ async fn a_group_of_three_processes_writes_through_its_leader_and_survives_its_k
         "{err:?}"
     );
     mkdir(&members[leader].url, "/a/b").await.unwrap();
+
+    // The status names the group: the leader answers for everyone.
+    let mut c = client(&members[leader].url).await.unwrap();
+    let status = c
+        .get_cluster_status(GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let roles: Vec<(u64, &str, bool)> = status
+        .coordinators
+        .iter()
+        .map(|m| (m.id, m.role.as_str(), m.answering))
+        .collect();
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    for (id, role, answering) in &roles {
+        let is_leader = *id == members[leader].id;
+        assert_eq!(
+            *role,
+            if is_leader { "leader" } else { "follower" },
+            "{roles:?}"
+        );
+        assert_eq!(*answering, is_leader);
+    }
+    let me = status.coordinators.iter().find(|m| m.answering).unwrap();
+    assert!(me.term >= 1 && me.applied_index >= 2, "{me:?}");
     // Every member applies what the group committed.
     for m in &members {
         eventually_exists(&m.url, "/a/b").await;

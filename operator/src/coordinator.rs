@@ -234,6 +234,7 @@ mod tests {
             safe_mode: Default::default(),
             delete_budget: Default::default(),
             corrupt_replicas: 0,
+            coordinators: Vec::new(),
         };
         let facts = ClusterFacts::from(status);
         assert_eq!(

@@ -349,6 +349,16 @@ fn coordinator_messages_roundtrip() {
             exhausted_total: 2,
         }),
         corrupt_replicas: 1,
+        coordinators: vec![CoordinatorMember {
+            id: 2,
+            address: "http://c1:7000".into(),
+            role: "leader".into(),
+            term: 5,
+            last_log_index: 120,
+            applied_index: 119,
+            lag: 0,
+            answering: true,
+        }],
     });
     roundtrip(SetSafeModeRequest { enabled: false });
     roundtrip(DecommissionNodeRequest {

@@ -211,6 +211,16 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
                 "exhausted_total": b.exhausted_total,
             }),
             "corrupt_replicas": s.corrupt_replicas,
+            "coordinators": s.coordinators.iter().map(|c| json!({
+                "id": c.id,
+                "address": c.address,
+                "role": c.role,
+                "term": c.term,
+                "last_log_index": c.last_log_index,
+                "applied_index": c.applied_index,
+                "lag": c.lag,
+                "answering": c.answering,
+            })).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -261,6 +271,19 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
         say!(
             "corrupt:      {} replicas with another checksum than recorded (kept until repaired)",
             s.corrupt_replicas
+        );
+    }
+    for c in &s.coordinators {
+        say!(
+            "coordinator:  {} {:<24} {:<9} term {} log {} applied {} lag {}{}",
+            c.id,
+            c.address,
+            c.role,
+            c.term,
+            c.last_log_index,
+            c.applied_index,
+            c.lag,
+            if c.answering { "  (answered)" } else { "" }
         );
     }
     let b = &s.delete_budget;

@@ -113,7 +113,61 @@ impl CoordinatorService {
                 exhausted_total: stats.budget_exhausted_total,
             }),
             corrupt_replicas: stats.corrupt_replicas,
+            coordinators: self.group_status(),
         }
+    }
+}
+
+impl CoordinatorService {
+    /// The coordinator group as this member sees it (empty when single).
+    pub(super) fn group_status(&self) -> Vec<pb::CoordinatorMember> {
+        let Some(raft) = &self.ctx.raft else {
+            return Vec::new();
+        };
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let leader_log = m.last_log_index.unwrap_or(0);
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let me = *id == m.id;
+                let role = if m.current_leader == Some(*id) {
+                    "leader"
+                } else if !voters.contains(id) {
+                    "learner"
+                } else if me && m.state == openraft::ServerState::Candidate {
+                    "candidate"
+                } else if me || m.current_leader.is_some() {
+                    "follower"
+                } else {
+                    "unknown"
+                };
+                // The leader knows how far each member's log matches its own.
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map(|l| l.index);
+                pb::CoordinatorMember {
+                    id: *id,
+                    address: node.addr.clone(),
+                    role: role.into(),
+                    term: m.current_term,
+                    last_log_index: if me { leader_log } else { matched.unwrap_or(0) },
+                    applied_index: if me {
+                        m.last_applied.map_or(0, |l| l.index)
+                    } else {
+                        0
+                    },
+                    lag: match matched {
+                        Some(i) if !me => leader_log.saturating_sub(i),
+                        _ => 0,
+                    },
+                    answering: me,
+                }
+            })
+            .collect()
     }
 }
 
