@@ -27,7 +27,9 @@ pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 /// How to reach a cluster and how hard to try.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Coordinator gRPC endpoint, e.g. `http://127.0.0.1:7000`.
+    /// Coordinator gRPC endpoint, e.g. `http://127.0.0.1:7000`; for a
+    /// coordinator group, several comma-separated (the client goes to the
+    /// leader).
     pub coordinator: String,
     /// Time allowed to open a connection.
     pub connect_timeout: Duration,
@@ -89,11 +91,61 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the coordinator; fails fast, naming the address, when it
-    /// cannot be reached.
-    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let endpoint = dfs_common::transport::endpoint(&config.coordinator, config.connect_timeout)
+    /// cannot be reached. `config.coordinator` may list several members of
+    /// a coordinator group, comma-separated: the first that answers is
+    /// asked for its group, and the client goes to the leader it names
+    /// (writes are refused elsewhere), keeping the answering member when
+    /// there is no group or no leader yet.
+    pub async fn connect(mut config: ClientConfig) -> Result<Self, ClientError> {
+        let candidates: Vec<String> = config
+            .coordinator
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut last = None;
+        for address in &candidates {
+            let coordinator = match Self::connect_one(&config, address).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let leader = coordinator
+                .clone()
+                .get_cluster_status(GetClusterStatusRequest {})
+                .await
+                .ok()
+                .and_then(|s| {
+                    s.into_inner()
+                        .coordinators
+                        .into_iter()
+                        .find(|m| m.role == "leader" && !m.answering)
+                });
+            if let Some(leader) = leader
+                && let Ok(c) = Self::connect_one(&config, &leader.address).await
+            {
+                config.coordinator = leader.address;
+                return Ok(Self::with_coordinator(config, c));
+            }
+            config.coordinator = address.clone();
+            return Ok(Self::with_coordinator(config, coordinator));
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidEndpoint {
+            address: config.coordinator.clone(),
+            reason: "no coordinator address given".into(),
+        }))
+    }
+
+    async fn connect_one(
+        config: &ClientConfig,
+        address: &str,
+    ) -> Result<CoordinatorClient<Channel>, ClientError> {
+        let endpoint = dfs_common::transport::endpoint(address, config.connect_timeout)
             .map_err(|e| ClientError::InvalidEndpoint {
-                address: config.coordinator.clone(),
+                address: address.to_string(),
                 reason: e.to_string(),
             })?
             .timeout(config.request_timeout);
@@ -102,19 +154,22 @@ impl Client {
                 .connect()
                 .await
                 .map_err(|e| ClientError::CoordinatorUnreachable {
-                    address: config.coordinator.clone(),
+                    address: address.to_string(),
                     reason: source_chain(&e),
                 })?;
-        let coordinator = CoordinatorClient::new(channel)
+        Ok(CoordinatorClient::new(channel)
             .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        Ok(Client {
+            .max_encoding_message_size(64 << 20))
+    }
+
+    fn with_coordinator(config: ClientConfig, coordinator: CoordinatorClient<Channel>) -> Client {
+        Client {
             config,
             plans: batch::coordinator_batcher(coordinator.clone()),
             confirms: batch::coordinator_batcher(coordinator.clone()),
             coordinator,
             datanodes: Arc::default(),
-        })
+        }
     }
 
     /// The configuration this client was built with.

@@ -191,6 +191,16 @@ async fn a_group_of_three_processes_writes_through_its_leader_and_survives_its_k
     }
     let me = status.coordinators.iter().find(|m| m.answering).unwrap();
     assert!(me.term >= 1 && me.applied_index >= 2, "{me:?}");
+
+    // The client library, given a follower first, goes to the leader.
+    let via = dfs_client::Client::connect(dfs_client::ClientConfig::new(format!(
+        "{},{}",
+        members[follower].url, members[leader].url
+    )))
+    .await
+    .unwrap();
+    assert_eq!(via.config().coordinator, members[leader].url);
+    via.mkdir("/via-client", false).await.unwrap();
     // Every member applies what the group committed.
     for m in &members {
         eventually_exists(&m.url, "/a/b").await;
