@@ -21,8 +21,14 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
+        Cluster::start_with(dir, 1)
+    }
+
+    /// `dfs up` with `coordinators` coordinators (a Raft group when 3).
+    fn start_with(dir: &Path, coordinators: usize) -> Cluster {
         let mut up = Command::new(env!("CARGO_BIN_EXE_dfs"))
             .args(["up", "--datanodes", "3", "--listen", "127.0.0.1:0"])
+            .args(["--coordinators", &coordinators.to_string()])
             .args(["--heartbeat-interval", "200ms", "--dead-after", "5s"])
             .arg("--data-dir")
             .arg(dir)
@@ -65,8 +71,8 @@ impl Cluster {
         }
         assert_eq!(
             cluster.pids.len(),
-            4,
-            "coordinator and 3 datanodes: {:?}",
+            coordinators + 3,
+            "{coordinators} coordinators and 3 datanodes: {:?}",
             cluster.pids
         );
         cluster
@@ -490,5 +496,78 @@ fn safe_mode_is_shown_and_an_admin_enters_and_leaves_it() {
     let nodes = json(&out.stdout);
     assert_eq!(nodes.as_array().unwrap().len(), 3);
     assert_eq!(nodes[0]["quarantined_chunks"], 0);
+    cluster.stop();
+}
+
+/// `dfs up --coordinators 3`: the namespace is replicated on three
+/// coordinators; SIGKILL the leader and the CLI (given the whole group)
+/// keeps writing and reading, and the status shows the new leader.
+#[test]
+fn three_coordinators_survive_a_killed_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with(&tmp.path().join("data"), 3);
+    assert_eq!(
+        cluster.coordinator.split(',').count(),
+        3,
+        "{}",
+        cluster.coordinator
+    );
+    let src = random_file(tmp.path(), "a.bin", 3 << 20);
+    cluster
+        .dfs()
+        .args(["put"])
+        .arg(&src)
+        .arg("/a.bin")
+        .assert()
+        .success();
+    let status = |c: &Cluster| json(&c.dfs().args(["status", "--json"]).output().unwrap().stdout);
+    let s = status(&cluster);
+    let leaders: Vec<u64> = s["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "leader")
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(leaders.len(), 1, "{s}");
+    let old = leaders[0];
+    signal(cluster.pid(&format!("coordinator-{old}")), "KILL");
+    // Writes and reads resume through the new leader.
+    let again = random_file(tmp.path(), "b.bin", 1 << 20);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .dfs()
+        .args(["put"])
+        .arg(&again)
+        .arg("/b.bin")
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write after the leader's kill"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = tmp.path().join("a.out");
+    cluster
+        .dfs()
+        .args(["get", "/a.bin"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    let s = status(&cluster);
+    let now: Vec<u64> = s["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "leader")
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(now.len(), 1, "{s}");
+    assert_ne!(now[0], old, "{s}");
     cluster.stop();
 }

@@ -58,7 +58,9 @@ pub struct Config {
     #[arg(long, env = "DFS_ADVERTISE")]
     pub advertise: Option<String>,
 
-    /// Coordinator gRPC endpoint to register and heartbeat with.
+    /// Coordinator gRPC endpoint to register and heartbeat with; for a
+    /// coordinator group, its members comma-separated (the datanode follows
+    /// the leader a follower names).
     #[arg(long, env = "DFS_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
 

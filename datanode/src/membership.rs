@@ -193,20 +193,38 @@ pub fn node_info(node: &Node) -> NodeInfo {
 
 /// Keeps the node registered and heartbeating until shutdown.
 pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
-    let channel = match dfs_common::transport::lazy_channel(
-        &node.config.coordinator,
-        CONNECT_TIMEOUT,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(coordinator = %node.config.coordinator, "invalid coordinator address, not registering: {e}");
-            return;
-        }
+    // One coordinator, or the members of a coordinator group: a follower
+    // refuses with the leader's URL, which the next session goes to.
+    let candidates: Vec<String> = node
+        .config
+        .coordinator
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut channels = std::collections::HashMap::<String, Channel>::new();
+    let Some(mut target) = candidates.first().cloned() else {
+        tracing::error!("no coordinator address, not registering");
+        return;
     };
     let mut backoff = BACKOFF_START;
     loop {
+        let channel = match channels.get(&target) {
+            Some(c) => c.clone(),
+            None => match dfs_common::transport::lazy_channel(&target, CONNECT_TIMEOUT) {
+                Ok(c) => {
+                    channels.insert(target.clone(), c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::error!(coordinator = %target, "invalid coordinator address, not registering: {e}");
+                    return;
+                }
+            },
+        };
         let ended = {
-            let current = session(&node, &ctl, channel.clone(), &mut backoff);
+            let current = session(&node, &ctl, channel, &mut backoff);
             tokio::pin!(current);
             let outcome = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => None,
@@ -220,14 +238,40 @@ pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiv
                 }
             }
         };
+        let mut pause = backoff;
         if let Err(st) = ended {
-            tracing::warn!(coordinator = %node.config.coordinator, "coordinator session ended, re-registering in {backoff:?}: {}", st.message());
+            let leader = st
+                .metadata()
+                .get(dfs_proto::LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+                .map(str::to_string);
+            match leader {
+                Some(leader) if leader != target => {
+                    tracing::info!(coordinator = %target, %leader, "not the leader of its group; going to the leader");
+                    target = leader;
+                    // Straight there: this was not a failure of the leader.
+                    pause = Duration::from_millis(50);
+                    backoff = BACKOFF_START;
+                }
+                _ => {
+                    tracing::warn!(coordinator = %target, "coordinator session ended, re-registering in {backoff:?}: {}", st.message());
+                    // Another member next, in case this one is down.
+                    if let Some(i) = candidates.iter().position(|c| *c == target) {
+                        target = candidates[(i + 1) % candidates.len()].clone();
+                    } else if let Some(first) = candidates.first() {
+                        target = first.clone();
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if pause == backoff {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 

@@ -43,3 +43,8 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = DEFAULT_MAX_FRAME_BYTES + 64 * 1024;
 
 /// Length of a chunk id: 32 lowercase hex characters (128 bits).
 pub const CHUNK_ID_LEN: usize = 32;
+
+/// Response metadata a follower of a coordinator group adds when it refuses
+/// a write or a heartbeat (UNAVAILABLE): the leader's gRPC URL, where the
+/// caller retries.
+pub const LEADER_METADATA: &str = "dfs-leader";

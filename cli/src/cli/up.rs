@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// Coordinator metrics port; datanode i serves metrics on this + 1 + i.
     #[arg(long, default_value_t = 9100)]
     metrics_port: u16,
+    /// Coordinators: 1, or 3 or 5 as one Raft group (coordinator i listens
+    /// on the --listen port + i; its metrics come after the datanodes').
+    #[arg(long, default_value_t = 1)]
+    coordinators: usize,
     /// Heartbeat interval of the cluster (e.g. 3s, 500ms).
     #[arg(long, default_value = "3s")]
     heartbeat_interval: String,
@@ -106,6 +110,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if args.datanodes == 0 {
         bail!("--datanodes must be at least 1");
     }
+    if ![1, 3, 5].contains(&args.coordinators) {
+        bail!(
+            "--coordinators must be 1, 3 or 5 (a group of 2 or 4 survives no more failures than 1 or 3)"
+        );
+    }
     let replication = args.replication.unwrap_or(3.min(args.datanodes as u32));
     if replication == 0 || replication as usize > args.datanodes {
         bail!(
@@ -115,9 +124,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let pick = args.listen.port() == 0;
     let port = |fixed: u16| -> anyhow::Result<u16> { if pick { free_port() } else { Ok(fixed) } };
-    let coordinator_addr = SocketAddr::new(args.listen.ip(), port(args.listen.port())?);
-    let coordinator_url = format!("http://{coordinator_addr}");
-    let coordinator_metrics = SocketAddr::new(args.listen.ip(), port(args.metrics_port)?);
+    let mut coordinators = Vec::new();
+    for i in 0..args.coordinators {
+        let addr = SocketAddr::new(args.listen.ip(), port(args.listen.port() + i as u16)?);
+        let metrics = if i == 0 {
+            SocketAddr::new(args.listen.ip(), port(args.metrics_port)?)
+        } else {
+            SocketAddr::new(
+                args.listen.ip(),
+                port(args.metrics_port + (args.datanodes + i) as u16)?,
+            )
+        };
+        coordinators.push((addr, metrics));
+    }
+    let urls: Vec<String> = coordinators
+        .iter()
+        .map(|(a, _)| format!("http://{a}"))
+        .collect();
+    // Every client and datanode gets the whole group and finds the leader.
+    let coordinator_url = urls.join(",");
 
     let data_dir = &args.data_dir;
     let logs = data_dir.join("logs");
@@ -125,38 +150,59 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot locate the dfs executable")?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
 
-    let mut coordinator_args = vec![
-        "coordinator".to_string(),
-        "--listen".into(),
-        coordinator_addr.to_string(),
-        "--metrics-addr".into(),
-        coordinator_metrics.to_string(),
-        "--data-dir".into(),
-        data_dir.join("coordinator").display().to_string(),
-        "--replication".into(),
-        replication.to_string(),
-        "--heartbeat-interval".into(),
-        args.heartbeat_interval.clone(),
-        "--dead-after".into(),
-        args.dead_after.clone(),
-        "--exit-with-parent".into(),
-    ];
-    if let Some(size) = args.chunk_size {
-        coordinator_args.extend(["--chunk-size".into(), size.0.to_string()]);
+    let peers = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| format!("{}={u}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut services = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, (addr, metrics)) in coordinators.iter().enumerate() {
+        let (name, dir) = if args.coordinators == 1 {
+            ("coordinator".to_string(), data_dir.join("coordinator"))
+        } else {
+            (
+                format!("coordinator-{}", i + 1),
+                data_dir.join(format!("coordinator-{}", i + 1)),
+            )
+        };
+        let mut coordinator_args = vec![
+            "coordinator".to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--replication".into(),
+            replication.to_string(),
+            "--heartbeat-interval".into(),
+            args.heartbeat_interval.clone(),
+            "--dead-after".into(),
+            args.dead_after.clone(),
+            "--exit-with-parent".into(),
+        ];
+        if args.coordinators > 1 {
+            coordinator_args.extend([
+                "--raft-id".into(),
+                (i + 1).to_string(),
+                "--peers".into(),
+                peers.clone(),
+            ]);
+        }
+        if let Some(size) = args.chunk_size {
+            coordinator_args.extend(["--chunk-size".into(), size.0.to_string()]);
+        }
+        services.push(Service {
+            name: name.clone(),
+            args: coordinator_args,
+            log: logs.join(format!("{name}.log")),
+            child: None,
+            restart_at: None,
+        });
+        endpoints.push((name, urls[i].clone(), *metrics, dir));
     }
-    let mut services = vec![Service {
-        name: "coordinator".into(),
-        args: coordinator_args,
-        log: logs.join("coordinator.log"),
-        child: None,
-        restart_at: None,
-    }];
-    let mut endpoints = vec![(
-        "coordinator".to_string(),
-        coordinator_url.clone(),
-        coordinator_metrics,
-        data_dir.join("coordinator"),
-    )];
     for i in 0..args.datanodes {
         let listen = SocketAddr::new(args.listen.ip(), port(args.datanode_port + i as u16)?);
         let metrics = SocketAddr::new(args.listen.ip(), port(args.metrics_port + 1 + i as u16)?);

@@ -30,9 +30,7 @@ impl From<NamespaceError> for Status {
     }
 }
 
-/// The response metadata key naming the leader's address when a follower
-/// refuses a write.
-pub const LEADER_METADATA: &str = "dfs-leader";
+pub use dfs_proto::LEADER_METADATA;
 
 impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Self {
