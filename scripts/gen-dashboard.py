@@ -156,6 +156,20 @@ panels.append(panel("timeseries", "Small chunks per group commit", "Average smal
                     [(f"sum by (pod) (rate(dfs_datanode_volume_commit_chunks_sum{{{DN}}}[$__rate_interval])) / sum by (pod) (rate(dfs_datanode_volume_commit_chunks_count{{{DN}}}[$__rate_interval]))", "{{pod}}")],
                     (8, 12, 12, y)))
 y += 8
+row("Coordinator group", y); y += 1
+panels.append(panel("timeseries", "Raft term and leader", "Term per coordinator, and which one leads (1). A single coordinator leads term 0.",
+                    [(f"max by (pod) (dfs_coordinator_raft_term{{{COORD}}})", "term {{pod}}"),
+                     (f"max by (pod) (dfs_coordinator_raft_leader{{{COORD}}})", "leader {{pod}}")],
+                    (8, 8, 0, y)))
+panels.append(panel("timeseries", "Log and applied index", "Last Raft log index and last applied index per coordinator; the gap is work not yet applied.",
+                    [(f"max by (pod) (dfs_coordinator_raft_last_log_index{{{COORD}}})", "log {{pod}}"),
+                     (f"max by (pod) (dfs_coordinator_raft_applied_index{{{COORD}}})", "applied {{pod}}")],
+                    (8, 8, 8, y)))
+panels.append(panel("timeseries", "Follower lag and elections", "Entries the furthest-behind member lacks (seen by the leader), and leader changes per 15 minutes.",
+                    [(f"max(dfs_coordinator_raft_max_follower_lag_entries{{{COORD}}})", "max follower lag"),
+                     (f"max(increase(dfs_coordinator_raft_leader_changes_total{{{COORD}}}[15m]))", "leader changes / 15m")],
+                    (8, 8, 16, y)))
+y += 8
 row("Operator", y); y += 1
 panels.append(panel("timeseries", "Operator reconcile errors", "Failed reconciles per second by error kind (all DfsClusters the operator manages).",
                     [("sum by (error) (rate(dfs_operator_reconcile_failures_total[$__rate_interval]))", "{{error}}")],

@@ -177,10 +177,21 @@ async fn join_group(
         let state = state.clone();
         let committer = committer.clone();
         let id = config.raft_id;
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut leading = false;
+            let mut last_leader = None;
             loop {
-                let now_leading = m.borrow().current_leader == Some(id);
+                let (now_leading, leader) = {
+                    let snapshot = m.borrow();
+                    let changed =
+                        snapshot.current_leader.is_some() && snapshot.current_leader != last_leader;
+                    metrics.raft.refresh(&snapshot, changed);
+                    (snapshot.current_leader == Some(id), snapshot.current_leader)
+                };
+                if leader.is_some() {
+                    last_leader = leader;
+                }
                 if now_leading != leading {
                     leading = now_leading;
                     {
@@ -282,6 +293,7 @@ pub async fn serve(
                 })
                 .await?;
         }
+        metrics.raft.single();
         (state, committer, commit_task, None)
     } else {
         let (state, committer, commit_task, raft) = join_group(&config, hook, &metrics).await?;

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub confirm_mismatch: IntCounter,
     /// 1 once the metadata log could not be written (the process stops).
     pub metadata_failed: IntGauge,
+    /// The coordinator group (all 0 for a single coordinator).
+    pub raft: RaftGauges,
     /// Names of every registered family (the tests check each is exported).
     #[cfg(test)]
     families: Vec<String>,
@@ -168,6 +170,40 @@ impl Metrics {
                 "dfs_coordinator_metadata_write_failed",
                 "1 once the metadata log could not be written (the coordinator stops).",
             ),
+            raft: RaftGauges {
+                term: g(
+                    "dfs_coordinator_raft_term",
+                    "Raft term this coordinator is in (0 for a single coordinator).",
+                ),
+                leader: g(
+                    "dfs_coordinator_raft_leader",
+                    "1 while this coordinator leads its group (1 for a single coordinator).",
+                ),
+                leader_known: g(
+                    "dfs_coordinator_raft_leader_known",
+                    "1 while this coordinator knows a leader of its group (an election is not under way).",
+                ),
+                last_log_index: g(
+                    "dfs_coordinator_raft_last_log_index",
+                    "Index of the last entry in this coordinator's Raft log.",
+                ),
+                applied_index: g(
+                    "dfs_coordinator_raft_applied_index",
+                    "Index of the last Raft entry this coordinator applied to its namespace.",
+                ),
+                max_follower_lag: g(
+                    "dfs_coordinator_raft_max_follower_lag_entries",
+                    "On the leader: entries the furthest-behind member's log lacks.",
+                ),
+                leader_changes: c(
+                    "dfs_coordinator_raft_leader_changes_total",
+                    "Times this coordinator saw its group's leader change (elections).",
+                ),
+                snapshot_index: g(
+                    "dfs_coordinator_raft_snapshot_index",
+                    "Last Raft entry covered by this coordinator's current snapshot.",
+                ),
+            },
             datanodes: reg(
                 &r,
                 f,
@@ -418,6 +454,55 @@ impl Metrics {
                 .with_label_values(&[node.as_str()])
                 .set(*age as f64 / 1000.0);
         }
+    }
+}
+
+/// The coordinator group's progress, as this member sees it.
+#[derive(Debug, Clone)]
+pub struct RaftGauges {
+    term: IntGauge,
+    leader: IntGauge,
+    leader_known: IntGauge,
+    last_log_index: IntGauge,
+    applied_index: IntGauge,
+    max_follower_lag: IntGauge,
+    leader_changes: IntCounter,
+    snapshot_index: IntGauge,
+}
+
+impl RaftGauges {
+    /// Sets every gauge from openraft's metrics; `leader_changed` counts an
+    /// election this member saw.
+    pub fn refresh(
+        &self,
+        m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+        leader_changed: bool,
+    ) {
+        let last = m.last_log_index.unwrap_or(0);
+        self.term.set(m.current_term as i64);
+        self.leader.set(i64::from(m.current_leader == Some(m.id)));
+        self.leader_known.set(i64::from(m.current_leader.is_some()));
+        self.last_log_index.set(last as i64);
+        self.applied_index
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        self.snapshot_index
+            .set(m.snapshot.map_or(0, |l| l.index) as i64);
+        let lag = m.replication.as_ref().map_or(0, |r| {
+            r.values()
+                .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                .max()
+                .unwrap_or(0)
+        });
+        self.max_follower_lag.set(lag as i64);
+        if leader_changed {
+            self.leader_changes.inc();
+        }
+    }
+
+    /// A single coordinator: always its own leader.
+    pub fn single(&self) {
+        self.leader.set(1);
+        self.leader_known.set(1);
     }
 }
 
