@@ -130,25 +130,34 @@ fn read_file_frames(
 pub(crate) struct PositionalWriter {
     tx: mpsc::Sender<(u64, Bytes)>,
     handle: JoinHandle<io::Result<()>>,
+    /// Why the writer thread stopped, for the callers still sending.
+    failed: Arc<std::sync::OnceLock<String>>,
 }
 
 impl PositionalWriter {
     /// Starts a writer thread for `file`.
     pub(crate) fn start(file: Arc<File>) -> Self {
         let (tx, mut rx) = mpsc::channel::<(u64, Bytes)>(FRAME_QUEUE_DEPTH);
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let why = failed.clone();
         let handle = tokio::task::spawn_blocking(move || {
             while let Some((offset, data)) = rx.blocking_recv() {
-                file.write_all_at(&data, offset)?;
+                if let Err(e) = file.write_all_at(&data, offset) {
+                    let _ = why.set(e.to_string());
+                    return Err(e);
+                }
             }
             Ok(())
         });
-        PositionalWriter { tx, handle }
+        PositionalWriter { tx, handle, failed }
     }
 
     /// Queues `data` for `offset` (waits when the writer is behind).
     pub(crate) async fn write(&self, offset: u64, data: Bytes) -> io::Result<()> {
         if self.tx.send((offset, data)).await.is_err() {
-            return Err(io::Error::other("local writer stopped"));
+            // The disk's own reason (ENOSPC, EIO), not just that it stopped.
+            let why = self.failed.get().map_or("", String::as_str);
+            return Err(io::Error::other(format!("local writer stopped: {why}")));
         }
         Ok(())
     }
