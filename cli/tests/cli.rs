@@ -499,6 +499,17 @@ fn safe_mode_is_shown_and_an_admin_enters_and_leaves_it() {
     cluster.stop();
 }
 
+/// The ids of the coordinators `dfs status --json` calls leader.
+fn leader_ids(status: &serde_json::Value) -> Vec<u64> {
+    status["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "leader")
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect()
+}
+
 /// `dfs up --coordinators 3`: the namespace is replicated on three
 /// coordinators; SIGKILL the leader and the CLI (given the whole group)
 /// keeps writing and reading, and the status shows the new leader.
@@ -522,13 +533,7 @@ fn three_coordinators_survive_a_killed_leader() {
         .success();
     let status = |c: &Cluster| json(&c.dfs().args(["status", "--json"]).output().unwrap().stdout);
     let s = status(&cluster);
-    let leaders: Vec<u64> = s["coordinators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["role"] == "leader")
-        .map(|c| c["id"].as_u64().unwrap())
-        .collect();
+    let leaders = leader_ids(&s);
     assert_eq!(leaders.len(), 1, "{s}");
     let old = leaders[0];
     signal(cluster.pid(&format!("coordinator-{old}")), "KILL");
@@ -560,13 +565,7 @@ fn three_coordinators_survive_a_killed_leader() {
         .success();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
     let s = status(&cluster);
-    let now: Vec<u64> = s["coordinators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["role"] == "leader")
-        .map(|c| c["id"].as_u64().unwrap())
-        .collect();
+    let now = leader_ids(&s);
     assert_eq!(now.len(), 1, "{s}");
     assert_ne!(now[0], old, "{s}");
     cluster.stop();

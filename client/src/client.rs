@@ -97,13 +97,7 @@ impl Client {
     /// (writes are refused elsewhere), keeping the answering member when
     /// there is no group or no leader yet.
     pub async fn connect(mut config: ClientConfig) -> Result<Self, ClientError> {
-        let candidates: Vec<String> = config
-            .coordinator
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(str::to_string)
-            .collect();
+        let candidates = dfs_common::transport::coordinator_urls(&config.coordinator);
         let mut last = None;
         for address in &candidates {
             let coordinator = match Self::connect_one(&config, address).await {

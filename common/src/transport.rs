@@ -60,6 +60,16 @@ pub fn endpoint(url: &str, connect_timeout: Duration) -> Result<Endpoint, tonic:
         .keep_alive_while_idle(true))
 }
 
+/// The coordinator URLs of a `--coordinator` / `DFS_COORDINATOR` value: one
+/// URL, or the members of a coordinator group, comma-separated.
+pub fn coordinator_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A lazily connecting channel to `url` (connects on first use, reconnects
 /// after failures), with the shared settings.
 pub fn lazy_channel(

@@ -450,7 +450,18 @@ async fn tick_loop(
         let now = monotonic_ms();
         // In a group only the leader decides (repairs, deletes, expiry): a
         // follower's view of the datanodes is empty by design.
-        let leading = ctx.is_leader();
+        let mut leading = ctx.is_leader();
+        if leading && let Some(raft) = &ctx.raft {
+            // A leader cut off from its group (it may not know yet) must not
+            // act on its view: a quorum confirms the leadership first, or
+            // this tick decides nothing.
+            leading = tokio::time::timeout(
+                period.max(Duration::from_millis(500)),
+                raft.ensure_linearizable(),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        }
         let expired = {
             let mut guard = ctx.lock();
             let st = &mut *guard;

@@ -195,14 +195,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
 pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     // One coordinator, or the members of a coordinator group: a follower
     // refuses with the leader's URL, which the next session goes to.
-    let candidates: Vec<String> = node
-        .config
-        .coordinator
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect();
+    let candidates = dfs_common::transport::coordinator_urls(&node.config.coordinator);
     let mut channels = std::collections::HashMap::<String, Channel>::new();
     let Some(mut target) = candidates.first().cloned() else {
         tracing::error!("no coordinator address, not registering");
