@@ -68,6 +68,40 @@ pub fn families_without_series(
         .collect()
 }
 
+/// `family`'s series in `families` (as gathered) as (label values in label
+/// order, value), sorted: a counter's or gauge's value, a histogram's sample
+/// count. Panics when the family is not exported (tests read them).
+pub fn series(
+    families: &[prometheus::proto::MetricFamily],
+    family: &str,
+) -> Vec<(Vec<String>, f64)> {
+    use prometheus::proto::MetricType;
+    let f = families
+        .iter()
+        .find(|f| f.name() == family)
+        .unwrap_or_else(|| panic!("{family} is not exported"));
+    let mut out: Vec<_> = f
+        .get_metric()
+        .iter()
+        .map(|m| {
+            let labels: Vec<String> = m
+                .get_label()
+                .iter()
+                .map(|l| l.value().to_string())
+                .collect();
+            let value = match f.get_field_type() {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                other => panic!("{family}: unexpected type {other:?}"),
+            };
+            (labels, value)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

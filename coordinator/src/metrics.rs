@@ -533,7 +533,6 @@ pub fn code_label(code: tonic::Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::proto::{MetricFamily, MetricType};
 
     /// Families whose label values are open-ended: their series appear with
     /// their first event.
@@ -542,34 +541,7 @@ mod tests {
         "dfs_coordinator_heartbeat_age_seconds",
     ];
 
-    /// `family`'s series as (label values in label order, value): counter or
-    /// gauge value, or a histogram's sample count.
-    fn series(families: &[MetricFamily], family: &str) -> Vec<(Vec<String>, f64)> {
-        let f = families
-            .iter()
-            .find(|f| f.name() == family)
-            .unwrap_or_else(|| panic!("{family} is not exported"));
-        let mut out: Vec<_> = f
-            .get_metric()
-            .iter()
-            .map(|m| {
-                let labels: Vec<String> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| l.value().to_string())
-                    .collect();
-                let value = match f.get_field_type() {
-                    MetricType::COUNTER => m.get_counter().get_value(),
-                    MetricType::GAUGE => m.get_gauge().get_value(),
-                    MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
-                    other => panic!("{family}: unexpected type {other:?}"),
-                };
-                (labels, value)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
+    use dfs_common::metrics::series;
 
     /// Every combination of `values` (one array per label, in the
     /// alphabetical order of the label names, as gathered), each at 0.

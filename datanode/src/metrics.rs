@@ -378,7 +378,7 @@ impl Drop for GaugeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::proto::{MetricFamily, MetricType};
+    use prometheus::proto::MetricFamily;
 
     /// Families whose label values are open-ended, so their series appear
     /// with their first event. None today: add a family here only with a
@@ -389,31 +389,7 @@ mod tests {
         m.registry.gather()
     }
 
-    /// The values of `family`'s series, by their label values (in label
-    /// order): counter/gauge value, or a histogram's sample count.
-    fn series(families: &[MetricFamily], family: &str) -> Vec<(Vec<String>, f64)> {
-        let f = families
-            .iter()
-            .find(|f| f.name() == family)
-            .unwrap_or_else(|| panic!("{family} is not exported"));
-        f.get_metric()
-            .iter()
-            .map(|m| {
-                let labels = m
-                    .get_label()
-                    .iter()
-                    .map(|l| l.value().to_string())
-                    .collect();
-                let value = match f.get_field_type() {
-                    MetricType::COUNTER => m.get_counter().get_value(),
-                    MetricType::GAUGE => m.get_gauge().get_value(),
-                    MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
-                    other => panic!("{family}: unexpected type {other:?}"),
-                };
-                (labels, value)
-            })
-            .collect()
-    }
+    use dfs_common::metrics::series;
 
     /// Asserts `family` has exactly one series per value of `values` (one
     /// label), each at 0.
