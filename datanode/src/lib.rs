@@ -23,8 +23,11 @@
 //! - [`node`]: the state every layer shares (store, sessions, peers).
 //! - [`links`]: the sending side of the small-chunk links; [`peers`]: the
 //!   channels to other datanodes.
-//! - [`wire`]: wire messages parsed into typed values, and the data path's
-//!   typed error ([`store::StoreError`]) mapped to a gRPC status, once.
+//! - [`wire`]: wire messages parsed into typed values (`UploadStart`,
+//!   `ReplicaHeader`, `Frame`, the frame streams behind `FrameSource`) and
+//!   built from them towards peers; the data path's typed errors
+//!   (`DataPathError`, [`store::StoreError`]) mapped to a gRPC status, once.
+//!   The layers above never see a prost request type.
 //! - [`identity`]: the cluster this node belongs to (fencing).
 //! - [`store`]: chunk files with per-block CRC32C, atomic commit, capacity.
 //! - [`volume`]: small chunks appended to volumes, group-committed.

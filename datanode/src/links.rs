@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dfs_proto::{ChunkData, ChunkReplicas, ReplicateChunkHeader, SmallChunk, SmallChunkResult};
+use dfs_proto::{ChunkReplicas, SmallChunk, SmallChunkResult};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::metrics::{Metrics, stream};
 use crate::peers::{Peers, Target};
+use crate::wire::{Frame, ReplicaHeader, small_chunk};
 
 /// Chunks queued towards one peer before senders wait.
 const LINK_QUEUE: usize = 64;
@@ -147,10 +148,10 @@ impl Links {
         peers: &Peers,
         metrics: &Metrics,
         target: &Target,
-        header: ReplicateChunkHeader,
-        data: ChunkData,
+        header: &ReplicaHeader,
+        frame: &Frame,
     ) -> Result<ChunkReplicas, Status> {
-        let len = data.data.len() as u64;
+        let len = frame.data.len() as u64;
         // Twice: a link found broken (the peer restarted) is reopened once.
         for _ in 0..2 {
             let link = self.link(peers, &target.address)?;
@@ -161,11 +162,8 @@ impl Links {
                 None => continue,
             };
             let _guard = WaiterGuard { link: &link, seq };
-            let message = SmallChunk {
-                seq,
-                header: Some(header.clone()),
-                data: Some(data.clone()),
-            };
+            // The clone shares the frame's buffer.
+            let message = small_chunk(seq, header, frame.clone());
             if link.tx.send(message).await.is_err() {
                 continue;
             }

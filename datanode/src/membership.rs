@@ -546,7 +546,7 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
         Some(data_node_command::Command::Replicate(c)) => {
             let result = async {
                 let meta = c.chunk.ok_or("replicate command without chunk")?;
-                let id = parse_id(&meta.chunk_id).map_err(|s| s.message().to_string())?;
+                let id = parse_id(&meta.chunk_id).map_err(|e| e.to_string())?;
                 let target = c.target.ok_or("replicate command without target")?;
                 let _permit = ctl
                     .replications
@@ -591,7 +591,7 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
                             errors.push(format!("{raw}: {e}"));
                         }
                     }
-                    Err(st) => errors.push(st.message().to_string()),
+                    Err(st) => errors.push(st.to_string()),
                 }
             }
             let r = if errors.is_empty() {

@@ -21,11 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dfs_proto::chunk_stream::{self, Inbound};
+use dfs_proto::chunk_stream;
 use dfs_proto::{
-    ChecksumAlgorithm, ChunkData, ChunkDataAck, ChunkMeta, ChunkReplicas, DeleteChunkRequest,
-    PrepareChunkUploadRequest, ReplicaFailure, ReplicaReceipt, ReplicateChunkHeader,
-    ReplicateChunkRequest, UploadChunkResponse, replicate_chunk_request, upload_chunk_response,
+    ChunkReplicas, DeleteChunkRequest, ReplicaFailure, ReplicaReceipt, UploadChunkResponse,
+    upload_chunk_response,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -37,15 +36,15 @@ use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, UploadSession};
 use crate::peers::Target;
 use crate::store::{ChunkId, Store, StoreError, Stored};
-use crate::wire::{chunk_meta, parse_meta, parse_targets, status};
+use crate::wire::{
+    Acks, DataPathError, Frame, FrameSource, Opening, ReplicaHeader, UploadStart, chunk_meta,
+    replicate_messages,
+};
 
 /// Frames queued towards the local writer thread.
 const WRITER_QUEUE_FRAMES: usize = 4;
 /// Frames queued towards each replica.
 const FORWARD_QUEUE_FRAMES: usize = 4;
-
-/// The sender half of a response stream.
-pub type Responses = mpsc::Sender<Result<UploadChunkResponse, Status>>;
 
 /// A replica's own answer: it stored `s` under `id`, with its receipt.
 pub fn stored_answer(node: &Node, id: &ChunkId, s: Stored) -> ChunkReplicas {
@@ -87,47 +86,35 @@ fn answered_receipt(answer: &ChunkReplicas, node_id: &str) -> Option<ReplicaRece
 /// the chunk with the announced checksum (an idempotent retry).
 pub fn prepare_upload(
     node: &Node,
-    req: PrepareChunkUploadRequest,
-) -> Result<(UploadSession, bool), Status> {
-    let meta = req
-        .chunk
-        .ok_or_else(|| Status::invalid_argument("PrepareChunkUpload without chunk"))?;
-    let (id, size, checksum) = parse_meta(&meta)?;
-    let targets = parse_targets(req.targets, &node.node_id)?;
+    start: UploadStart,
+) -> Result<(UploadSession, bool), DataPathError> {
+    let UploadStart {
+        chunk_id: id,
+        size,
+        checksum,
+        targets,
+        write_quorum,
+        ..
+    } = start;
     let replicas = 1 + targets.len();
-    let quorum = match (req.write_quorum, node.config.write_quorum) {
-        (0, 0) => replicas,
-        (0, q) => (q as usize).min(replicas),
-        (q, _) if q as usize > replicas => {
-            return Err(Status::invalid_argument(format!(
+    let quorum = match (write_quorum, node.config.write_quorum) {
+        (None, 0) => replicas,
+        (None, q) => (q as usize).min(replicas),
+        (Some(q), _) if q > replicas => {
+            return Err(DataPathError::Invalid(format!(
                 "write_quorum {q} exceeds the {replicas} replicas"
             )));
         }
-        (q, _) => q as usize,
+        (Some(q), _) => q,
     };
     // Immutability, before a byte is received: other bytes under a stored
     // id get ALREADY_EXISTS; the same ones are an idempotent retry.
-    let already_stored = node
-        .store
-        .check_writable(&id, size, checksum)
-        .map_err(status)?;
-    let reservation = node
-        .store
-        .reserve(if already_stored { 0 } else { size })
-        .map_err(status)?;
+    let already_stored = node.store.check_writable(&id, size, checksum)?;
+    let reservation = node.store.reserve(if already_stored { 0 } else { size })?;
     let session = node
         .sessions
         .new_upload(id, size, checksum, targets, quorum, reservation);
     Ok((session, already_stored))
-}
-
-fn ack(offset: u64, frames: u64) -> UploadChunkResponse {
-    UploadChunkResponse {
-        kind: Some(upload_chunk_response::Kind::Ack(ChunkDataAck {
-            offset,
-            frames,
-        })),
-    }
 }
 
 /// Validates the frames of one chunk as they arrive: size limit, contiguous
@@ -154,22 +141,22 @@ impl FrameCheck {
         }
     }
 
-    pub(crate) fn accept(&mut self, f: &ChunkData) -> Result<(), Status> {
+    pub(crate) fn accept(&mut self, f: &Frame) -> Result<(), DataPathError> {
         let len = f.data.len() as u64;
         if f.data.len() > self.max_frame {
-            return Err(Status::invalid_argument(format!(
+            return Err(DataPathError::Invalid(format!(
                 "frame of {len} bytes at offset {} exceeds the maximum of {} bytes",
                 f.offset, self.max_frame
             )));
         }
         if f.offset != self.offset {
-            return Err(Status::invalid_argument(format!(
+            return Err(DataPathError::Invalid(format!(
                 "frame at offset {} but {} bytes were received: frames must be contiguous (gap or overlap)",
                 f.offset, self.offset
             )));
         }
         if !f.verify() {
-            return Err(Status::data_loss(format!(
+            return Err(DataPathError::Checksum(format!(
                 "frame at offset {}: checksum mismatch (frame says {:08x}, data has {:08x})",
                 f.offset,
                 f.frame_checksum,
@@ -177,7 +164,7 @@ impl FrameCheck {
             )));
         }
         if self.offset + len > self.size {
-            return Err(Status::invalid_argument(format!(
+            return Err(DataPathError::Invalid(format!(
                 "frame at offset {} of {len} bytes goes past the announced size of {}",
                 f.offset, self.size
             )));
@@ -187,7 +174,7 @@ impl FrameCheck {
         self.crc = dfs_proto::frame::checksum_append(self.crc, &f.data);
         if f.is_final {
             if self.offset != self.size {
-                return Err(Status::invalid_argument(format!(
+                return Err(DataPathError::Invalid(format!(
                     "final frame after {} bytes, but the chunk size is {}",
                     self.offset, self.size
                 )));
@@ -195,7 +182,7 @@ impl FrameCheck {
             if let Some(want) = self.checksum
                 && want != self.crc
             {
-                return Err(Status::data_loss(format!(
+                return Err(DataPathError::Checksum(format!(
                     "chunk checksum mismatch: data has crc32c {:08x}, expected {want:08x}",
                     self.crc
                 )));
@@ -210,12 +197,17 @@ impl FrameCheck {
 pub(crate) fn receive_frame(
     node: &Node,
     check: &mut FrameCheck,
-    frame: &ChunkData,
+    frame: &Frame,
     kind: &str,
-) -> Result<(), Status> {
-    if let Err(st) = check.accept(frame) {
-        count_failure(node, &st);
-        return Err(st);
+) -> Result<(), DataPathError> {
+    if let Err(e) = check.accept(frame) {
+        if matches!(e, DataPathError::Checksum(_)) {
+            node.metrics
+                .checksum_failures
+                .with_label_values(&["frame"])
+                .inc();
+        }
+        return Err(e);
     }
     node.metrics
         .bytes_in
@@ -223,16 +215,6 @@ pub(crate) fn receive_frame(
         .inc_by(frame.data.len() as u64);
     node.metrics.frames_in.with_label_values(&[kind]).inc();
     Ok(())
-}
-
-/// Counts checksum failures when a status says DATA_LOSS.
-fn count_failure(node: &Node, st: &Status) {
-    if st.code() == tonic::Code::DataLoss {
-        node.metrics
-            .checksum_failures
-            .with_label_values(&["frame"])
-            .inc();
-    }
 }
 
 enum WriterMsg {
@@ -265,7 +247,7 @@ impl LocalWrite {
         }
     }
 
-    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), DataPathError> {
         match self {
             LocalWrite::File(f) => f.write(data).await,
             // FrameCheck bounds the total by the announced (small) size.
@@ -276,15 +258,17 @@ impl LocalWrite {
         }
     }
 
-    pub(crate) async fn finish(self, size: u64, checksum: Option<u32>) -> Result<Stored, Status> {
+    pub(crate) async fn finish(
+        self,
+        size: u64,
+        checksum: Option<u32>,
+    ) -> Result<Stored, DataPathError> {
         match self {
             LocalWrite::File(f) => f.finish(size, checksum).await,
-            LocalWrite::Small { store, id, parts } => store
-                .put_small(&id, parts, size, checksum)
-                .map_err(status)?
+            LocalWrite::Small { store, id, parts } => Ok(store
+                .put_small(&id, parts, size, checksum)?
                 .wait_stored()
-                .await
-                .map_err(status),
+                .await?),
         }
     }
 }
@@ -316,18 +300,18 @@ impl FileWrite {
         }
     }
 
-    async fn result(&mut self) -> Status {
+    async fn result(&mut self) -> DataPathError {
         match self.join.take() {
             Some(j) => match j.await {
-                Ok(Err(e)) => status(e),
-                Ok(Ok(_)) => Status::internal("local writer finished early"),
-                Err(e) => Status::internal(format!("local writer failed: {e}")),
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(_)) => DataPathError::Internal("local writer finished early".into()),
+                Err(e) => DataPathError::Internal(format!("local writer failed: {e}")),
             },
-            None => Status::internal("local writer already finished"),
+            None => DataPathError::Internal("local writer already finished".into()),
         }
     }
 
-    async fn write(&mut self, data: Bytes) -> Result<(), Status> {
+    async fn write(&mut self, data: Bytes) -> Result<(), DataPathError> {
         let tx = self.tx.as_ref().expect("writer open");
         if tx.send(WriterMsg::Data(data)).await.is_err() {
             return Err(self.result().await);
@@ -335,36 +319,33 @@ impl FileWrite {
         Ok(())
     }
 
-    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<Stored, Status> {
+    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<Stored, DataPathError> {
         let tx = self.tx.take().expect("writer open");
         if tx.send(WriterMsg::Finish(size, checksum)).await.is_err() {
             return Err(self.result().await);
         }
         match self.join.take().expect("writer running").await {
-            Ok(r) => r.map_err(status),
-            Err(e) => Err(Status::internal(format!("local writer failed: {e}"))),
+            Ok(r) => Ok(r?),
+            Err(e) => Err(DataPathError::Internal(format!("local writer failed: {e}"))),
         }
     }
 }
 
 /// One replica target of an upload: a ReplicateChunk stream fed through a
-/// bounded channel.
+/// bounded channel. Its outcome is the peer's answer or the peer's status
+/// (which becomes the reason the replica failed).
 struct Forward {
     target: Target,
-    tx: Option<mpsc::Sender<ReplicateChunkRequest>>,
+    tx: Option<mpsc::Sender<Frame>>,
     task: JoinHandle<Result<ChunkReplicas, Status>>,
     failure: Option<String>,
     answer: Option<ChunkReplicas>,
 }
 
 impl Forward {
-    fn start(node: &Node, target: Target, header: ReplicateChunkHeader) -> Self {
+    fn start(node: &Node, target: Target, header: &ReplicaHeader) -> Self {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_FRAMES);
-        let first = ReplicateChunkRequest {
-            kind: Some(replicate_chunk_request::Kind::Header(header)),
-        };
-        // The channel is empty, so the header always fits.
-        let _ = tx.try_send(first);
+        let requests = replicate_messages(header, ReceiverStream::new(rx));
         let channel = node.peers.channel(&target.address);
         let task = tokio::spawn(async move {
             // Frames go out in pieces, their data never copied (see
@@ -372,7 +353,7 @@ impl Forward {
             let mut responses = chunk_stream::call::<_, _, UploadChunkResponse>(
                 channel?,
                 chunk_stream::REPLICATE_PATH,
-                ReceiverStream::new(rx),
+                requests,
                 dfs_common::transport::MAX_MESSAGE_BYTES,
             )
             .await?;
@@ -411,13 +392,10 @@ impl Forward {
 
     /// Forwards one frame; a replica that is gone or blocks for longer than
     /// the stall timeout is dropped.
-    async fn send(&mut self, node: &Node, frame: ChunkData, stall: Duration) -> bool {
+    async fn send(&mut self, node: &Node, frame: Frame, stall: Duration) -> bool {
         let Some(tx) = &self.tx else { return false };
         let len = frame.data.len() as u64;
-        let req = ReplicateChunkRequest {
-            kind: Some(replicate_chunk_request::Kind::Data(frame)),
-        };
-        match tokio::time::timeout(stall, tx.send(req)).await {
+        match tokio::time::timeout(stall, tx.send(frame)).await {
             Ok(Ok(())) => {
                 node.metrics.frame_out(stream::FORWARD, len);
                 true
@@ -478,105 +456,67 @@ impl Drop for Forward {
     }
 }
 
-/// Waits for the next frame; a client idle for longer than the session
-/// timeout is treated as gone.
-async fn next_frame(
-    frames: &mut impl Inbound<ChunkData>,
-    idle: Duration,
-) -> Result<ChunkData, Status> {
-    match tokio::time::timeout(idle, frames.message()).await {
-        Ok(Ok(Some(f))) => Ok(f),
-        Ok(Ok(None)) => Err(Status::aborted(
-            "stream ended without a final frame; partial data removed",
-        )),
-        Ok(Err(st)) => Err(st),
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no frame for {idle:?}; partial data removed"
-        ))),
-    }
-}
-
-/// UploadChunkStream on the primary: receives, stores and fans out one chunk.
+/// UploadChunkStream on the primary: receives, stores and fans out one
+/// chunk. `opening` and `first` come from the stream's first frame
+/// ([`crate::wire::open_upload`]), `frames` are the rest.
 pub async fn upload(
     node: Arc<Node>,
-    mut frames: impl Inbound<ChunkData>,
-    out: Responses,
-) -> Result<ChunkReplicas, Status> {
+    opening: Opening,
+    first: Frame,
+    mut frames: impl FrameSource,
+    acks: &Acks,
+) -> Result<ChunkReplicas, DataPathError> {
     let idle = node.sessions.timeout();
-    let mut first = next_frame(&mut frames, idle).await?;
-    let session = match first.prepare.take() {
+    let (session, session_id) = match opening {
         // One-call upload: prepared here, with PrepareChunkUpload's checks.
-        Some(prepare) if first.session_id.is_empty() => prepare_upload(&node, prepare)?.0,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "the first frame carries either a session_id or a prepare request, not both",
-            ));
-        }
-        None => node
-            .sessions
-            .take_upload(&first.session_id)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "unknown or expired upload session {:?}",
-                    first.session_id
-                ))
-            })?,
+        Opening::Start(start) => (prepare_upload(&node, start)?.0, crate::node::random_id()),
+        Opening::Session(id) => match node.sessions.take_upload(&id) {
+            Some(session) => (session, id),
+            None => return Err(DataPathError::UnknownSession(id)),
+        },
     };
-    if first.session_id.is_empty() {
-        first.session_id = crate::node::random_id();
-    }
     let _gauge = GaugeGuard::new(node.metrics.active_sessions.with_label_values(&["upload"]));
     let started = Instant::now();
     let chunk_id = session.chunk_id.clone();
-    let session_id = first.session_id.clone();
     let span = tracing::info_span!("upload", chunk_id = %chunk_id, session_id = %session_id);
 
     let result = async {
         if first.is_final {
-            return upload_whole(&node, &session, &chunk_id, &session_id, first).await;
+            return upload_whole(&node, &session, &session_id, first).await;
         }
         let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
-        let header = ReplicateChunkHeader {
+        let header = ReplicaHeader {
             session_id: session_id.clone(),
-            chunk: Some(ChunkMeta {
-                chunk_id: chunk_id.to_string(),
-                checksum: session.checksum.unwrap_or(0),
-                size: session.size,
-                checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
-            }),
+            chunk_id: chunk_id.clone(),
+            size: session.size,
+            checksum: session.checksum,
             source_node_id: node.node_id.clone(),
         };
         let mut forwards: Vec<Forward> = session
             .targets
             .iter()
-            .map(|t| Forward::start(&node, t.clone(), header.clone()))
+            .map(|t| Forward::start(&node, t.clone(), &header))
             .collect();
         let stall = node.config.replica_stall_timeout;
         let mut frame = first;
         loop {
             receive_frame(&node, &mut check, &frame, stream::UPLOAD)?;
             let is_final = frame.is_final;
+            // Clones share the frame's buffer: one copy of the bytes for
+            // the disk and every replica.
             local.write(frame.data.clone()).await?;
             for f in forwards.iter_mut().filter(|f| f.live()) {
-                let copy = ChunkData {
-                    data: frame.data.clone(),
-                    offset: frame.offset,
-                    is_final,
-                    frame_checksum: frame.frame_checksum,
-                    session_id: String::new(),
-                    prepare: None,
-                };
-                f.send(&node, copy, stall).await;
+                f.send(&node, frame.clone(), stall).await;
             }
             if is_final {
                 // The final answer (ChunkReplicas) acknowledges everything.
                 break;
             }
-            if out.send(Ok(ack(check.offset, check.frames))).await.is_err() {
-                return Err(Status::cancelled("client went away"));
+            if !acks.ack(check.offset, check.frames).await {
+                return Err(DataPathError::Gone("client"));
             }
-            frame = next_frame(&mut frames, idle).await?;
+            frame = frames.next(idle).await?;
         }
 
         // Durability: the local fsync+rename and the replicas' answers, in parallel.
@@ -605,8 +545,8 @@ pub async fn upload(
         .upload_seconds
         .with_label_values(&[outcome])
         .observe(started.elapsed().as_secs_f64());
-    if let Err(st) = &result {
-        tracing::warn!(chunk_id = %chunk_id, session_id = %session_id, "upload failed: {}", st.message());
+    if let Err(e) = &result {
+        tracing::warn!(chunk_id = %chunk_id, session_id = %session_id, "upload failed: {e}");
     }
     result
 }
@@ -622,10 +562,10 @@ type Outcome = (Target, Result<ChunkReplicas, String>);
 async fn conclude(
     node: &Arc<Node>,
     chunk_id: &ChunkId,
-    local: Result<Stored, Status>,
+    local: Result<Stored, DataPathError>,
     outcomes: Vec<Outcome>,
     quorum: usize,
-) -> Result<ChunkReplicas, Status> {
+) -> Result<ChunkReplicas, DataPathError> {
     // What a rollback may delete: copies this upload created, never a copy
     // that was already there (it may be a confirmed chunk's).
     let stored_on: Vec<Target> = outcomes
@@ -637,16 +577,16 @@ async fn conclude(
         })
         .map(|(t, _)| t.clone())
         .collect();
-    let local_stored = local.as_ref().ok().copied();
-    let (stored, created) = match local {
-        Ok(s) => (s.chunk, s.created),
-        Err(st) => {
+    let local = match local {
+        Ok(s) => s,
+        Err(e) => {
             rollback(node, chunk_id, &stored_on, false).await;
-            return Err(st);
+            return Err(e);
         }
     };
+    let stored = local.chunk;
     let mut replicas = vec![node.node_id.clone()];
-    let mut receipts = vec![receipt(node, local_stored.expect("local copy stored"))];
+    let mut receipts = vec![receipt(node, local)];
     let mut failed = Vec::new();
     for (target, outcome) in &outcomes {
         let outcome = outcome.as_ref().map_err(Clone::clone).and_then(|answer| {
@@ -672,12 +612,12 @@ async fn conclude(
     if replicas.len() < quorum {
         // Only what this upload wrote is rolled back: a copy that was
         // already stored (an idempotent retry) may be a confirmed chunk's.
-        rollback(node, chunk_id, &stored_on, created).await;
+        rollback(node, chunk_id, &stored_on, local.created).await;
         let reasons: Vec<String> = failed
             .iter()
             .map(|f| format!("{}: {}", f.node_id, f.reason))
             .collect();
-        return Err(Status::unavailable(format!(
+        return Err(DataPathError::Quorum(format!(
             "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
             replicas.len(),
             1 + outcomes.len(),
@@ -700,42 +640,29 @@ async fn conclude(
 async fn upload_whole(
     node: &Arc<Node>,
     session: &UploadSession,
-    chunk_id: &ChunkId,
     session_id: &str,
-    frame: ChunkData,
-) -> Result<ChunkReplicas, Status> {
+    frame: Frame,
+) -> Result<ChunkReplicas, DataPathError> {
+    let chunk_id = &session.chunk_id;
     let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
     receive_frame(node, &mut check, &frame, stream::UPLOAD)?;
-    let header = ReplicateChunkHeader {
+    let header = ReplicaHeader {
         session_id: session_id.to_string(),
-        chunk: Some(ChunkMeta {
-            chunk_id: chunk_id.to_string(),
-            checksum: check.crc,
-            size: session.size,
-            checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
-        }),
+        chunk_id: chunk_id.clone(),
+        size: session.size,
+        checksum: Some(check.crc),
         source_node_id: node.node_id.clone(),
-    };
-    let data = frame.data.clone();
-    let whole = ChunkData {
-        data: frame.data,
-        offset: 0,
-        is_final: true,
-        frame_checksum: frame.frame_checksum,
-        session_id: String::new(),
-        prepare: None,
     };
     let wait = node.config.replica_stall_timeout * 3;
     let local = async {
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
-        local.write(data).await?;
+        local.write(frame.data.clone()).await?;
         local.finish(session.size, Some(check.crc)).await
     };
     let remotes = futures::future::join_all(session.targets.iter().map(|target| {
-        let header = header.clone();
-        let whole = whole.clone();
+        let (header, frame) = (&header, frame.clone());
         async move {
-            let outcome = match tokio::time::timeout(wait, send_whole(node, target, header, whole)).await {
+            let outcome = match tokio::time::timeout(wait, send_whole(node, target, header, frame)).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(st)) => Err((st.message().to_string(), "error")),
                 Err(_) => Err((format!("no durable answer within {wait:?}"), "stall")),
@@ -756,23 +683,18 @@ async fn upload_whole(
 }
 
 /// One whole chunk to one replica: over the small-chunk link when it fits a
-/// volume and the peer serves it, else a `ReplicateChunk` call.
+/// volume and the peer serves it, else a `ReplicateChunk` call. The peer's
+/// own status on failure.
 async fn send_whole(
     node: &Arc<Node>,
     target: &Target,
-    header: ReplicateChunkHeader,
-    frame: ChunkData,
+    header: &ReplicaHeader,
+    frame: Frame,
 ) -> Result<ChunkReplicas, Status> {
     if node.store.is_small(frame.data.len() as u64) && node.small_links.supported(&target.address) {
         match node
             .small_links
-            .replicate(
-                &node.peers,
-                &node.metrics,
-                target,
-                header.clone(),
-                frame.clone(),
-            )
+            .replicate(&node.peers, &node.metrics, target, header, &frame)
             .await
         {
             Err(st) if st.code() == tonic::Code::Unimplemented => {}
@@ -821,80 +743,52 @@ async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, stored_on: &[Target], lo
 }
 
 /// ReplicateChunk on a replica: the receiving side of the fan-out (and of
-/// repairs). Header first, then frames, each verified before it is acked.
+/// repairs). `header` was the stream's first message
+/// ([`crate::wire::open_replica`]); each frame is verified before it is
+/// acked.
 pub async fn replicate(
     node: Arc<Node>,
-    mut requests: impl Inbound<ReplicateChunkRequest>,
-    out: Responses,
-) -> Result<ChunkReplicas, Status> {
+    header: &ReplicaHeader,
+    mut frames: impl FrameSource,
+    acks: &Acks,
+) -> Result<ChunkReplicas, DataPathError> {
     let idle = node.sessions.timeout();
-    let header = match requests.message().await? {
-        Some(ReplicateChunkRequest {
-            kind: Some(replicate_chunk_request::Kind::Header(h)),
-        }) => h,
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "the first ReplicateChunk message must be the header",
-            ));
-        }
-        None => return Err(Status::invalid_argument("empty ReplicateChunk stream")),
-    };
-    let meta = header
-        .chunk
-        .as_ref()
-        .ok_or_else(|| Status::invalid_argument("ReplicateChunk header without chunk"))?;
-    let (chunk_id, size, checksum) = parse_meta(meta)?;
+    let ReplicaHeader {
+        chunk_id,
+        size,
+        checksum,
+        ..
+    } = header;
+    let (size, checksum) = (*size, *checksum);
     // Immutability, before a byte is received.
-    node.store
-        .check_writable(&chunk_id, size, checksum)
-        .map_err(status)?;
+    node.store.check_writable(chunk_id, size, checksum)?;
     let _gauge = GaugeGuard::new(
         node.metrics
             .active_sessions
             .with_label_values(&["replicate"]),
     );
     let started = Instant::now();
-    let reservation = node.store.reserve(size).map_err(status)?;
+    let reservation = node.store.reserve(size)?;
     let result = async {
         let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         loop {
-            let frame = match tokio::time::timeout(idle, requests.message()).await {
-                Ok(Ok(Some(ReplicateChunkRequest {
-                    kind: Some(replicate_chunk_request::Kind::Data(f)),
-                }))) => f,
-                Ok(Ok(Some(_))) => {
-                    return Err(Status::invalid_argument(
-                        "a ReplicateChunk stream carries one header, then frames",
-                    ));
-                }
-                Ok(Ok(None)) => {
-                    return Err(Status::aborted(
-                        "stream ended without a final frame; partial data removed",
-                    ));
-                }
-                Ok(Err(st)) => return Err(st),
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "no frame for {idle:?}; partial data removed"
-                    )));
-                }
-            };
+            let frame = frames.next(idle).await?;
             receive_frame(&node, &mut check, &frame, stream::REPLICATE)?;
             local.write(frame.data).await?;
             if frame.is_final {
                 break;
             }
-            if out.send(Ok(ack(check.offset, check.frames))).await.is_err() {
-                return Err(Status::cancelled("sender went away"));
+            if !acks.ack(check.offset, check.frames).await {
+                return Err(DataPathError::Gone("sender"));
             }
         }
         let stored = local.finish(size, Some(check.crc)).await?;
-        Ok(stored_answer(&node, &chunk_id, stored))
+        Ok(stored_answer(&node, chunk_id, stored))
     }
     .await;
     drop(reservation);
-    replica_received(&node, started, &result, &chunk_id, &header);
+    replica_received(&node, started, &result, header);
     result
 }
 
@@ -903,17 +797,16 @@ pub async fn replicate(
 pub(crate) fn replica_received(
     node: &Node,
     started: Instant,
-    result: &Result<ChunkReplicas, Status>,
-    chunk_id: &ChunkId,
-    header: &ReplicateChunkHeader,
+    result: &Result<ChunkReplicas, DataPathError>,
+    header: &ReplicaHeader,
 ) {
     let outcome = if result.is_ok() { "ok" } else { "error" };
     node.metrics
         .replication_seconds
         .with_label_values(&["receive", outcome])
         .observe(started.elapsed().as_secs_f64());
-    if let Err(st) = result {
-        tracing::warn!(chunk_id = %chunk_id, session_id = %header.session_id, source = %header.source_node_id, "replica write failed: {}", st.message());
+    if let Err(e) = result {
+        tracing::warn!(chunk_id = %header.chunk_id, session_id = %header.session_id, source = %header.source_node_id, "replica write failed: {e}");
     }
 }
 
@@ -921,8 +814,12 @@ pub(crate) fn replica_received(
 mod tests {
     use super::*;
 
-    fn frame(data: &'static [u8], offset: u64, is_final: bool) -> ChunkData {
-        ChunkData::frame(Bytes::from_static(data), offset, is_final)
+    fn frame(data: &'static [u8], offset: u64, is_final: bool) -> Frame {
+        dfs_proto::ChunkData::frame(Bytes::from_static(data), offset, is_final).into()
+    }
+
+    fn code(r: Result<(), DataPathError>) -> tonic::Code {
+        Status::from(r.unwrap_err()).code()
     }
 
     #[test]
@@ -931,20 +828,20 @@ mod tests {
         assert!(c.accept(&frame(b"01234", 0, false)).is_ok());
         // Gap and overlap.
         assert_eq!(
-            c.accept(&frame(b"56789", 6, true)).unwrap_err().code(),
+            code(c.accept(&frame(b"56789", 6, true))),
             tonic::Code::InvalidArgument
         );
         assert_eq!(
-            c.accept(&frame(b"456789", 4, true)).unwrap_err().code(),
+            code(c.accept(&frame(b"456789", 4, true))),
             tonic::Code::InvalidArgument
         );
         // Corrupted frame.
         let mut bad = frame(b"56789", 5, true);
         bad.frame_checksum ^= 1;
-        assert_eq!(c.accept(&bad).unwrap_err().code(), tonic::Code::DataLoss);
+        assert_eq!(code(c.accept(&bad)), tonic::Code::DataLoss);
         // Too large.
         assert_eq!(
-            c.accept(&frame(b"567890123", 5, true)).unwrap_err().code(),
+            code(c.accept(&frame(b"567890123", 5, true))),
             tonic::Code::InvalidArgument
         );
         assert!(c.accept(&frame(b"56789", 5, true)).is_ok());
@@ -954,12 +851,12 @@ mod tests {
     fn frame_check_verifies_size_and_checksum_at_the_end() {
         let mut c = FrameCheck::new(4, None, 8);
         assert_eq!(
-            c.accept(&frame(b"abc", 0, true)).unwrap_err().code(),
+            code(c.accept(&frame(b"abc", 0, true))),
             tonic::Code::InvalidArgument
         );
         let mut c = FrameCheck::new(3, Some(1), 8);
         assert_eq!(
-            c.accept(&frame(b"abc", 0, true)).unwrap_err().code(),
+            code(c.accept(&frame(b"abc", 0, true))),
             tonic::Code::DataLoss
         );
     }

@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use dfs_proto::{
-    ChunkData, ReplicateChunkHeader, ReplicateChunkRequest, replicate_chunk_request,
-    upload_chunk_response,
-};
+use dfs_proto::{ChunkData, upload_chunk_response};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +20,7 @@ use crate::metrics::stream;
 use crate::node::Node;
 use crate::peers::Target;
 use crate::store::{ChunkId, Store, StoreError};
-use crate::wire::{chunk_meta, status};
+use crate::wire::{Frame, ReplicaHeader, replicate_messages, status};
 
 /// Frames queued towards a reader's consumer.
 const READ_QUEUE_FRAMES: usize = 4;
@@ -236,14 +233,12 @@ pub async fn replicate_to(
         )));
     }
     let started = Instant::now();
-    let header = ReplicateChunkRequest {
-        kind: Some(replicate_chunk_request::Kind::Header(
-            ReplicateChunkHeader {
-                session_id,
-                chunk: Some(chunk_meta(&id, stored)),
-                source_node_id: node.node_id.clone(),
-            },
-        )),
+    let header = ReplicaHeader {
+        session_id,
+        chunk_id: id.clone(),
+        size: stored.size,
+        checksum: Some(stored.checksum),
+        source_node_id: node.node_id.clone(),
     };
     let (frames_tx, mut frames_rx) = mpsc::channel(READ_QUEUE_FRAMES);
     let silent = node.config.replica_stall_timeout * 3;
@@ -260,16 +255,12 @@ pub async fn replicate_to(
     );
     // Frames go out until the first read error, which is kept to explain
     // why the stream ended early (the target then discards its partial copy).
-    let (req_tx, req_rx) = mpsc::channel(READ_QUEUE_FRAMES);
-    let _ = req_tx.try_send(header);
+    let (req_tx, req_rx) = mpsc::channel::<Frame>(READ_QUEUE_FRAMES);
     let pump = tokio::spawn(async move {
         while let Some(item) = frames_rx.recv().await {
             match item {
                 Ok(frame) => {
-                    let req = ReplicateChunkRequest {
-                        kind: Some(replicate_chunk_request::Kind::Data(frame)),
-                    };
-                    if req_tx.send(req).await.is_err() {
+                    if req_tx.send(frame.into()).await.is_err() {
                         return None;
                     }
                 }
@@ -281,7 +272,7 @@ pub async fn replicate_to(
     let result = async {
         let mut client = node.peers.client(&target.address)?;
         let mut responses = client
-            .replicate_chunk(ReceiverStream::new(req_rx))
+            .replicate_chunk(replicate_messages(&header, ReceiverStream::new(req_rx)))
             .await?
             .into_inner();
         // Acks come per frame: a target silent for this long has hung.

@@ -22,7 +22,7 @@ use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, blocking};
 use crate::pipeline::{self, prepare_upload};
 use crate::read::spawn_read;
-use crate::wire::{chunk_meta, parse_id, status};
+use crate::wire::{self, Acks, chunk_meta, parse_id, status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -52,10 +52,15 @@ impl DataNodeService {
                     return;
                 }
             };
-            let last = match pipeline::upload(node, frames, tx.clone()).await {
-                Ok(r) => Ok(replicas_message(r)),
-                Err(st) => Err(st),
-            };
+            let acks = Acks(tx.clone());
+            let last = async {
+                let idle = node.sessions.timeout();
+                let (opening, first, rest) = wire::open_upload(frames, idle, &node.node_id).await?;
+                pipeline::upload(node, opening, first, rest, &acks).await
+            }
+            .await
+            .map(replicas_message)
+            .map_err(Status::from);
             let _ = tx.send(last).await;
         });
         Box::pin(ReceiverStream::new(rx))
@@ -76,10 +81,15 @@ impl DataNodeService {
                     return;
                 }
             };
-            let last = match pipeline::replicate(node, requests, tx.clone()).await {
-                Ok(r) => Ok(replicas_message(r)),
-                Err(st) => Err(st),
-            };
+            let acks = Acks(tx.clone());
+            let last = async {
+                let (header, frames) =
+                    wire::open_replica(requests, node.sessions.timeout()).await?;
+                pipeline::replicate(node, &header, frames, &acks).await
+            }
+            .await
+            .map(replicas_message)
+            .map_err(Status::from);
             let _ = tx.send(last).await;
         });
         Box::pin(ReceiverStream::new(rx))
@@ -98,9 +108,9 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<PrepareChunkUploadRequest>,
     ) -> Result<Response<PrepareChunkUploadResponse>, Status> {
-        let req = request.into_inner();
-        let session_id = req.session_id.clone();
-        let (session, already_stored) = prepare_upload(&self.node, req)?;
+        let mut start = wire::parse_upload_start(request.into_inner(), &self.node.node_id)?;
+        let session_id = std::mem::take(&mut start.session_id);
+        let (session, already_stored) = prepare_upload(&self.node, start)?;
         let session_id = self.node.sessions.insert_upload(session_id, session)?;
         Ok(Response::new(PrepareChunkUploadResponse {
             session_id,

@@ -28,7 +28,7 @@ use tonic::{Status, Streaming};
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::Node;
 use crate::pipeline::{FrameCheck, LocalWrite, receive_frame, replica_received};
-use crate::wire::{parse_meta, status};
+use crate::wire::{DataPathError, parse_small_chunk};
 
 /// Chunks one receiving stream stores at the same time; the next message is
 /// read only when one finishes, so a slow disk pushes back on the sender
@@ -81,12 +81,15 @@ pub async fn receive(
                     code: 0,
                     message: String::new(),
                 },
-                Err(st) => SmallChunkResult {
-                    seq,
-                    replicas: None,
-                    code: st.code() as i32,
-                    message: st.message().to_string(),
-                },
+                Err(e) => {
+                    let st = Status::from(e);
+                    SmallChunkResult {
+                        seq,
+                        replicas: None,
+                        code: st.code() as i32,
+                        message: st.message().to_string(),
+                    }
+                }
             };
             // A sender that stops reading its answers is cut off after the
             // session timeout: the link ends and frees its stream slot.
@@ -108,40 +111,26 @@ pub async fn receive(
 }
 
 /// Verifies and stores one whole chunk, as `ReplicateChunk` would.
-async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, Status> {
-    let header = chunk
-        .header
-        .ok_or_else(|| Status::invalid_argument("SmallChunk without header"))?;
-    let meta = header
-        .chunk
-        .as_ref()
-        .ok_or_else(|| Status::invalid_argument("SmallChunk header without chunk"))?;
-    let (chunk_id, size, checksum) = parse_meta(meta)?;
-    let frame = chunk
-        .data
-        .ok_or_else(|| Status::invalid_argument("SmallChunk without data"))?;
-    if !frame.is_final || frame.offset != 0 {
-        return Err(Status::invalid_argument(
-            "a SmallChunk carries its whole chunk in one final frame at offset 0",
-        ));
-    }
+async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, DataPathError> {
+    let (header, frame) = parse_small_chunk(chunk)?;
+    let (chunk_id, size) = (&header.chunk_id, header.size);
     let _gauge = GaugeGuard::new(
         node.metrics
             .active_sessions
             .with_label_values(&["replicate"]),
     );
     let started = Instant::now();
-    let result: Result<ChunkReplicas, Status> = async {
-        let reservation = node.store.reserve(size).map_err(status)?;
-        let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
+    let result = async {
+        let reservation = node.store.reserve(size)?;
+        let mut check = FrameCheck::new(size, header.checksum, node.max_frame_bytes());
         receive_frame(node, &mut check, &frame, stream::REPLICATE)?;
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         local.write(frame.data).await?;
         let stored = local.finish(size, Some(check.crc)).await?;
         drop(reservation);
-        Ok(crate::pipeline::stored_answer(node, &chunk_id, stored))
+        Ok(crate::pipeline::stored_answer(node, chunk_id, stored))
     }
     .await;
-    replica_received(node, started, &result, &chunk_id, &header);
+    replica_received(node, started, &result, &header);
     result
 }

@@ -44,7 +44,21 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = DEFAULT_MAX_FRAME_BYTES + 64 * 1024;
 /// Length of a chunk id: 32 lowercase hex characters (128 bits).
 pub const CHUNK_ID_LEN: usize = 32;
 
-/// Response metadata a follower of a coordinator group adds when it refuses
-/// a write or a heartbeat (UNAVAILABLE): the leader's gRPC URL, where the
-/// caller retries.
+/// Response metadata naming the leader of a coordinator group (its gRPC
+/// URL): on an UNAVAILABLE from a member that cannot answer (the caller
+/// retries there), and on every answer a follower forwarded from the leader
+/// (the caller may go there directly next time).
 pub const LEADER_METADATA: &str = "dfs-leader";
+
+/// Request metadata a coordinator sets on a call it forwards to its
+/// group's leader: a forwarded call is never forwarded again.
+pub const FORWARDED_METADATA: &str = "dfs-forwarded";
+
+/// Request metadata choosing a read's consistency. Reads (Stat,
+/// ListDirectory, DownloadFile) are linearizable unless it is
+/// [`STALE_READ`]: then any member answers from what it has applied, which
+/// may lag the leader by the entries not yet replicated to it.
+pub const READ_METADATA: &str = "dfs-read";
+
+/// The value of [`READ_METADATA`] that allows a stale read.
+pub const STALE_READ: &str = "stale";
