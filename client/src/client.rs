@@ -49,6 +49,12 @@ pub struct ClientConfig {
     /// (UploadFiles, ConfirmUploads). Off sends one UploadFile and one
     /// ConfirmUpload per file (to measure the difference).
     pub batch_small_files: bool,
+    /// Reads (stat, list, chunk maps) answered by whichever coordinator of
+    /// a group the client is connected to, from what it has applied. Off
+    /// (the default), a read is linearizable: the leader answers it after
+    /// a quorum confirmed it still leads, so it sees every write
+    /// acknowledged before it was sent.
+    pub stale_reads: bool,
 }
 
 impl ClientConfig {
@@ -65,6 +71,7 @@ impl ClientConfig {
             frame_bytes: dfs_proto::DEFAULT_FRAME_BYTES,
             upload_attempts: 4,
             batch_small_files: true,
+            stale_reads: false,
         }
     }
 }
@@ -107,21 +114,33 @@ impl Client {
                     continue;
                 }
             };
+            // A follower forwards the call to its leader and names it in
+            // the answer's metadata; an older member answers itself and
+            // names the leader among the group's members.
             let leader = coordinator
                 .clone()
                 .get_cluster_status(GetClusterStatusRequest {})
                 .await
                 .ok()
                 .and_then(|s| {
-                    s.into_inner()
-                        .coordinators
-                        .into_iter()
-                        .find(|m| m.role == "leader" && !m.answering)
-                });
+                    let hint = s
+                        .metadata()
+                        .get(dfs_proto::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    hint.or_else(|| {
+                        s.into_inner()
+                            .coordinators
+                            .into_iter()
+                            .find(|m| m.role == "leader" && !m.answering)
+                            .map(|m| m.address)
+                    })
+                })
+                .filter(|leader| leader != address);
             if let Some(leader) = leader
-                && let Ok(c) = Self::connect_one(&config, &leader.address).await
+                && let Ok(c) = Self::connect_one(&config, &leader).await
             {
-                config.coordinator = leader.address;
+                config.coordinator = leader;
                 return Ok(Self::with_coordinator(config, c));
             }
             config.coordinator = address.clone();
@@ -184,11 +203,23 @@ impl Client {
         Ok(channel)
     }
 
+    /// A read request, marked stale when the configuration allows it.
+    fn read<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if self.config.stale_reads {
+            req.metadata_mut().insert(
+                dfs_proto::READ_METADATA,
+                tonic::metadata::MetadataValue::from_static(dfs_proto::STALE_READ),
+            );
+        }
+        req
+    }
+
     /// Describes one path.
     pub async fn stat(&self, path: &str) -> Result<FileInfo, ClientError> {
         self.coordinator
             .clone()
-            .stat(StatRequest { path: path.into() })
+            .stat(self.read(StatRequest { path: path.into() }))
             .await
             .map_err(|s| ClientError::from_status(&self.config.coordinator, "Stat", path, s))?
             .into_inner()
@@ -218,11 +249,11 @@ impl Client {
             let page = self
                 .coordinator
                 .clone()
-                .list_directory(ListDirectoryRequest {
+                .list_directory(self.read(ListDirectoryRequest {
                     path: path.into(),
                     page_token,
                     page_size: 0,
-                })
+                }))
                 .await
                 .map_err(|s| {
                     ClientError::from_status(&self.config.coordinator, "ListDirectory", path, s)
@@ -276,7 +307,7 @@ impl Client {
     pub async fn chunk_map(&self, path: &str) -> Result<ChunkMap, ClientError> {
         self.coordinator
             .clone()
-            .download_file(DownloadFileRequest { path: path.into() })
+            .download_file(self.read(DownloadFileRequest { path: path.into() }))
             .await
             .map_err(|s| {
                 ClientError::from_status(&self.config.coordinator, "DownloadFile", path, s)

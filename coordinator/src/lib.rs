@@ -310,6 +310,7 @@ pub async fn serve(
         streams: Mutex::new(Default::default()),
         shutdown: stop_rx.clone(),
         raft: raft.clone(),
+        reads: service::leader::ReadBarrier::new(raft.clone()),
     });
     {
         let ctx = ctx.clone();
@@ -384,6 +385,9 @@ pub async fn serve(
     let svc = CoordinatorServer::new(CoordinatorService::new(ctx.clone()))
         .max_decoding_message_size(transport::MAX_MESSAGE_BYTES.max(64 << 20))
         .max_encoding_message_size(usize::MAX);
+    // A follower forwards namespace calls to the leader (a single
+    // coordinator answers all of them itself).
+    let svc = service::leader::LeaderRouter::new(svc, ctx.clone());
     let addr = grpc.local_addr().ok();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -44,6 +44,9 @@ pub const RPC_METHODS: [&str; 19] = [
 /// carry.
 pub const BATCHED_METHODS: [&str; 2] = ["UploadFile", "ConfirmUpload"];
 
+/// `outcome` of `forwarded_calls`.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["ok", "refused", "unreachable"];
+
 /// Every gRPC status code (`code` of `rpc_requests`, see [`code_label`]).
 pub const RPC_CODES: [tonic::Code; 17] = {
     use tonic::Code::*;
@@ -92,6 +95,9 @@ pub struct Metrics {
     rpc_duration: HistogramVec,
     batched_calls: IntCounterVec,
     heartbeat_age: GaugeVec,
+    forwarded_calls: IntCounterVec,
+    read_barrier_rounds: IntCounter,
+    read_barrier_reads: IntCounter,
     /// Metadata commits (write transactions).
     pub commits: IntCounter,
     /// Commands per metadata commit (group commit).
@@ -310,6 +316,29 @@ impl Metrics {
                     &[&RPC_METHODS],
                 ),
             ),
+            forwarded_calls: reg(
+                &r,
+                f,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "dfs_coordinator_forwarded_calls_total",
+                            "Calls a follower handled for its group's leader, by outcome: ok (forwarded and answered), refused (no leader known, a second hop, or too many in flight), unreachable (the leader did not answer).",
+                        ),
+                        &["outcome"],
+                    )
+                    .expect("valid metric"),
+                    &[&FORWARD_OUTCOMES],
+                ),
+            ),
+            read_barrier_rounds: c(
+                "dfs_coordinator_read_barrier_rounds_total",
+                "Rounds in which the leader confirmed its leadership with a quorum before answering reads.",
+            ),
+            read_barrier_reads: c(
+                "dfs_coordinator_read_barrier_reads_total",
+                "Linearizable reads answered after a leadership confirmation round (divided by the rounds: reads per round).",
+            ),
             batched_calls: reg(
                 &r,
                 f,
@@ -377,6 +406,19 @@ impl Metrics {
             families: families.into_inner(),
             registry: r,
         }
+    }
+
+    /// Counts one call a follower handled for the leader (see
+    /// [`FORWARD_OUTCOMES`]).
+    pub fn forwarded(&self, outcome: &str) {
+        debug_assert!(FORWARD_OUTCOMES.contains(&outcome));
+        self.forwarded_calls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts one leadership confirmation round covering `reads` reads.
+    pub fn read_barrier(&self, reads: usize) {
+        self.read_barrier_rounds.inc();
+        self.read_barrier_reads.inc_by(reads as u64);
     }
 
     /// Records one RPC.

@@ -1,9 +1,9 @@
 //! Three `dfs-coordinator` processes on 127.0.0.1 as one group (`--peers`):
-//! writes go through the leader, a follower refuses them with UNAVAILABLE
-//! and the leader's address (`dfs-leader` metadata), every member serves
-//! what was written, a SIGKILLed leader is replaced and writes resume (the
-//! time is printed), and the killed member comes back on its directory and
-//! catches up.
+//! writes go through the leader (a follower forwards them and names the
+//! leader in `dfs-leader` metadata), every member applies what was written,
+//! reads are linearizable unless a stale one is asked for, a SIGKILLed
+//! leader is replaced and writes resume (the time is printed), and the
+//! killed member comes back on its directory and catches up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,33 +103,60 @@ async fn client(url: &str) -> Option<CoordinatorClient<tonic::transport::Channel
     endpoint.connect().await.ok().map(CoordinatorClient::new)
 }
 
-async fn mkdir(url: &str, path: &str) -> Result<(), tonic::Status> {
+/// Mkdir at `url`: the leader's URL when a follower forwarded the call
+/// (its `dfs-leader` answer metadata), `None` when `url` answered itself.
+async fn mkdir(url: &str, path: &str) -> Result<Option<String>, tonic::Status> {
     let Some(mut c) = client(url).await else {
         return Err(tonic::Status::unavailable("not reachable"));
     };
-    c.mkdir(MkdirRequest {
-        path: path.into(),
-        parents: false,
-    })
-    .await
-    .map(|_| ())
+    let answer = c
+        .mkdir(MkdirRequest {
+            path: path.into(),
+            parents: false,
+        })
+        .await?;
+    Ok(answer
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
 }
 
-async fn exists(url: &str, path: &str) -> bool {
+/// Stat at `url`: linearizable (answered by the leader), or `stale`
+/// (answered by `url` from what it has applied).
+async fn stat(url: &str, path: &str, stale: bool) -> Result<(), tonic::Status> {
     let Some(mut c) = client(url).await else {
-        return false;
+        return Err(tonic::Status::unavailable("not reachable"));
     };
-    c.stat(StatRequest { path: path.into() }).await.is_ok()
+    let mut req = tonic::Request::new(StatRequest { path: path.into() });
+    if stale {
+        req.metadata_mut().insert(
+            dfs_proto::READ_METADATA,
+            dfs_proto::STALE_READ.parse().unwrap(),
+        );
+    }
+    c.stat(req).await.map(|_| ())
 }
 
-/// Writes `path` through whichever member leads; returns the leader's
-/// index once one accepted it.
+/// Whether the member at `url` itself has applied `path`.
+async fn exists(url: &str, path: &str) -> bool {
+    stat(url, path, true).await.is_ok()
+}
+
+/// Writes `path` through any member; returns the leader's index once the
+/// write was acknowledged.
 async fn write_somewhere(members: &[Member], path: &str, secs: u64) -> usize {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         for (i, m) in members.iter().enumerate() {
-            if m.child.is_some() && mkdir(&m.url, path).await.is_ok() {
-                return i;
+            if m.child.is_none() {
+                continue;
+            }
+            if let Ok(hint) = mkdir(&m.url, path).await {
+                return match hint {
+                    None => i,
+                    Some(url) => members.iter().position(|m| m.url == url).unwrap(),
+                };
             }
         }
         assert!(
@@ -154,18 +181,11 @@ async fn a_group_of_three_processes_writes_through_its_leader_and_survives_its_k
     let mut members = group(tmp.path());
     let leader = write_somewhere(&members, "/a", 20).await;
 
-    // A follower refuses writes and names the leader.
+    // A follower forwards writes to the leader and names it.
     let follower = (0..3).find(|i| *i != leader).unwrap();
-    let err = mkdir(&members[follower].url, "/no").await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert_eq!(
-        err.metadata()
-            .get(LEADER_METADATA)
-            .and_then(|v| v.to_str().ok()),
-        Some(members[leader].url.as_str()),
-        "{err:?}"
-    );
-    mkdir(&members[leader].url, "/a/b").await.unwrap();
+    let hint = mkdir(&members[follower].url, "/forwarded").await.unwrap();
+    assert_eq!(hint.as_deref(), Some(members[leader].url.as_str()));
+    assert_eq!(mkdir(&members[leader].url, "/a/b").await.unwrap(), None);
 
     // The status names the group: the leader answers for everyone.
     let mut c = client(&members[leader].url).await.unwrap();
@@ -237,4 +257,48 @@ async fn a_group_of_three_processes_writes_through_its_leader_and_survives_its_k
             .any(|l| l.contains("coordinator group bootstrapped")),
         "the group was bootstrapped once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_linearizable_unless_a_stale_one_is_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = group(tmp.path());
+    let leader = write_somewhere(&members, "/a", 20).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+
+    // Written through one follower, read at once through the other: the
+    // read is answered after the write, whatever the second follower has
+    // applied yet.
+    for n in 0..20 {
+        let path = format!("/a/{n}");
+        mkdir(&members[followers[0]].url, &path).await.unwrap();
+        stat(&members[followers[1]].url, &path, false)
+            .await
+            .unwrap_or_else(|e| panic!("{path} written but not read: {e:?}"));
+    }
+
+    // A leader cut off from both followers cannot confirm that it still
+    // leads: it refuses linearizable reads, and answers stale ones from
+    // what it has.
+    for f in &followers {
+        members[*f].kill();
+    }
+    let url = members[leader].url.clone();
+    stat(&url, "/a/19", true).await.unwrap();
+    let err = stat(&url, "/a/19", false).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        ),
+        "a leader without a quorum answered a linearizable read: {err:?}"
+    );
+    // The client library asks for the same with `stale_reads`.
+    let mut config = dfs_client::ClientConfig::new(url.clone());
+    config.request_timeout = Duration::from_secs(8);
+    let linearizable = dfs_client::Client::connect(config.clone()).await.unwrap();
+    assert!(linearizable.stat("/a/19").await.is_err());
+    config.stale_reads = true;
+    let stale = dfs_client::Client::connect(config).await.unwrap();
+    assert_eq!(stale.stat("/a/19").await.unwrap().path, "/a/19");
 }

@@ -38,6 +38,13 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 4)]
     concurrency: usize,
 
+    /// Let any member of a coordinator group answer reads (stat, ls, get's
+    /// chunk map) from what it has applied, instead of the leader after it
+    /// confirmed it leads: faster and available without a leader, but it
+    /// may miss the latest writes.
+    #[arg(long, global = true, env = "DFS_STALE_READS")]
+    stale_reads: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -161,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = || {
         let mut config = ClientConfig::new(cli.coordinator.clone());
         config.concurrency = cli.concurrency.max(1);
+        config.stale_reads = cli.stale_reads;
         config
     };
     let connect = || Client::connect(config());

@@ -12,6 +12,7 @@
 
 mod convert;
 mod datanodes;
+pub mod leader;
 mod reads;
 mod upload;
 
@@ -159,6 +160,8 @@ pub struct Ctx {
     /// The Raft group this coordinator is a member of (none: a single
     /// coordinator).
     pub raft: Option<openraft::Raft<crate::raft::TypeConfig>>,
+    /// Makes reads on the leader linearizable.
+    pub reads: Arc<leader::ReadBarrier>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -189,21 +192,44 @@ impl Ctx {
         }
     }
 
-    /// UNAVAILABLE with the leader's address, on a follower.
-    pub fn check_leader(&self) -> Result<(), Status> {
-        if self.is_leader() {
-            return Ok(());
-        }
-        let leader = self.raft.as_ref().and_then(|raft| {
-            let m = raft.metrics();
-            let m = m.borrow();
-            let id = m.current_leader?;
+    /// Who leads the group, as this member knows it.
+    pub fn leadership(&self) -> leader::Leadership {
+        let Some(raft) = &self.raft else {
+            return leader::Leadership {
+                is_leader: true,
+                leader: None,
+            };
+        };
+        let m = raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader.and_then(|id| {
             m.membership_config
                 .nodes()
                 .find(|(n, _)| **n == id)
                 .map(|(_, node)| node.addr.clone())
         });
-        Err(ProposeError::NotLeader { leader }.into())
+        leader::Leadership {
+            is_leader: m.current_leader == Some(m.id),
+            leader,
+        }
+    }
+
+    /// UNAVAILABLE with the leader's address, on a follower.
+    pub fn check_leader(&self) -> Result<(), Status> {
+        let who = self.leadership();
+        if who.is_leader {
+            return Ok(());
+        }
+        Err(ProposeError::NotLeader { leader: who.leader }.into())
+    }
+
+    /// Waits until a read may be answered: at once for a stale read (or a
+    /// single coordinator), else after the leader confirmed it leads.
+    async fn read_barrier(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        if leader::wants_stale(metadata) {
+            return Ok(());
+        }
+        self.reads.wait(&self.metrics).await
     }
 
     async fn propose(&self, cmd: Command) -> Result<Outcome, Status> {
@@ -348,9 +374,11 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::DownloadFileRequest>,
     ) -> Result<Response<pb::DownloadFileResponse>, Status> {
-        let req = r.into_inner();
-        self.timed("DownloadFile", async { self.download_impl(req) })
-            .await
+        self.timed("DownloadFile", async {
+            self.ctx.read_barrier(r.metadata()).await?;
+            self.download_impl(r.into_inner())
+        })
+        .await
     }
 
     async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Result<Response<pb::FileInfo>, Status> {
@@ -374,15 +402,17 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::ListDirectoryRequest>,
     ) -> Result<Response<pb::ListDirectoryResponse>, Status> {
-        let req = r.into_inner();
-        self.timed("ListDirectory", async { self.list_impl(req) })
-            .await
+        self.timed("ListDirectory", async {
+            self.ctx.read_barrier(r.metadata()).await?;
+            self.list_impl(r.into_inner())
+        })
+        .await
     }
 
     async fn stat(&self, r: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
-        let req = r.into_inner();
         self.timed("Stat", async {
-            let path = parse_path(&req.path)?;
+            self.ctx.read_barrier(r.metadata()).await?;
+            let path = parse_path(&r.get_ref().path)?;
             Ok(file_info(&self.ctx.lock().ns.stat(&path)?))
         })
         .await
