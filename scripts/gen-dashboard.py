@@ -170,6 +170,14 @@ panels.append(panel("timeseries", "Follower lag and elections", "Entries the fur
                      (f"max(increase(dfs_coordinator_raft_leader_changes_total{{{COORD}}}[15m]))", "leader changes / 15m")],
                     (8, 8, 16, y)))
 y += 8
+panels.append(panel("timeseries", "Calls forwarded to the leader", "Calls followers handled for the leader per second, by outcome (refused: no leader, a second hop or too many in flight; unreachable: the leader did not answer).",
+                    [(f"sum by (outcome) (rate(dfs_coordinator_forwarded_calls_total{{{COORD}}}[$__rate_interval]))", "{{outcome}}")],
+                    (8, 12, 0, y), unit="ops"))
+panels.append(panel("timeseries", "Linearizable reads", "Leadership confirmation rounds per second on the leader, and the reads each round answered on average.",
+                    [(f"sum(rate(dfs_coordinator_read_barrier_rounds_total{{{COORD}}}[$__rate_interval]))", "rounds/s"),
+                     (f"sum(rate(dfs_coordinator_read_barrier_reads_total{{{COORD}}}[$__rate_interval])) / clamp_min(sum(rate(dfs_coordinator_read_barrier_rounds_total{{{COORD}}}[$__rate_interval])), 1e-9)", "reads per round")],
+                    (8, 12, 12, y)))
+y += 8
 row("Operator", y); y += 1
 panels.append(panel("timeseries", "Operator reconcile errors", "Failed reconciles per second by error kind (all DfsClusters the operator manages).",
                     [("sum by (error) (rate(dfs_operator_reconcile_failures_total[$__rate_interval]))", "{{error}}")],
