@@ -28,6 +28,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::coordinators::Coordinators;
+
 /// Batches on the wire at once per batcher: one being answered while the
 /// next fills keeps the coordinator's committer busy without queueing.
 pub const MAX_IN_FLIGHT: usize = 2;
@@ -139,7 +141,7 @@ fn answer<Resp>(replies: Vec<Reply<Resp>>, outcome: Result<Vec<Result<Resp, Stat
 }
 
 /// A coordinator call that has a batch form.
-pub trait Batchable: Clone + Send + 'static {
+pub trait Batchable: Clone + Send + Sync + 'static {
     /// The unary call's answer.
     type Response: Send + 'static;
 
@@ -215,23 +217,32 @@ impl Batchable for ConfirmUploadRequest {
 /// The batcher of one kind of coordinator call: the batch form, or the
 /// unary call per request for a batch of one and, from its first
 /// UNIMPLEMENTED on, for a coordinator that predates the batch form.
-pub fn coordinator_batcher<R: Batchable>(
-    coordinator: CoordinatorClient<Channel>,
+pub(crate) fn coordinator_batcher<R: Batchable>(
+    coordinators: Coordinators,
 ) -> Batcher<R, R::Response> {
     let unsupported = Arc::new(AtomicBool::new(false));
     Batcher::start(Arc::new(move |requests: Vec<R>| {
-        let c = coordinator.clone();
+        let c = coordinators.clone();
         let unsupported = unsupported.clone();
         Box::pin(async move {
             if requests.len() > 1 && !unsupported.load(Ordering::Relaxed) {
-                match R::call_batch(c.clone(), requests.clone()).await {
+                match c
+                    .call(|client| R::call_batch(client, requests.clone()))
+                    .await
+                {
                     Err(st) if st.code() == Code::Unimplemented => {
                         unsupported.store(true, Ordering::Relaxed);
                     }
                     answered => return answered,
                 }
             }
-            Ok(join_all(requests.into_iter().map(|r| R::call_one(c.clone(), r))).await)
+            let c = &c;
+            Ok(join_all(
+                requests
+                    .into_iter()
+                    .map(|r| async move { c.call(|client| R::call_one(client, r.clone())).await }),
+            )
+            .await)
         })
     }))
 }

@@ -15,6 +15,7 @@ use dfs_proto::{
 use tonic::transport::Channel;
 
 use crate::batch::{self, Batcher};
+use crate::coordinators::Coordinators;
 use crate::error::ClientError;
 use dfs_common::id::NodeId;
 
@@ -55,6 +56,10 @@ pub struct ClientConfig {
     /// a quorum confirmed it still leads, so it sees every write
     /// acknowledged before it was sent.
     pub stale_reads: bool,
+    /// How long a call keeps trying the other members of a coordinator
+    /// group while the one it went to is unavailable (a leader change takes
+    /// one or two seconds). Unused with a single coordinator.
+    pub failover_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -72,6 +77,7 @@ impl ClientConfig {
             upload_attempts: 4,
             batch_small_files: true,
             stale_reads: false,
+            failover_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -80,7 +86,7 @@ impl ClientConfig {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) config: ClientConfig,
-    pub(crate) coordinator: CoordinatorClient<Channel>,
+    pub(crate) coordinators: Coordinators,
     /// UploadFile calls of concurrent puts, sent together.
     pub(crate) plans: Batcher<UploadFileRequest, UploadPlan>,
     /// ConfirmUpload calls of concurrent puts, sent together.
@@ -141,10 +147,10 @@ impl Client {
                 && let Ok(c) = Self::connect_one(&config, &leader).await
             {
                 config.coordinator = leader;
-                return Ok(Self::with_coordinator(config, c));
+                return Ok(Self::with_coordinator(config, c, &candidates));
             }
             config.coordinator = address.clone();
-            return Ok(Self::with_coordinator(config, coordinator));
+            return Ok(Self::with_coordinator(config, coordinator, &candidates));
         }
         Err(last.unwrap_or_else(|| ClientError::InvalidEndpoint {
             address: config.coordinator.clone(),
@@ -170,17 +176,33 @@ impl Client {
                     address: address.to_string(),
                     reason: source_chain(&e),
                 })?;
-        Ok(CoordinatorClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+        Ok(coordinator_client(channel))
     }
 
-    fn with_coordinator(config: ClientConfig, coordinator: CoordinatorClient<Channel>) -> Client {
+    /// A client calling `coordinator` (at `config.coordinator`) first,
+    /// and failing over to the other members of `candidates`.
+    fn with_coordinator(
+        config: ClientConfig,
+        coordinator: CoordinatorClient<Channel>,
+        candidates: &[String],
+    ) -> Client {
+        let mut members = vec![(config.coordinator.clone(), coordinator)];
+        for url in candidates {
+            if *url == config.coordinator {
+                continue;
+            }
+            // Lazily: a member that is down now may be the leader later.
+            if let Ok(endpoint) = dfs_common::transport::endpoint(url, config.connect_timeout) {
+                let channel = endpoint.timeout(config.request_timeout).connect_lazy();
+                members.push((url.clone(), coordinator_client(channel)));
+            }
+        }
+        let coordinators = Coordinators::new(members, 0, config.failover_timeout);
         Client {
             config,
-            plans: batch::coordinator_batcher(coordinator.clone()),
-            confirms: batch::coordinator_batcher(coordinator.clone()),
-            coordinator,
+            plans: batch::coordinator_batcher(coordinators.clone()),
+            confirms: batch::coordinator_batcher(coordinators.clone()),
+            coordinators,
             datanodes: Arc::default(),
         }
     }
@@ -217,9 +239,11 @@ impl Client {
 
     /// Describes one path.
     pub async fn stat(&self, path: &str) -> Result<FileInfo, ClientError> {
-        self.coordinator
-            .clone()
-            .stat(self.read(StatRequest { path: path.into() }))
+        self.coordinators
+            .call(|mut c| {
+                let request = self.read(StatRequest { path: path.into() });
+                async move { c.stat(request).await }
+            })
             .await
             .map_err(|s| ClientError::from_status(&self.config.coordinator, "Stat", path, s))?
             .into_inner()
@@ -229,11 +253,19 @@ impl Client {
     /// Creates a directory; with `parents`, also its missing parents (and an
     /// existing directory is not an error).
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileInfo, ClientError> {
-        self.coordinator
-            .clone()
-            .mkdir(MkdirRequest {
-                path: path.into(),
-                parents,
+        // One id for every attempt: a retry after a lost answer is not
+        // applied twice (see crate::coordinators).
+        let request_id = dfs_common::id::random_hex_id();
+        self.coordinators
+            .call(|mut c| {
+                let request = with_request_id(
+                    MkdirRequest {
+                        path: path.into(),
+                        parents,
+                    },
+                    &request_id,
+                );
+                async move { c.mkdir(request).await }
             })
             .await
             .map_err(|s| ClientError::from_status(&self.config.coordinator, "Mkdir", path, s))?
@@ -247,13 +279,15 @@ impl Client {
         let mut page_token = String::new();
         loop {
             let page = self
-                .coordinator
-                .clone()
-                .list_directory(self.read(ListDirectoryRequest {
-                    path: path.into(),
-                    page_token,
-                    page_size: 0,
-                }))
+                .coordinators
+                .call(|mut c| {
+                    let request = self.read(ListDirectoryRequest {
+                        path: path.into(),
+                        page_token: page_token.clone(),
+                        page_size: 0,
+                    });
+                    async move { c.list_directory(request).await }
+                })
                 .await
                 .map_err(|s| {
                     ClientError::from_status(&self.config.coordinator, "ListDirectory", path, s)
@@ -271,11 +305,19 @@ impl Client {
 
     /// Deletes a file, or a directory (`recursive` for a non-empty one).
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<DeleteSummary, ClientError> {
-        self.coordinator
-            .clone()
-            .delete(DeleteRequest {
-                path: path.into(),
-                recursive,
+        // One id for every attempt: a retry after a lost answer is not
+        // applied twice (see crate::coordinators).
+        let request_id = dfs_common::id::random_hex_id();
+        self.coordinators
+            .call(|mut c| {
+                let request = with_request_id(
+                    DeleteRequest {
+                        path: path.into(),
+                        recursive,
+                    },
+                    &request_id,
+                );
+                async move { c.delete(request).await }
             })
             .await
             .map(|r| r.into_inner().into())
@@ -284,11 +326,19 @@ impl Client {
 
     /// Renames or moves `source` to `destination` atomically.
     pub async fn rename(&self, source: &str, destination: &str) -> Result<FileInfo, ClientError> {
-        self.coordinator
-            .clone()
-            .rename(RenameRequest {
-                source: source.into(),
-                destination: destination.into(),
+        // One id for every attempt: a retry after a lost answer is not
+        // applied twice (see crate::coordinators).
+        let request_id = dfs_common::id::random_hex_id();
+        self.coordinators
+            .call(|mut c| {
+                let request = with_request_id(
+                    RenameRequest {
+                        source: source.into(),
+                        destination: destination.into(),
+                    },
+                    &request_id,
+                );
+                async move { c.rename(request).await }
             })
             .await
             .map_err(|s| {
@@ -305,9 +355,11 @@ impl Client {
 
     /// The chunk map of a file: every chunk with its checksum and replicas.
     pub async fn chunk_map(&self, path: &str) -> Result<ChunkMap, ClientError> {
-        self.coordinator
-            .clone()
-            .download_file(self.read(DownloadFileRequest { path: path.into() }))
+        self.coordinators
+            .call(|mut c| {
+                let request = self.read(DownloadFileRequest { path: path.into() });
+                async move { c.download_file(request).await }
+            })
             .await
             .map_err(|s| {
                 ClientError::from_status(&self.config.coordinator, "DownloadFile", path, s)
@@ -318,9 +370,11 @@ impl Client {
 
     /// Every datanode the coordinator knows, with its state.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>, ClientError> {
-        self.coordinator
-            .clone()
-            .list_nodes(ListNodesRequest {})
+        self.coordinators
+            .call(|mut c| {
+                let request = ListNodesRequest {};
+                async move { c.list_nodes(request).await }
+            })
             .await
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "ListNodes", s))?
             .into_inner()
@@ -332,9 +386,11 @@ impl Client {
 
     /// Health summary of the cluster.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
-        self.coordinator
-            .clone()
-            .get_cluster_status(GetClusterStatusRequest {})
+        self.coordinators
+            .call(|mut c| {
+                let request = GetClusterStatusRequest {};
+                async move { c.get_cluster_status(request).await }
+            })
             .await
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "GetClusterStatus", s))?
             .into_inner()
@@ -347,11 +403,13 @@ impl Client {
         node_id: &NodeId,
         cancel: bool,
     ) -> Result<NodeStatus, ClientError> {
-        self.coordinator
-            .clone()
-            .decommission_node(DecommissionNodeRequest {
-                node_id: node_id.to_string(),
-                cancel,
+        self.coordinators
+            .call(|mut c| {
+                let request = DecommissionNodeRequest {
+                    node_id: node_id.to_string(),
+                    cancel,
+                };
+                async move { c.decommission_node(request).await }
             })
             .await
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "DecommissionNode", s))?
@@ -362,9 +420,11 @@ impl Client {
     /// Enters (`true`) or leaves (`false`) safe mode (admin): while on, the
     /// coordinator deletes and repairs nothing. Returns the status after.
     pub async fn set_safe_mode(&self, enabled: bool) -> Result<ClusterStatus, ClientError> {
-        self.coordinator
-            .clone()
-            .set_safe_mode(dfs_proto::SetSafeModeRequest { enabled })
+        self.coordinators
+            .call(|mut c| {
+                let request = dfs_proto::SetSafeModeRequest { enabled };
+                async move { c.set_safe_mode(request).await }
+            })
             .await
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetSafeMode", s))?
             .into_inner()
@@ -378,18 +438,39 @@ impl Client {
         enabled: bool,
         duration: Duration,
     ) -> Result<NodeStatus, ClientError> {
-        self.coordinator
-            .clone()
-            .set_node_maintenance(SetNodeMaintenanceRequest {
-                node_id: node_id.to_string(),
-                enabled,
-                duration_seconds: duration.as_secs(),
+        self.coordinators
+            .call(|mut c| {
+                let request = SetNodeMaintenanceRequest {
+                    node_id: node_id.to_string(),
+                    enabled,
+                    duration_seconds: duration.as_secs(),
+                };
+                async move { c.set_node_maintenance(request).await }
             })
             .await
             .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetNodeMaintenance", s))?
             .into_inner()
             .try_into()
     }
+}
+
+/// A coordinator client with the message limits every call needs.
+fn coordinator_client(channel: Channel) -> CoordinatorClient<Channel> {
+    CoordinatorClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// `message` naming its logical write (see
+/// [`dfs_proto::REQUEST_ID_METADATA`]).
+fn with_request_id<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(v) = request_id.parse() {
+        request
+            .metadata_mut()
+            .insert(dfs_proto::REQUEST_ID_METADATA, v);
+    }
+    request
 }
 
 /// An error with its sources, on one line ("transport error: connection refused").

@@ -60,6 +60,7 @@
 
 mod batch;
 mod client;
+mod coordinators;
 mod error;
 mod get;
 mod put;

@@ -198,9 +198,11 @@ impl Client {
         let planned = if small {
             self.plans.call(request).await
         } else {
-            self.coordinator
-                .clone()
-                .upload_file(request)
+            self.coordinators
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.upload_file(request).await }
+                })
                 .await
                 .map(|r| r.into_inner())
         };
@@ -231,9 +233,11 @@ impl Client {
         let confirmed = if small {
             self.confirms.call(request).await
         } else {
-            self.coordinator
-                .clone()
-                .confirm_upload(request)
+            self.coordinators
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.confirm_upload(request).await }
+                })
                 .await
                 .map(|r| r.into_inner())
         };
@@ -262,7 +266,14 @@ impl Client {
         let request = AbortUploadRequest {
             upload_id: upload_id.into(),
         };
-        if let Err(status) = self.coordinator.clone().abort_upload(request).await {
+        if let Err(status) = self
+            .coordinators
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.abort_upload(request).await }
+            })
+            .await
+        {
             tracing::debug!("abort of upload {upload_id} failed: {}", status.message());
         }
     }
@@ -343,19 +354,17 @@ impl Client {
             exclude_nodes,
         };
         let excluded = !exclude.is_empty();
-        match self
-            .coordinator
-            .clone()
-            .replan_chunk(request(exclude))
-            .await
-        {
+        let replan = |exclude: Vec<String>| {
+            self.coordinators.call(move |mut c| {
+                let request = request(exclude.clone());
+                async move { c.replan_chunk(request).await }
+            })
+        };
+        match replan(exclude).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(status) if excluded && status.code() == Code::FailedPrecondition => self
-                .coordinator
-                .clone()
-                .replan_chunk(request(Vec::new()))
-                .await
-                .map(|r| r.into_inner()),
+            Err(status) if excluded && status.code() == Code::FailedPrecondition => {
+                replan(Vec::new()).await.map(|r| r.into_inner())
+            }
             Err(status) => Err(status),
         }
     }

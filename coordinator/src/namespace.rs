@@ -187,6 +187,65 @@ pub enum Command {
     SetDraining { node_id: NodeId, draining: bool },
     /// Puts a datanode into maintenance until `until_ms` (0 ends it).
     SetMaintenance { node_id: NodeId, until_ms: u64 },
+    /// Applies `command` at most once per `request_id`: a second `Once`
+    /// with the same id (a retry whose first answer was lost, for example
+    /// across a leader change) changes nothing and returns the first
+    /// success's outcome. Remembered for [`ONCE_WINDOW_MS`] after `now_ms`
+    /// and for the last [`MAX_ONCE`] ids; a failed command is not
+    /// remembered (it changed nothing, so a retry is evaluated again).
+    Once {
+        request_id: String,
+        now_ms: u64,
+        command: Box<Command>,
+    },
+}
+
+/// How long a [`Command::Once`] id is remembered, by the clock of the
+/// leaders that proposed them.
+pub const ONCE_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Most [`Command::Once`] ids remembered at a time (oldest forgotten first).
+pub const MAX_ONCE: usize = 200_000;
+
+impl Command {
+    /// The command that takes effect: the one a [`Command::Once`] wraps.
+    pub fn effective(&self) -> &Command {
+        match self {
+            Command::Once { command, .. } => command.effective(),
+            c => c,
+        }
+    }
+}
+
+/// The outcomes of applied [`Command::Once`] ids, oldest first.
+#[derive(Debug, Clone, Default)]
+struct OnceTable {
+    order: std::collections::VecDeque<(String, u64)>,
+    outcomes: HashMap<String, Outcome>,
+}
+
+impl OnceTable {
+    fn record(&mut self, request_id: &str, now_ms: u64, outcome: Outcome) {
+        while let Some((old, at)) = self.order.front() {
+            if self.order.len() < MAX_ONCE && at.saturating_add(ONCE_WINDOW_MS) >= now_ms {
+                break;
+            }
+            self.outcomes.remove(old);
+            self.order.pop_front();
+        }
+        self.order.push_back((request_id.to_string(), now_ms));
+        self.outcomes.insert(request_id.to_string(), outcome);
+    }
+}
+
+/// One remembered [`Command::Once`] in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnceRecord {
+    /// The request id.
+    pub request_id: String,
+    /// When it was applied (the proposing leader's clock).
+    pub at_ms: u64,
+    /// What it returned.
+    pub outcome: Outcome,
 }
 
 /// What a successful command produced.
@@ -303,6 +362,7 @@ pub struct Namespace {
     files: u64,
     dirs: u64,
     chunks: u64,
+    once: OnceTable,
 }
 
 /// Flat, serialisable image of a [`Namespace`] (parents before children).
@@ -318,6 +378,10 @@ pub struct Snapshot {
     pub uploads: Vec<Upload>,
     /// Registered nodes.
     pub nodes: Vec<NodeRecord>,
+    /// Remembered [`Command::Once`] ids, oldest first (absent from
+    /// snapshots that have none, and from every older one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub once: Vec<OnceRecord>,
 }
 
 /// A snapshot's cluster id: "" when none, else the id under its rule.
@@ -397,6 +461,17 @@ impl Namespace {
     /// An empty namespace (just the root).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// True when applying `cmd` would change nothing because it repeats a
+    /// [`Command::Once`] already applied (its effects must not run again).
+    pub fn repeats(&self, cmd: &Command) -> bool {
+        matches!(cmd, Command::Once { request_id, .. } if self.once.outcomes.contains_key(request_id))
+    }
+
+    /// The outcome of the [`Command::Once`] `request_id`, if remembered.
+    pub fn once_outcome(&self, request_id: &str) -> Option<&Outcome> {
+        self.once.outcomes.get(request_id)
     }
 
     /// The cluster id (none before `InitCluster`).
@@ -604,6 +679,18 @@ impl Namespace {
     /// Applies one command. On error nothing changed.
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, NamespaceError> {
         match cmd {
+            Command::Once {
+                request_id,
+                now_ms,
+                command,
+            } => {
+                if let Some(first) = self.once.outcomes.get(request_id) {
+                    return Ok(first.clone());
+                }
+                let outcome = self.apply(command)?;
+                self.once.record(request_id, *now_ms, outcome.clone());
+                Ok(outcome)
+            }
             Command::InitCluster { cluster_id } => {
                 if self.cluster_id.is_none() {
                     self.cluster_id = Some(cluster_id.clone());
@@ -1031,6 +1118,16 @@ impl Namespace {
             entries,
             uploads: self.uploads.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
+            once: self
+                .once
+                .order
+                .iter()
+                .map(|(id, at)| OnceRecord {
+                    request_id: id.clone(),
+                    at_ms: *at,
+                    outcome: self.once.outcomes[id].clone(),
+                })
+                .collect(),
         }
     }
 
@@ -1085,6 +1182,10 @@ impl Namespace {
         }
         for node in snapshot.nodes {
             ns.nodes.insert(node.node_id.clone(), node);
+        }
+        for r in snapshot.once {
+            ns.once.order.push_back((r.request_id.clone(), r.at_ms));
+            ns.once.outcomes.insert(r.request_id, r.outcome);
         }
         Ok(ns)
     }
@@ -1411,5 +1512,77 @@ mod tests {
         assert_eq!(back.nodes(), ns.nodes());
         assert_eq!(back.cluster_id(), Some(&named("c")));
         assert_eq!(back.stat(&p("/x/y")).unwrap().created_ms, 3);
+    }
+
+    fn once(id: &str, now_ms: u64, command: Command) -> Command {
+        Command::Once {
+            request_id: id.into(),
+            now_ms,
+            command: Box::new(command),
+        }
+    }
+
+    fn rename(source: &str, destination: &str) -> Command {
+        Command::Rename {
+            source: source.into(),
+            destination: destination.into(),
+            now_ms: 9,
+        }
+    }
+
+    #[test]
+    fn a_repeated_once_applies_nothing_and_answers_as_the_first() {
+        let mut ns = setup();
+        ns.apply(&Command::Mkdir {
+            path: "/a".into(),
+            parents: false,
+            now_ms: 1,
+        })
+        .unwrap();
+        let cmd = once("r1", 10, rename("/a", "/b"));
+        let first = ns.apply(&cmd).unwrap();
+        assert!(ns.repeats(&cmd));
+        // Without the id the retry fails: the source is gone.
+        assert!(ns.apply(&rename("/a", "/b")).is_err());
+        assert_eq!(ns.apply(&cmd).unwrap(), first);
+        assert!(ns.stat(&p("/b")).is_ok() && ns.stat(&p("/a")).is_err());
+        assert_eq!(cmd.effective(), &rename("/a", "/b"));
+        // A failure is not remembered: the state did not change.
+        let missing = once("r2", 11, rename("/nope", "/c"));
+        assert!(ns.apply(&missing).is_err());
+        assert!(!ns.repeats(&missing));
+        // Remembered through a snapshot.
+        let back = Namespace::restore(ns.snapshot()).unwrap();
+        assert_eq!(back.once_outcome("r1"), Some(&first));
+        assert!(back.repeats(&cmd));
+    }
+
+    #[test]
+    fn once_ids_are_forgotten_after_their_window() {
+        let mut ns = setup();
+        for (i, dir) in ["/a", "/b"].iter().enumerate() {
+            let mkdir = Command::Mkdir {
+                path: (*dir).into(),
+                parents: false,
+                now_ms: 1,
+            };
+            ns.apply(&once(
+                &format!("r{i}"),
+                1 + i as u64 * ONCE_WINDOW_MS,
+                mkdir,
+            ))
+            .unwrap();
+        }
+        // r0 is exactly one window older than r1: still known.
+        assert!(ns.once_outcome("r0").is_some());
+        let later = Command::Mkdir {
+            path: "/c".into(),
+            parents: false,
+            now_ms: 1,
+        };
+        ns.apply(&once("r2", 2 + ONCE_WINDOW_MS, later)).unwrap();
+        assert!(ns.once_outcome("r0").is_none(), "forgotten");
+        assert!(ns.once_outcome("r1").is_some() && ns.once_outcome("r2").is_some());
+        assert_eq!(ns.snapshot().once.len(), 2);
     }
 }

@@ -420,12 +420,15 @@ impl Committer {
                 {
                     let mut st = state.lock().expect("state lock poisoned");
                     for p in &mut batch {
+                        let repeat = hook.namespace(&mut st).repeats(&p.cmd);
                         let r = hook.namespace(&mut st).apply(&p.cmd);
                         if let Ok(outcome) = &r {
                             encoded.push(
                                 serde_json::to_vec(&p.cmd).expect("commands always serialise"),
                             );
-                            hook.applied(&mut st, &p.cmd, outcome);
+                            if !repeat {
+                                hook.applied(&mut st, p.cmd.effective(), outcome);
+                            }
                         }
                         if !p.durable {
                             p.answer(r.clone().map_err(ProposeError::from));

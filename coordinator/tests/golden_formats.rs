@@ -214,7 +214,18 @@ fn phase_two() -> Vec<Command> {
             path: "/tmp".into(),
             recursive: true,
         },
+        once("req/r1", mkdir("/data/once", false, T + 4)),
+        // The retry: changes nothing, answers as the first did.
+        once("req/r1", mkdir("/data/once", false, T + 4)),
     ]
+}
+
+fn once(request_id: &str, command: Command) -> Command {
+    Command::Once {
+        request_id: request_id.into(),
+        now_ms: T + 4,
+        command: Box::new(command),
+    }
 }
 
 /// Then one row holding two commands (a group commit).
@@ -247,9 +258,10 @@ fn kind(cmd: &Command) -> &'static str {
         Command::RegisterNode(_) => "RegisterNode",
         Command::SetDraining { .. } => "SetDraining",
         Command::SetMaintenance { .. } => "SetMaintenance",
+        Command::Once { .. } => "Once",
     }
 }
-const KINDS: usize = 12;
+const KINDS: usize = 13;
 
 struct NsOnly;
 impl Applied<Namespace> for NsOnly {
@@ -389,8 +401,8 @@ fn check_final(ns: &Namespace, what: &str, legacy: bool) {
         Some(CLUSTER),
         "{what}: cluster id"
     );
-    let dirs = ["/data", "/logs", "/logs/old", "/legacy"];
-    for d in &dirs[..if legacy { 4 } else { 3 }] {
+    let dirs = ["/data", "/data/once", "/logs", "/logs/old", "/legacy"];
+    for d in &dirs[..if legacy { 5 } else { 4 }] {
         let e = stat(ns, d).unwrap_or_else(|| panic!("{what}: directory {d} missing"));
         assert!(e.is_dir, "{what}: {d} is a directory");
     }
@@ -401,7 +413,7 @@ fn check_final(ns: &Namespace, what: &str, legacy: bool) {
     );
     assert_eq!(
         (ns.dir_count(), ns.file_count(), ns.chunk_count()),
-        (if legacy { 5 } else { 4 }, 1, 1),
+        (if legacy { 6 } else { 5 }, 1, 1),
         "{what}: dirs, files, chunks"
     );
     let (b, file) = ns
@@ -489,7 +501,8 @@ async fn log_rows_and_snapshot_encoding_v1() {
     );
     assert_eq!(
         keys(&after_snapshot),
-        (SNAPSHOT_INDEX + 1..=SNAPSHOT_INDEX + 9).collect::<Vec<_>>(),
+        // Phase two's rows, then the two-command row.
+        (SNAPSHOT_INDEX + 1..=SNAPSHOT_INDEX + phase_two().len() as u64 + 1).collect::<Vec<_>>(),
         "{layout}"
     );
     let rows = [before_snapshot, after_snapshot].concat();

@@ -302,3 +302,102 @@ async fn reads_are_linearizable_unless_a_stale_one_is_asked_for() {
     let stale = dfs_client::Client::connect(config).await.unwrap();
     assert_eq!(stale.stat("/a/19").await.unwrap().path, "/a/19");
 }
+
+/// Rename at `url` carrying `request_id` (none: a plain call).
+async fn rename(
+    url: &str,
+    source: &str,
+    destination: &str,
+    request_id: Option<&str>,
+) -> Result<dfs_proto::FileInfo, tonic::Status> {
+    let Some(mut c) = client(url).await else {
+        return Err(tonic::Status::unavailable("not reachable"));
+    };
+    let mut req = tonic::Request::new(dfs_proto::RenameRequest {
+        source: source.into(),
+        destination: destination.into(),
+    });
+    if let Some(id) = request_id {
+        req.metadata_mut()
+            .insert(dfs_proto::REQUEST_ID_METADATA, id.parse().unwrap());
+    }
+    c.rename(req).await.map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_a_failover_is_applied_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = group(tmp.path());
+    let leader = write_somewhere(&members, "/src", 20).await;
+    write_somewhere(&members, "/other", 20).await;
+    let first = rename(&members[leader].url, "/src", "/dst", Some("rename-1"))
+        .await
+        .unwrap();
+
+    // The answer is "lost": the leader dies, the caller retries elsewhere.
+    members[leader].kill();
+    let next = write_somewhere(&members, "/after", 20).await;
+    let again = rename(&members[next].url, "/src", "/dst", Some("rename-1"))
+        .await
+        .expect("the retry answers as the first call did");
+    assert_eq!(again, first);
+    // Without its id the same call is a new one: the source is gone.
+    let plain = rename(&members[next].url, "/src", "/dst", None).await;
+    assert_eq!(plain.unwrap_err().code(), Code::NotFound);
+    // An id is validated.
+    let bad = rename(&members[next].url, "/other", "/x", Some("not ok!")).await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fails_over_to_the_new_leader_and_loses_no_acknowledged_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = group(tmp.path());
+    let leader = write_somewhere(&members, "/w", 20).await;
+    let all = members
+        .iter()
+        .map(|m| m.url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = dfs_client::Client::connect(dfs_client::ClientConfig::new(all))
+        .await
+        .unwrap();
+    assert_eq!(client.config().coordinator, members[leader].url);
+
+    // Writes from two tasks; the leader is SIGKILLed in the middle.
+    let client = std::sync::Arc::new(client);
+    let writer = |name: &'static str| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..60 {
+                let path = format!("/w/{name}-{i}");
+                client
+                    .mkdir(&path, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("{path}: the client did not fail over: {e}"));
+                let moved = format!("{path}-moved");
+                client.rename(&path, &moved).await.unwrap();
+                acknowledged.push(moved);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acknowledged
+        })
+    };
+    let (a, b) = (writer("a"), writer("b"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    members[leader].kill();
+    let acknowledged = [a.await.unwrap(), b.await.unwrap()].concat();
+    assert_eq!(acknowledged.len(), 120);
+    for path in &acknowledged {
+        assert!(
+            client.stat(path).await.is_ok(),
+            "{path} acknowledged, then lost"
+        );
+    }
+    assert_eq!(
+        client.list("/w").await.unwrap().len(),
+        120,
+        "nothing applied twice or half"
+    );
+}

@@ -87,9 +87,22 @@ async fn plan_confirm_download() {
         assert_eq!(c.offset, p.offset);
         assert_eq!(c.replicas.len(), 3);
     }
-    // Confirming twice: unknown upload.
+    // Confirming twice (a retry whose answer was lost): the first answer,
+    // nothing applied again.
+    assert_eq!(confirm_all(&mut client, &plan).await.unwrap(), info);
+    let again = client
+        .stat(StatRequest {
+            path: "/a/b/file".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, 1, "confirmed once");
+    // An upload id never planned stays unknown.
+    let mut unknown = plan.clone();
+    unknown.upload_id = "0123456789abcdef0123456789abcdef".into();
     assert_eq!(
-        confirm_all(&mut client, &plan).await.unwrap_err().code(),
+        confirm_all(&mut client, &unknown).await.unwrap_err().code(),
         Code::NotFound
     );
 

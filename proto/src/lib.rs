@@ -60,5 +60,13 @@ pub const FORWARDED_METADATA: &str = "dfs-forwarded";
 /// may lag the leader by the entries not yet replicated to it.
 pub const READ_METADATA: &str = "dfs-read";
 
+/// Request metadata naming one logical write (Mkdir, Delete, Rename): up to
+/// 64 characters of `[A-Za-z0-9_-]`, chosen by the caller and sent again
+/// with every retry of that write. The coordinator applies a write at most
+/// once per id (for minutes), so a retry whose first answer was lost, for
+/// example across a leader change, returns the first answer instead of
+/// applying twice. ConfirmUpload needs none: its upload id is its key.
+pub const REQUEST_ID_METADATA: &str = "dfs-request-id";
+
 /// The value of [`READ_METADATA`] that allows a stale read.
 pub const STALE_READ: &str = "stale";

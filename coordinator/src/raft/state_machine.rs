@@ -257,9 +257,12 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
                 EntryPayload::Normal(batch) => batch
                     .iter()
                     .map(|cmd| {
+                        let repeat = hook.namespace(&mut st).repeats(cmd);
                         let r = hook.namespace(&mut st).apply(cmd);
-                        if let Ok(outcome) = &r {
-                            hook.applied(&mut st, cmd, outcome);
+                        if let Ok(outcome) = &r
+                            && !repeat
+                        {
+                            hook.applied(&mut st, cmd.effective(), outcome);
                         }
                         r
                     })

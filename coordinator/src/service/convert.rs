@@ -32,6 +32,27 @@ impl From<NamespaceError> for Status {
 
 pub use dfs_proto::LEADER_METADATA;
 
+/// The caller's id of one logical write ([`dfs_proto::REQUEST_ID_METADATA`]),
+/// validated: INVALID_ARGUMENT when malformed, `None` when absent.
+pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
+    let Some(v) = metadata.get(dfs_proto::REQUEST_ID_METADATA) else {
+        return Ok(None);
+    };
+    let id = v.to_str().unwrap_or_default();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(Status::invalid_argument(format!(
+            "{} must be 1 to 64 characters of [A-Za-z0-9_-]",
+            dfs_proto::REQUEST_ID_METADATA
+        )));
+    }
+    Ok(Some(id.to_string()))
+}
+
 impl From<ProposeError> for Status {
     fn from(e: ProposeError) -> Self {
         match e {

@@ -236,6 +236,26 @@ impl Ctx {
         Ok(self.committer.propose(cmd).await?)
     }
 
+    /// Proposes `cmd` once per caller's `request_id` (see
+    /// [`Command::Once`]); without an id, as [`Ctx::propose`].
+    async fn propose_once(
+        &self,
+        request_id: Option<String>,
+        cmd: Command,
+    ) -> Result<Outcome, Status> {
+        match request_id {
+            None => self.propose(cmd).await,
+            Some(id) => {
+                self.propose(Command::Once {
+                    request_id: format!("req/{id}"),
+                    now_ms: now_unix_ms(),
+                    command: Box::new(cmd),
+                })
+                .await
+            }
+        }
+    }
+
     /// See [`Committer::propose_applied`].
     async fn propose_applied(&self, cmd: Command) -> Result<Outcome, Status> {
         Ok(self.committer.propose_applied(cmd).await?)
@@ -382,16 +402,20 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Result<Response<pb::FileInfo>, Status> {
-        let req = r.into_inner();
         self.timed("Mkdir", async {
+            let once = request_id(r.metadata())?;
+            let req = r.into_inner();
             let path = parse_path(&req.path)?;
             let outcome = self
                 .ctx
-                .propose(Command::Mkdir {
-                    path: path.to_string(),
-                    parents: req.parents,
-                    now_ms: now_unix_ms(),
-                })
+                .propose_once(
+                    once,
+                    Command::Mkdir {
+                        path: path.to_string(),
+                        parents: req.parents,
+                        now_ms: now_unix_ms(),
+                    },
+                )
                 .await?;
             Ok(file_info(&entry_of(outcome)?))
         })
@@ -422,15 +446,19 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let req = r.into_inner();
         self.timed("Delete", async {
+            let once = request_id(r.metadata())?;
+            let req = r.into_inner();
             let path = parse_path(&req.path)?;
             match self
                 .ctx
-                .propose(Command::Delete {
-                    path: path.to_string(),
-                    recursive: req.recursive,
-                })
+                .propose_once(
+                    once,
+                    Command::Delete {
+                        path: path.to_string(),
+                        recursive: req.recursive,
+                    },
+                )
                 .await?
             {
                 Outcome::Deleted {
@@ -450,17 +478,21 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::FileInfo>, Status> {
-        let req = r.into_inner();
         self.timed("Rename", async {
+            let once = request_id(r.metadata())?;
+            let req = r.into_inner();
             let source = parse_path(&req.source)?;
             let destination = parse_path(&req.destination)?;
             let outcome = self
                 .ctx
-                .propose(Command::Rename {
-                    source: source.to_string(),
-                    destination: destination.to_string(),
-                    now_ms: now_unix_ms(),
-                })
+                .propose_once(
+                    once,
+                    Command::Rename {
+                        source: source.to_string(),
+                        destination: destination.to_string(),
+                        now_ms: now_unix_ms(),
+                    },
+                )
                 .await?;
             Ok(file_info(&entry_of(outcome)?))
         })

@@ -163,15 +163,29 @@ impl CoordinatorService {
             records,
             receipts,
         } = ConfirmRequest::try_from(req)?;
+        // A retry of a confirm already applied (its answer lost, say in a
+        // leader change) gets the first answer: the upload id is the key.
+        let key = format!("confirm/{upload_id}");
+        let first = self.ctx.lock().ns.once_outcome(&key).cloned();
+        if let Some(outcome) = first {
+            return Ok(pb::ConfirmUploadResponse {
+                file: Some(file_info(&entry_of(outcome)?)),
+            });
+        }
         let records = self
             .verified_replicas(&upload_id, records, &receipts)
             .await?;
+        let now_ms = now_unix_ms();
         let outcome = self
             .ctx
-            .propose(Command::ConfirmUpload {
-                upload_id,
-                chunks: records,
-                now_ms: now_unix_ms(),
+            .propose(Command::Once {
+                request_id: key,
+                now_ms,
+                command: Box::new(Command::ConfirmUpload {
+                    upload_id,
+                    chunks: records,
+                    now_ms,
+                }),
             })
             .await?;
         Ok(pb::ConfirmUploadResponse {
