@@ -263,8 +263,20 @@ type Waiter = oneshot::Sender<Result<(), Status>>;
 /// one round trip to the followers, not one each.
 pub struct ReadBarrier {
     raft: Option<openraft::Raft<TypeConfig>>,
-    waiting: Mutex<Option<Vec<Waiter>>>,
+    rounds: Mutex<Rounds>,
 }
+
+/// Rounds running, and the reads waiting for the next one to start.
+#[derive(Default)]
+struct Rounds {
+    running: usize,
+    next: Vec<Waiter>,
+}
+
+/// Confirmation rounds in flight at once: a read arriving while all of
+/// them run waits for the next to start (and shares it with every read
+/// that arrives meanwhile).
+pub const MAX_READ_ROUNDS: usize = 1;
 
 impl ReadBarrier {
     /// The barrier of this member (none: a single coordinator, whose reads
@@ -272,7 +284,7 @@ impl ReadBarrier {
     pub fn new(raft: Option<openraft::Raft<TypeConfig>>) -> Arc<Self> {
         Arc::new(ReadBarrier {
             raft,
-            waiting: Mutex::new(None),
+            rounds: Mutex::default(),
         })
     }
 
@@ -283,17 +295,13 @@ impl ReadBarrier {
         };
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut waiting = self.waiting.lock().expect("barrier lock");
-            match waiting.as_mut() {
-                // A round is running: the next one covers this read.
-                Some(next) => {
-                    next.push(tx);
-                    false
-                }
-                None => {
-                    *waiting = Some(vec![tx]);
-                    true
-                }
+            let mut rounds = self.rounds.lock().expect("barrier lock");
+            rounds.next.push(tx);
+            if rounds.running < MAX_READ_ROUNDS {
+                rounds.running += 1;
+                true
+            } else {
+                false
             }
         };
         if start {
@@ -302,15 +310,15 @@ impl ReadBarrier {
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 loop {
-                    // Everyone in this batch arrived before the round starts.
+                    // Everyone in this batch arrived before its round
+                    // starts, so the round's confirmation covers them.
                     let batch = {
-                        let mut waiting = this.waiting.lock().expect("barrier lock");
-                        let batch = std::mem::take(waiting.as_mut().expect("round running"));
-                        if batch.is_empty() {
-                            *waiting = None;
+                        let mut rounds = this.rounds.lock().expect("barrier lock");
+                        if rounds.next.is_empty() {
+                            rounds.running -= 1;
                             return;
                         }
-                        batch
+                        std::mem::take(&mut rounds.next)
                     };
                     metrics.read_barrier(batch.len());
                     let result = confirm(&raft).await;
