@@ -70,6 +70,11 @@ struct Service {
     log: PathBuf,
     child: Option<Child>,
     restart_at: Option<Instant>,
+    /// Indices in `args` of addresses whose port is picked afresh at each
+    /// restart (datanodes on picked ports: the one picked may have been
+    /// taken by another process between picking and binding; a datanode
+    /// registers its new address itself).
+    repick: Vec<usize>,
 }
 
 impl Service {
@@ -91,6 +96,22 @@ impl Service {
         self.child = Some(child);
         self.restart_at = None;
         Ok(())
+    }
+
+    /// Picks new free ports for the addresses in `repick`.
+    fn repick_ports(&mut self) -> anyhow::Result<()> {
+        for &i in &self.repick {
+            let mut addr: SocketAddr = self.args[i].parse()?;
+            addr.set_port(free_port()?);
+            self.args[i] = addr.to_string();
+        }
+        Ok(())
+    }
+
+    /// The value that follows `flag` in the arguments.
+    fn arg(&self, flag: &str) -> Option<&str> {
+        let i = self.args.iter().position(|a| a == flag)?;
+        self.args.get(i + 1).map(String::as_str)
     }
 
     fn pid(&self) -> String {
@@ -200,6 +221,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             log: logs.join(format!("{name}.log")),
             child: None,
             restart_at: None,
+            repick: Vec::new(),
         });
         endpoints.push((name, urls[i].clone(), *metrics, dir));
     }
@@ -230,6 +252,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             log: logs.join(format!("datanode-{i}.log")),
             child: None,
             restart_at: None,
+            // The values after --listen and --metrics-addr.
+            repick: if pick { vec![2, 4] } else { Vec::new() },
         });
         endpoints.push((
             format!("datanode-{i}"),
@@ -259,6 +283,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     say!("dfs cluster is up (replication {replication})");
     for ((name, url, metrics, dir), service) in endpoints.iter().zip(&services) {
+        // A datanode restarted on new ports prints where it is now.
+        let (url, metrics) = match (service.arg("--listen"), service.arg("--metrics-addr")) {
+            (Some(listen), Some(m)) if !service.repick.is_empty() => {
+                (format!("http://{listen}"), m.to_string())
+            }
+            _ => (url.clone(), metrics.to_string()),
+        };
         say!(
             "  {name:<12} {url:<24} metrics http://{metrics}/metrics  pid {}  data {}",
             service.pid(),
@@ -361,7 +392,7 @@ async fn supervise(services: &mut [Service], exe: &Path) {
                 service.restart_at = Some(Instant::now() + RESTART_DELAY);
             }
             if service.restart_at.is_some_and(|at| Instant::now() >= at) {
-                match service.spawn(exe) {
+                match service.repick_ports().and_then(|()| service.spawn(exe)) {
                     Ok(()) => tracing::info!("{} restarted, pid {}", service.name, service.pid()),
                     Err(e) => {
                         tracing::error!("failed to restart {}: {e:#}", service.name);
@@ -392,5 +423,42 @@ async fn stop(services: &mut [Service]) {
                 let _ = child.kill().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod repick_tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_datanode_on_picked_ports_gets_new_ones() {
+        // Hold the port the datanode was given, as another process would.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let mut service = Service {
+            name: "datanode-0".into(),
+            args: vec![
+                "datanode".into(),
+                "--listen".into(),
+                addr.clone(),
+                "--metrics-addr".into(),
+                addr.clone(),
+            ],
+            log: PathBuf::from("/dev/null"),
+            child: None,
+            restart_at: None,
+            repick: vec![2, 4],
+        };
+        service.repick_ports().unwrap();
+        for flag in ["--listen", "--metrics-addr"] {
+            let now: SocketAddr = service.arg(flag).unwrap().parse().unwrap();
+            assert_eq!(now.ip().to_string(), "127.0.0.1");
+            assert_ne!(now.to_string(), addr, "{flag} still on the taken port");
+        }
+        // A fixed port is kept.
+        service.repick.clear();
+        let before = service.args.clone();
+        service.repick_ports().unwrap();
+        assert_eq!(service.args, before);
     }
 }
