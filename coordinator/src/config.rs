@@ -121,6 +121,11 @@ pub struct Config {
     /// This coordinator's id in its group (with --peers).
     #[arg(long, env = "DFS_RAFT_ID", default_value_t = 1)]
     pub raft_id: u64,
+    /// Take this coordinator's id from its hostname instead of --raft-id:
+    /// the ordinal a StatefulSet ends its pods' names with, plus one
+    /// (`dfs-coordinator-0` is 1, `dfs-coordinator-2` is 3).
+    #[arg(long, env = "DFS_RAFT_ID_FROM_HOSTNAME")]
+    pub raft_id_from_hostname: bool,
     /// The coordinator group, every member as id=url, this one included
     /// (e.g. 1=http://c0:7000,2=http://c1:7000,3=http://c2:7000): the
     /// namespace is replicated on Raft among them. 1, 3 or 5 members. Empty:
@@ -172,7 +177,37 @@ pub enum ConfigError {
     Invalid { flag: &'static str, reason: String },
 }
 
+/// The Raft id of a StatefulSet pod named `host`: its ordinal plus one.
+pub fn raft_id_of_hostname(host: &str) -> Option<u64> {
+    let (_, ordinal) = host.trim().rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse::<u64>().ok()?.checked_add(1)
+}
+
 impl Config {
+    /// With `--raft-id-from-hostname`, sets `raft_id` from this machine's
+    /// hostname (`$HOSTNAME`, else the kernel's), see [`raft_id_of_hostname`].
+    pub fn resolve_raft_id(&mut self) -> Result<(), ConfigError> {
+        if !self.raft_id_from_hostname {
+            return Ok(());
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        self.raft_id = raft_id_of_hostname(&host).ok_or_else(|| ConfigError::Invalid {
+            flag: "raft-id-from-hostname",
+            reason: format!(
+                "hostname {:?} does not end in -<ordinal> (a StatefulSet pod's name)",
+                host.trim()
+            ),
+        })?;
+        Ok(())
+    }
+
     /// Checks the values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |flag, reason: &str| {
@@ -267,6 +302,17 @@ mod tests {
         assert_eq!(c.suspect_after(), Duration::from_millis(200));
         assert_eq!(c.quorum_for(2), 2);
         c.validate().unwrap();
+        assert_eq!(raft_id_of_hostname("dfs-coordinator-0"), Some(1));
+        assert_eq!(raft_id_of_hostname("prod-dfs-coordinator-4\n"), Some(5));
+        for bad in [
+            "dfs-coordinator",
+            "coordinator-",
+            "c-x1",
+            "",
+            "c-99999999999999999999",
+        ] {
+            assert_eq!(raft_id_of_hostname(bad), None, "{bad:?}");
+        }
         let d = Config::for_data_dir("/tmp/x");
         assert_eq!(d.quorum_for(3), 2);
         assert_eq!(d.quorum_for(1), 1);

@@ -85,6 +85,13 @@ pub enum CoordinatorError {
     /// This coordinator's member of the group could not start.
     #[error(transparent)]
     Raft(#[from] raft::member::MemberError),
+    /// The data directory holds the other kind of namespace: a single
+    /// coordinator's where a group member starts, or a member's where a
+    /// single coordinator starts. Starting anyway would serve an empty
+    /// namespace beside the real one (moving a namespace into a group is
+    /// not supported yet).
+    #[error("{0}")]
+    WrongLayout(String),
     /// A background task panicked.
     #[error("failed to join {task}: {source}")]
     Join {
@@ -102,6 +109,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
+    let mut config = config;
+    config.resolve_raft_id()?;
     config.validate()?;
     let grpc = TcpListener::bind(config.listen)
         .await
@@ -254,6 +263,29 @@ async fn stdin_eof() {
     }
 }
 
+/// Refuses a data directory holding the other kind of namespace (see
+/// [`CoordinatorError::WrongLayout`]).
+fn check_layout(config: &Config) -> Result<(), String> {
+    let single = config.data_dir.join("metadata.redb");
+    let group = config.data_dir.join("raft");
+    if !config.peers.is_empty() && single.exists() {
+        return Err(format!(
+            "{} holds a single coordinator's namespace, but --peers makes this a group member: \
+             a group would start empty beside it (moving a namespace into a group is not supported yet); \
+             start without --peers, or on an empty directory",
+            single.display()
+        ));
+    }
+    if config.peers.is_empty() && group.exists() {
+        return Err(format!(
+            "{} holds a coordinator group member's namespace, but no --peers were given: \
+             a single coordinator would start empty beside it; start with the group's --peers",
+            group.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Serves on pre-bound listeners (gRPC and metrics); `listen` and
 /// `metrics_addr` in `config` are ignored. Tests bind `127.0.0.1:0`.
 pub async fn serve(
@@ -262,11 +294,14 @@ pub async fn serve(
     metrics_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CoordinatorError> {
+    let mut config = config;
+    config.resolve_raft_id()?;
     config.validate()?;
     let metrics = Metrics::new();
     let hook = Hook {
         timing: timing(&config),
     };
+    check_layout(&config).map_err(CoordinatorError::WrongLayout)?;
     let (state, committer, commit_task, raft) = if config.peers.is_empty() {
         let data_dir = config.data_dir.clone();
         let fault = config.fault_fail_log_writes_when.clone();
@@ -560,5 +595,33 @@ pub(crate) mod test_ids {
     /// Several node ids.
     pub fn nodes(names: &[&str]) -> Vec<NodeId> {
         names.iter().map(|n| named(n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_serves_only_the_kind_of_namespace_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_data_dir(dir.path());
+        // Empty: either kind starts.
+        check_layout(&config).unwrap();
+        config.peers = vec![config::parse_peer("1=http://127.0.0.1:1").unwrap()];
+        check_layout(&config).unwrap();
+
+        // A single coordinator's namespace: no group member on it.
+        std::fs::write(dir.path().join("metadata.redb"), b"").unwrap();
+        let err = check_layout(&config).unwrap_err();
+        assert!(err.contains("single coordinator's namespace"), "{err}");
+        config.peers.clear();
+        check_layout(&config).unwrap();
+
+        // A member's namespace: no single coordinator on it.
+        std::fs::remove_file(dir.path().join("metadata.redb")).unwrap();
+        std::fs::create_dir(dir.path().join("raft")).unwrap();
+        let err = check_layout(&config).unwrap_err();
+        assert!(err.contains("group member's namespace"), "{err}");
     }
 }

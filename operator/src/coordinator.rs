@@ -39,6 +39,20 @@ pub struct ClusterFacts {
     pub capacity_total_bytes: u64,
     /// Used bytes.
     pub capacity_used_bytes: u64,
+    /// The members of the coordinator group, as its leader reports them
+    /// (empty for a single coordinator).
+    pub coordinators: Vec<CoordinatorFact>,
+}
+
+/// One member of the coordinator group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorFact {
+    /// Raft id (pod ordinal + 1).
+    pub id: u64,
+    /// "leader", "follower", "candidate", "learner" or "unknown".
+    pub role: String,
+    /// Entries its log lacks behind the leader's.
+    pub lag: u64,
 }
 
 impl ClusterFacts {
@@ -64,6 +78,15 @@ impl From<dfs_client::ClusterStatus> for ClusterFacts {
             missing_chunks: s.missing_chunks,
             capacity_total_bytes: s.capacity_total_bytes,
             capacity_used_bytes: s.capacity_used_bytes,
+            coordinators: s
+                .coordinators
+                .into_iter()
+                .map(|m| CoordinatorFact {
+                    id: m.id,
+                    role: m.role,
+                    lag: m.lag,
+                })
+                .collect(),
         }
     }
 }

@@ -199,6 +199,7 @@ fn facts(nodes: &[(&str, NodeState)], under: u64) -> ClusterFacts {
         missing_chunks: 0,
         capacity_total_bytes: 100 << 30,
         capacity_used_bytes: 25 << 30,
+        coordinators: Vec::new(),
     }
 }
 
@@ -601,20 +602,20 @@ async fn invalid_spec_warns_once_and_waits() {
     assert_eq!(action, Action::await_change());
 }
 
-/// Several coordinators are refused before anything is applied: a Warning
-/// event with the reason, an Invalid status, no StatefulSet (no other call),
-/// then a wait for a spec change instead of a retry loop.
+/// An even coordinator group is refused before anything is applied: a
+/// Warning event with the reason, an Invalid status, no StatefulSet (no
+/// other call), then a wait for a spec change instead of a retry loop.
 #[tokio::test]
-async fn coordinator_replicas_above_one_warn_and_wait() {
-    let obj = with_finalizer(cluster(json!({"coordinator": {"replicas": 3}})));
-    let expected = "coordinator.replicas must be 1 until coordinator replication exists (got 3)";
+async fn an_even_coordinator_group_warns_and_waits() {
+    let obj = with_finalizer(cluster(json!({"coordinator": {"replicas": 2}})));
+    let expected = "coordinator.replicas must be 1, 3 or 5 (got 2)";
     let calls = vec![
         Call::new("POST", "/apis/events.k8s.io/v1/namespaces/default/events").check(move |b| {
             assert_eq!(b["type"], "Warning");
             assert_eq!(b["reason"], "InvalidSpec");
             let note = b["note"].as_str().unwrap();
             assert!(note.contains(expected), "{note}");
-            assert!(note.contains("delete each other's chunks"), "{note}");
+            assert!(note.contains("majority"), "{note}");
         }),
         status_write(&obj, move |b| {
             assert_eq!(b["status"]["phase"], "Invalid");

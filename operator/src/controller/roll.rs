@@ -108,11 +108,42 @@ pub fn plan_coordinator(pods: &[PodView], hash: &str, facts: Option<&ClusterFact
     if let Some(p) = pods.iter().find(|p| !p.ready) {
         return Step::Wait(format!("coordinator pod {} is not ready", p.name));
     }
-    match replication_gate(facts) {
+    match replication_gate(facts).and_then(|()| group_gate(facts, pods.len())) {
         Ok(()) => Step::DeletePod {
             pod: first.name.clone(),
         },
         Err(why) => Step::Wait(why),
+    }
+}
+
+/// Most entries a coordinator may lag behind the leader when the next one
+/// is restarted (a member further behind is still catching up).
+pub const MAX_ROLL_LAG: u64 = 1000;
+
+/// For a coordinator group: the group has a leader, and every member is
+/// there and caught up, so restarting one keeps a majority that is current.
+fn group_gate(facts: Option<&ClusterFacts>, pods: usize) -> Result<(), String> {
+    let Some(f) = facts else {
+        return Err("coordinator unreachable: the group cannot be checked".into());
+    };
+    if pods <= 1 {
+        return Ok(());
+    }
+    if !f.coordinators.iter().any(|m| m.role == "leader") {
+        return Err("the coordinator group has no leader".into());
+    }
+    if f.coordinators.len() < pods {
+        return Err(format!(
+            "the coordinator group reports {} of {pods} members",
+            f.coordinators.len()
+        ));
+    }
+    match f.coordinators.iter().find(|m| m.lag > MAX_ROLL_LAG) {
+        Some(m) => Err(format!(
+            "coordinator {} is {} entries behind the leader (catching up)",
+            m.id, m.lag
+        )),
+        None => Ok(()),
     }
 }
 
@@ -273,7 +304,7 @@ mod tests {
 
     #[test]
     fn coordinator_rolls_behind_the_same_gate() {
-        let pods = [pod("c-0", "n1", "old", true), pod("c-1", "n2", "old", true)];
+        let pods = [pod("c-0", "n1", "old", true)];
         let f = facts(&[], 0);
         assert_eq!(
             plan_coordinator(&pods, "new", Some(&f)),
@@ -292,6 +323,48 @@ mod tests {
         assert_eq!(
             plan_coordinator(&down, "new", None),
             Step::DeletePod { pod: "c-0".into() }
+        );
+    }
+
+    #[test]
+    fn a_group_rolls_only_with_a_leader_and_every_member_caught_up() {
+        let pods = [
+            pod("c-0", "n1", "new", true),
+            pod("c-1", "n2", "old", true),
+            pod("c-2", "n3", "old", true),
+        ];
+        let member = |id, role: &str, lag| crate::coordinator::CoordinatorFact {
+            id,
+            role: role.into(),
+            lag,
+        };
+        let mut f = facts(&[], 0);
+        f.coordinators = vec![
+            member(1, "leader", 0),
+            member(2, "follower", 3),
+            member(3, "follower", 0),
+        ];
+        assert_eq!(
+            plan_coordinator(&pods, "new", Some(&f)),
+            Step::DeletePod { pod: "c-1".into() }
+        );
+        // The restarted member is still catching up.
+        f.coordinators[0].lag = 0;
+        f.coordinators[1].lag = MAX_ROLL_LAG + 1;
+        assert!(
+            matches!(plan_coordinator(&pods, "new", Some(&f)), Step::Wait(w) if w.contains("behind"))
+        );
+        // No leader (an election under way).
+        f.coordinators[1].lag = 0;
+        f.coordinators[0].role = "candidate".into();
+        assert!(
+            matches!(plan_coordinator(&pods, "new", Some(&f)), Step::Wait(w) if w.contains("no leader"))
+        );
+        // A member missing from the group's report.
+        f.coordinators[0].role = "leader".into();
+        f.coordinators.pop();
+        assert!(
+            matches!(plan_coordinator(&pods, "new", Some(&f)), Step::Wait(w) if w.contains("2 of 3"))
         );
     }
 }

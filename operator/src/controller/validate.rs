@@ -98,14 +98,12 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
             0
         }
     };
-    // Until the coordinator is replicated, each coordinator pod keeps its own
-    // namespace: several behind one Service would split it, and each would
-    // delete as orphans the chunks the others placed.
-    if spec.coordinator.replicas != 1 {
+    // One coordinator, or a Raft group of 3 or 5 (2 or 4 survive no more
+    // failures than 1 or 3, and a group of 2 stops when either member does).
+    if ![1, 3, 5].contains(&spec.coordinator.replicas) {
         problems.push(format!(
-            "coordinator.replicas must be 1 until coordinator replication exists (got {}): \
-             several independent coordinators behind one Service would split the namespace \
-             and delete each other's chunks",
+            "coordinator.replicas must be 1, 3 or 5 (got {}): a coordinator group needs a \
+             majority up, and an even group survives no more failures than the odd one below it",
             spec.coordinator.replicas
         ));
     }
@@ -175,30 +173,24 @@ mod tests {
     }
 
     #[test]
-    fn coordinator_replicas_above_one_are_refused() {
-        let err = validate(&cluster("{coordinator: {replicas: 3}}")).unwrap_err();
-        assert_eq!(err.0.len(), 1, "{err}");
-        assert_eq!(
-            err.0[0],
-            "coordinator.replicas must be 1 until coordinator replication exists (got 3): \
-             several independent coordinators behind one Service would split the namespace \
-             and delete each other's chunks"
-        );
-        assert!(err.to_string().starts_with("invalid DfsCluster spec: "));
-    }
-
-    #[test]
-    fn coordinator_replicas_must_be_exactly_one() {
-        assert!(validate(&cluster("{coordinator: {replicas: 1}}")).is_ok());
-        for n in [0, 2, -1, 7] {
+    fn coordinator_replicas_are_one_three_or_five() {
+        for n in [1, 3, 5] {
+            assert!(
+                validate(&cluster(&format!("{{coordinator: {{replicas: {n}}}}}"))).is_ok(),
+                "{n}"
+            );
+        }
+        for n in [0, 2, 4, -1, 7] {
             let err = validate(&cluster(&format!("{{coordinator: {{replicas: {n}}}}}")))
                 .expect_err(&format!("replicas {n} must be refused"));
             assert_eq!(err.0.len(), 1, "{err}");
-            assert!(
-                err.0[0].starts_with(&format!(
-                    "coordinator.replicas must be 1 until coordinator replication exists (got {n})"
-                )),
-                "{err}"
+            assert_eq!(
+                err.0[0],
+                format!(
+                    "coordinator.replicas must be 1, 3 or 5 (got {n}): a coordinator group needs \
+                     a majority up, and an even group survives no more failures than the odd one \
+                     below it"
+                ),
             );
         }
     }

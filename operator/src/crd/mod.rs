@@ -165,11 +165,13 @@ pub struct Scheduling {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CoordinatorSpec {
-    /// Pods of the coordinator StatefulSet. Only 1 is accepted for now: until
-    /// the coordinator is replicated, several coordinators behind one Service
-    /// would each keep their own namespace and delete each other's chunks.
+    /// Pods of the coordinator StatefulSet: 1 (a single coordinator), or 3
+    /// or 5 as one Raft group (the namespace on every pod; a majority must
+    /// be up). Even numbers are refused: they survive no more failures.
+    /// Fixed when the cluster is created: changing it later (membership
+    /// changes) is not supported yet.
     #[serde(default = "default_coordinator_replicas")]
-    #[schemars(range(min = 1, max = 1))]
+    #[schemars(range(min = 1, max = 5))]
     pub replicas: i32,
     /// Compute resources of the coordinator container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -462,16 +464,17 @@ mod tests {
     }
 
     #[test]
-    fn schema_accepts_a_single_coordinator_only() {
+    fn schema_accepts_up_to_five_coordinators() {
         let crd = serde_json::to_value(<DfsCluster as kube::CustomResourceExt>::crd()).unwrap();
         let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
             ["properties"]["coordinator"]["properties"]["replicas"];
         assert_eq!(replicas["minimum"].as_f64(), Some(1.0), "{replicas}");
-        assert_eq!(replicas["maximum"].as_f64(), Some(1.0), "{replicas}");
+        assert_eq!(replicas["maximum"].as_f64(), Some(5.0), "{replicas}");
         assert!(
             replicas["description"]
                 .as_str()
-                .is_some_and(|d| d.contains("Only 1 is accepted")),
+                .is_some_and(|d| d.contains("3\nor 5 as one Raft group")
+                    || d.contains("3 or 5 as one Raft group")),
             "{replicas}"
         );
     }

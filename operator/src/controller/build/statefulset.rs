@@ -112,6 +112,24 @@ pub(super) fn finish_template(
     (template, hash)
 }
 
+/// The `--peers` of a coordinator group of `replicas` pods: pod `i` is
+/// member `i + 1` at its stable DNS name under the headless Service.
+pub(super) fn peers(v: &ValidSpec, replicas: i32) -> String {
+    let names = Names(&v.name);
+    (0..replicas)
+        .map(|i| {
+            format!(
+                "{}=http://{}-{i}.{}.{}.svc:{COORDINATOR_PORT}",
+                i + 1,
+                names.coordinator(),
+                names.coordinator_headless(),
+                v.namespace
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub(super) fn build(
     cluster: &DfsCluster,
     v: &ValidSpec,
@@ -124,6 +142,21 @@ pub(super) fn build(
         env_from_config(v, "DFS_REPLICATION", KEY_REPLICATION),
         env_from_config(v, "DFS_CHUNK_SIZE", KEY_CHUNK_SIZE),
     ];
+    // A group: every pod's peers by their stable DNS names (the headless
+    // Service publishes them before the pods are ready, so the group can
+    // form), and each pod's id from its ordinal.
+    if spec.replicas > 1 {
+        env.push(EnvVar {
+            name: "DFS_RAFT_ID_FROM_HOSTNAME".into(),
+            value: Some("true".into()),
+            ..EnvVar::default()
+        });
+        env.push(EnvVar {
+            name: "DFS_PEERS".into(),
+            value: Some(peers(v, spec.replicas)),
+            ..EnvVar::default()
+        });
+    }
     env.extend(spec.env.iter().cloned());
     let mut args = vec![
         "--listen".to_string(),

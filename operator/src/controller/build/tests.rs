@@ -252,6 +252,66 @@ fn stopped_cluster_runs_nothing() {
 }
 
 #[test]
+fn a_coordinator_group_names_its_peers_by_stable_dns() {
+    let env_of = |replicas: i32| {
+        let mut cluster = fixture("minimal");
+        cluster.spec.coordinator.replicas = replicas;
+        let v = validate(&cluster).unwrap();
+        let d = desired(&cluster, &v, &observed());
+        assert_eq!(d.statefulset.spec.replicas, Some(replicas));
+        let pod = d.statefulset.spec.template.spec.unwrap();
+        let env: BTreeMap<String, Option<String>> = pod.containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value))
+            .collect();
+        (v, env)
+    };
+    // One coordinator: no group.
+    let (_, single) = env_of(1);
+    assert!(!single.contains_key("DFS_PEERS") && !single.contains_key("DFS_RAFT_ID_FROM_HOSTNAME"));
+    // Three: member i+1 is pod i under the headless Service, id from the hostname.
+    let (v, group) = env_of(3);
+    assert_eq!(group["DFS_RAFT_ID_FROM_HOSTNAME"].as_deref(), Some("true"));
+    let names = Names(&v.name);
+    let want: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "{}=http://{}-{i}.{}.{}.svc:{COORDINATOR_PORT}",
+                i + 1,
+                names.coordinator(),
+                names.coordinator_headless(),
+                v.namespace
+            )
+        })
+        .collect();
+    assert_eq!(group["DFS_PEERS"].as_deref(), Some(want.join(",").as_str()));
+    // The peers parse as the coordinator's --peers, and each pod's hostname
+    // gives its own id among them.
+    let peers: Vec<_> = want.iter().map(|p| dfs_coordinator_peer(p)).collect();
+    assert_eq!(peers, vec![1, 2, 3]);
+    assert_eq!(
+        env_of(5).1["DFS_PEERS"]
+            .as_deref()
+            .unwrap()
+            .split(',')
+            .count(),
+        5
+    );
+}
+
+/// The id of one `id=url` peer, as the coordinator reads it (the operator
+/// does not depend on the coordinator crate: the format is checked here
+/// and in `coordinator/src/config.rs`).
+fn dfs_coordinator_peer(p: &str) -> u64 {
+    let (id, url) = p.split_once('=').unwrap();
+    assert!(url.starts_with("http://") && url.len() <= 256, "{url}");
+    id.parse().unwrap()
+}
+
+#[test]
 fn merge_patch_follows_rfc_7386() {
     let mut t = serde_json::json!({"a": {"b": 1, "c": 2}, "d": [1]});
     merge_patch(
