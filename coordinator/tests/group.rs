@@ -401,3 +401,97 @@ async fn a_client_fails_over_to_the_new_leader_and_loses_no_acknowledged_write()
         "nothing applied twice or half"
     );
 }
+
+/// Sends `signal` (e.g. "STOP", "CONT") to a member's process.
+fn signal(m: &Member, signal: &str) {
+    let pid = m.child.as_ref().expect("running").id();
+    let ok = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// A leader frozen (SIGSTOP: a long GC pause, a stalled VM) while the others
+/// elect a new one, then thawed: it still believes it leads, but nothing it
+/// is asked to do commits on its own, it rejoins as a follower and
+/// converges on what the new leader committed. No split brain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_thaws_as_a_follower_and_converges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = group(tmp.path());
+    let old = write_somewhere(&members, "/before", 20).await;
+    signal(&members[old], "STOP");
+    // The others elect a leader and acknowledge writes without it.
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let mut found = None;
+        for &i in &others {
+            if let Ok(hint) = mkdir(&members[i].url, "/during").await {
+                found = Some(match hint {
+                    None => i,
+                    Some(url) => members.iter().position(|m| m.url == url).unwrap(),
+                });
+                break;
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while the old one was frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(new, old, "a frozen member led a write");
+
+    // Thawed, the old leader is asked for a write at once.
+    signal(&members[old], "CONT");
+    let thawed = mkdir(&members[old].url, "/thawed").await;
+    // It rejoins as a follower and converges on the new leader's writes.
+    eventually_exists(&members[old].url, "/during").await;
+    let mut c = client(&members[new].url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = c
+            .get_cluster_status(GetClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let leaders: Vec<u64> = status
+            .coordinators
+            .iter()
+            .filter(|m| m.role == "leader")
+            .map(|m| m.id)
+            .collect();
+        assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+        let old_role = status
+            .coordinators
+            .iter()
+            .find(|m| m.id == members[old].id)
+            .map(|m| m.role.clone());
+        if leaders == [members[new].id] && old_role.as_deref() == Some("follower") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the thawed member never became a follower: {:?}",
+            status.coordinators
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the thawed member acknowledged, the group has (it went through
+    // the new leader); what it refused, nobody applied.
+    let applied = stat(&members[new].url, "/thawed", false).await.is_ok();
+    assert_eq!(
+        thawed.is_ok(),
+        applied,
+        "the thawed member answered {thawed:?}, the group has /thawed: {applied}"
+    );
+    for m in &members {
+        eventually_exists(&m.url, "/before").await;
+    }
+}
