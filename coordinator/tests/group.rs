@@ -420,7 +420,7 @@ fn signal(m: &Member, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_thaws_as_a_follower_and_converges() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut members = group(tmp.path());
+    let members = group(tmp.path());
     let old = write_somewhere(&members, "/before", 20).await;
     signal(&members[old], "STOP");
     // The others elect a leader and acknowledge writes without it.
