@@ -131,11 +131,22 @@ pub fn dfs_bin() -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the tiny race with other
-/// processes is acceptable in tests).
+/// processes is acceptable in tests). Never the same port twice in one test
+/// process: the kernel may hand a released port out again at once, and two
+/// services of one cluster would then collide (a CI run lost a datanode
+/// whose metrics port was its coordinator's gRPC port).
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let mut given = GIVEN.lock().expect("port list");
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// Sends `signal` to `pid`.
@@ -866,4 +877,14 @@ pub fn shifted_clock_env(file: &Path) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+#[cfg(test)]
+mod free_addr_tests {
+    #[test]
+    fn no_port_is_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| super::free_addr().port()).collect();
+        let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len());
+    }
 }
