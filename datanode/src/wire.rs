@@ -486,6 +486,17 @@ mod tests {
         }
     }
 
+    /// A 3-byte chunk's header, from dn-1.
+    fn header() -> ReplicaHeader {
+        ReplicaHeader {
+            session_id: "s".into(),
+            chunk_id: ChunkId::parse(ID).unwrap(),
+            size: 3,
+            checksum: None,
+            source_node_id: "dn-1".into(),
+        }
+    }
+
     fn code<T>(r: Result<T, DataPathError>) -> tonic::Code {
         match r {
             Ok(_) => tonic::Code::Ok,
@@ -529,13 +540,7 @@ mod tests {
         let data = |f: ChunkData| ReplicateChunkRequest {
             kind: Some(replicate_chunk_request::Kind::Data(f)),
         };
-        let header = ReplicaHeader {
-            session_id: "s".into(),
-            chunk_id: ChunkId::parse(ID).unwrap(),
-            size: 3,
-            checksum: None,
-            source_node_id: "dn-1".into(),
-        };
+        let header = header();
         let frame = ChunkData::frame(Bytes::from_static(b"abc"), 0, true);
         // Data first: refused.
         let r = open_replica(Ready(VecDeque::from([data(frame.clone())])), IDLE).await;
@@ -560,13 +565,7 @@ mod tests {
 
     #[test]
     fn small_chunks_are_whole() {
-        let header = ReplicaHeader {
-            session_id: "s".into(),
-            chunk_id: ChunkId::parse(ID).unwrap(),
-            size: 3,
-            checksum: None,
-            source_node_id: "dn-1".into(),
-        };
+        let header = header();
         let whole = Frame::from(ChunkData::frame(Bytes::from_static(b"abc"), 0, true));
         let (h, f) = parse_small_chunk(small_chunk(7, &header, whole.clone())).unwrap();
         assert_eq!(

@@ -32,6 +32,18 @@ impl From<NamespaceError> for Status {
 
 pub use dfs_proto::LEADER_METADATA;
 
+/// UNAVAILABLE for `reason`, naming the group's leader (when known) in
+/// [`LEADER_METADATA`], where the caller retries.
+pub fn unavailable_at(reason: &str, leader: Option<&str>) -> Status {
+    let mut status = Status::unavailable(reason.to_string());
+    if let Some(l) = leader
+        && let Ok(v) = l.parse()
+    {
+        status.metadata_mut().insert(LEADER_METADATA, v);
+    }
+    status
+}
+
 /// The caller's id of one logical write ([`dfs_proto::REQUEST_ID_METADATA`]),
 /// validated: INVALID_ARGUMENT when malformed, `None` when absent.
 pub fn request_id(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status> {
@@ -61,15 +73,9 @@ impl From<ProposeError> for Status {
                 Status::unavailable("metadata store is unavailable")
             }
             ProposeError::Store(e) => Status::internal(e.to_string()),
+            // UNAVAILABLE: retry, at the leader the metadata names.
             ProposeError::NotLeader { ref leader } => {
-                // UNAVAILABLE: retry, at the leader the metadata names.
-                let mut status = Status::unavailable(e.to_string());
-                if let Some(l) = leader
-                    && let Ok(v) = l.parse()
-                {
-                    status.metadata_mut().insert(LEADER_METADATA, v);
-                }
-                status
+                unavailable_at(&e.to_string(), leader.as_deref())
             }
             ProposeError::Replication(_) => Status::unavailable(e.to_string()),
         }

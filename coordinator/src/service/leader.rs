@@ -31,6 +31,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dfs_proto::{FORWARDED_METADATA, LEADER_METADATA, READ_METADATA, STALE_READ};
+
+use super::convert::unavailable_at as unavailable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic::Status;
 use tonic::body::Body;
@@ -88,22 +90,12 @@ pub fn route(method: &str, who: &Leadership, stale: bool, forwarded: bool) -> Ro
     }
 }
 
-/// True when the call asks for a stale read.
-pub fn wants_stale(headers: &tonic::metadata::MetadataMap) -> bool {
+/// True when the call (its HTTP headers, or its gRPC metadata through
+/// `as_ref()`) asks for a stale read.
+pub fn wants_stale(headers: &http::HeaderMap) -> bool {
     headers
         .get(READ_METADATA)
         .is_some_and(|v| v.as_bytes() == STALE_READ.as_bytes())
-}
-
-/// UNAVAILABLE naming the leader, when known.
-fn unavailable(reason: &str, leader: Option<&str>) -> Status {
-    let mut st = Status::unavailable(reason.to_string());
-    if let Some(l) = leader
-        && let Ok(v) = l.parse()
-    {
-        st.metadata_mut().insert(LEADER_METADATA, v);
-    }
-    st
 }
 
 /// Wraps the Coordinator service: answers, forwards or refuses each call
@@ -163,11 +155,8 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Answer {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let headers = req.headers();
-        let stale = headers
-            .get(READ_METADATA)
-            .is_some_and(|v| v.as_bytes() == STALE_READ.as_bytes());
-        let forwarded = headers.contains_key(FORWARDED_METADATA);
+        let stale = wants_stale(req.headers());
+        let forwarded = req.headers().contains_key(FORWARDED_METADATA);
         let who = self.ctx.leadership();
         let route = route(method, &who, stale, forwarded);
         let metrics = self.ctx.metrics.clone();

@@ -226,7 +226,7 @@ impl Ctx {
     /// Waits until a read may be answered: at once for a stale read (or a
     /// single coordinator), else after the leader confirmed it leads.
     async fn read_barrier(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        if leader::wants_stale(metadata) {
+        if leader::wants_stale(metadata.as_ref()) {
             return Ok(());
         }
         self.reads.wait(&self.metrics).await
