@@ -357,6 +357,21 @@ pub trait Applied<S>: Send + 'static {
     /// Called after the namespace was replaced whole (a replicated
     /// snapshot installed): soft state derived from it starts over.
     fn restored(&self, _state: &mut S) {}
+
+    /// Applies `cmd` to the namespace and, when it took effect, runs the
+    /// hook with the command that took effect (a repeated
+    /// [`Command::Once`] changes nothing, so its effects do not run again).
+    /// The one way both state machines (single and replicated) apply.
+    fn apply(&self, state: &mut S, cmd: &Command) -> Result<Outcome, NamespaceError> {
+        let repeat = self.namespace(state).repeats(cmd);
+        let r = self.namespace(state).apply(cmd);
+        if let Ok(outcome) = &r
+            && !repeat
+        {
+            self.applied(state, cmd.effective(), outcome);
+        }
+        r
+    }
 }
 
 /// Handle for proposing commands to the group-commit loop.
@@ -420,15 +435,11 @@ impl Committer {
                 {
                     let mut st = state.lock().expect("state lock poisoned");
                     for p in &mut batch {
-                        let repeat = hook.namespace(&mut st).repeats(&p.cmd);
-                        let r = hook.namespace(&mut st).apply(&p.cmd);
-                        if let Ok(outcome) = &r {
+                        let r = hook.apply(&mut st, &p.cmd);
+                        if r.is_ok() {
                             encoded.push(
                                 serde_json::to_vec(&p.cmd).expect("commands always serialise"),
                             );
-                            if !repeat {
-                                hook.applied(&mut st, p.cmd.effective(), outcome);
-                            }
                         }
                         if !p.durable {
                             p.answer(r.clone().map_err(ProposeError::from));

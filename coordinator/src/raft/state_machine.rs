@@ -254,19 +254,9 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
             inner.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => batch
-                    .iter()
-                    .map(|cmd| {
-                        let repeat = hook.namespace(&mut st).repeats(cmd);
-                        let r = hook.namespace(&mut st).apply(cmd);
-                        if let Ok(outcome) = &r
-                            && !repeat
-                        {
-                            hook.applied(&mut st, cmd.effective(), outcome);
-                        }
-                        r
-                    })
-                    .collect(),
+                EntryPayload::Normal(batch) => {
+                    batch.iter().map(|cmd| hook.apply(&mut st, cmd)).collect()
+                }
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()
