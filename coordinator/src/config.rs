@@ -126,12 +126,27 @@ pub struct Config {
     /// (`dfs-coordinator-0` is 1, `dfs-coordinator-2` is 3).
     #[arg(long, env = "DFS_RAFT_ID_FROM_HOSTNAME")]
     pub raft_id_from_hostname: bool,
-    /// The coordinator group, every member as id=url, this one included
-    /// (e.g. 1=http://c0:7000,2=http://c1:7000,3=http://c2:7000): the
-    /// namespace is replicated on Raft among them. 1, 3 or 5 members. Empty:
-    /// one coordinator, its namespace a single copy.
+    /// The coordinator group's seed members as id=url (e.g.
+    /// 1=http://c0:7000,2=http://c1:7000,3=http://c2:7000): the namespace is
+    /// replicated on Raft among them, and the lowest id forms the group once
+    /// all of them answer. 1, 3 or 5 seeds. A coordinator whose --raft-id is
+    /// not a seed joins the formed group when a member adds it
+    /// (`dfs coordinators add`, or the operator). Empty: one coordinator,
+    /// its namespace a single copy.
     #[arg(long, env = "DFS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<Peer>,
+    /// `new`: the group may be formed now (by the lowest seed, once every
+    /// seed answers that it belongs to no group). `existing`: the group
+    /// exists; never form one, wait to be added. The operator switches its
+    /// pods to `existing` once the group has formed, so a member that comes
+    /// back on an empty volume can never start a second group.
+    #[arg(
+        long,
+        env = "DFS_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
+    pub initial_cluster_state: crate::raft::membership::InitialState,
     /// Fault injection for tests: every metadata log write fails with an
     /// I/O error while this file exists.
     #[arg(long, env = "DFS_FAULT_FAIL_LOG_WRITES_WHEN", hide = true)]
@@ -242,8 +257,8 @@ impl Config {
             if ids.len() != self.peers.len() {
                 return bad("peers", "every member needs its own id");
             }
-            if !ids.contains(&self.raft_id) {
-                return bad("raft-id", "must be one of the --peers ids");
+            if self.raft_id == 0 || self.raft_id > u16::MAX as u64 {
+                return bad("raft-id", "must be 1..=65535");
             }
         }
         if self.orphan_grace.is_zero() {

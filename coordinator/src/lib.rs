@@ -141,7 +141,7 @@ async fn join_group(
         Arc<Mutex<State>>,
         Committer,
         tokio::task::JoinHandle<()>,
-        openraft::Raft<raft::TypeConfig>,
+        service::Group,
     ),
     CoordinatorError,
 > {
@@ -160,26 +160,22 @@ async fn join_group(
     )
     .await?;
     let raft = member.raft.clone();
-    let lowest = config.peers.iter().map(|p| p.id).min();
-    if lowest == Some(config.raft_id) && !raft.is_initialized().await.unwrap_or(true) {
-        let members: std::collections::BTreeMap<u64, openraft::BasicNode> = config
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    openraft::BasicNode {
-                        addr: p.url.clone(),
-                    },
-                )
-            })
-            .collect();
-        match raft.initialize(members).await {
-            Ok(()) => tracing::info!(peers = config.peers.len(), "coordinator group bootstrapped"),
-            // Another start already did (or a member already has a log).
-            Err(e) => tracing::info!("group not bootstrapped here: {e}"),
-        }
-    }
+    let me = member.identity();
+    tracing::info!(
+        raft_id = me.id,
+        incarnation = format!("{:016x}", me.incarnation),
+        "coordinator group member"
+    );
+    // Forms the group once (never beside a formed one), in the background:
+    // it waits for the other seeds to answer.
+    tokio::spawn(raft::membership::bootstrap(
+        raft.clone(),
+        me,
+        config.peers.clone(),
+        config.initial_cluster_state,
+    ));
+    let reported = Arc::new(raft::membership::Reported::default());
+    raft::membership::spawn_prober(raft.clone(), me, reported.clone());
     let (committer, commit_task) = raft::committer::start(raft.clone(), metrics.clone());
     {
         let mut m = raft.metrics();
@@ -230,7 +226,12 @@ async fn join_group(
             }
         });
     }
-    Ok((state, committer, commit_task, raft))
+    Ok((
+        state,
+        committer,
+        commit_task,
+        service::Group { raft, me, reported },
+    ))
 }
 
 fn timing(config: &Config) -> Timing {
@@ -302,7 +303,7 @@ pub async fn serve(
         timing: timing(&config),
     };
     check_layout(&config).map_err(CoordinatorError::WrongLayout)?;
-    let (state, committer, commit_task, raft) = if config.peers.is_empty() {
+    let (state, committer, commit_task, group) = if config.peers.is_empty() {
         let data_dir = config.data_dir.clone();
         let fault = config.fault_fail_log_writes_when.clone();
         let (store, ns) = tokio::task::spawn_blocking(move || {
@@ -331,9 +332,10 @@ pub async fn serve(
         metrics.raft.single();
         (state, committer, commit_task, None)
     } else {
-        let (state, committer, commit_task, raft) = join_group(&config, hook, &metrics).await?;
-        (state, committer, commit_task, Some(raft))
+        let (state, committer, commit_task, group) = join_group(&config, hook, &metrics).await?;
+        (state, committer, commit_task, Some(group))
     };
+    let raft = group.as_ref().map(|g| g.raft.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let ctx_stop = stop_tx.clone();
@@ -346,6 +348,7 @@ pub async fn serve(
         shutdown: stop_rx.clone(),
         raft: raft.clone(),
         reads: service::leader::ReadBarrier::new(raft.clone()),
+        group: group.clone(),
     });
     {
         let ctx = ctx.clone();
@@ -434,7 +437,9 @@ pub async fn serve(
     drop(ctx);
     // Bounded: one connection may have this many calls in flight (the
     // rest wait their turn); heartbeat streams are one per datanode.
-    let raft_svc = raft.clone().map(raft::network::RaftService::server);
+    let raft_svc = group
+        .as_ref()
+        .map(|g| raft::network::RaftService::server(g.raft.clone(), g.me));
     let served = transport::server()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(svc)

@@ -18,7 +18,7 @@ use crate::namespace::NodeId;
 
 /// `method` of `rpc_requests` and `rpc_duration`: every RPC of the
 /// Coordinator service, as `service/` names it.
-pub const RPC_METHODS: [&str; 19] = [
+pub const RPC_METHODS: [&str; 21] = [
     "UploadFile",
     "ConfirmUpload",
     "UploadFiles",
@@ -38,6 +38,8 @@ pub const RPC_METHODS: [&str; 19] = [
     "DecommissionNode",
     "SetNodeMaintenance",
     "SetSafeMode",
+    "AddCoordinator",
+    "SetCoordinatorVoters",
 ];
 
 /// `method` of `batched_calls`: the calls UploadFiles and ConfirmUploads
@@ -515,11 +517,7 @@ pub struct RaftGauges {
 impl RaftGauges {
     /// Sets every gauge from openraft's metrics; `leader_changed` counts an
     /// election this member saw.
-    pub fn refresh(
-        &self,
-        m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
-        leader_changed: bool,
-    ) {
+    pub fn refresh(&self, m: &openraft::RaftMetrics<u64, crate::raft::Node>, leader_changed: bool) {
         let last = m.last_log_index.unwrap_or(0);
         self.term.set(m.current_term as i64);
         self.leader.set(i64::from(m.current_leader == Some(m.id)));

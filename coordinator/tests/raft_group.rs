@@ -13,8 +13,7 @@ use dfs_coordinator::namespace::Namespace;
 use dfs_coordinator::raft::member::{Member, default_config};
 use dfs_coordinator::raft::network::RaftService;
 use dfs_coordinator::raft::state_machine::Plain;
-use dfs_coordinator::raft::{Batch, MemberId};
-use openraft::BasicNode;
+use dfs_coordinator::raft::{Batch, MemberId, Node};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::oneshot;
 
@@ -55,7 +54,7 @@ async fn start_with(
         .await
         .expect("member starts");
     let (tx, rx) = oneshot::channel::<()>();
-    let service = RaftService::server(member.raft.clone());
+    let service = RaftService::server(member.raft.clone(), member.identity());
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -127,8 +126,9 @@ async fn three_members_elect_replicate_fail_over_and_catch_up() {
         let r = start(id, &tmp.path().join(format!("m{id}")), listener).await;
         nodes.insert(
             id,
-            BasicNode {
+            Node {
                 addr: r.addr.clone(),
+                incarnation: r.member.incarnation,
             },
         );
         running.push(r);
@@ -237,8 +237,9 @@ async fn a_member_with_a_wiped_volume_rejoins_through_a_snapshot() {
         .await;
         nodes.insert(
             id,
-            BasicNode {
+            Node {
                 addr: r.addr.clone(),
+                incarnation: r.member.incarnation,
             },
         );
         running.push(r);
@@ -287,8 +288,9 @@ async fn a_member_with_a_wiped_volume_rejoins_through_a_snapshot() {
     .await;
     raft.add_learner(
         new_id,
-        BasicNode {
+        Node {
             addr: back.addr.clone(),
+            incarnation: back.member.incarnation,
         },
         true,
     )

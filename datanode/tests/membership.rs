@@ -271,6 +271,20 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<ClusterStatus>, Status> {
         unimplemented()
     }
+
+    async fn add_coordinator(
+        &self,
+        _: Request<dfs_proto::AddCoordinatorRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        unimplemented()
+    }
+
+    async fn set_coordinator_voters(
+        &self,
+        _: Request<dfs_proto::SetCoordinatorVotersRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        unimplemented()
+    }
 }
 
 fn delete_command(id: u64, chunk: &str) -> DataNodeCommand {

@@ -358,9 +358,24 @@ fn coordinator_messages_roundtrip() {
             applied_index: 119,
             lag: 0,
             answering: true,
+            incarnation: 0x1234,
+            reported_incarnation: 0x5678,
+            voter: true,
         }],
     });
     roundtrip(SetSafeModeRequest { enabled: false });
+    roundtrip(dfs_proto::AddCoordinatorRequest {
+        id: 4,
+        address: "http://c3:7000".into(),
+    });
+    roundtrip(dfs_proto::SetCoordinatorVotersRequest {
+        voter_ids: vec![1, 2, 3],
+    });
+    roundtrip(dfs_proto::HelloResponse {
+        id: 4,
+        incarnation: 9,
+        initialized: true,
+    });
     roundtrip(DecommissionNodeRequest {
         node_id: "n1".into(),
         cancel: true,

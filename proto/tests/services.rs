@@ -284,6 +284,20 @@ impl Coordinator for EchoCoordinator {
     ) -> Result<Response<ClusterStatus>, Status> {
         Err(Status::unimplemented(""))
     }
+
+    async fn add_coordinator(
+        &self,
+        _: Request<dfs_proto::AddCoordinatorRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        Err(Status::unimplemented(""))
+    }
+
+    async fn set_coordinator_voters(
+        &self,
+        _: Request<dfs_proto::SetCoordinatorVotersRequest>,
+    ) -> Result<Response<ClusterStatus>, Status> {
+        Err(Status::unimplemented(""))
+    }
 }
 
 async fn serve(router: tonic::transport::server::Router) -> SocketAddr {

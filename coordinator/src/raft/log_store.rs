@@ -26,11 +26,14 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
+/// This volume's incarnation (see [`super::Node`]), created with it.
+const INCARNATION: &str = "incarnation";
 
 /// The log store of one member (cheap to clone: it shares the database).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    incarnation: u64,
 }
 
 impl Debug for LogStore {
@@ -66,7 +69,31 @@ impl LogStore {
             Ok(())
         })
         .await?;
-        Ok(LogStore { db })
+        let mut store = LogStore { db, incarnation: 0 };
+        store.incarnation = match store
+            .get_state::<u64>(INCARNATION, StorageIOError::read)
+            .await?
+        {
+            Some(i) => i,
+            None => {
+                // A new volume: a new member as far as the group goes.
+                let i = rand::random::<u64>().max(1);
+                store
+                    .put_state(
+                        INCARNATION,
+                        encode(&i, StorageIOError::write)?,
+                        StorageIOError::write,
+                    )
+                    .await?;
+                i
+            }
+        };
+        Ok(store)
+    }
+
+    /// The incarnation of this volume: random, nonzero, kept for its life.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Reads one value of the state table.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use openraft::{Config, Raft, SnapshotPolicy};
 
 use super::log_store::LogStore;
-use super::network::Network;
+use super::network::{Identity, Network};
 use super::state_machine::StateMachine;
 use super::{MemberId, RaftStorageError, TypeConfig};
 use crate::store::Applied;
@@ -59,10 +59,22 @@ pub fn default_config() -> Config {
 pub struct Member<S, H> {
     /// Its id in the group.
     pub id: MemberId,
+    /// The incarnation of its volume (see [`super::Node`]).
+    pub incarnation: u64,
     /// The Raft instance (clone freely).
     pub raft: Raft<TypeConfig>,
     /// Its state machine (the replicated namespace, inside `S`).
     pub state: StateMachine<S, H>,
+}
+
+impl<S, H> Member<S, H> {
+    /// Its identity on the wire.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            id: self.id,
+            incarnation: self.incarnation,
+        }
+    }
 }
 
 impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
@@ -89,7 +101,14 @@ impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
         let log = LogStore::open(db.clone()).await?;
         let state = StateMachine::open(db, state, hook).await?;
         let config = Arc::new(config.validate()?);
-        let raft = Raft::new(id, config, Network, log, state.clone()).await?;
-        Ok(Member { id, raft, state })
+        let incarnation = log.incarnation();
+        let me = Identity { id, incarnation };
+        let raft = Raft::new(id, config, Network::new(me), log, state.clone()).await?;
+        Ok(Member {
+            id,
+            incarnation,
+            raft,
+            state,
+        })
     }
 }

@@ -38,6 +38,7 @@
 pub mod committer;
 pub mod log_store;
 pub mod member;
+pub mod membership;
 pub mod network;
 pub mod state_machine;
 
@@ -56,13 +57,42 @@ pub type BatchResult = Vec<Result<Outcome, NamespaceError>>;
 /// A member of the coordinator group.
 pub type MemberId = u64;
 
+/// How the group knows one member: where to reach it, and which volume it
+/// must answer from.
+///
+/// `incarnation` is a random number a member creates with its Raft
+/// storage. The group pins it when the member joins, and every Raft call
+/// names the incarnation it is meant for: a member that came back on an
+/// empty volume has a new incarnation, so it is refused as the old member
+/// (it lost the votes and the entries the old one acknowledged) until it is
+/// removed and added again. 0 means "not pinned" (a group formed by an
+/// older release, whose nodes were `{addr}` only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    /// Its gRPC URL.
+    pub addr: String,
+    /// Its pinned incarnation (0: not pinned).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{:016x}", self.addr, self.incarnation)
+    }
+}
+
 openraft::declare_raft_types!(
     /// The coordinator group's Raft types.
     pub TypeConfig:
         D = Batch,
         R = BatchResult,
         NodeId = MemberId,
-        Node = openraft::BasicNode,
+        Node = Node,
         SnapshotData = Cursor<Vec<u8>>,
 );
 

@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
-    StoredMembership,
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{BatchResult, MemberId, RaftStorageError, TypeConfig, blocking, storage_err};
+use super::{BatchResult, MemberId, Node, RaftStorageError, TypeConfig, blocking, storage_err};
 use crate::namespace::{Command, Namespace, Outcome, Snapshot as NsSnapshot};
 use crate::store::Applied;
 
@@ -39,13 +38,13 @@ struct SnapshotData {
 /// The current snapshot as stored: its metadata and its bytes.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<MemberId, BasicNode>,
+    meta: SnapshotMeta<MemberId, Node>,
     data: Vec<u8>,
 }
 
 struct Inner {
     last_applied: Option<LogId<MemberId>>,
-    membership: StoredMembership<MemberId, BasicNode>,
+    membership: StoredMembership<MemberId, Node>,
     current: Option<Arc<StoredSnapshot>>,
     /// Snapshots built so far (for unique snapshot ids).
     built: u64,
@@ -230,13 +229,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
 
     async fn applied_state(
         &mut self,
-    ) -> Result<
-        (
-            Option<LogId<MemberId>>,
-            StoredMembership<MemberId, BasicNode>,
-        ),
-        RaftStorageError,
-    > {
+    ) -> Result<(Option<LogId<MemberId>>, StoredMembership<MemberId, Node>), RaftStorageError> {
         let inner = self.lock();
         Ok((inner.last_applied, inner.membership.clone()))
     }
@@ -276,7 +269,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<MemberId, BasicNode>,
+        meta: &SnapshotMeta<MemberId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();

@@ -121,9 +121,10 @@ impl CoordinatorService {
 impl CoordinatorService {
     /// The coordinator group as this member sees it (empty when single).
     pub(super) fn group_status(&self) -> Vec<pb::CoordinatorMember> {
-        let Some(raft) = &self.ctx.raft else {
+        let Some(group) = &self.ctx.group else {
             return Vec::new();
         };
+        let raft = &group.raft;
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
@@ -165,6 +166,13 @@ impl CoordinatorService {
                         _ => 0,
                     },
                     answering: me,
+                    incarnation: node.incarnation,
+                    reported_incarnation: if me {
+                        group.me.incarnation
+                    } else {
+                        group.reported.get(*id)
+                    },
+                    voter: voters.contains(id),
                 }
             })
             .collect()

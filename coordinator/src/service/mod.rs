@@ -162,6 +162,19 @@ pub struct Ctx {
     pub raft: Option<openraft::Raft<crate::raft::TypeConfig>>,
     /// Makes reads on the leader linearizable.
     pub reads: Arc<leader::ReadBarrier>,
+    /// This member's place in its group (none: a single coordinator).
+    pub group: Option<Group>,
+}
+
+/// A coordinator's membership in its group.
+#[derive(Clone)]
+pub struct Group {
+    /// Its Raft instance.
+    pub raft: openraft::Raft<crate::raft::TypeConfig>,
+    /// Its id and incarnation.
+    pub me: crate::raft::network::Identity,
+    /// What each member last answered to the leader.
+    pub reported: Arc<crate::raft::membership::Reported>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -619,5 +632,58 @@ impl Coordinator for CoordinatorService {
             Ok(self.cluster_status())
         })
         .await
+    }
+
+    async fn add_coordinator(
+        &self,
+        r: Request<pb::AddCoordinatorRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("AddCoordinator", async {
+            let group = self.group()?;
+            crate::raft::membership::add_learner(&group.raft, req.id, &req.address)
+                .await
+                .map_err(membership_status)?;
+            tracing::info!(id = req.id, address = %req.address, "coordinator added as a learner");
+            Ok(self.cluster_status())
+        })
+        .await
+    }
+
+    async fn set_coordinator_voters(
+        &self,
+        r: Request<pb::SetCoordinatorVotersRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = r.into_inner();
+        self.timed("SetCoordinatorVoters", async {
+            let group = self.group()?;
+            crate::raft::membership::set_voters(&group.raft, &req.voter_ids)
+                .await
+                .map_err(membership_status)?;
+            tracing::info!(voters = ?req.voter_ids, "coordinator group voters set");
+            Ok(self.cluster_status())
+        })
+        .await
+    }
+}
+
+fn membership_status(e: crate::raft::membership::MembershipError) -> Status {
+    use crate::raft::membership::MembershipError as E;
+    match &e {
+        E::Invalid(_) => Status::invalid_argument(e.to_string()),
+        E::Precondition(_) => Status::failed_precondition(e.to_string()),
+        E::Unreachable { .. } | E::Raft(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+impl CoordinatorService {
+    /// This coordinator's group, or FAILED_PRECONDITION for a single one.
+    fn group(&self) -> Result<&Group, Status> {
+        self.ctx.group.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this coordinator is not in a group (started without --peers): \
+                 it has no membership to change",
+            )
+        })
     }
 }
