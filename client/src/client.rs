@@ -431,6 +431,48 @@ impl Client {
             .try_into()
     }
 
+    /// Adds coordinator `id`, reachable at `address`, to the group as a
+    /// learner (admin): it receives the log and does not vote until
+    /// [`Client::set_coordinator_voters`] promotes it.
+    pub async fn add_coordinator(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<ClusterStatus, ClientError> {
+        self.coordinators
+            .call(|mut c| {
+                let request = dfs_proto::AddCoordinatorRequest {
+                    id,
+                    address: address.to_string(),
+                };
+                async move { c.add_coordinator(request).await }
+            })
+            .await
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "AddCoordinator", s))?
+            .into_inner()
+            .try_into()
+    }
+
+    /// Makes exactly `voter_ids` the group's voters (admin): learners among
+    /// them are promoted, voters not among them leave the group. One
+    /// membership change.
+    pub async fn set_coordinator_voters(
+        &self,
+        voter_ids: &[u64],
+    ) -> Result<ClusterStatus, ClientError> {
+        self.coordinators
+            .call(|mut c| {
+                let request = dfs_proto::SetCoordinatorVotersRequest {
+                    voter_ids: voter_ids.to_vec(),
+                };
+                async move { c.set_coordinator_voters(request).await }
+            })
+            .await
+            .map_err(|s| ClientError::rpc(&self.config.coordinator, "SetCoordinatorVoters", s))?
+            .into_inner()
+            .try_into()
+    }
+
     /// Puts a datanode into (or out of) maintenance for at most `duration`.
     pub async fn set_maintenance(
         &self,

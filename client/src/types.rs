@@ -345,6 +345,25 @@ pub struct CoordinatorMember {
     pub lag: u64,
     /// Whether this member answered.
     pub answering: bool,
+    /// Whether it votes (false for a learner).
+    pub voter: bool,
+    /// The incarnation (identity of its volume) the group pinned; 0 when
+    /// not pinned.
+    pub incarnation: u64,
+    /// The incarnation it last answered the leader with (0: no answer). A
+    /// value other than `incarnation` means it came back on an empty
+    /// volume and must be removed and added again.
+    pub reported_incarnation: u64,
+}
+
+impl CoordinatorMember {
+    /// True when the member answers from a volume other than the one the
+    /// group pinned: it lost its state and is refused until re-added.
+    pub fn on_new_volume(&self) -> bool {
+        self.incarnation != 0
+            && self.reported_incarnation != 0
+            && self.reported_incarnation != self.incarnation
+    }
 }
 
 impl ClusterStatus {
@@ -409,6 +428,9 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
                     applied_index: c.applied_index,
                     lag: c.lag,
                     answering: c.answering,
+                    voter: c.voter,
+                    incarnation: c.incarnation,
+                    reported_incarnation: c.reported_incarnation,
                 })
                 .collect(),
         })

@@ -433,7 +433,31 @@ pub async fn serve(
         data_dir = %config.data_dir.display(),
         "coordinator serving"
     );
-    readiness.set(true);
+    match &group {
+        None => readiness.set(true),
+        // A member is ready once it belongs to the group: a coordinator
+        // waiting to be added answers nothing itself, so the client Service
+        // must not send callers (or the operator) to it.
+        Some(g) => {
+            let readiness = readiness.clone();
+            let mut m = g.raft.metrics();
+            let me = g.me.id;
+            tokio::spawn(async move {
+                loop {
+                    let member = m
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&me)
+                        .is_some();
+                    readiness.set(member);
+                    if m.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
     drop(ctx);
     // Bounded: one connection may have this many calls in flight (the
     // rest wait their turn); heartbeat streams are one per datanode.

@@ -255,7 +255,11 @@ async fn a_group_grows_by_learners_and_replaces_a_member_on_an_empty_volume() {
     let e = set_voters(&u1, &[1, 2]).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     let e = add(&u1, 9, "http://127.0.0.1:1").await.unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "{e}: it does not answer"
+    );
     let e = add(&u1, 3, &u2).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}: c2 answers as 2");
     let e = add(&u1, 2, "ftp://x").await.unwrap_err();

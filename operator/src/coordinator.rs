@@ -53,6 +53,11 @@ pub struct CoordinatorFact {
     pub role: String,
     /// Entries its log lacks behind the leader's.
     pub lag: u64,
+    /// Whether it votes (false: a learner).
+    pub voter: bool,
+    /// It answers from another volume than the one the group pinned (it
+    /// came back empty): it must be removed and added again.
+    pub on_new_volume: bool,
 }
 
 impl ClusterFacts {
@@ -82,9 +87,11 @@ impl From<dfs_client::ClusterStatus> for ClusterFacts {
                 .coordinators
                 .into_iter()
                 .map(|m| CoordinatorFact {
+                    on_new_volume: m.on_new_volume(),
                     id: m.id,
                     role: m.role,
                     lag: m.lag,
+                    voter: m.voter,
                 })
                 .collect(),
         }
@@ -128,6 +135,19 @@ pub trait Coordinator: Send + Sync {
         node_id: &'a str,
         enabled: bool,
         duration: Duration,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
+    /// Adds coordinator `id` at `address` to the group as a learner.
+    fn add_coordinator<'a>(
+        &'a self,
+        url: &'a str,
+        id: u64,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
+    /// Makes exactly `voter_ids` the group's voters.
+    fn set_coordinator_voters<'a>(
+        &'a self,
+        url: &'a str,
+        voter_ids: &'a [u64],
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
 }
 
@@ -212,6 +232,45 @@ impl Coordinator for GrpcCoordinator {
                 .set_maintenance(&node_id, enabled, duration)
                 .await
                 .map_err(call_error)?;
+            Ok(())
+        })
+    }
+
+    fn add_coordinator<'a>(
+        &'a self,
+        url: &'a str,
+        id: u64,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(async move {
+            self.client(url)
+                .await?
+                .add_coordinator(id, address)
+                .await
+                .map_err(|source| CoordinatorError::Call {
+                    method: "AddCoordinator",
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(())
+        })
+    }
+
+    fn set_coordinator_voters<'a>(
+        &'a self,
+        url: &'a str,
+        voter_ids: &'a [u64],
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        Box::pin(async move {
+            self.client(url)
+                .await?
+                .set_coordinator_voters(voter_ids)
+                .await
+                .map_err(|source| CoordinatorError::Call {
+                    method: "SetCoordinatorVoters",
+                    url: url.to_string(),
+                    source,
+                })?;
             Ok(())
         })
     }

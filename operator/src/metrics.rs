@@ -7,7 +7,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 
 /// `error` of `reconcile_failures_total`: every
 /// [`crate::controller::Error::metric_label`].
-pub const RECONCILE_ERRORS: [&str; 8] = [
+pub const RECONCILE_ERRORS: [&str; 9] = [
     "apply",
     "list",
     "delete",
@@ -16,6 +16,7 @@ pub const RECONCILE_ERRORS: [&str; 8] = [
     "write_status",
     "publish_event",
     "set_maintenance",
+    "membership",
 ];
 
 /// Reconcile metrics.
@@ -168,6 +169,16 @@ mod tests {
                     },
                 }),
             },
+            Error::Membership {
+                change: "add 2".into(),
+                source: Box::new(crate::coordinator::CoordinatorError::Connect {
+                    url: "http://c".into(),
+                    source: dfs_client::ClientError::InvalidEndpoint {
+                        address: "c".into(),
+                        reason: "test".into(),
+                    },
+                }),
+            },
         ];
         // Exhaustive: a new Error variant does not compile here until it is
         // added to `all` above (and its label to RECONCILE_ERRORS).
@@ -180,7 +191,8 @@ mod tests {
                 | Error::LabelNode { .. }
                 | Error::WriteStatus { .. }
                 | Error::PublishEvent(_)
-                | Error::SetMaintenance { .. } => {}
+                | Error::SetMaintenance { .. }
+                | Error::Membership { .. } => {}
             }
         }
         let labels: Vec<&str> = all.iter().map(Error::metric_label).collect();

@@ -263,9 +263,19 @@ pub async fn add_learner(
         .membership_config
         .membership()
         .clone();
+    let voter = membership.voter_ids().any(|v| v == id);
     if let Some(n) = membership.get_node(&id) {
         if n.incarnation == h.incarnation && n.addr == addr {
             return Ok(());
+        }
+        if !voter && !h.initialized {
+            // A learner that came back empty (or moved): it never voted, so
+            // it is let go and added again as the member that answers now.
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_err)?;
+            tracing::info!(id, "learner on a new volume removed, adding it again");
+            return Box::pin(add_learner(raft, id, addr)).await;
         }
         return Err(MembershipError::Precondition(format!(
             "coordinator {id} is already a member ({n}); the one at {addr} is incarnation {:016x}: \

@@ -672,7 +672,8 @@ fn membership_status(e: crate::raft::membership::MembershipError) -> Status {
     match &e {
         E::Invalid(_) => Status::invalid_argument(e.to_string()),
         E::Precondition(_) => Status::failed_precondition(e.to_string()),
-        E::Unreachable { .. } | E::Raft(_) => Status::unavailable(e.to_string()),
+        E::Unreachable { .. } => Status::failed_precondition(e.to_string()),
+        E::Raft(_) => Status::unavailable(e.to_string()),
     }
 }
 

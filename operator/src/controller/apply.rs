@@ -51,6 +51,7 @@ pub async fn apply_all(
 ) -> Result<Applied, Error> {
     apply_one(client, ns, &desired.config).await?;
     apply_one(client, ns, &desired.topology).await?;
+    apply_one(client, ns, &desired.coordinator_group).await?;
     for s in &desired.services {
         apply_one(client, ns, s).await?;
     }

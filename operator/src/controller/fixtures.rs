@@ -168,6 +168,31 @@ impl Coordinator for FakeCoordinator {
         }
         Box::pin(async { Ok(()) })
     }
+
+    fn add_coordinator<'a>(
+        &'a self,
+        _url: &'a str,
+        id: u64,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("add coordinator {id} {address}"));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn set_coordinator_voters<'a>(
+        &'a self,
+        _url: &'a str,
+        voter_ids: &'a [u64],
+    ) -> BoxFuture<'a, Result<(), CoordinatorError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("voters {voter_ids:?}"));
+        Box::pin(async { Ok(()) })
+    }
 }
 
 fn cluster(spec: Value) -> DfsCluster {
@@ -199,7 +224,14 @@ fn facts(nodes: &[(&str, NodeState)], under: u64) -> ClusterFacts {
         missing_chunks: 0,
         capacity_total_bytes: 100 << 30,
         capacity_used_bytes: 25 << 30,
-        coordinators: Vec::new(),
+        // A group of one, as `replicas: 1` wants it.
+        coordinators: vec![crate::coordinator::CoordinatorFact {
+            id: 1,
+            role: "leader".into(),
+            lag: 0,
+            voter: true,
+            on_new_volume: false,
+        }],
     }
 }
 
@@ -214,6 +246,8 @@ fn hashes(c: &DfsCluster, zones: bool) -> (String, String) {
         },
         service_monitor_crd: false,
         datanode_pods: 0,
+        coordinator_pods: 1,
+        group_formed: false,
     };
     let d = build::desired(c, &v, &observed);
     (d.coordinator_hash, d.datanode_hash)
@@ -297,6 +331,11 @@ fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call>
         Call::new("GET", format!("{NS}/pods"))
             .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest")
             .reply(list("Pod", pods)),
+        Call::new("GET", format!("{NS}/configmaps/test-coordinator-group")).reply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "test-coordinator-group", "namespace": "default"},
+            "data": {"initialClusterState": "new"},
+        })),
         ssa(format!("{NS}/configmaps/test-config")).check(|b| {
             assert_eq!(b["data"]["replication"], "3");
             assert_eq!(b["data"]["coordinator"], "http://test-coordinator.default.svc:7000");
@@ -304,6 +343,7 @@ fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call>
         ssa(format!("{NS}/configmaps/test-topology")).check(|b| {
             assert_eq!(b["data"], json!({"node-a": "zone-1", "node-b": "zone-2"}));
         }),
+        ssa(format!("{NS}/configmaps/test-coordinator-group")),
         ssa(format!("{NS}/services/test-coordinator-headless")).check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
         ssa(format!("{NS}/services/test-coordinator")),
         ssa(format!("{NS}/services/test-coordinator-metrics")),

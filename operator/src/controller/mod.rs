@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod membership;
 pub mod nodes;
 pub mod roll;
 pub mod status;
@@ -125,6 +126,14 @@ pub enum Error {
         /// Cause.
         source: Box<crate::coordinator::CoordinatorError>,
     },
+    /// The coordinator group refused or missed a membership change.
+    #[error("failed to change the coordinator group ({change}): {source}")]
+    Membership {
+        /// The change, e.g. "add 2".
+        change: String,
+        /// Cause.
+        source: Box<crate::coordinator::CoordinatorError>,
+    },
 }
 
 impl Error {
@@ -139,6 +148,7 @@ impl Error {
             Error::WriteStatus { .. } => "write_status",
             Error::PublishEvent(_) => "publish_event",
             Error::SetMaintenance { .. } => "set_maintenance",
+            Error::Membership { .. } => "membership",
         }
     }
 }
@@ -322,6 +332,59 @@ async fn list_pods(
     Ok((of(COORDINATOR), of(DATANODE)))
 }
 
+/// Whether the group ConfigMap already says the coordinator group formed.
+async fn group_formed(client: &Client, ns: &str, name: &str) -> Result<bool, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = api
+        .get_opt(&build::Names(name).coordinator_group())
+        .await
+        .map_err(|source| Error::List {
+            kind: "ConfigMap".into(),
+            source,
+        })?;
+    Ok(cm
+        .and_then(|c| c.data)
+        .and_then(|d| d.get(build::KEY_INITIAL_CLUSTER_STATE).cloned())
+        .is_some_and(|v| v == "existing"))
+}
+
+/// Makes the one membership call [`membership::plan`] chose.
+async fn change_membership(
+    ctx: &Context,
+    url: &str,
+    v: &validate::ValidSpec,
+    change: &membership::Change,
+) -> Result<(), Error> {
+    let fail = |change: String| {
+        move |source| Error::Membership {
+            change,
+            source: Box::new(source),
+        }
+    };
+    match change {
+        membership::Change::Add { id } => {
+            let address = build::member_url(v, id - 1);
+            tracing::info!(id, %address, "adding a coordinator to the group as a learner");
+            ctx.coordinator
+                .add_coordinator(url, *id, &address)
+                .await
+                .map_err(fail(format!("add {id}")))
+        }
+        membership::Change::SetVoters(ids) => {
+            tracing::info!(voters = ?ids, "setting the coordinator group's voters");
+            ctx.coordinator
+                .set_coordinator_voters(url, ids)
+                .await
+                .map_err(fail(format!("voters {ids:?}")))
+        }
+        membership::Change::Wait(why) => {
+            tracing::debug!("coordinator membership waiting: {why}");
+            Ok(())
+        }
+        membership::Change::None => Ok(()),
+    }
+}
+
 async fn label_nodes(
     client: &Client,
     changes: &BTreeMap<String, Option<String>>,
@@ -478,19 +541,45 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
         }
     };
 
+    // The group's membership: which members run, whether it has formed
+    // (sticky: once `existing`, never `new` again).
+    let running_members: std::collections::BTreeSet<u64> = coordinator_pods
+        .iter()
+        .filter(|p| !p.terminating)
+        .filter_map(|p| p.name.rsplit_once('-')?.1.parse::<u64>().ok())
+        .map(|ordinal| ordinal + 1)
+        .collect();
+    let group_formed = group_formed(&ctx.client, &ns, &name).await?
+        || facts
+            .as_ref()
+            .is_some_and(|f| f.coordinators.iter().any(|m| m.role == "leader"));
+    let replicas = obj.spec.coordinator.replicas.max(1) as u64;
+
     // Build and apply.
     let service_monitor_crd = ctx.service_monitor_crd.load(Ordering::Relaxed);
     let observed = Observed {
         zones,
         service_monitor_crd,
         datanode_pods: datanode_pods.iter().filter(|p| !p.terminating).count() as i32,
+        coordinator_pods: membership::pods(replicas, facts.as_ref(), &running_members) as i32,
+        group_formed,
     };
     let desired = build::desired(obj, &valid, &observed);
     let applied = apply::apply_all(&ctx.client, &ns, &name, &desired, service_monitor_crd).await?;
 
-    // Act: one roll step, maintenance releases, node labels.
-    let coordinator_step =
-        roll::plan_coordinator(&coordinator_pods, &desired.coordinator_hash, facts.as_ref());
+    // Act: one membership change, or one roll step; maintenance releases,
+    // node labels.
+    let change = if obj.spec.cluster_operation.stopped {
+        membership::Change::None
+    } else {
+        membership::plan(replicas, &running_members, facts.as_ref())
+    };
+    change_membership(ctx, &url, &valid, &change).await?;
+    let coordinator_step = if change.acts() {
+        Step::Wait("the coordinator group's membership changes first".into())
+    } else {
+        roll::plan_coordinator(&coordinator_pods, &desired.coordinator_hash, facts.as_ref())
+    };
     let datanode_plan = if coordinator_step.rolling() {
         roll::Plan {
             exit_maintenance: Vec::new(),
@@ -544,7 +633,8 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
     if Some(&new_status) != previous {
         write_status(&api, &name, &new_status).await?;
     }
-    let busy = coordinator_step.rolling()
+    let busy = change.pending()
+        || coordinator_step.rolling()
         || datanode_plan.step.rolling()
         || !datanode_plan.exit_maintenance.is_empty()
         || applied.coordinator_ready < applied.coordinator_desired

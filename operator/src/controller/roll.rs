@@ -337,6 +337,8 @@ mod tests {
             id,
             role: role.into(),
             lag,
+            voter: true,
+            on_new_volume: false,
         };
         let mut f = facts(&[], 0);
         f.coordinators = vec![

@@ -17,6 +17,28 @@ pub const KEY_CHUNK_SIZE: &str = "chunkSize";
 pub const KEY_COORDINATOR: &str = "coordinator";
 /// Datanode reserve in bytes.
 pub const KEY_RESERVE: &str = "reserve";
+/// Group ConfigMap key: `new` until the coordinator group has formed, then
+/// `existing` for good (`DFS_INITIAL_CLUSTER_STATE`).
+pub const KEY_INITIAL_CLUSTER_STATE: &str = "initialClusterState";
+
+/// The coordinator group's ConfigMap. Kept apart from the configuration
+/// ConfigMap so that its one change (the group formed) reaches pods at
+/// their next start without rolling them.
+pub(super) fn coordinator_group(cluster: &DfsCluster, v: &ValidSpec, formed: bool) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(
+            v,
+            cluster,
+            Names(&v.name).coordinator_group(),
+            Some(super::COORDINATOR),
+        ),
+        data: Some(BTreeMap::from([(
+            KEY_INITIAL_CLUSTER_STATE.into(),
+            if formed { "existing" } else { "new" }.into(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
 
 pub(super) fn config(cluster: &DfsCluster, v: &ValidSpec) -> ConfigMap {
     ConfigMap {

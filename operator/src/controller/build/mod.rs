@@ -27,7 +27,9 @@ use serde::Serialize;
 use crate::controller::validate::ValidSpec;
 use crate::crd::DfsCluster;
 
+pub use configmap::KEY_INITIAL_CLUSTER_STATE;
 pub use servicemonitor::service_monitor_resource;
+pub use statefulset::member_url;
 
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "dfs-operator";
@@ -64,6 +66,10 @@ impl Names<'_> {
     /// ConfigMap with the services' configuration.
     pub fn config(&self) -> String {
         format!("{}-config", self.0)
+    }
+    /// ConfigMap saying whether the coordinator group has formed.
+    pub fn coordinator_group(&self) -> String {
+        format!("{}-coordinator-group", self.0)
     }
     /// ConfigMap mapping Kubernetes node names to zones.
     pub fn topology(&self) -> String {
@@ -157,6 +163,11 @@ pub struct Observed {
     pub service_monitor_crd: bool,
     /// Datanode pods running now (for the datanode PDB).
     pub datanode_pods: i32,
+    /// Coordinator pods to run (the spec's replicas, or more while surplus
+    /// members have not yet left the group; see `membership::pods`).
+    pub coordinator_pods: i32,
+    /// The coordinator group has formed (it had a leader once).
+    pub group_formed: bool,
 }
 
 /// Every object a DfsCluster wants.
@@ -166,6 +177,8 @@ pub struct Desired {
     pub config: ConfigMap,
     /// Node name → zone, read by the datanodes at start.
     pub topology: ConfigMap,
+    /// Whether the coordinator group has formed.
+    pub coordinator_group: ConfigMap,
     /// Coordinator headless and client Services, and the metrics Services
     /// when metrics are enabled.
     pub services: Vec<Service>,
@@ -187,10 +200,12 @@ pub struct Desired {
 pub fn desired(cluster: &DfsCluster, v: &ValidSpec, observed: &Observed) -> Desired {
     let config = configmap::config(cluster, v);
     let config_hash = hash_json(&config.data);
-    let (statefulset, coordinator_hash) = statefulset::build(cluster, v, &config_hash);
+    let (statefulset, coordinator_hash) =
+        statefulset::build(cluster, v, &config_hash, observed.coordinator_pods);
     let (daemonset, datanode_hash) = daemonset::build(cluster, v, &config_hash);
     Desired {
         topology: configmap::topology(cluster, v, &observed.zones),
+        coordinator_group: configmap::coordinator_group(cluster, v, observed.group_formed),
         config,
         services: service::build(cluster, v),
         pdbs: pdb::build(cluster, v, observed.datanode_pods),

@@ -112,28 +112,30 @@ pub(super) fn finish_template(
     (template, hash)
 }
 
-/// The `--peers` of a coordinator group of `replicas` pods: pod `i` is
-/// member `i + 1` at its stable DNS name under the headless Service.
-pub(super) fn peers(v: &ValidSpec, replicas: i32) -> String {
+/// The `--peers` of the coordinator group: its one seed, pod 0, at its
+/// stable DNS name under the headless Service. The group forms with it
+/// alone and the operator adds every other pod (member `ordinal + 1`), so
+/// scaling never changes the pod template (no roll to scale).
+pub(super) fn peers(v: &ValidSpec) -> String {
+    format!("1={}", member_url(v, 0))
+}
+
+/// The gRPC URL of coordinator pod `ordinal` (member `ordinal + 1`).
+pub fn member_url(v: &ValidSpec, ordinal: u64) -> String {
     let names = Names(&v.name);
-    (0..replicas)
-        .map(|i| {
-            format!(
-                "{}=http://{}-{i}.{}.{}.svc:{COORDINATOR_PORT}",
-                i + 1,
-                names.coordinator(),
-                names.coordinator_headless(),
-                v.namespace
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    format!(
+        "http://{}-{ordinal}.{}.{}.svc:{COORDINATOR_PORT}",
+        names.coordinator(),
+        names.coordinator_headless(),
+        v.namespace
+    )
 }
 
 pub(super) fn build(
     cluster: &DfsCluster,
     v: &ValidSpec,
     config_hash: &str,
+    pods: i32,
 ) -> (StatefulSet, String) {
     let spec = &cluster.spec.coordinator;
     let names = Names(&v.name);
@@ -142,21 +144,34 @@ pub(super) fn build(
         env_from_config(v, "DFS_REPLICATION", KEY_REPLICATION),
         env_from_config(v, "DFS_CHUNK_SIZE", KEY_CHUNK_SIZE),
     ];
-    // A group: every pod's peers by their stable DNS names (the headless
-    // Service publishes them before the pods are ready, so the group can
-    // form), and each pod's id from its ordinal.
-    if spec.replicas > 1 {
-        env.push(EnvVar {
-            name: "DFS_RAFT_ID_FROM_HOSTNAME".into(),
-            value: Some("true".into()),
-            ..EnvVar::default()
-        });
-        env.push(EnvVar {
-            name: "DFS_PEERS".into(),
-            value: Some(peers(v, spec.replicas)),
-            ..EnvVar::default()
-        });
-    }
+    // Always a group (of one to five): each pod's id from its ordinal, the
+    // seed by its stable DNS name (the headless Service publishes it before
+    // the pod is ready, so the group can form), and whether the group may
+    // still be formed from the group ConfigMap, read at each start: once the
+    // group exists, a pod that comes back on an empty volume never forms a
+    // second one.
+    env.push(EnvVar {
+        name: "DFS_RAFT_ID_FROM_HOSTNAME".into(),
+        value: Some("true".into()),
+        ..EnvVar::default()
+    });
+    env.push(EnvVar {
+        name: "DFS_PEERS".into(),
+        value: Some(peers(v)),
+        ..EnvVar::default()
+    });
+    env.push(EnvVar {
+        name: "DFS_INITIAL_CLUSTER_STATE".into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: names.coordinator_group(),
+                key: super::configmap::KEY_INITIAL_CLUSTER_STATE.into(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    });
     env.extend(spec.env.iter().cloned());
     let mut args = vec![
         "--listen".to_string(),
@@ -203,7 +218,7 @@ pub(super) fn build(
     let replicas = if cluster.spec.cluster_operation.stopped {
         0
     } else {
-        spec.replicas
+        pods.max(spec.replicas)
     };
     let sts = StatefulSet {
         metadata: meta(v, cluster, names.coordinator(), Some(COORDINATOR)),

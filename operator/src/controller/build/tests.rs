@@ -29,6 +29,8 @@ fn observed() -> Observed {
         ]),
         service_monitor_crd: true,
         datanode_pods: 3,
+        coordinator_pods: 1,
+        group_formed: true,
     }
 }
 
@@ -36,6 +38,7 @@ fn render(d: &Desired) -> String {
     let mut docs: Vec<String> = vec![
         serde_yaml::to_string(&d.config).unwrap(),
         serde_yaml::to_string(&d.topology).unwrap(),
+        serde_yaml::to_string(&d.coordinator_group).unwrap(),
     ];
     docs.extend(d.services.iter().map(|s| serde_yaml::to_string(s).unwrap()));
     docs.extend(d.pdbs.iter().map(|s| serde_yaml::to_string(s).unwrap()));
@@ -251,55 +254,78 @@ fn stopped_cluster_runs_nothing() {
     assert_eq!(sel["dfs.io/stopped"], "true");
 }
 
+/// Every cluster's coordinators are a group of one to five: the same pod
+/// template whatever the replicas (scaling is a membership change, not a
+/// roll), pod 0 the one seed by its stable DNS name, ids from hostnames,
+/// and whether the group may still form read from the group ConfigMap.
 #[test]
-fn a_coordinator_group_names_its_peers_by_stable_dns() {
-    let env_of = |replicas: i32| {
+fn a_coordinator_group_names_its_seed_by_stable_dns_whatever_its_size() {
+    let build = |replicas: i32, pods: i32| {
         let mut cluster = fixture("minimal");
         cluster.spec.coordinator.replicas = replicas;
         let v = validate(&cluster).unwrap();
-        let d = desired(&cluster, &v, &observed());
-        assert_eq!(d.statefulset.spec.replicas, Some(replicas));
-        let pod = d.statefulset.spec.template.spec.unwrap();
-        let env: BTreeMap<String, Option<String>> = pod.containers[0]
-            .env
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| (e.name, e.value))
-            .collect();
-        (v, env)
+        let mut o = observed();
+        o.coordinator_pods = pods;
+        let d = desired(&cluster, &v, &o);
+        (v, d)
     };
-    // One coordinator: no group.
-    let (_, single) = env_of(1);
-    assert!(!single.contains_key("DFS_PEERS") && !single.contains_key("DFS_RAFT_ID_FROM_HOSTNAME"));
-    // Three: member i+1 is pod i under the headless Service, id from the hostname.
-    let (v, group) = env_of(3);
-    assert_eq!(group["DFS_RAFT_ID_FROM_HOSTNAME"].as_deref(), Some("true"));
-    let names = Names(&v.name);
-    let want: Vec<String> = (0..3)
-        .map(|i| {
-            format!(
-                "{}=http://{}-{i}.{}.{}.svc:{COORDINATOR_PORT}",
-                i + 1,
-                names.coordinator(),
-                names.coordinator_headless(),
-                v.namespace
-            )
-        })
-        .collect();
-    assert_eq!(group["DFS_PEERS"].as_deref(), Some(want.join(",").as_str()));
-    // The peers parse as the coordinator's --peers, and each pod's hostname
-    // gives its own id among them.
-    let peers: Vec<_> = want.iter().map(|p| dfs_coordinator_peer(p)).collect();
-    assert_eq!(peers, vec![1, 2, 3]);
+    let env_of = |d: &Desired| {
+        let pod = d.statefulset.spec.template.spec.clone().unwrap();
+        pod.containers[0].env.clone().unwrap_or_default()
+    };
+    let (v, one) = build(1, 1);
+    let (_, three) = build(3, 3);
+    assert_eq!(one.statefulset.spec.replicas, Some(1));
+    assert_eq!(three.statefulset.spec.replicas, Some(3));
     assert_eq!(
-        env_of(5).1["DFS_PEERS"]
-            .as_deref()
-            .unwrap()
-            .split(',')
-            .count(),
-        5
+        one.coordinator_hash, three.coordinator_hash,
+        "scaling rolls nothing"
     );
+    // Voters that have not left the group yet keep their pods.
+    let (_, shrinking) = build(3, 5);
+    assert_eq!(shrinking.statefulset.spec.replicas, Some(5));
+
+    let env = env_of(&three);
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("DFS_RAFT_ID_FROM_HOSTNAME").as_deref(), Some("true"));
+    let names = Names(&v.name);
+    let seed = format!(
+        "1=http://{}-0.{}.{}.svc:{COORDINATOR_PORT}",
+        names.coordinator(),
+        names.coordinator_headless(),
+        v.namespace
+    );
+    assert_eq!(value("DFS_PEERS").as_deref(), Some(seed.as_str()));
+    assert_eq!(dfs_coordinator_peer(&seed), 1);
+    assert_eq!(
+        super::member_url(&v, 2),
+        format!(
+            "http://{}-2.{}.{}.svc:{COORDINATOR_PORT}",
+            names.coordinator(),
+            names.coordinator_headless(),
+            v.namespace
+        )
+    );
+    let state = env
+        .iter()
+        .find(|e| e.name == "DFS_INITIAL_CLUSTER_STATE")
+        .and_then(|e| e.value_from.as_ref()?.config_map_key_ref.clone())
+        .expect("the initial state comes from the group ConfigMap");
+    assert_eq!(state.name, names.coordinator_group());
+    assert_eq!(state.key, "initialClusterState");
+    let group = |formed: bool| {
+        let cluster = fixture("minimal");
+        let v = validate(&cluster).unwrap();
+        let mut o = observed();
+        o.group_formed = formed;
+        desired(&cluster, &v, &o).coordinator_group.data.unwrap()["initialClusterState"].clone()
+    };
+    assert_eq!(group(false), "new");
+    assert_eq!(group(true), "existing");
 }
 
 /// The id of one `id=url` peer, as the coordinator reads it (the operator
