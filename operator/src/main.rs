@@ -51,6 +51,10 @@ struct RunArgs {
     /// Timeout of calls to a cluster's coordinator, e.g. 5s.
     #[arg(long, env = "DFS_OPERATOR_COORDINATOR_TIMEOUT", default_value = "5s", value_parser = dfs_common::time::parse_duration)]
     coordinator_timeout: Duration,
+    /// Call this coordinator URL for every cluster instead of its client
+    /// Service, e.g. when the operator runs outside the cluster network.
+    #[arg(long, env = "DFS_OPERATOR_COORDINATOR_URL")]
+    coordinator_url: Option<String>,
 }
 
 #[tokio::main]
@@ -80,6 +84,7 @@ async fn run(args: RunArgs, shutdown: dfs_common::bootstrap::Shutdown) -> anyhow
     let config = dfs_operator::controller::Config {
         namespace: args.namespace,
         coordinator_timeout: args.coordinator_timeout,
+        coordinator_url: args.coordinator_url,
         leader: args
             .leader_election
             .then(|| dfs_operator::leader::LeaseConfig {

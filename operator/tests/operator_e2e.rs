@@ -150,6 +150,10 @@ impl Env {
     }
 
     fn start_operator(&mut self) {
+        self.start_operator_with(&[]);
+    }
+
+    fn start_operator_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("operator.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dfs-operator"))
             .args([
@@ -159,6 +163,7 @@ impl Env {
                 "--coordinator-timeout",
                 "1s",
             ])
+            .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", "default")
             .env("POD_NAME", "dfs-operator-e2e")
@@ -451,4 +456,450 @@ fn operator_reconciles_scales_and_repairs() {
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(env.operator.take());
+}
+
+/// A coordinator pod of cluster `demo`, running (the emulator runs no pods:
+/// the test makes them as the StatefulSet would).
+fn coordinator_pod(env: &Env, ordinal: u64) -> String {
+    let hash = env.must(&[
+        "get",
+        "statefulset",
+        "demo-coordinator",
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations.dfs\\.io/template-hash}",
+    ]);
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: demo-coordinator-{ordinal}\n  namespace: default\n  \
+         annotations: {{dfs.io/template-hash: \"{hash}\"}}\n  labels:\n    \
+         app.kubernetes.io/name: dfs\n    app.kubernetes.io/instance: demo\n    app.kubernetes.io/component: coordinator\n\
+         spec:\n  containers: [{{name: coordinator, image: dfs}}]\n"
+    )
+}
+
+/// Scaling the coordinators 1 → 3 → 5 → 3 makes the membership calls in
+/// order (learners as their pods run, promoted together; surplus voters
+/// removed before their pods go), and a member on an empty volume is removed
+/// and added again: the real operator against the API emulator and a faked
+/// coordinator group.
+#[test]
+fn operator_scales_the_coordinator_group_by_membership_calls() {
+    let python = venv_python().unwrap_or_else(|why| panic!("operator e2e cannot run: {why}"));
+    let mut env = start(&python);
+    let group = fake_group::Group::of_one();
+    let url = group.serve();
+    let crd = Command::new(env!("CARGO_BIN_EXE_dfs-operator"))
+        .arg("crd")
+        .output()
+        .expect("dfs-operator crd");
+    env.apply("crd.yaml", &String::from_utf8(crd.stdout).expect("utf-8"));
+    env.start_operator_with(&["--coordinator-url", &url]);
+    env.apply(
+        "cluster.yaml",
+        "apiVersion: dfs.io/v1alpha1\nkind: DfsCluster\nmetadata: {name: demo, namespace: default}\nspec:\n  coordinator: {replicas: 1}\n",
+    );
+    env.wait_for(
+        "the StatefulSet",
+        &["statefulset", "demo-coordinator"],
+        "{.spec.replicas}",
+        "1",
+    );
+    env.apply("pod0.yaml", &coordinator_pod(&env, 0));
+    env.wait_for(
+        "the group to be marked formed",
+        &["configmap", "demo-coordinator-group"],
+        "{.data.initialClusterState}",
+        "existing",
+    );
+    let member = |i: u64| {
+        format!(
+            "http://demo-coordinator-{}.demo-coordinator-headless.default.svc:7000",
+            i - 1
+        )
+    };
+    let wait_calls = |env: &Env, want: &[String]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got: Vec<String> = Vec::new();
+        while got.len() < want.len() && Instant::now() < deadline {
+            got.extend(group.take_calls());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Nothing more once the group is as wanted.
+        std::thread::sleep(Duration::from_millis(1500));
+        got.extend(group.take_calls());
+        if got != want {
+            env.fail(&format!("membership calls: got {got:?}, want {want:?}"));
+        }
+    };
+    let scale = |env: &Env, n: u64| {
+        env.must(&[
+            "patch",
+            "dfs",
+            "demo",
+            "--type=merge",
+            "-p",
+            &format!("{{\"spec\":{{\"coordinator\":{{\"replicas\":{n}}}}}}}"),
+        ]);
+    };
+    assert!(group.take_calls().is_empty());
+
+    // 1 → 3: the StatefulSet grows first; members are added as their pods run.
+    scale(&env, 3);
+    env.wait_for(
+        "3 pods",
+        &["statefulset", "demo-coordinator"],
+        "{.spec.replicas}",
+        "3",
+    );
+    env.apply("pod1.yaml", &coordinator_pod(&env, 1));
+    env.apply("pod2.yaml", &coordinator_pod(&env, 2));
+    wait_calls(
+        &env,
+        &[
+            format!("add 2 {}", member(2)),
+            format!("add 3 {}", member(3)),
+            "voters [1, 2, 3]".into(),
+        ],
+    );
+    // 3 → 5.
+    scale(&env, 5);
+    env.wait_for(
+        "5 pods",
+        &["statefulset", "demo-coordinator"],
+        "{.spec.replicas}",
+        "5",
+    );
+    env.apply("pod3.yaml", &coordinator_pod(&env, 3));
+    env.apply("pod4.yaml", &coordinator_pod(&env, 4));
+    wait_calls(
+        &env,
+        &[
+            format!("add 4 {}", member(4)),
+            format!("add 5 {}", member(5)),
+            "voters [1, 2, 3, 4, 5]".into(),
+        ],
+    );
+    // 5 → 3: the voters leave first, then the StatefulSet shrinks.
+    scale(&env, 3);
+    wait_calls(&env, &["voters [1, 2, 3]".into()]);
+    env.wait_for(
+        "3 pods again",
+        &["statefulset", "demo-coordinator"],
+        "{.spec.replicas}",
+        "3",
+    );
+    assert_eq!(group.voters(), vec![1, 2, 3]);
+    env.must(&[
+        "delete",
+        "pod",
+        "--ignore-not-found",
+        "demo-coordinator-3",
+        "demo-coordinator-4",
+    ]);
+
+    // Member 2 comes back on an empty volume: removed, added, promoted.
+    group.wipe(2);
+    wait_calls(
+        &env,
+        &[
+            "voters [1, 3]".into(),
+            format!("add 2 {}", member(2)),
+            "voters [1, 2, 3]".into(),
+        ],
+    );
+    drop(env.operator.take());
+}
+
+/// A coordinator group, faked as a gRPC Coordinator on 127.0.0.1: its status
+/// reports the members it has, and AddCoordinator / SetCoordinatorVoters
+/// change them the way a real group does, recording each call in order.
+mod fake_group {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use dfs_proto::coordinator_server::{Coordinator, CoordinatorServer};
+    use dfs_proto::*;
+    use tonic::{Request, Response, Status, Streaming};
+
+    #[derive(Clone, Debug)]
+    pub struct Member {
+        pub id: u64,
+        pub voter: bool,
+        pub incarnation: u64,
+        pub reported: u64,
+    }
+
+    #[derive(Default)]
+    pub struct State {
+        pub members: Vec<Member>,
+        pub calls: Vec<String>,
+        next: u64,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Group(pub Arc<Mutex<State>>);
+
+    impl Group {
+        /// A group of one (member 1 leads).
+        pub fn of_one() -> Group {
+            let g = Group::default();
+            g.0.lock().unwrap().members.push(Member {
+                id: 1,
+                voter: true,
+                incarnation: 1,
+                reported: 1,
+            });
+            g.0.lock().unwrap().next = 2;
+            g
+        }
+
+        pub fn take_calls(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().unwrap().calls)
+        }
+
+        pub fn voters(&self) -> Vec<u64> {
+            let s = self.0.lock().unwrap();
+            s.members.iter().filter(|m| m.voter).map(|m| m.id).collect()
+        }
+
+        /// Member `id` comes back on an empty volume.
+        pub fn wipe(&self, id: u64) {
+            let mut s = self.0.lock().unwrap();
+            s.next += 1;
+            let inc = s.next;
+            if let Some(m) = s.members.iter_mut().find(|m| m.id == id) {
+                m.reported = inc;
+            }
+        }
+
+        /// Serves on a free 127.0.0.1 port in a thread of its own; returns
+        /// the URL.
+        pub fn serve(&self) -> String {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let svc = CoordinatorServer::new(self.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let incoming = tokio_stream_incoming(listener);
+                    tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming(incoming)
+                        .await
+                        .unwrap();
+                });
+            });
+            format!("http://{addr}")
+        }
+    }
+
+    fn tokio_stream_incoming(
+        listener: tokio::net::TcpListener,
+    ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures::stream::unfold(listener, |l| async move {
+            let r = l.accept().await.map(|(s, _)| s);
+            Some((r, l))
+        })
+    }
+
+    fn no<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    impl Group {
+        fn status(&self) -> ClusterStatus {
+            let s = self.0.lock().unwrap();
+            let leader = s.members.iter().filter(|m| m.voter).map(|m| m.id).min();
+            ClusterStatus {
+                cluster_id: "0123456789abcdef0123456789abcdef".into(),
+                coordinators: s
+                    .members
+                    .iter()
+                    .map(|m| CoordinatorMember {
+                        id: m.id,
+                        address: String::new(),
+                        role: if Some(m.id) == leader {
+                            "leader"
+                        } else if m.voter {
+                            "follower"
+                        } else {
+                            "learner"
+                        }
+                        .into(),
+                        term: 1,
+                        last_log_index: 10,
+                        applied_index: 10,
+                        lag: 0,
+                        answering: Some(m.id) == leader,
+                        incarnation: m.incarnation,
+                        reported_incarnation: m.reported,
+                        voter: m.voter,
+                    })
+                    .collect(),
+                ..ClusterStatus::default()
+            }
+        }
+    }
+
+    type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Coordinator for Group {
+        async fn get_cluster_status(
+            &self,
+            _: Request<GetClusterStatusRequest>,
+        ) -> Result<Response<ClusterStatus>, Status> {
+            Ok(Response::new(self.status()))
+        }
+
+        async fn add_coordinator(
+            &self,
+            r: Request<AddCoordinatorRequest>,
+        ) -> Result<Response<ClusterStatus>, Status> {
+            let r = r.into_inner();
+            {
+                let mut s = self.0.lock().unwrap();
+                s.calls.push(format!("add {} {}", r.id, r.address));
+                if let Some(m) = s.members.iter().find(|m| m.id == r.id) {
+                    if m.voter {
+                        return Err(Status::failed_precondition("a voter: remove it first"));
+                    }
+                    s.members.retain(|m| m.id != r.id);
+                }
+                s.next += 1;
+                let inc = s.next;
+                s.members.push(Member {
+                    id: r.id,
+                    voter: false,
+                    incarnation: inc,
+                    reported: inc,
+                });
+                s.members.sort_by_key(|m| m.id);
+            }
+            Ok(Response::new(self.status()))
+        }
+
+        async fn set_coordinator_voters(
+            &self,
+            r: Request<SetCoordinatorVotersRequest>,
+        ) -> Result<Response<ClusterStatus>, Status> {
+            let ids = r.into_inner().voter_ids;
+            {
+                let mut s = self.0.lock().unwrap();
+                s.calls.push(format!("voters {ids:?}"));
+                s.members.retain(|m| ids.contains(&m.id) || !m.voter);
+                for m in &mut s.members {
+                    m.voter = ids.contains(&m.id);
+                }
+            }
+            Ok(Response::new(self.status()))
+        }
+
+        type DataNodeHeartbeatStream = BoxStream<HeartbeatResponse>;
+
+        async fn data_node_heartbeat(
+            &self,
+            _: Request<Streaming<Heartbeat>>,
+        ) -> Result<Response<Self::DataNodeHeartbeatStream>, Status> {
+            no()
+        }
+
+        async fn upload_file(
+            &self,
+            _: Request<UploadFileRequest>,
+        ) -> Result<Response<UploadPlan>, Status> {
+            no()
+        }
+        async fn confirm_upload(
+            &self,
+            _: Request<ConfirmUploadRequest>,
+        ) -> Result<Response<ConfirmUploadResponse>, Status> {
+            no()
+        }
+        async fn upload_files(
+            &self,
+            _: Request<UploadFilesRequest>,
+        ) -> Result<Response<UploadFilesResponse>, Status> {
+            no()
+        }
+        async fn confirm_uploads(
+            &self,
+            _: Request<ConfirmUploadsRequest>,
+        ) -> Result<Response<ConfirmUploadsResponse>, Status> {
+            no()
+        }
+        async fn abort_upload(
+            &self,
+            _: Request<AbortUploadRequest>,
+        ) -> Result<Response<AbortUploadResponse>, Status> {
+            no()
+        }
+        async fn replan_chunk(
+            &self,
+            _: Request<ReplanChunkRequest>,
+        ) -> Result<Response<PlannedChunk>, Status> {
+            no()
+        }
+        async fn download_file(
+            &self,
+            _: Request<DownloadFileRequest>,
+        ) -> Result<Response<DownloadFileResponse>, Status> {
+            no()
+        }
+        async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<FileInfo>, Status> {
+            no()
+        }
+        async fn list_directory(
+            &self,
+            _: Request<ListDirectoryRequest>,
+        ) -> Result<Response<ListDirectoryResponse>, Status> {
+            no()
+        }
+        async fn stat(&self, _: Request<StatRequest>) -> Result<Response<FileInfo>, Status> {
+            no()
+        }
+        async fn delete(
+            &self,
+            _: Request<DeleteRequest>,
+        ) -> Result<Response<DeleteResponse>, Status> {
+            no()
+        }
+        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<FileInfo>, Status> {
+            no()
+        }
+        async fn register_data_node(
+            &self,
+            _: Request<RegisterDataNodeRequest>,
+        ) -> Result<Response<RegisterDataNodeResponse>, Status> {
+            no()
+        }
+        async fn list_nodes(
+            &self,
+            _: Request<ListNodesRequest>,
+        ) -> Result<Response<ListNodesResponse>, Status> {
+            no()
+        }
+        async fn decommission_node(
+            &self,
+            _: Request<DecommissionNodeRequest>,
+        ) -> Result<Response<DataNodeStatus>, Status> {
+            no()
+        }
+        async fn set_node_maintenance(
+            &self,
+            _: Request<SetNodeMaintenanceRequest>,
+        ) -> Result<Response<DataNodeStatus>, Status> {
+            no()
+        }
+        async fn set_safe_mode(
+            &self,
+            _: Request<SetSafeModeRequest>,
+        ) -> Result<Response<ClusterStatus>, Status> {
+            no()
+        }
+    }
 }

@@ -49,6 +49,9 @@ use roll::{PodView, Step};
 
 /// Requeue while a roll or a start-up is under way.
 pub const REQUEUE_BUSY: Duration = Duration::from_secs(10);
+/// Requeue after a membership change: the next one (a promotion after an
+/// add) usually can follow at once.
+pub const REQUEUE_MEMBERSHIP: Duration = Duration::from_secs(1);
 /// Requeue of a settled cluster, to refresh the coordinator's facts.
 pub const REQUEUE_IDLE: Duration = Duration::from_secs(60);
 /// First backoff after an error; doubles per consecutive failure.
@@ -639,7 +642,9 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
         || !datanode_plan.exit_maintenance.is_empty()
         || applied.coordinator_ready < applied.coordinator_desired
         || applied.datanodes_ready < applied.datanodes_desired;
-    Ok(Action::requeue(if busy {
+    Ok(Action::requeue(if change.acts() {
+        REQUEUE_MEMBERSHIP
+    } else if busy {
         REQUEUE_BUSY
     } else {
         REQUEUE_IDLE
@@ -653,6 +658,10 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Timeout of coordinator calls.
     pub coordinator_timeout: Duration,
+    /// Call this coordinator URL for every cluster instead of its client
+    /// Service (an operator running outside the cluster network, and the
+    /// API-emulator test).
+    pub coordinator_url: Option<String>,
     /// Leader election, when enabled.
     pub leader: Option<LeaseConfig>,
 }
@@ -710,7 +719,9 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let coordinator = Arc::new(GrpcCoordinator::new(config.coordinator_timeout));
+    let coordinator = Arc::new(
+        GrpcCoordinator::new(config.coordinator_timeout).redirect(config.coordinator_url.clone()),
+    );
     let ctx = Arc::new(Context::new(client.clone(), coordinator, false));
     let readiness = dfs_common::http::Readiness::default();
     if let Ok(addr) = listener.local_addr() {
