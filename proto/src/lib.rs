@@ -58,6 +58,8 @@ pub const FORWARDED_METADATA: &str = "dfs-forwarded";
 /// ListDirectory, DownloadFile) are linearizable unless it is
 /// [`STALE_READ`]: then any member answers from what it has applied, which
 /// may lag the leader by the entries not yet replicated to it.
+/// GetClusterStatus and ListNodes with it are answered by the member asked,
+/// as it sees the group (otherwise by the leader).
 pub const READ_METADATA: &str = "dfs-read";
 
 /// Request metadata naming one logical write (Mkdir, Delete, Rename): up to

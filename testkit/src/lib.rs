@@ -24,4 +24,5 @@ pub mod coordinator;
 pub mod datanode;
 pub mod fake;
 pub mod golden;
+pub mod netns;
 pub mod process;

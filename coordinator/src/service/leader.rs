@@ -70,7 +70,14 @@ pub enum Route {
 }
 
 /// Calls a follower answers itself when they ask for a stale read.
-const READS: [&str; 3] = ["Stat", "ListDirectory", "DownloadFile"];
+const READS: [&str; 5] = [
+    "Stat",
+    "ListDirectory",
+    "DownloadFile",
+    // A member's own view of the group and the datanodes.
+    "GetClusterStatus",
+    "ListNodes",
+];
 /// Datanodes' calls: never forwarded (see the module comment).
 const DATANODE_CALLS: [&str; 2] = ["RegisterDataNode", "DataNodeHeartbeat"];
 
