@@ -361,6 +361,8 @@ pub struct ClusterOptions {
     pub coordinator_env: Vec<(String, String)>,
     /// Extra environment of datanode `i` (index into the list).
     pub per_datanode_env: Vec<Vec<(String, String)>>,
+    /// Coordinators: 1, or 3 or 5 as one Raft group (`--peers`).
+    pub coordinators: usize,
 }
 
 impl Default for ClusterOptions {
@@ -374,6 +376,7 @@ impl Default for ClusterOptions {
             per_datanode_args: Vec::new(),
             coordinator_env: Vec::new(),
             per_datanode_env: Vec::new(),
+            coordinators: 1,
         }
     }
 }
@@ -381,11 +384,14 @@ impl Default for ClusterOptions {
 /// A running cluster of real processes. Dropping it kills everything.
 #[derive(Debug)]
 pub struct Cluster {
-    /// The coordinator process.
+    /// The coordinator process (with a group: member 1).
     pub coordinator: Service,
+    /// With a group: members 2.. (member `i + 2` at index `i`).
+    pub peers: Vec<Service>,
     /// The datanode processes, in start order.
     pub datanodes: Vec<Service>,
-    /// `http://127.0.0.1:<port>` of the coordinator.
+    /// `http://127.0.0.1:<port>` of the coordinator (with a group, every
+    /// member's, comma-separated: clients and datanodes take the list).
     pub url: String,
     options: ClusterOptions,
     root: Option<tempfile::TempDir>,
@@ -401,50 +407,89 @@ impl Cluster {
             .expect("temp dir");
         let logs = root.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
-        let listen = free_addr();
-        let metrics = free_addr();
-        let url = format!("http://{listen}");
-        let dir = root.path().join("coordinator");
-        let mut args: Vec<String> = [
-            "coordinator",
-            "--listen",
-            &listen.to_string(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--data-dir",
-            &dir.display().to_string(),
-            "--replication",
-            &options.replication.to_string(),
-            "--chunk-size",
-            &options.chunk_size,
-            "--heartbeat-interval",
-            HEARTBEAT,
-            "--dead-after",
-            &format!("{}ms", DEAD_AFTER.as_millis()),
-            // The default (2 heartbeats = 400 ms) is easily missed by a debug
-            // build on 2 busy cores; a suspect node takes no new chunks.
-            "--suspect-after",
-            SUSPECT_AFTER,
-            "--exit-with-parent",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(options.coordinator_args.iter().cloned());
-        let mut coordinator = Service {
-            name: "coordinator".into(),
-            listen,
-            metrics,
-            data_dir: dir,
-            log: logs.join("coordinator.log"),
-            args,
-            env: options.coordinator_env.clone(),
-            child: None,
-            stopped: false,
-        };
-        coordinator.start();
+        assert!(
+            [1, 3, 5].contains(&options.coordinators),
+            "1, 3 or 5 coordinators"
+        );
+        let addrs: Vec<(SocketAddr, SocketAddr)> = (0..options.coordinators)
+            .map(|_| (free_addr(), free_addr()))
+            .collect();
+        let url = addrs
+            .iter()
+            .map(|(l, _)| format!("http://{l}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (l, _))| format!("{}=http://{l}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Service> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (listen, metrics))| {
+                let group = options.coordinators > 1;
+                let name = if group {
+                    format!("coordinator-{}", i + 1)
+                } else {
+                    "coordinator".into()
+                };
+                let dir = root.path().join(&name);
+                let mut args: Vec<String> = [
+                    "coordinator",
+                    "--listen",
+                    &listen.to_string(),
+                    "--metrics-addr",
+                    &metrics.to_string(),
+                    "--data-dir",
+                    &dir.display().to_string(),
+                    "--replication",
+                    &options.replication.to_string(),
+                    "--chunk-size",
+                    &options.chunk_size,
+                    "--heartbeat-interval",
+                    HEARTBEAT,
+                    "--dead-after",
+                    &format!("{}ms", DEAD_AFTER.as_millis()),
+                    // The default (2 heartbeats = 400 ms) is easily missed by
+                    // a debug build on 2 busy cores; a suspect node takes no
+                    // new chunks.
+                    "--suspect-after",
+                    SUSPECT_AFTER,
+                    "--exit-with-parent",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if group {
+                    args.extend([
+                        "--raft-id".to_string(),
+                        (i + 1).to_string(),
+                        "--peers".into(),
+                        peers.clone(),
+                    ]);
+                }
+                args.extend(options.coordinator_args.iter().cloned());
+                let mut s = Service {
+                    log: logs.join(format!("{name}.log")),
+                    name,
+                    listen: *listen,
+                    metrics: *metrics,
+                    data_dir: dir,
+                    args,
+                    env: options.coordinator_env.clone(),
+                    child: None,
+                    stopped: false,
+                };
+                s.start();
+                s
+            })
+            .collect();
+        let coordinator = members.remove(0);
         let mut cluster = Cluster {
             coordinator,
+            peers: members,
             datanodes: Vec::new(),
             url,
             options: options.clone(),
@@ -597,9 +642,45 @@ impl Cluster {
             .collect()
     }
 
+    /// Every coordinator, member 1 first.
+    pub fn coordinators(&mut self) -> Vec<&mut Service> {
+        std::iter::once(&mut self.coordinator)
+            .chain(self.peers.iter_mut())
+            .collect()
+    }
+
+    /// The index (into [`Cluster::coordinators`]) of the group's leader, as
+    /// the members report it (0 for a single coordinator).
+    pub async fn leader(&self) -> usize {
+        if self.peers.is_empty() {
+            return 0;
+        }
+        let client = self.client().await;
+        let members: Vec<String> = std::iter::once(&self.coordinator)
+            .chain(&self.peers)
+            .map(|s| format!("http://{}", s.listen))
+            .collect();
+        wait_for("a coordinator leader", Duration::from_secs(30), || async {
+            let status = client.status().await.map_err(|e| e.to_string())?;
+            let leader = status
+                .coordinators
+                .iter()
+                .find(|m| m.role == "leader")
+                .ok_or("no leader yet")?;
+            members
+                .iter()
+                .position(|u| *u == leader.address)
+                .ok_or_else(|| format!("unknown leader {}", leader.address))
+        })
+        .await
+    }
+
     /// Prints the tail of every log (for failures).
     pub fn dump_logs(&self, lines: usize) {
-        for s in std::iter::once(&self.coordinator).chain(&self.datanodes) {
+        for s in std::iter::once(&self.coordinator)
+            .chain(&self.peers)
+            .chain(&self.datanodes)
+        {
             eprintln!(
                 "---- {} ({})\n{}",
                 s.name,
@@ -616,6 +697,9 @@ impl Drop for Cluster {
             d.kill9();
         }
         self.coordinator.kill9();
+        for p in &mut self.peers {
+            p.kill9();
+        }
         if std::thread::panicking() {
             self.dump_logs(40);
             if std::env::var_os("DFS_CHAOS_KEEP").is_some()

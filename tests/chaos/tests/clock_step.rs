@@ -4,7 +4,8 @@
 //! on the monotonic clock, so no node is declared dead, no open upload
 //! expires early, no maintenance window ends early, nothing is repaired or
 //! deleted. The step is real: both processes run under Debian's libfaketime
-//! with only the wall clock shifted.
+//! with only the wall clock shifted. Run against one coordinator and
+//! against a group of three (every member's clock steps).
 
 use std::time::Duration;
 
@@ -16,18 +17,36 @@ use dfs_proto::{ReplanChunkRequest, UploadFileRequest};
 
 #[test]
 fn a_wall_clock_step_of_an_hour_either_way_changes_nothing() {
-    // The test sets up what it needs: Debian's faketime package (the
-    // machine is Debian and root; CI installs it too).
-    if !std::path::Path::new(LIBFAKETIME).exists() {
-        let installed = std::process::Command::new("apt-get")
-            .args(["install", "-y", "-qq", "faketime"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        assert!(
-            std::path::Path::new(LIBFAKETIME).exists(),
-            "scenario 10 needs {LIBFAKETIME} (Debian package faketime); apt-get install: {installed:?}"
-        );
-    }
+    scenario(1);
+}
+
+#[test]
+fn a_wall_clock_step_on_a_coordinator_group_changes_nothing() {
+    scenario(3);
+}
+
+/// Installs Debian's faketime package when it is missing (the machine is
+/// Debian and root; CI installs it too). Once per process: the scenarios
+/// run in parallel and dpkg takes one installer at a time.
+fn ensure_faketime() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !std::path::Path::new(LIBFAKETIME).exists() {
+            let installed = std::process::Command::new("apt-get")
+                .args(["install", "-y", "-qq", "faketime"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status();
+            eprintln!("apt-get install faketime: {installed:?}");
+        }
+    });
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "scenario 10 needs {LIBFAKETIME} (Debian package faketime)"
+    );
+}
+
+fn scenario(coordinators: usize) {
+    ensure_faketime();
     run(Duration::from_secs(240), async {
         let scratch = tempfile::tempdir().unwrap();
         let coord_clock = scratch.path().join("coordinator.clock");
@@ -36,6 +55,7 @@ fn a_wall_clock_step_of_an_hour_either_way_changes_nothing() {
             std::fs::write(f, "+0\n").unwrap();
         }
         let cluster = Cluster::start(ClusterOptions {
+            coordinators,
             datanodes: 4,
             chunk_size: "1MiB".into(),
             coordinator_args: ["--orphan-grace", "2s", "--over-replication-grace", "2s"]
@@ -53,7 +73,8 @@ fn a_wall_clock_step_of_an_hour_either_way_changes_nothing() {
             .unwrap();
         // An upload left open (1 h TTL), and a datanode in maintenance for
         // 10 minutes.
-        let channel = dfs_common_endpoint(&cluster.url).await;
+        let first = cluster.url.split(',').next().unwrap().to_string();
+        let channel = dfs_common_endpoint(&first).await;
         let mut raw = CoordinatorClient::new(channel);
         let plan = raw
             .upload_file(UploadFileRequest {
@@ -119,11 +140,17 @@ fn a_wall_clock_step_of_an_hour_either_way_changes_nothing() {
         }
         let got = read_all(&client, "/f").await.unwrap();
         assert!(got == payload(10, 3 << 20));
-        let log = std::fs::read_to_string(&cluster.coordinator.log).unwrap();
-        assert!(!log.contains("\"repair\""), "nothing was repaired");
-        assert!(!log.contains("expired unconfirmed"));
+        for c in std::iter::once(&cluster.coordinator).chain(&cluster.peers) {
+            let log = std::fs::read_to_string(&c.log).unwrap();
+            assert!(
+                !log.contains("\"repair\""),
+                "nothing was repaired ({})",
+                c.name
+            );
+            assert!(!log.contains("expired unconfirmed"), "{}", c.name);
+        }
         println!(
-            "scenario 10: wall clock stepped +1h and -1h on the coordinator and a datanode: 0 nodes dead, 0 repairs, the open upload and the maintenance window kept"
+            "scenario 10 ({coordinators} coordinators): wall clock stepped +1h and -1h on the coordinators and a datanode: 0 nodes dead, 0 repairs, the open upload and the maintenance window kept"
         );
     });
 }

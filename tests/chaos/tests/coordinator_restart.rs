@@ -1,7 +1,8 @@
 //! Scenario 3: the coordinator SIGKILLed during a stream of uploads and
 //! restarted. Every confirmed file is readable and byte-identical, unconfirmed
 //! uploads are cleaned up (their chunks deleted from the datanodes), and the
-//! datanodes re-register on their own.
+//! datanodes re-register on their own. Run against one coordinator and
+//! against a group of three, whose leader is the one killed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +14,18 @@ use dfs_client::PutOptions;
 
 #[test]
 fn coordinator_killed_during_uploads_loses_nothing_confirmed() {
+    scenario(1);
+}
+
+#[test]
+fn group_leader_killed_during_uploads_loses_nothing_confirmed() {
+    scenario(3);
+}
+
+fn scenario(coordinators: usize) {
     run(Duration::from_secs(240), async {
         let mut cluster = Cluster::start(ClusterOptions {
+            coordinators,
             chunk_size: "1MiB".into(),
             coordinator_args: vec![
                 "--upload-ttl".into(),
@@ -80,10 +91,11 @@ fn coordinator_killed_during_uploads_loses_nothing_confirmed() {
             },
         )
         .await;
-        cluster.coordinator.kill9();
+        let leader = cluster.leader().await;
+        cluster.coordinators()[leader].kill9();
         let before_kill = confirmed_count();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        cluster.coordinator.start();
+        cluster.coordinators()[leader].start();
         // The datanodes were not touched: they re-register by themselves.
         cluster.wait_healthy(3).await;
         for (d, pid) in cluster.datanodes.iter_mut().zip(&pids) {
@@ -117,7 +129,7 @@ fn coordinator_killed_during_uploads_loses_nothing_confirmed() {
         let attempted = attempted.lock().unwrap().clone();
         let failures = failures.lock().unwrap().clone();
         println!(
-            "scenario 3: {} uploads attempted, {} confirmed ({before_kill} before the kill), {} failed while the coordinator was down; e.g. {:?}",
+            "scenario 3 ({coordinators} coordinators): {} uploads attempted, {} confirmed ({before_kill} before the kill), {} failed while the coordinator was down; e.g. {:?}",
             attempted.len(),
             confirmed.len(),
             failures.len(),
