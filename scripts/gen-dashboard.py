@@ -178,6 +178,14 @@ panels.append(panel("timeseries", "Linearizable reads", "Leadership confirmation
                      (f"sum(rate(dfs_coordinator_read_barrier_reads_total{{{COORD}}}[$__rate_interval])) / clamp_min(sum(rate(dfs_coordinator_read_barrier_rounds_total{{{COORD}}}[$__rate_interval])), 1e-9)", "reads per round")],
                     (8, 12, 12, y)))
 y += 8
+panels.append(panel("timeseries", "Lag per follower", "Entries each member's log lacks behind the leader's (seen by the leader).",
+                    [(f"max by (member) (dfs_coordinator_raft_follower_lag_entries{{{COORD}}})", "member {{member}}")],
+                    (8, 12, 0, y)))
+panels.append(panel("timeseries", "Raft snapshots", "Size of the last snapshot each coordinator built, and how long building it took.",
+                    [(f"max by (pod) (dfs_coordinator_raft_snapshot_bytes{{{COORD}}})", "bytes {{pod}}"),
+                     (f"max by (pod) (dfs_coordinator_raft_snapshot_build_seconds{{{COORD}}})", "seconds {{pod}}")],
+                    (8, 12, 12, y)))
+y += 8
 row("Operator", y); y += 1
 panels.append(panel("timeseries", "Operator reconcile errors", "Failed reconciles per second by error kind (all DfsClusters the operator manages).",
                     [("sum by (error) (rate(dfs_operator_reconcile_failures_total[$__rate_interval]))", "{{error}}")],

@@ -175,19 +175,34 @@ pub async fn serve(
 /// connection closed after one answer) and returns the body: what tests,
 /// benchmarks and tools read a service's metrics with.
 pub async fn scrape(addr: std::net::SocketAddr) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(std::io::Error::other(format!(
-            "GET /metrics on {addr} answered: {}",
-            out.lines().next().unwrap_or("nothing")
+    match fetch(addr, "/metrics").await? {
+        (200, body) => Ok(body),
+        (code, _) => Err(std::io::Error::other(format!(
+            "GET /metrics on {addr} answered {code}"
         ))),
     }
+}
+
+/// One plain HTTP/1.1 GET of `path` on `addr`: the status code and the body
+/// (probes, metrics).
+pub async fn fetch(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("GET {path} on {addr}: no HTTP answer")))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("GET {path} on {addr}: {head:?}")))?;
+    Ok((code, body.to_string()))
 }
 
 /// The value of one sample in Prometheus text: `series` is the metric name

@@ -178,6 +178,7 @@ async fn join_group(
     raft::membership::spawn_prober(raft.clone(), me, reported.clone());
     let (committer, commit_task) = raft::committer::start(raft.clone(), metrics.clone());
     {
+        let sm = member.state.clone();
         let mut m = raft.metrics();
         let state = state.clone();
         let committer = committer.clone();
@@ -192,6 +193,8 @@ async fn join_group(
                     let changed =
                         snapshot.current_leader.is_some() && snapshot.current_leader != last_leader;
                     metrics.raft.refresh(&snapshot, changed);
+                    let (built, last) = sm.snapshot_stats();
+                    metrics.raft.snapshots(built, last);
                     (snapshot.current_leader == Some(id), snapshot.current_leader)
                 };
                 if leader.is_some() {

@@ -211,6 +211,35 @@ impl Metrics {
                     "dfs_coordinator_raft_snapshot_index",
                     "Last Raft entry covered by this coordinator's current snapshot.",
                 ),
+                snapshot_bytes: g(
+                    "dfs_coordinator_raft_snapshot_bytes",
+                    "Size of the last Raft snapshot this coordinator built.",
+                ),
+                snapshot_seconds: reg(
+                    &r,
+                    f,
+                    prometheus::Gauge::new(
+                        "dfs_coordinator_raft_snapshot_build_seconds",
+                        "Time the last Raft snapshot this coordinator built took (copy, encode, store).",
+                    )
+                    .expect("valid metric"),
+                ),
+                snapshots_built: c(
+                    "dfs_coordinator_raft_snapshots_built_total",
+                    "Raft snapshots this coordinator built (each lets the log before it be purged).",
+                ),
+                follower_lag: reg(
+                    &r,
+                    f,
+                    IntGaugeVec::new(
+                        prometheus::Opts::new(
+                            "dfs_coordinator_raft_follower_lag_entries",
+                            "On the leader: entries each other member's log lacks.",
+                        ),
+                        &["member"],
+                    )
+                    .expect("valid metric"),
+                ),
             },
             datanodes: reg(
                 &r,
@@ -512,6 +541,10 @@ pub struct RaftGauges {
     max_follower_lag: IntGauge,
     leader_changes: IntCounter,
     snapshot_index: IntGauge,
+    snapshot_bytes: IntGauge,
+    snapshot_seconds: prometheus::Gauge,
+    snapshots_built: IntCounter,
+    follower_lag: IntGaugeVec,
 }
 
 impl RaftGauges {
@@ -534,8 +567,28 @@ impl RaftGauges {
                 .unwrap_or(0)
         });
         self.max_follower_lag.set(lag as i64);
+        self.follower_lag.reset();
+        if let Some(r) = &m.replication {
+            for (id, matched) in r.iter().filter(|(id, _)| **id != m.id) {
+                self.follower_lag
+                    .with_label_values(&[&id.to_string()])
+                    .set(last.saturating_sub(matched.map_or(0, |l| l.index)) as i64);
+            }
+        }
         if leader_changed {
             self.leader_changes.inc();
+        }
+    }
+
+    /// Records the snapshots built so far and the last one's size and time.
+    pub fn snapshots(&self, built: u64, last: Option<(u64, std::time::Duration)>) {
+        if built > self.snapshots_built.get() {
+            self.snapshots_built
+                .inc_by(built - self.snapshots_built.get());
+        }
+        if let Some((bytes, took)) = last {
+            self.snapshot_bytes.set(bytes as i64);
+            self.snapshot_seconds.set(took.as_secs_f64());
         }
     }
 

@@ -22,6 +22,7 @@ type Client = CoordinatorClient<tonic::transport::Channel>;
 /// One coordinator process, killed when dropped.
 struct Proc {
     url: String,
+    metrics: std::net::SocketAddr,
     dir: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -31,12 +32,13 @@ struct Proc {
 impl Proc {
     fn new(root: &Path, id: u64, seeds: &str, extra: &[&str]) -> (Proc, std::net::SocketAddr) {
         let addr = free_addr();
+        let metrics = free_addr();
         let dir = root.join(format!("c{id}"));
         let mut args: Vec<String> = vec![
             "--listen".into(),
             addr.to_string(),
             "--metrics-addr".into(),
-            free_addr().to_string(),
+            metrics.to_string(),
             "--data-dir".into(),
             dir.display().to_string(),
             "--raft-id".into(),
@@ -50,6 +52,7 @@ impl Proc {
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc {
             url: format!("http://{addr}"),
+            metrics,
             dir,
             args,
             log: root.join(format!("c{id}.log")),
@@ -265,6 +268,19 @@ async fn a_group_grows_by_learners_and_replaces_a_member_on_an_empty_volume() {
     let e = add(&u1, 2, "ftp://x").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
 
+    // A coordinator waiting to be added is not ready (the client Service
+    // must not route to it); once a member, it is.
+    let ready = |p: &Proc| {
+        let addr = p.metrics;
+        async move {
+            dfs_common::http::fetch(addr, "/readyz")
+                .await
+                .map(|r| r.0)
+                .ok()
+        }
+    };
+    assert_eq!(ready(&c2).await, Some(503), "not a member yet");
+
     // Learners first: they get the log but do not vote.
     add(&u1, 2, &u2).await.unwrap();
     add(&u1, 3, &u3).await.unwrap();
@@ -277,8 +293,21 @@ async fn a_group_grows_by_learners_and_replaces_a_member_on_an_empty_volume() {
         (has(&u2, "/before").await && has(&u3, "/before").await).then_some(())
     })
     .await;
+    until(10, "the learner to be ready", || async {
+        (ready(&c2).await == Some(200)).then_some(())
+    })
+    .await;
     // Then promoted, in one change.
     set_voters(&u1, &[1, 2, 3]).await.unwrap();
+    // The leader exports each follower's lag.
+    let text = until(10, "per-follower lag on the leader", || async {
+        let t = dfs_common::http::scrape(c1.metrics).await.ok()?;
+        (t.contains("dfs_coordinator_raft_follower_lag_entries{member=\"2\"}")
+            && t.contains("dfs_coordinator_raft_follower_lag_entries{member=\"3\"}"))
+        .then_some(t)
+    })
+    .await;
+    assert!(text.contains("dfs_coordinator_raft_snapshots_built_total"));
     let (voters, _, s) = membership(&[&u1]).await;
     assert_eq!(voters, vec![1, 2, 3]);
     for m in &s.coordinators {
@@ -378,13 +407,15 @@ async fn a_seed_on_an_empty_volume_never_forms_a_second_group() {
         .enumerate()
         .map(|(i, a)| {
             let dir = tmp.path().join(format!("s{i}"));
+            let metrics = free_addr();
             Proc {
                 url: format!("http://{a}"),
+                metrics,
                 args: vec![
                     "--listen".into(),
                     a.to_string(),
                     "--metrics-addr".into(),
-                    free_addr().to_string(),
+                    metrics.to_string(),
                     "--data-dir".into(),
                     dir.display().to_string(),
                     "--raft-id".into(),

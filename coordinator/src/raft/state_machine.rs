@@ -48,6 +48,8 @@ struct Inner {
     current: Option<Arc<StoredSnapshot>>,
     /// Snapshots built so far (for unique snapshot ids).
     built: u64,
+    /// Size and build time of the last snapshot built here.
+    last_build: Option<(u64, std::time::Duration)>,
 }
 
 /// A namespace alone as the state (tests, tools).
@@ -86,6 +88,15 @@ impl<S, H> std::fmt::Debug for StateMachine<S, H> {
     }
 }
 
+impl<S, H> StateMachine<S, H> {
+    /// Snapshots built here so far, and the size (bytes) and build time of
+    /// the last one.
+    pub fn snapshot_stats(&self) -> (u64, Option<(u64, std::time::Duration)>) {
+        let inner = self.inner.lock().expect("state machine lock poisoned");
+        (inner.built, inner.last_build)
+    }
+}
+
 fn sm_err(e: impl std::error::Error + 'static) -> RaftStorageError {
     storage_err(StorageIOError::write_state_machine, e)
 }
@@ -121,6 +132,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> StateMachine<S, H> {
             membership: StoredMembership::default(),
             current: None,
             built: 0,
+            last_build: None,
         };
         if let Some(s) = stored {
             let ns = restore(&s.data)?;
@@ -186,6 +198,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftSnapshotBuilder<TypeConfig>
     for StateMachine<S, H>
 {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let started = std::time::Instant::now();
         // The copy is taken under the lock; encoding it is not.
         let (state, last_log_id, membership, n) = {
             // The state lock first, as in apply: the copy and the applied
@@ -219,7 +232,16 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftSnapshotBuilder<TypeConfig>
             })
             .await?;
         let out = as_snapshot(&stored);
-        self.lock().current = Some(stored);
+        let bytes = stored.data.len() as u64;
+        let mut inner = self.lock();
+        inner.current = Some(stored);
+        inner.last_build = Some((bytes, started.elapsed()));
+        drop(inner);
+        tracing::info!(
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "Raft snapshot built"
+        );
         Ok(out)
     }
 }
