@@ -147,6 +147,11 @@ pub struct Config {
         default_value = "new"
     )]
     pub initial_cluster_state: crate::raft::membership::InitialState,
+    /// Raft log entries (group commits) between snapshots of the namespace;
+    /// after each, the log before it is purged, and a member further behind
+    /// than the log reaches catches up from the snapshot.
+    #[arg(long, env = "DFS_RAFT_SNAPSHOT_EVERY", default_value_t = crate::raft::member::SNAPSHOT_EVERY)]
+    pub raft_snapshot_every: u64,
     /// Fault injection for tests: every metadata log write fails with an
     /// I/O error while this file exists.
     #[arg(long, env = "DFS_FAULT_FAIL_LOG_WRITES_WHEN", hide = true)]
@@ -256,6 +261,9 @@ impl Config {
             let ids: std::collections::BTreeSet<u64> = self.peers.iter().map(|p| p.id).collect();
             if ids.len() != self.peers.len() {
                 return bad("peers", "every member needs its own id");
+            }
+            if self.raft_snapshot_every < 10 {
+                return bad("raft-snapshot-every", "must be at least 10");
             }
             if self.raft_id == 0 || self.raft_id > u16::MAX as u64 {
                 return bad("raft-id", "must be 1..=65535");

@@ -154,7 +154,7 @@ async fn join_group(
     let member = raft::member::Member::open(
         config.raft_id,
         &config.data_dir.join("raft"),
-        raft::member::default_config(),
+        raft::member::config(config.raft_snapshot_every),
         state.clone(),
         hook,
     )
@@ -193,8 +193,8 @@ async fn join_group(
                     let changed =
                         snapshot.current_leader.is_some() && snapshot.current_leader != last_leader;
                     metrics.raft.refresh(&snapshot, changed);
-                    let (built, last) = sm.snapshot_stats();
-                    metrics.raft.snapshots(built, last);
+                    let (built, installed, last) = sm.snapshot_stats();
+                    metrics.raft.snapshots(built, installed, last);
                     (snapshot.current_leader == Some(id), snapshot.current_leader)
                 };
                 if leader.is_some() {

@@ -228,6 +228,10 @@ impl Metrics {
                     "dfs_coordinator_raft_snapshots_built_total",
                     "Raft snapshots this coordinator built (each lets the log before it be purged).",
                 ),
+                snapshots_installed: c(
+                    "dfs_coordinator_raft_snapshots_installed_total",
+                    "Raft snapshots this coordinator installed from a leader (it was behind the leader's log).",
+                ),
                 follower_lag: reg(
                     &r,
                     f,
@@ -544,6 +548,7 @@ pub struct RaftGauges {
     snapshot_bytes: IntGauge,
     snapshot_seconds: prometheus::Gauge,
     snapshots_built: IntCounter,
+    snapshots_installed: IntCounter,
     follower_lag: IntGaugeVec,
 }
 
@@ -580,11 +585,16 @@ impl RaftGauges {
         }
     }
 
-    /// Records the snapshots built so far and the last one's size and time.
-    pub fn snapshots(&self, built: u64, last: Option<(u64, std::time::Duration)>) {
+    /// Records the snapshots built and installed so far and the last built
+    /// one's size and time.
+    pub fn snapshots(&self, built: u64, installed: u64, last: Option<(u64, std::time::Duration)>) {
         if built > self.snapshots_built.get() {
             self.snapshots_built
                 .inc_by(built - self.snapshots_built.get());
+        }
+        if installed > self.snapshots_installed.get() {
+            self.snapshots_installed
+                .inc_by(installed - self.snapshots_installed.get());
         }
         if let Some((bytes, took)) = last {
             self.snapshot_bytes.set(bytes as i64);

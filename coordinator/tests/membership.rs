@@ -456,3 +456,110 @@ async fn a_seed_on_an_empty_volume_never_forms_a_second_group() {
     let e = mkdir(&urls[0], "/split").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e}");
 }
+
+/// The snapshot counters of the member whose metrics are at `p`.
+async fn installed_snapshots(p: &Proc) -> f64 {
+    let text = dfs_common::http::scrape(p.metrics)
+        .await
+        .unwrap_or_default();
+    dfs_common::http::sample(&text, "dfs_coordinator_raft_snapshots_installed_total").unwrap_or(0.0)
+}
+
+/// With a snapshot every 20 entries: a follower stopped while the group
+/// moves on past its log comes back and catches up through the leader's
+/// snapshot; a member on an empty volume, removed and added again, is
+/// brought up through a snapshot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_behind_the_log_catch_up_through_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}=http://{a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs: Vec<Proc> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let dir = tmp.path().join(format!("m{i}"));
+            let metrics = free_addr();
+            Proc {
+                url: format!("http://{a}"),
+                metrics,
+                args: [
+                    "--listen",
+                    &a.to_string(),
+                    "--metrics-addr",
+                    &metrics.to_string(),
+                    "--data-dir",
+                    &dir.display().to_string(),
+                    "--raft-id",
+                    &(i + 1).to_string(),
+                    "--peers",
+                    &seeds,
+                    "--raft-snapshot-every",
+                    "20",
+                    "--exit-with-parent",
+                ]
+                .map(String::from)
+                .to_vec(),
+                dir,
+                log: tmp.path().join(format!("m{i}.log")),
+                child: None,
+            }
+        })
+        .collect();
+    for p in &mut procs {
+        p.start();
+    }
+    let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
+    let all: Vec<&str> = urls.iter().map(String::as_str).collect();
+    write_anywhere(&all, "/first").await;
+    let leader = leader_url(&all).await;
+    let behind = (0..3).find(|i| urls[*i] != leader).unwrap();
+    procs[behind].kill();
+    // Far more entries than a snapshot period and the log kept behind it.
+    let live: Vec<&str> = (0..3).filter(|i| *i != behind).map(|i| all[i]).collect();
+    for k in 0..120 {
+        write_anywhere(&live, &format!("/while-down-{k}")).await;
+    }
+    procs[behind].start();
+    until(30, "the stopped follower to catch up", || async {
+        has(all[behind], "/while-down-119").await.then_some(())
+    })
+    .await;
+    assert!(
+        installed_snapshots(&procs[behind]).await >= 1.0,
+        "the follower caught up from the log, not a snapshot: the log was not purged"
+    );
+    assert!(has(all[behind], "/first").await && has(all[behind], "/while-down-0").await);
+
+    // A member on an empty volume, re-added: brought up by a snapshot.
+    let wiped = (0..3)
+        .find(|i| urls[*i] != leader && *i != behind)
+        .unwrap_or(behind);
+    procs[wiped].wipe_and_restart();
+    let id = wiped as u64 + 1;
+    until(20, "the leader to see the new volume", || async {
+        let (_, _, s) = membership(&all).await;
+        let m = s.coordinators.iter().find(|m| m.id == id)?.clone();
+        (m.reported_incarnation != 0 && m.reported_incarnation != m.incarnation).then_some(())
+    })
+    .await;
+    let keep: Vec<u64> = (1..=3).filter(|i| *i != id).collect();
+    set_voters(&leader_url(&all).await, &keep).await.unwrap();
+    add(&leader_url(&all).await, id, all[wiped]).await.unwrap();
+    set_voters(&leader_url(&all).await, &[1, 2, 3])
+        .await
+        .unwrap();
+    until(30, "the re-added member to catch up", || async {
+        has(all[wiped], "/while-down-119").await.then_some(())
+    })
+    .await;
+    assert!(
+        installed_snapshots(&procs[wiped]).await >= 1.0,
+        "the re-added member replayed the whole log instead of a snapshot"
+    );
+}

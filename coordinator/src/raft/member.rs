@@ -42,14 +42,21 @@ pub enum MemberError {
 /// that hears nothing for 0.5–1 s stands for election, so a dead leader is
 /// replaced in about a second.
 pub fn default_config() -> Config {
+    config(SNAPSHOT_EVERY)
+}
+
+/// The default timing with a snapshot every `snapshot_every` entries; the
+/// log kept behind a snapshot (for followers a little behind) is a tenth of
+/// that, at most 1000 entries.
+pub fn config(snapshot_every: u64) -> Config {
     Config {
         cluster_name: "dfs-coordinators".into(),
         heartbeat_interval: 150,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         // Followers a little behind catch up from the log, not a snapshot.
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         snapshot_max_chunk_size: 4 << 20,
         ..Config::default()
     }

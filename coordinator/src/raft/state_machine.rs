@@ -50,6 +50,8 @@ struct Inner {
     built: u64,
     /// Size and build time of the last snapshot built here.
     last_build: Option<(u64, std::time::Duration)>,
+    /// Snapshots installed from a leader.
+    installed: u64,
 }
 
 /// A namespace alone as the state (tests, tools).
@@ -89,11 +91,11 @@ impl<S, H> std::fmt::Debug for StateMachine<S, H> {
 }
 
 impl<S, H> StateMachine<S, H> {
-    /// Snapshots built here so far, and the size (bytes) and build time of
-    /// the last one.
-    pub fn snapshot_stats(&self) -> (u64, Option<(u64, std::time::Duration)>) {
+    /// Snapshots built here so far, snapshots installed from a leader, and
+    /// the size (bytes) and build time of the last one built.
+    pub fn snapshot_stats(&self) -> (u64, u64, Option<(u64, std::time::Duration)>) {
         let inner = self.inner.lock().expect("state machine lock poisoned");
-        (inner.built, inner.last_build)
+        (inner.built, inner.installed, inner.last_build)
     }
 }
 
@@ -133,6 +135,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> StateMachine<S, H> {
             current: None,
             built: 0,
             last_build: None,
+            installed: 0,
         };
         if let Some(s) = stored {
             let ns = restore(&s.data)?;
@@ -295,9 +298,12 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        let bytes = data.clone();
         // Decoded before anything changes: a bad snapshot leaves the state.
-        let ns = blocking(StorageIOError::read_state_machine, move || restore(&bytes)).await?;
+        let (ns, data) = blocking(StorageIOError::read_state_machine, move || {
+            restore(&data).map(|ns| (ns, data))
+        })
+        .await?;
+        let bytes = data.len();
         let stored = self
             .keep(StoredSnapshot {
                 meta: meta.clone(),
@@ -311,6 +317,12 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.current = Some(stored);
+        inner.installed += 1;
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index),
+            bytes,
+            "Raft snapshot installed from the leader"
+        );
         Ok(())
     }
 
