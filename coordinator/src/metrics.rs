@@ -639,9 +639,11 @@ mod tests {
 
     /// Families whose label values are open-ended: their series appear with
     /// their first event.
-    const LAZY: [&str; 1] = [
+    const LAZY: [&str; 2] = [
         // One series per datanode id, created by its first heartbeat.
         "dfs_coordinator_heartbeat_age_seconds",
+        // One series per other group member, on the leader only.
+        "dfs_coordinator_raft_follower_lag_entries",
     ];
 
     use dfs_common::metrics::series;
