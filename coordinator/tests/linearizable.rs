@@ -14,6 +14,11 @@
 //! ([`dfs_testkit::linearizability`]): some order of the calls, each at an
 //! instant between its call and its answer, must explain every answer.
 //!
+//! The faults come at fixed fractions of the calls, and the clients go on
+//! until the last restarted member caught up, so every fault happens under
+//! load. A restarted member catches up from the leader's log, or from its
+//! snapshot when the group compacted the log meanwhile (long runs).
+//!
 //! `DFS_LINEARIZABILITY_OPS` sets the length (default 2,500 calls, about
 //! 15 s on a 2-core machine, for CI), `DFS_LINEARIZABILITY_FAILOVERS` the
 //! leader kills (default 3), `DFS_LINEARIZABILITY_SEED` replays a seed's
@@ -21,7 +26,7 @@
 //! `scripts/linearizability.sh` runs a long history.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dfs_client::{Client, ClientConfig, ClientError, FileInfo};
@@ -141,20 +146,22 @@ fn nanos(t0: Instant) -> u64 {
 }
 
 /// One client's share of the run: random calls until `total` were issued
-/// by all clients together.
+/// by all clients together and the nemesis is through (so that every fault
+/// happens under load, however long a restarted member takes to catch up).
 async fn client_loop(
     id: usize,
     seed: u64,
     client: Client,
     t0: Instant,
-    issued: Arc<AtomicUsize>,
-    completed: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     total: usize,
 ) -> Vec<NsEvent> {
     let paths = paths();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(id as u64));
     let mut events = Vec::new();
-    while issued.fetch_add(1, Ordering::Relaxed) < total {
+    while progress.issued.fetch_add(1, Ordering::Relaxed) < total
+        || !progress.faults_done.load(Ordering::Relaxed)
+    {
         let op = random_op(&mut rng, &paths);
         let call = nanos(t0);
         let ret = run(&client, &op).await;
@@ -165,24 +172,51 @@ async fn client_loop(
             None if matches!(op, NsOp::Stat { .. }) => {}
             None => events.push(Event::indeterminate(id, op, call)),
         }
-        completed.fetch_add(1, Ordering::Relaxed);
+        progress.completed.fetch_add(1, Ordering::Relaxed);
     }
     events
 }
 
-/// Prints the end of every member's log when the test fails (before the
-/// temporary directory goes).
-struct LogsOnPanic(Vec<(u64, std::path::PathBuf)>);
+/// What the clients and the nemesis share.
+#[derive(Default)]
+struct Progress {
+    /// Calls started.
+    issued: AtomicUsize,
+    /// Calls answered (or given up on).
+    completed: AtomicUsize,
+    /// Client tasks ended.
+    clients_done: AtomicUsize,
+    /// The nemesis is through its schedule.
+    faults_done: AtomicBool,
+}
+
+/// When the test fails (before the temporary directory goes): prints the
+/// end of every member's log and keeps a copy of each whole log in the
+/// system's temporary directory.
+struct LogsOnPanic {
+    seed: u64,
+    logs: Vec<(u64, std::path::PathBuf)>,
+}
 
 impl Drop for LogsOnPanic {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
-        for (id, path) in &self.0 {
+        for (id, path) in &self.logs {
             let log = std::fs::read_to_string(path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- member {id}, the end of its log:");
+            let copy =
+                std::env::temp_dir().join(format!("dfs-linearizability-{}-c{id}.log", self.seed));
+            let kept = std::fs::write(&copy, &log).is_ok();
+            eprintln!(
+                "--- member {id}, the end of its log{}:",
+                if kept {
+                    format!(" (all of it in {})", copy.display())
+                } else {
+                    String::new()
+                }
+            );
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
@@ -192,11 +226,11 @@ impl Drop for LogsOnPanic {
 
 /// Counts a client task as finished when dropped, also when it panics (so
 /// that the nemesis stops waiting for its calls).
-struct Finished(Arc<AtomicUsize>);
+struct Finished(Arc<Progress>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.clients_done.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -235,21 +269,25 @@ fn schedule(failovers: usize) -> Vec<(f64, Fault)> {
 }
 
 /// Injects the faults of `schedule` (each once `completed` passed its
-/// fraction of `total`) until `done` reaches the number of clients.
+/// fraction of `total`); stops early only when every client task ended
+/// (they panicked).
 async fn nemesis(
     members: &mut [Member],
     schedule: &[(f64, Fault)],
-    completed: &AtomicUsize,
-    done: &AtomicUsize,
+    progress: &Progress,
     total: usize,
 ) -> Faults {
+    let completed = &progress.completed;
     use Fault::*;
     let mut faults = Faults::default();
     let mut down: Option<usize> = None;
     for &(at, fault) in schedule {
-        while (completed.load(Ordering::Relaxed) as f64) < at * total as f64 {
-            if done.load(Ordering::Relaxed) == CLIENTS {
+        loop {
+            if progress.clients_done.load(Ordering::Relaxed) == CLIENTS {
                 return faults;
+            }
+            if completed.load(Ordering::Relaxed) as f64 >= at * total as f64 {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -321,23 +359,25 @@ async fn namespace_calls_across_failovers_are_linearizable() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let mut members = group::group(env!("CARGO_BIN_EXE_dfs-coordinator"), tmp.path());
-    let _logs = LogsOnPanic(members.iter().map(|m| (m.id, m.log.clone())).collect());
+    let _logs = LogsOnPanic {
+        seed,
+        logs: members.iter().map(|m| (m.id, m.log.clone())).collect(),
+    };
     group::wait_leader(&members, Duration::from_secs(30)).await;
 
     let t0 = Instant::now();
-    let issued = Arc::new(AtomicUsize::new(0));
-    let completed = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let mut tasks = Vec::new();
     for id in 0..CLIENTS {
         let client = connect(&members).await;
-        let (issued, completed, done) = (issued.clone(), completed.clone(), done.clone());
+        let progress = progress.clone();
         tasks.push(tokio::spawn(async move {
-            let _done = Finished(done);
-            client_loop(id, seed, client, t0, issued, completed, total).await
+            let _done = Finished(progress.clone());
+            client_loop(id, seed, client, t0, progress, total).await
         }));
     }
-    let faults = nemesis(&mut members, &schedule(failovers), &completed, &done, total).await;
+    let faults = nemesis(&mut members, &schedule(failovers), &progress, total).await;
+    progress.faults_done.store(true, Ordering::Relaxed);
     let mut history: Vec<NsEvent> = Vec::new();
     for t in tasks {
         history.extend(t.await.unwrap());

@@ -14,6 +14,12 @@
 //!   process      a whole cluster of separate `dfs` processes
 //!                ([`process::Cluster`]): kill -9, SIGSTOP, restarts,
 //!                clock shifts, on-disk checks
+//!   group        a coordinator group of three `dfs-coordinator`
+//!                processes ([`group::group`]): its leader, kills, restarts
+//!   netns        a private network of hosts in network namespaces
+//!                ([`netns::Net`]) with links cut both ways or one way
+//!   linearizability  a checker of recorded histories of concurrent calls
+//!                ([`linearizability::check`]) and the namespace's model
 //! ```
 //!
 //! Everything binds free ports on 127.0.0.1, keeps its files in temporary
@@ -24,5 +30,7 @@ pub mod coordinator;
 pub mod datanode;
 pub mod fake;
 pub mod golden;
+pub mod group;
+pub mod linearizability;
 pub mod netns;
 pub mod process;

@@ -181,13 +181,13 @@ mod tests {
     #[test]
     fn hosts_reach_each_other_until_cut() {
         let net = Net::new(2).expect("ip netns (root) is needed for partition tests");
-        let server = net.run_in(1, || async {
+        net.run_in(1, || async {
             let l = tokio::net::TcpListener::bind("10.77.0.1:7777")
                 .await
                 .unwrap();
-            std::mem::forget(l); // lives with the thread's namespace socket
+            // Kept open: the kernel still accepts on it once the thread ends.
+            std::mem::forget(l);
         });
-        let _ = server;
         let connect = |net: &Net| {
             net.run_in(2, || async {
                 tokio::time::timeout(
