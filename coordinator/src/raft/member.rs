@@ -58,6 +58,13 @@ pub fn config(snapshot_every: u64) -> Config {
         // Followers a little behind catch up from the log, not a snapshot.
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         snapshot_max_chunk_size: 4 << 20,
+        // Sending and installing a snapshot's last chunk (decode, replace
+        // the namespace, store it durably) takes far longer than openraft's
+        // 200 ms default for a large namespace on a busy machine; when the
+        // call timed out, the follower had often installed it, refused the
+        // resends ("snapshot <= committed") whose answers timed out too, and
+        // never caught up (found by the long linearizability run).
+        install_snapshot_timeout: 10_000,
         ..Config::default()
     }
 }

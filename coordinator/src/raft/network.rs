@@ -152,6 +152,7 @@ impl Peer {
         &mut self,
         method: Method,
         req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RpcErr<E>>
     where
@@ -162,7 +163,7 @@ impl Peer {
         let payload =
             serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self.client()?;
-        let mut request = Request::new(RaftPayload { payload });
+        let mut request = Request::new(RaftPayload { payload, data });
         request.set_timeout(option.hard_ttl());
         let m = request.metadata_mut();
         m.insert(FROM_METADATA, self.from.encode());
@@ -199,7 +200,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RpcErr> {
-        self.call(Method::Append, &rpc, &option).await
+        self.call(Method::Append, &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
@@ -207,7 +208,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<MemberId>, RpcErr<InstallSnapshotError>> {
-        self.call(Method::Snapshot, &rpc, &option).await
+        let mut rpc = rpc;
+        let data = std::mem::take(&mut rpc.data);
+        self.call(Method::Snapshot, &rpc, data, &option).await
     }
 
     async fn vote(
@@ -215,7 +218,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<MemberId>,
         option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RpcErr> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, Vec::new(), &option).await
     }
 }
 
@@ -292,7 +295,12 @@ fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
     serde_json::to_vec(v)
-        .map(|payload| Response::new(RaftPayload { payload }))
+        .map(|payload| {
+            Response::new(RaftPayload {
+                payload,
+                data: Vec::new(),
+            })
+        })
         .map_err(|e| Status::internal(format!("cannot encode a Raft answer: {e}")))
 }
 
@@ -318,7 +326,9 @@ impl CoordinatorRaft for RaftService {
         r: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.admit(r.metadata())?;
-        let req: InstallSnapshotRequest<TypeConfig> = decode(r.get_ref())?;
+        let p = r.into_inner();
+        let mut req: InstallSnapshotRequest<TypeConfig> = decode(&p)?;
+        req.data = p.data;
         encode(&self.raft.install_snapshot(req).await)
     }
 
