@@ -100,6 +100,7 @@ pub struct Metrics {
     forwarded_calls: IntCounterVec,
     read_barrier_rounds: IntCounter,
     read_barrier_reads: IntCounter,
+    read_lease_reads: IntCounter,
     /// Metadata commits (write transactions).
     pub commits: IntCounter,
     /// Commands per metadata commit (group commit).
@@ -374,6 +375,10 @@ impl Metrics {
                 "dfs_coordinator_read_barrier_reads_total",
                 "Linearizable reads answered after a leadership confirmation round (divided by the rounds: reads per round).",
             ),
+            read_lease_reads: c(
+                "dfs_coordinator_read_lease_reads_total",
+                "Linearizable reads the leader answered under its lease, without a confirmation round.",
+            ),
             batched_calls: reg(
                 &r,
                 f,
@@ -454,6 +459,11 @@ impl Metrics {
     pub fn read_barrier(&self, reads: usize) {
         self.read_barrier_rounds.inc();
         self.read_barrier_reads.inc_by(reads as u64);
+    }
+
+    /// Records one linearizable read answered under the leader lease.
+    pub fn read_leased(&self) {
+        self.read_lease_reads.inc();
     }
 
     /// Records one RPC.

@@ -283,6 +283,10 @@ async fn reads_are_linearizable_unless_a_stale_one_is_asked_for() {
     for f in &followers {
         members[*f].kill();
     }
+    // Within its lease (400 ms after the last round a quorum confirmed) it
+    // may still answer: no other leader can be elected before the
+    // followers' own lease (1 s) runs out. After it, it must refuse.
+    tokio::time::sleep(dfs_coordinator::service::leader::READ_LEASE * 2).await;
     let url = members[leader].url.clone();
     stat(&url, "/a/19", true).await.unwrap();
     let err = stat(&url, "/a/19", false).await.unwrap_err();
