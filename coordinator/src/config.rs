@@ -146,16 +146,31 @@ pub struct Config {
         value_enum,
         default_value = "new"
     )]
-    pub initial_cluster_state: crate::raft::membership::InitialState,
+    pub initial_cluster_state: InitialState,
     /// Raft log entries (group commits) between snapshots of the namespace;
     /// after each, the log before it is purged, and a member further behind
     /// than the log reaches catches up from the snapshot.
-    #[arg(long, env = "DFS_RAFT_SNAPSHOT_EVERY", default_value_t = crate::raft::member::SNAPSHOT_EVERY)]
+    #[arg(long, env = "DFS_RAFT_SNAPSHOT_EVERY", default_value_t = DEFAULT_RAFT_SNAPSHOT_EVERY)]
     pub raft_snapshot_every: u64,
     /// Fault injection for tests: every metadata log write fails with an
     /// I/O error while this file exists.
     #[arg(long, env = "DFS_FAULT_FAIL_LOG_WRITES_WHEN", hide = true)]
     pub fault_fail_log_writes_when: Option<PathBuf>,
+}
+
+/// Raft log entries between snapshots by default (each entry is one group
+/// commit).
+pub const DEFAULT_RAFT_SNAPSHOT_EVERY: u64 = 20_000;
+
+/// Whether this member may form a new group (`--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InitialState {
+    /// The group may be new: the lowest-id seed bootstraps it once every
+    /// seed answered that it belongs to no group.
+    #[default]
+    New,
+    /// The group exists: never bootstrap, wait to be added.
+    Existing,
 }
 
 /// A member of the coordinator group: its id and its gRPC URL.

@@ -565,7 +565,11 @@ pub struct RaftGauges {
 impl RaftGauges {
     /// Sets every gauge from openraft's metrics; `leader_changed` counts an
     /// election this member saw.
-    pub fn refresh(&self, m: &openraft::RaftMetrics<u64, crate::raft::Node>, leader_changed: bool) {
+    pub fn refresh<N: openraft::Node>(
+        &self,
+        m: &openraft::RaftMetrics<u64, N>,
+        leader_changed: bool,
+    ) {
         let last = m.last_log_index.unwrap_or(0);
         self.term.set(m.current_term as i64);
         self.leader.set(i64::from(m.current_leader == Some(m.id)));

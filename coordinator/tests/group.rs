@@ -5,102 +5,17 @@
 //! leader is replaced and writes resume (the time is printed), and the
 //! killed member comes back on its directory and catches up.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dfs_coordinator::service::LEADER_METADATA;
-use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::{GetClusterStatusRequest, MkdirRequest, StatRequest};
-use dfs_testkit::process::free_addr;
+use dfs_testkit::group::{Member, client};
 use tonic::Code;
 
-/// One coordinator process, killed when dropped.
-struct Member {
-    id: u64,
-    url: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dfs-coordinator"))
-            .args(&self.args)
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start dfs-coordinator");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
+/// Three members of this crate's `dfs-coordinator` in `dir`.
 fn group(dir: &std::path::Path) -> Vec<Member> {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let id = i as u64 + 1;
-            let mut m = Member {
-                id,
-                url: format!("http://{a}"),
-                args: vec![
-                    "--listen".into(),
-                    a.to_string(),
-                    "--metrics-addr".into(),
-                    free_addr().to_string(),
-                    "--data-dir".into(),
-                    dir.join(format!("c{id}")).display().to_string(),
-                    "--raft-id".into(),
-                    id.to_string(),
-                    "--peers".into(),
-                    peers.clone(),
-                    "--exit-with-parent".into(),
-                ],
-                log: dir.join(format!("c{id}.log")),
-                child: None,
-            };
-            m.spawn();
-            m
-        })
-        .collect()
-}
-
-async fn client(url: &str) -> Option<CoordinatorClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3));
-    endpoint.connect().await.ok().map(CoordinatorClient::new)
+    dfs_testkit::group::group(env!("CARGO_BIN_EXE_dfs-coordinator"), dir)
 }
 
 /// Mkdir at `url`: the leader's URL when a follower forwarded the call
@@ -149,7 +64,7 @@ async fn write_somewhere(members: &[Member], path: &str, secs: u64) -> usize {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         for (i, m) in members.iter().enumerate() {
-            if m.child.is_none() {
+            if !m.is_running() {
                 continue;
             }
             if let Ok(hint) = mkdir(&m.url, path).await {
@@ -408,7 +323,7 @@ async fn a_client_fails_over_to_the_new_leader_and_loses_no_acknowledged_write()
 
 /// Sends `signal` (e.g. "STOP", "CONT") to a member's process.
 fn signal(m: &Member, signal: &str) {
-    let pid = m.child.as_ref().expect("running").id();
+    let pid = m.pid().expect("running");
     let ok = Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status()

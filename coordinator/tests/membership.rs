@@ -32,6 +32,11 @@ struct Proc {
 impl Proc {
     fn new(root: &Path, id: u64, seeds: &str, extra: &[&str]) -> (Proc, std::net::SocketAddr) {
         let addr = free_addr();
+        (Proc::at(root, id, addr, seeds, extra), addr)
+    }
+
+    /// Member `id` listening on `addr`, with `--peers seeds` unless empty.
+    fn at(root: &Path, id: u64, addr: std::net::SocketAddr, seeds: &str, extra: &[&str]) -> Proc {
         let metrics = free_addr();
         let dir = root.join(format!("c{id}"));
         let mut args: Vec<String> = vec![
@@ -50,15 +55,14 @@ impl Proc {
             args.push(seeds.into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let p = Proc {
+        Proc {
             url: format!("http://{addr}"),
             metrics,
             dir,
             args,
             log: root.join(format!("c{id}.log")),
             child: None,
-        };
-        (p, addr)
+        }
     }
 
     /// `--peers` once the address is known (a seed names itself).
@@ -379,6 +383,27 @@ async fn a_group_grows_by_learners_and_replaces_a_member_on_an_empty_volume() {
     .await;
 }
 
+/// Three seeds (`--peers` naming all of them) with `extra` flags, started:
+/// they form the group by themselves.
+fn seeded_group(root: &Path, extra: &[&str]) -> Vec<Proc> {
+    let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}=http://{a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut p = Proc::at(root, i as u64 + 1, *a, &seeds, extra);
+            p.start();
+            p
+        })
+        .collect()
+}
+
 async fn leader_url(urls: &[&str]) -> String {
     let (_, _, s) = membership(urls).await;
     s.coordinators
@@ -395,44 +420,7 @@ async fn leader_url(urls: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_on_an_empty_volume_never_forms_a_second_group() {
     let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let dir = tmp.path().join(format!("s{i}"));
-            let metrics = free_addr();
-            Proc {
-                url: format!("http://{a}"),
-                metrics,
-                args: vec![
-                    "--listen".into(),
-                    a.to_string(),
-                    "--metrics-addr".into(),
-                    metrics.to_string(),
-                    "--data-dir".into(),
-                    dir.display().to_string(),
-                    "--raft-id".into(),
-                    (i + 1).to_string(),
-                    "--peers".into(),
-                    seeds.clone(),
-                    "--exit-with-parent".into(),
-                ],
-                dir,
-                log: tmp.path().join(format!("s{i}.log")),
-                child: None,
-            }
-        })
-        .collect();
-    for p in &mut procs {
-        p.start();
-    }
+    let mut procs = seeded_group(tmp.path(), &[]);
     let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
     let all: Vec<&str> = urls.iter().map(String::as_str).collect();
     write_anywhere(&all, "/formed").await;
@@ -472,48 +460,7 @@ async fn installed_snapshots(p: &Proc) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_behind_the_log_catch_up_through_a_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut procs: Vec<Proc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let dir = tmp.path().join(format!("m{i}"));
-            let metrics = free_addr();
-            Proc {
-                url: format!("http://{a}"),
-                metrics,
-                args: [
-                    "--listen",
-                    &a.to_string(),
-                    "--metrics-addr",
-                    &metrics.to_string(),
-                    "--data-dir",
-                    &dir.display().to_string(),
-                    "--raft-id",
-                    &(i + 1).to_string(),
-                    "--peers",
-                    &seeds,
-                    "--raft-snapshot-every",
-                    "20",
-                    "--exit-with-parent",
-                ]
-                .map(String::from)
-                .to_vec(),
-                dir,
-                log: tmp.path().join(format!("m{i}.log")),
-                child: None,
-            }
-        })
-        .collect();
-    for p in &mut procs {
-        p.start();
-    }
+    let mut procs = seeded_group(tmp.path(), &["--raft-snapshot-every", "20"]);
     let urls: Vec<String> = procs.iter().map(|p| p.url.clone()).collect();
     let all: Vec<&str> = urls.iter().map(String::as_str).collect();
     write_anywhere(&all, "/first").await;

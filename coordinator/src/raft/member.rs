@@ -13,7 +13,7 @@ use super::{MemberId, RaftStorageError, TypeConfig};
 use crate::store::Applied;
 
 /// Log entries between snapshots (each entry is one group commit).
-pub const SNAPSHOT_EVERY: u64 = 20_000;
+pub const SNAPSHOT_EVERY: u64 = crate::config::DEFAULT_RAFT_SNAPSHOT_EVERY;
 
 /// Why a member could not start.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ use openraft::{ChangeMembers, Raft};
 
 use super::network::{Identity, hello};
 use super::{MemberId, Node, TypeConfig};
+pub use crate::config::InitialState;
 use crate::config::Peer;
 
 /// How long one Hello may take.
@@ -25,17 +26,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Most members a group has.
 pub const MAX_MEMBERS: usize = 5;
-
-/// Whether this member may form a new group (`--initial-cluster-state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum InitialState {
-    /// The group may be new: the lowest-id seed bootstraps it once every
-    /// seed answered that it belongs to no group.
-    #[default]
-    New,
-    /// The group exists: never bootstrap, wait to be added.
-    Existing,
-}
 
 /// Why a membership change was refused.
 #[derive(Debug, thiserror::Error)]
