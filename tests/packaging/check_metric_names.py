@@ -100,6 +100,10 @@ def main():
     ap.add_argument("--rules", action="append", default=[])
     ap.add_argument("--scrape", action="append", default=[])
     ap.add_argument("--source", action="append", default=[])
+    # NAME=FILE: a metric that exists only in a role the scraped cluster
+    # does not have (e.g. the leader of a coordinator group), checked
+    # against the metrics.rs that registers it instead.
+    ap.add_argument("--role-only", action="append", default=[])
     a = ap.parse_args()
 
     known = {}  # name -> set(labels) from scrapes, or None from sources
@@ -113,6 +117,13 @@ def main():
             if k not in known:
                 known[k] = v
                 origin[k] = f"source {f}"
+    for spec in a.role_only:
+        name, _, f = spec.partition("=")
+        if name not in parse_source(f):
+            sys.exit(f"--role-only {spec}: {name} is not registered in {f}")
+        if name not in known:
+            known[name] = None
+            origin[name] = f"source {f} (only in a role the scrape lacks)"
 
     exprs = []
     for f in a.dashboard:
