@@ -570,3 +570,102 @@ fn three_coordinators_survive_a_killed_leader() {
     assert_ne!(now[0], old, "{s}");
     cluster.stop();
 }
+
+/// A coordinator process (`dfs coordinator …`), killed when dropped.
+struct CoordinatorProc(Child);
+
+impl Drop for CoordinatorProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `dfs coordinators add` and `voters` grow a group of one by hand: the
+/// new member is a learner, then a voter; a voter that is not a member is
+/// refused with one clear line.
+#[test]
+fn coordinators_are_added_and_promoted_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = free_port();
+    let p2 = std::iter::repeat_with(free_port)
+        .find(|p| *p != p1)
+        .unwrap();
+    let (u1, u2) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
+    let start = |id: u64, port: u16, extra: &[&str]| {
+        CoordinatorProc(
+            Command::new(env!("CARGO_BIN_EXE_dfs"))
+                .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--metrics-addr", "127.0.0.1:0", "--exit-with-parent"])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("c{id}")))
+                .args(["--raft-id", &id.to_string(), "--peers", &format!("1={u1}")])
+                .args(extra)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dfs coordinator starts"),
+        )
+    };
+    let _c1 = start(1, p1, &[]);
+    let _c2 = start(2, p2, &["--initial-cluster-state", "existing"]);
+    let dfs = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dfs"))
+            .args(["--coordinator", &u1])
+            .args(args)
+            .env_remove("DFS_COORDINATOR")
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        let out = dfs(&["coordinators", "add", "2", &u2]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "add never succeeded: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        added
+            .lines()
+            .any(|l| l.contains("coordinator:  2") && l.contains("learner")),
+        "{added}"
+    );
+    let out = dfs(&["coordinators", "voters", "1,2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json(&dfs(&["status", "--json"]).stdout);
+    let voters: Vec<u64> = status["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["voter"] == true)
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, vec![1, 2]);
+    assert_clear_error(
+        &dfs(&["coordinators", "voters", "1,9"]),
+        "coordinator 9 is not a member",
+    );
+}

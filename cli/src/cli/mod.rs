@@ -134,6 +134,15 @@ enum Command {
         #[arg(value_enum)]
         action: SafeModeAction,
     },
+    /// The coordinator group's membership (admin), one change at a time:
+    /// `add ID URL` makes a coordinator started with `--initial-cluster-state
+    /// existing` a learner; `voters ID,ID,...` makes exactly those the voters
+    /// (learners promoted, voters not named removed). A member that came
+    /// back on an empty volume is removed with `voters`, then added again.
+    Coordinators {
+        #[command(subcommand)]
+        action: CoordinatorsAction,
+    },
     /// Drain a datanode before removing it (or cancel with --cancel).
     Decommission {
         /// Node id (see `dfs nodes`).
@@ -150,6 +159,24 @@ enum Command {
     /// Run a datanode (same as the dfs-datanode binary).
     #[cfg(feature = "local-cluster")]
     Datanode(dfs_datanode::Config),
+}
+
+/// What `dfs coordinators` does.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum CoordinatorsAction {
+    /// Add coordinator ID, reachable by the others at URL, as a learner.
+    Add {
+        /// Its Raft id (`--raft-id`).
+        id: u64,
+        /// Its gRPC URL, e.g. http://10.0.0.4:7000.
+        url: String,
+    },
+    /// Make exactly these ids the voters (comma-separated).
+    Voters {
+        /// E.g. 1,2,3.
+        #[arg(value_delimiter = ',', required = true)]
+        ids: Vec<u64>,
+    },
 }
 
 /// What `dfs safemode` does.
@@ -267,6 +294,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 if sm.active { "ON" } else { "off" },
                 sm.reason
             );
+            Ok(())
+        }
+        Command::Coordinators { action } => {
+            let client = connect().await?;
+            let status = match action {
+                CoordinatorsAction::Add { id, url } => client.add_coordinator(id, &url).await?,
+                CoordinatorsAction::Voters { ids } => client.set_coordinator_voters(&ids).await?,
+            };
+            output::print_status(&status, false);
             Ok(())
         }
         Command::Decommission { node, cancel } => {

@@ -220,6 +220,9 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
                 "applied_index": c.applied_index,
                 "lag": c.lag,
                 "answering": c.answering,
+                "voter": c.voter,
+                "incarnation": format!("{:016x}", c.incarnation),
+                "on_new_volume": c.on_new_volume(),
             })).collect::<Vec<_>>(),
         }));
         return;
@@ -275,7 +278,7 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
     }
     for c in &s.coordinators {
         say!(
-            "coordinator:  {} {:<24} {:<9} term {} log {} applied {} lag {}{}",
+            "coordinator:  {} {:<24} {:<9} term {} log {} applied {} lag {}{}{}",
             c.id,
             c.address,
             c.role,
@@ -283,7 +286,12 @@ pub fn print_status(s: &ClusterStatus, json: bool) {
             c.last_log_index,
             c.applied_index,
             c.lag,
-            if c.answering { "  (answered)" } else { "" }
+            if c.answering { "  (answered)" } else { "" },
+            if c.on_new_volume() {
+                "  ON A NEW VOLUME: remove it (dfs coordinators voters) and add it again"
+            } else {
+                ""
+            }
         );
     }
     let b = &s.delete_budget;
