@@ -217,7 +217,7 @@ fn raft_err(e: impl std::fmt::Display) -> MembershipError {
 }
 
 /// Adds coordinator `id` at `addr` as a learner under the incarnation it
-/// answers with, and waits until it has the log. The same member again is
+/// answers with (it then catches up in the background). The same member again is
 /// a no-op; the same id on another volume is refused until removed.
 pub async fn add_learner(
     raft: &Raft<TypeConfig>,
@@ -285,13 +285,17 @@ pub async fn add_learner(
             membership.nodes().count()
         )));
     }
+    // Not blocking: the call returns once the learner is in the
+    // membership; catching up (a snapshot of a large namespace can take
+    // longer than a caller's deadline) shows as its lag, which promotion
+    // waits on.
     raft.add_learner(
         id,
         Node {
             addr: addr.to_string(),
             incarnation: h.incarnation,
         },
-        true,
+        false,
     )
     .await
     .map_err(raft_err)?;

@@ -161,9 +161,12 @@ impl CoordinatorService {
                     } else {
                         0
                     },
-                    lag: match matched {
-                        Some(i) if !me => leader_log.saturating_sub(i),
-                        _ => 0,
+                    // On the leader: a member it has not matched yet (a
+                    // learner just added) lacks the whole log.
+                    lag: if me || m.replication.is_none() {
+                        0
+                    } else {
+                        leader_log.saturating_sub(matched.unwrap_or(0))
                     },
                     answering: me,
                     incarnation: node.incarnation,
