@@ -581,24 +581,15 @@ impl Drop for CoordinatorProc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `dfs coordinators add` and `voters` grow a group of one by hand: the
 /// new member is a learner, then a voter; a voter that is not a member is
 /// refused with one clear line.
 #[test]
 fn coordinators_are_added_and_promoted_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let p1 = free_port();
-    let p2 = std::iter::repeat_with(free_port)
-        .find(|p| *p != p1)
-        .unwrap();
+    // Never the same port twice in this process.
+    let p1 = dfs_testkit::process::free_addr().port();
+    let p2 = dfs_testkit::process::free_addr().port();
     let (u1, u2) = (
         format!("http://127.0.0.1:{p1}"),
         format!("http://127.0.0.1:{p2}"),

@@ -387,12 +387,7 @@ async fn a_group_grows_by_learners_and_replaces_a_member_on_an_empty_volume() {
 /// they form the group by themselves.
 fn seeded_group(root: &Path, extra: &[&str]) -> Vec<Proc> {
     let addrs: Vec<_> = (0..3).map(|_| free_addr()).collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let seeds = dfs_testkit::process::peers(&addrs);
     addrs
         .iter()
         .enumerate()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::{GetClusterStatusRequest, StatRequest};
 
-use crate::process::free_addr;
+use crate::process::{free_addr, peers};
 
 /// One coordinator process, killed when dropped.
 #[derive(Debug)]
@@ -82,12 +82,7 @@ impl Drop for Member {
 /// `dir`.
 pub fn group(bin: impl AsRef<Path>, dir: &Path) -> Vec<Member> {
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers(&addrs);
     addrs
         .iter()
         .enumerate()

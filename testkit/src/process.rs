@@ -155,6 +155,16 @@ fn signal(pid: u32, signal: rustix::process::Signal) -> std::io::Result<()> {
     rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
 }
 
+/// `--peers` naming member `i + 1` at `addrs[i]`.
+pub fn peers(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}=http://{a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One process of the cluster, restartable with the same arguments (same
 /// ports, same data directory).
 #[derive(Debug)]
@@ -419,12 +429,7 @@ impl Cluster {
             .map(|(l, _)| format!("http://{l}"))
             .collect::<Vec<_>>()
             .join(",");
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, (l, _))| format!("{}=http://{l}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers(&addrs.iter().map(|(l, _)| *l).collect::<Vec<_>>());
         let mut members: Vec<Service> = addrs
             .iter()
             .enumerate()

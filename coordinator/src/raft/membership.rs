@@ -212,6 +212,15 @@ pub fn spawn_prober(raft: Raft<TypeConfig>, me: Identity, reported: Arc<Reported
     });
 }
 
+/// The membership this member knows now.
+fn current(raft: &Raft<TypeConfig>) -> openraft::Membership<MemberId, Node> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone()
+}
+
 fn raft_err(e: impl std::fmt::Display) -> MembershipError {
     MembershipError::Raft(e.to_string())
 }
@@ -247,12 +256,7 @@ pub async fn add_learner(
             h.id
         )));
     }
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = current(raft);
     let voter = membership.voter_ids().any(|v| v == id);
     if let Some(n) = membership.get_node(&id) {
         if n.incarnation == h.incarnation && n.addr == addr {
@@ -329,12 +333,7 @@ pub fn check_voters(
 /// Makes `want` the voters: learners in it are promoted, voters not in it
 /// leave the group. One joint-consensus change.
 pub async fn set_voters(raft: &Raft<TypeConfig>, want: &[MemberId]) -> Result<(), MembershipError> {
-    let membership = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .clone();
+    let membership = current(raft);
     let members: BTreeSet<MemberId> = membership.nodes().map(|(id, _)| *id).collect();
     let set = check_voters(want, &members)?;
     let voters: BTreeSet<MemberId> = membership.voter_ids().collect();
