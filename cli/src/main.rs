@@ -36,7 +36,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let result = runtime.block_on(cli::run(args));
+    // A blocking thread that cannot be interrupted (the stdin read behind
+    // `--exit-with-parent`) must not keep a stopped server alive.
+    runtime.shutdown_timeout(dfs_common::bootstrap::STOP_GRACE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, no backtrace.

@@ -11,6 +11,25 @@ use std::pin::Pin;
 /// The future a server drains on (SIGTERM or Ctrl-C).
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// How long a stopped process waits for its blocking threads before it
+/// exits anyway.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `body` to completion on a multi-threaded runtime, then shuts the
+/// runtime down waiting at most [`STOP_GRACE`] for blocking threads. A
+/// thread that cannot be interrupted — the stdin read behind
+/// `--exit-with-parent`, a disk stuck in I/O — must never keep a server
+/// that stopped (a fail-stop on a full metadata disk, say) alive: dropping
+/// a runtime waits for them forever.
+pub fn block_on<T>(body: impl Future<Output = T>) -> std::io::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(body);
+    runtime.shutdown_timeout(STOP_GRACE);
+    Ok(out)
+}
+
 /// Runs the server `server` makes, handing it the shutdown future, and
 /// logs how it ended. The error is returned for the binary's edge to
 /// report (and exit non-zero).

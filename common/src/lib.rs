@@ -11,8 +11,10 @@
 //! - [`telemetry`]: tracing set-up for binaries.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future servers drain on.
 //! - [`bootstrap`]: the one start-up and shutdown every server binary uses.
+//! - [`durable`]: directories and names made durable (directory fsync).
 
 pub mod bootstrap;
+pub mod durable;
 pub mod http;
 pub mod id;
 pub mod metrics;

@@ -9,12 +9,12 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = dfs_coordinator::Config::parse();
-    dfs_common::bootstrap::serve("dfs-coordinator", |shutdown| {
-        dfs_coordinator::run(config, shutdown)
-    })
-    .await
+    dfs_common::bootstrap::block_on(dfs_common::bootstrap::serve(
+        "dfs-coordinator",
+        |shutdown| dfs_coordinator::run(config, shutdown),
+    ))
+    .context("start the async runtime")?
     .context("run coordinator")
 }

@@ -91,12 +91,19 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) `dir/metadata.redb` and rebuilds the state.
     pub fn open(dir: &Path) -> Result<(Store, Namespace), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        dfs_common::durable::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let db =
             Database::create(dir.join("metadata.redb")).map_err(|e| db_err("open")(e.into()))?;
+        // The file's name is durable only once its directory is fsynced:
+        // without this a power cut after the first commits loses the whole
+        // database (every commit's fsync went into a file with no name).
+        dfs_common::durable::sync_dir(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         {
             let txn = db
                 .begin_write()

@@ -8,12 +8,11 @@
 use anyhow::Context;
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = dfs_datanode::Config::parse();
-    dfs_common::bootstrap::serve("dfs-datanode", |shutdown| {
+    dfs_common::bootstrap::block_on(dfs_common::bootstrap::serve("dfs-datanode", |shutdown| {
         dfs_datanode::run(config, shutdown)
-    })
-    .await
+    }))
+    .context("start the async runtime")?
     .context("failed to run the datanode")
 }

@@ -62,15 +62,23 @@ impl Default for Pacer {
     }
 }
 
-/// Handles a read failure: corruption removes the chunk and reports it.
+/// Handles a read failure: corruption moves the chunk aside and reports
+/// it; an I/O error of the disk sets it aside where it is (see
+/// [`Store::mark_unavailable`]), so either way the coordinator repairs it.
 pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> Status {
-    if let StoreError::Corrupt { reason, .. } = &e {
-        store
-            .metrics()
-            .checksum_failures
-            .with_label_values(&[source])
-            .inc();
-        store.mark_corrupt(id, reason);
+    match &e {
+        StoreError::Corrupt { reason, .. } => {
+            store
+                .metrics()
+                .checksum_failures
+                .with_label_values(&[source])
+                .inc();
+            store.mark_corrupt(id, reason);
+        }
+        StoreError::Io { source: err, .. } if err.kind() != std::io::ErrorKind::NotFound => {
+            store.mark_unavailable(id, &e.to_string());
+        }
+        _ => {}
     }
     status(e)
 }

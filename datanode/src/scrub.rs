@@ -60,6 +60,10 @@ fn scrub_pass(node: &Node, rate: &AtomicU64, stop: &watch::Receiver<bool>) -> (u
                 corrupt += 1;
                 read_failed(store, &id, e, "scrub");
             }
+            Err(e @ StoreError::Io { .. }) => {
+                tracing::warn!(chunk_id = %id, "scrubber failed to read chunk: {e}");
+                read_failed(store, &id, e, "scrub");
+            }
             Err(e) => tracing::warn!(chunk_id = %id, "scrubber failed to read chunk: {e}"),
         }
     }

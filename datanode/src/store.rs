@@ -653,7 +653,15 @@ impl Store {
             sync_dir(&self.chunks_dir)?;
             rename(tmp, &dest).map_err(io_err("rename into place", &dest))?;
         }
-        sync_dir(parent)?;
+        if let Err(e) = sync_dir(parent) {
+            // The name is in place but not durable, and the chunk is not
+            // indexed: take the name back, or it would sit on disk unknown,
+            // refusing every later copy of this id until a restart.
+            if let Err(undo) = fs::remove_file(&dest) {
+                tracing::error!(chunk_id = %id, "failed to take back a chunk whose directory could not be synced: {undo}");
+            }
+            return Err(e);
+        }
         {
             let mut st = self.state.lock().expect("store lock");
             if st.index.remove(id).is_some() {
@@ -850,6 +858,24 @@ impl Store {
             }
             self.metrics.quarantined.set(st.quarantined.len() as i64);
         }
+        self.update_gauges();
+    }
+
+    /// A read of `id` failed with an I/O error while running: as at
+    /// start-up, an I/O error says nothing about the bytes, so the file (or
+    /// volume record) is kept where it is, never deleted, no longer served,
+    /// and reported gone from this node, so the coordinator repairs around
+    /// it. A restart reads it again.
+    pub fn mark_unavailable(&self, id: &ChunkId, reason: &str) {
+        {
+            let mut st = self.state.lock().expect("store lock");
+            if st.unavailable.contains(id) || !st.remove_chunk(id) {
+                // Already set aside, or deleted meanwhile.
+                return;
+            }
+            st.unavailable.push(id.clone());
+        }
+        tracing::error!(chunk_id = %id, reason, "chunk unreadable (I/O error): kept in place, no longer served or reported");
         self.update_gauges();
     }
 

@@ -103,7 +103,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
         state: Arc<Mutex<S>>,
         hook: H,
     ) -> Result<Member<S, H>, MemberError> {
-        std::fs::create_dir_all(dir).map_err(|source| MemberError::CreateDir {
+        dfs_common::durable::create_dir_all(dir).map_err(|source| MemberError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -111,6 +111,12 @@ impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
         let db = tokio::task::spawn_blocking(move || redb::Database::create(path))
             .await
             .expect("redb open task panicked")?;
+        // The log's file name is durable only once the directory is
+        // fsynced (see `dfs_common::durable`).
+        dfs_common::durable::sync_dir(dir).map_err(|source| MemberError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let db = Arc::new(db);
         let log = LogStore::open(db.clone()).await?;
         let state = StateMachine::open(db, state, hook).await?;
