@@ -373,6 +373,20 @@ pub struct ClusterOptions {
     pub per_datanode_env: Vec<Vec<(String, String)>>,
     /// Coordinators: 1, or 3 or 5 as one Raft group (`--peers`).
     pub coordinators: usize,
+    /// Data directories chosen by the test, by service name (`coordinator`,
+    /// `coordinator-<n>`, `datanode-<i>`), e.g. on a fault-injecting
+    /// filesystem; the others live in the cluster's temp dir.
+    pub data_dirs: Vec<(String, PathBuf)>,
+}
+
+impl ClusterOptions {
+    fn data_dir(&self, name: &str, root: &Path) -> PathBuf {
+        self.data_dirs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| root.join(name))
+    }
 }
 
 impl Default for ClusterOptions {
@@ -387,6 +401,7 @@ impl Default for ClusterOptions {
             coordinator_env: Vec::new(),
             per_datanode_env: Vec::new(),
             coordinators: 1,
+            data_dirs: Vec::new(),
         }
     }
 }
@@ -440,7 +455,7 @@ impl Cluster {
                 } else {
                     "coordinator".into()
                 };
-                let dir = root.path().join(&name);
+                let dir = options.data_dir(&name, root.path());
                 let mut args: Vec<String> = [
                     "coordinator",
                     "--listen",
@@ -514,7 +529,7 @@ impl Cluster {
         let root = self.root.as_ref().expect("root").path().to_path_buf();
         let listen = free_addr();
         let metrics = free_addr();
-        let dir = root.join(format!("datanode-{i}"));
+        let dir = self.options.data_dir(&format!("datanode-{i}"), &root);
         let mut args: Vec<String> = [
             "datanode",
             "--listen",

@@ -183,6 +183,21 @@ impl LossyFs {
         Ok(loss)
     }
 
+    /// [`LossyFs::power_cut`], except that unsynced overwrites inside a
+    /// file are torn: each 4 KiB page of them reached the disk or not, by a
+    /// coin seeded with `seed` (see [`model::Model::power_cut_torn`]).
+    pub fn power_cut_torn(&mut self, seed: u64) -> Result<Loss, Error> {
+        self.stop()?;
+        self.shared.forget_handles();
+        let loss = self
+            .shared
+            .model()
+            .power_cut_torn(seed)
+            .map_err(Error::PowerCut)?;
+        self.start()?;
+        Ok(loss)
+    }
+
     /// Arms a fault; it applies to operations from now on.
     pub fn arm(&self, fault: Fault) -> FaultId {
         self.shared.faults().arm(fault)

@@ -851,6 +851,50 @@ impl Model {
         }
     }
 
+    /// A power cut that tears writes: of every 4 KiB page that an
+    /// unsynced write changed inside a file's durable size, a seeded coin
+    /// decides whether the new bytes reached the disk before the power went
+    /// (disks write back in any order); then as [`Model::power_cut`]. What
+    /// is outside the durable size (appends, whose size was never made
+    /// durable) and every name change are lost as there.
+    pub fn power_cut_torn(&mut self, seed: u64) -> Result<Loss> {
+        use rand::{Rng, SeedableRng};
+        const PAGE: u64 = 4096;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut inos: Vec<u64> = self.inodes.keys().copied().collect();
+        inos.sort_unstable();
+        let mut buf = vec![0u8; PAGE as usize];
+        for ino in inos {
+            let Body::File(f) = &self.inodes[&ino].body else {
+                continue;
+            };
+            let limit = f.size.min(f.durable_size);
+            let ranges: Vec<(u64, u64)> = f.dirty.iter().filter(|(s, _)| *s < limit).collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            let live = File::open(self.live_path(ino)).map_err(io_errno)?;
+            let durable = OpenOptions::new()
+                .write(true)
+                .open(self.durable_path(ino))
+                .map_err(io_errno)?;
+            for (start, end) in ranges {
+                let end = end.min(limit);
+                let mut pos = start;
+                while pos < end {
+                    let next = ((pos / PAGE) + 1) * PAGE;
+                    let n = (next.min(end) - pos) as usize;
+                    if rng.random_bool(0.5) {
+                        live.read_exact_at(&mut buf[..n], pos).map_err(io_errno)?;
+                        durable.write_all_at(&buf[..n], pos).map_err(io_errno)?;
+                    }
+                    pos += n as u64;
+                }
+            }
+        }
+        self.power_cut()
+    }
+
     /// A power cut: everything not durable is lost.
     pub fn power_cut(&mut self) -> Result<Loss> {
         let mut loss = Loss::default();
@@ -1302,6 +1346,49 @@ mod tests {
                 Some(&disk[..])
             );
         }
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_each_overwritten_page_old_or_new_and_drops_appends() {
+        let (_d, mut m) = model();
+        let old: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let f = file(&mut m, ROOT, "volume", &old);
+        m.fsync(f).unwrap();
+        m.fsync_dir(ROOT).unwrap();
+        m.open(f).unwrap();
+        m.write(f, 1000, &vec![0xEE; 40_000]).unwrap();
+        m.write(f, old.len() as u64, b"appended").unwrap();
+        m.release(f);
+        m.power_cut_torn(3).unwrap();
+        let got = read_all(&mut m, f);
+        assert_eq!(got.len(), old.len(), "the append's size was never durable");
+        let (mut kept_new, mut kept_old) = (0, 0);
+        for (p, page) in got.chunks(4096).enumerate() {
+            for (k, &b) in page.iter().enumerate() {
+                let at = p * 4096 + k;
+                let new = if (1000..41_000).contains(&at) {
+                    0xEE
+                } else {
+                    old[at]
+                };
+                assert!(b == old[at] || b == new, "byte {at}: neither old nor new");
+            }
+            let lo = p * 4096;
+            if (1000..41_000).contains(&lo) && (1000..41_000).contains(&(lo + 4095)) {
+                let is_new = page.iter().all(|&b| b == 0xEE);
+                let is_old = page == &old[lo..lo + 4096];
+                assert!(is_new || is_old, "page {p} is torn inside");
+                if is_new {
+                    kept_new += 1;
+                } else {
+                    kept_old += 1;
+                }
+            }
+        }
+        assert!(
+            kept_new > 0 && kept_old > 0,
+            "a coin per page: {kept_new} new, {kept_old} old"
+        );
     }
 
     /// Random namespace changes in three directories against a reference
