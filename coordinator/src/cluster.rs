@@ -403,6 +403,11 @@ pub struct Cluster {
     orphan_since: HashMap<ChunkId, u64>,
     over_since: HashMap<ChunkId, u64>,
     inflight: HashMap<u64, Repair>,
+    /// Repairs that failed or timed out, by (chunk, target), until when the
+    /// target is not tried again for that chunk: a target that refuses a
+    /// copy (it holds an unreadable one, its disk fails) would otherwise be
+    /// re-planned every tick, holding its repair streams forever.
+    repair_backoff: HashMap<(ChunkId, NodeId), u64>,
     next_command_id: u64,
     completions: VecDeque<(u64, u64)>,
     stats: RedundancyStats,
@@ -423,6 +428,10 @@ pub struct Cluster {
 
 const RATE_WINDOW_MS: u64 = 60_000;
 
+/// How long a target that failed a repair of a chunk is left out of that
+/// chunk's next repairs (other targets are tried meanwhile).
+const REPAIR_BACKOFF_MS: u64 = 10_000;
+
 impl Cluster {
     /// Builds the soft state for a freshly loaded namespace: every known node
     /// is considered heard from at `now_ms`, replicas come from the confirm
@@ -436,6 +445,7 @@ impl Cluster {
             orphan_since: HashMap::new(),
             over_since: HashMap::new(),
             inflight: HashMap::new(),
+            repair_backoff: HashMap::new(),
             next_command_id: 1,
             completions: VecDeque::new(),
             stats: RedundancyStats::default(),
@@ -778,7 +788,9 @@ impl Cluster {
         for r in &ev.results {
             if !r.ok {
                 tracing::warn!(node_id = %node, command_id = r.command_id, error = %r.error, "command failed");
-                self.inflight.remove(&r.command_id);
+                if let Some(failed) = self.inflight.remove(&r.command_id) {
+                    self.back_off(failed, now_ms);
+                }
             }
         }
         let record = record.clone();
@@ -786,6 +798,13 @@ impl Cluster {
         let commands = std::mem::take(&mut live.outbox);
         let state = self.view(&record, now_ms).state;
         Ok((commands, state))
+    }
+
+    /// A repair failed or timed out: its target is not tried again for
+    /// that chunk for [`REPAIR_BACKOFF_MS`].
+    fn back_off(&mut self, failed: Repair, now_ms: u64) {
+        self.repair_backoff
+            .insert((failed.chunk_id, failed.target), now_ms + REPAIR_BACKOFF_MS);
     }
 
     /// Takes the queued commands of a node.
@@ -1012,6 +1031,7 @@ impl Cluster {
             l.outbox.clear();
         }
         self.inflight.clear();
+        self.repair_backoff.clear();
     }
 
     /// Nodes whose delete budget ran out in the last tick.
@@ -1082,13 +1102,18 @@ impl Cluster {
                 l.maintenance_until_ms = 0;
             }
         }
-        self.inflight.retain(|id, r| {
-            let keep = r.deadline_ms > now_ms;
-            if !keep {
-                tracing::warn!(command_id = id, chunk_id = %r.chunk_id, "repair timed out");
-            }
-            keep
-        });
+        let timed_out: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| r.deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in timed_out {
+            let r = self.inflight.remove(&id).expect("listed above");
+            tracing::warn!(command_id = id, chunk_id = %r.chunk_id, "repair timed out");
+            self.back_off(r, now_ms);
+        }
+        self.repair_backoff.retain(|_, until| *until > now_ms);
         while self
             .completions
             .front()
@@ -1224,10 +1249,17 @@ impl Cluster {
                         sources: sources.iter().map(|n| (*n).clone()).collect(),
                         // A node with a corrupt copy cannot take a good one
                         // (chunk ids are immutable).
+                        // Nor a node that just failed a repair of it.
                         holders: holders
                             .iter()
                             .chain(self.corrupt.get(chunk).into_iter().flatten())
                             .cloned()
+                            .chain(
+                                self.repair_backoff
+                                    .keys()
+                                    .filter(|(c, _)| c == chunk)
+                                    .map(|(_, n)| n.clone()),
+                            )
                             .collect(),
                         inflight,
                     });
@@ -1688,6 +1720,66 @@ pub(crate) mod tests {
         cluster.tick(&ns, 1200);
         assert_eq!(cluster.stats().under_replicated, 0);
         assert_eq!(cluster.stats().repairs_completed, 1);
+    }
+
+    #[test]
+    fn a_target_that_failed_a_repair_is_left_out_of_that_chunks_repairs_for_a_while() {
+        let (mut ns, mut cluster) = setup(4);
+        // Replication 3 on n0, n1: one copy, to n2 or n3.
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        let repair = |cluster: &mut Cluster, ns: &Namespace, now: u64| {
+            for n in ["n0", "n1", "n2", "n3"] {
+                beat(ns, cluster, n, now);
+            }
+            cluster.tick(ns, now);
+            all_commands(cluster)
+                .into_iter()
+                .filter_map(|(_, c)| match c {
+                    NodeCommand::Replicate {
+                        command_id,
+                        target_id,
+                        ..
+                    } => Some((command_id, target_id)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = repair(&mut cluster, &ns, 10);
+        assert_eq!(first.len(), 1, "{first:?}");
+        let (id, refused_by) = first[0].clone();
+        // The copy failed (the target refused it): the result comes back in
+        // a heartbeat (which node sends it does not matter).
+        let source = "n0";
+        let ev = HeartbeatEvent {
+            info: info(),
+            results: vec![CommandOutcome {
+                command_id: id,
+                ok: false,
+                error: "refused".into(),
+            }],
+            ..HeartbeatEvent::new(named(source))
+        };
+        cluster.on_heartbeat(&ns, ev, 20).unwrap();
+        // Re-planned at once, but to the other target, every time within
+        // the back-off.
+        for now in [30, 1000, 5000] {
+            let next = repair(&mut cluster, &ns, now);
+            for (_, target) in &next {
+                assert_ne!(
+                    *target, refused_by,
+                    "re-planned to the refusing target at {now} ms"
+                );
+            }
+            // Let it time out to be planned again (no report of success).
+            cluster.inflight.clear();
+        }
+        // After the back-off, the refusing node may be chosen again.
+        let later = repair(&mut cluster, &ns, 20 + REPAIR_BACKOFF_MS + 1);
+        assert_eq!(later.len(), 1);
+        assert!(
+            cluster.repair_backoff.is_empty(),
+            "expired entries are dropped"
+        );
     }
 
     #[test]

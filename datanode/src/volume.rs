@@ -724,6 +724,7 @@ impl Volumes {
             metrics,
             on_change,
             buf: Vec::new(),
+            retry_deletes: Vec::new(),
         };
         match active {
             Some((seq, file)) => {
@@ -868,6 +869,10 @@ struct Writer {
     metrics: Metrics,
     on_change: OnChange,
     buf: Vec<u8>,
+    /// Delete records of a batch whose commit failed: written with the
+    /// next batch (a dropped one would leave the chunk live on disk until
+    /// a restart found it an orphan).
+    retry_deletes: Vec<ChunkId>,
 }
 
 impl Writer {
@@ -876,6 +881,11 @@ impl Writer {
             let first = match rx.recv_timeout(IDLE_COMPACT_AFTER) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
+                    if !self.retry_deletes.is_empty() {
+                        let batch = self.retry_deletes.drain(..).map(Job::Delete).collect();
+                        self.commit(batch);
+                        continue;
+                    }
                     if let Err(e) = self.compact_one() {
                         tracing::error!("volume compaction failed: {e}");
                     }
@@ -883,7 +893,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut batch = Vec::new();
+            let mut batch: Vec<Job> = self.retry_deletes.drain(..).map(Job::Delete).collect();
             let mut compactions = Vec::new();
             let mut bytes = 0usize;
             let mut next = Some(first);
@@ -1006,12 +1016,16 @@ impl Writer {
                 tracing::error!("volume group commit failed: {e}");
                 let msg = e.to_string();
                 for job in batch {
-                    if let Job::Put { reply, .. } = job {
-                        let _ = reply.send(Err(StoreError::Io {
-                            action: "append to",
-                            path: self.dir.clone(),
-                            source: std::io::Error::other(msg.clone()),
-                        }));
+                    match job {
+                        Job::Put { reply, .. } => {
+                            let _ = reply.send(Err(StoreError::Io {
+                                action: "append to",
+                                path: self.dir.clone(),
+                                source: std::io::Error::other(msg.clone()),
+                            }));
+                        }
+                        Job::Delete(id) => self.retry_deletes.push(id),
+                        Job::Compact(_) => {}
                     }
                 }
                 return;
