@@ -1015,13 +1015,19 @@ impl Writer {
             Err(e) => {
                 tracing::error!("volume group commit failed: {e}");
                 let msg = e.to_string();
+                // Every waiter gets the disk's kind of error (a full disk
+                // stays a full disk to the caller).
+                let kind = match &e {
+                    StoreError::Io { source, .. } => source.kind(),
+                    _ => std::io::ErrorKind::Other,
+                };
                 for job in batch {
                     match job {
                         Job::Put { reply, .. } => {
                             let _ = reply.send(Err(StoreError::Io {
                                 action: "append to",
                                 path: self.dir.clone(),
-                                source: std::io::Error::other(msg.clone()),
+                                source: std::io::Error::new(kind, msg.clone()),
                             }));
                         }
                         Job::Delete(id) => self.retry_deletes.push(id),

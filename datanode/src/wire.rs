@@ -107,6 +107,11 @@ pub fn status(e: StoreError) -> Status {
             Status::data_loss(e.to_string())
         }
         StoreError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
+        // The disk itself said it is full (its free space was misjudged):
+        // the same answer, so the client stops choosing this node.
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+            Status::resource_exhausted(e.to_string())
+        }
         StoreError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
         StoreError::Cancelled => Status::cancelled(e.to_string()),
         StoreError::Io { .. } => Status::internal(e.to_string()),
@@ -607,5 +612,27 @@ mod tests {
         for (e, want) in cases {
             assert_eq!(Status::from(e).code(), want);
         }
+    }
+
+    #[test]
+    fn a_disk_that_says_it_is_full_is_resource_exhausted_and_other_io_errors_internal() {
+        let io = |kind| StoreError::Io {
+            action: "write",
+            path: "/d/tmp/x".into(),
+            source: std::io::Error::new(kind, "disk"),
+        };
+        assert_eq!(
+            status(io(std::io::ErrorKind::StorageFull)).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            status(io(std::io::ErrorKind::Other)).code(),
+            tonic::Code::Internal
+        );
+        // What the kernel returns for ENOSPC is that kind.
+        assert_eq!(
+            std::io::Error::from_raw_os_error(28).kind(),
+            std::io::ErrorKind::StorageFull
+        );
     }
 }
