@@ -279,10 +279,25 @@ pub async fn replicate_to(
     });
     let result = async {
         let mut client = node.peers.client(&target.address)?;
-        let mut responses = client
-            .replicate_chunk(replicate_messages(&header, ReceiverStream::new(req_rx)))
-            .await?
-            .into_inner();
+        // The target's first answer is bounded too: over a connection that
+        // broke silently (a partition) the call would otherwise wait for
+        // HTTP/2 keepalive, past the coordinator's own deadline for the
+        // repair, holding one of this node's replication permits.
+        let call = client.replicate_chunk(replicate_messages(&header, ReceiverStream::new(req_rx)));
+        let first = node.config.replica_stall_timeout;
+        let mut responses = match tokio::time::timeout(first, call).await {
+            Ok(answer) => answer?.into_inner(),
+            Err(_) => {
+                node.metrics
+                    .streams_cut
+                    .with_label_values(&["silent_target"])
+                    .inc();
+                return Err(Status::deadline_exceeded(format!(
+                    "repair target {} did not answer within {first:?}",
+                    target.node_id
+                )));
+            }
+        };
         // Acks come per frame: a target silent for this long has hung.
         loop {
             let m = match tokio::time::timeout(silent, responses.message()).await {
