@@ -363,6 +363,36 @@ pub struct Namespace {
     dirs: u64,
     chunks: u64,
     once: OnceTable,
+    /// Chunks this namespace let go of lately (deleted, overwritten,
+    /// re-planned, aborted): their replicas on the datanodes are orphans
+    /// the coordinator deletes under its budget, not a sign of other
+    /// metadata. In memory only (not in snapshots): a leader that takes
+    /// over after churn uses it to tell those orphans from foreign chunks
+    /// in its safe-mode check.
+    released: Released,
+}
+
+/// The most recently released chunk ids, at most [`Released::CAP`].
+#[derive(Debug, Clone, Default)]
+struct Released {
+    order: std::collections::VecDeque<ChunkId>,
+    set: std::collections::HashSet<ChunkId>,
+}
+
+impl Released {
+    /// About 10 MiB of ids.
+    const CAP: usize = 100_000;
+
+    fn insert(&mut self, id: ChunkId) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 /// Flat, serialisable image of a [`Namespace`] (parents before children).
@@ -497,6 +527,12 @@ impl Namespace {
     /// Who references `chunk_id`, if anyone.
     pub fn chunk_owner(&self, chunk_id: &ChunkId) -> Option<ChunkOwner> {
         self.chunk_index.get(chunk_id).copied()
+    }
+
+    /// True when this namespace released `chunk_id` lately (see
+    /// `Namespace::released`): a replica of it is an orphan to delete.
+    pub fn recently_released(&self, chunk_id: &ChunkId) -> bool {
+        self.released.set.contains(chunk_id)
     }
 
     /// Every chunk referenced by a file or an upload.
@@ -729,6 +765,7 @@ impl Namespace {
                 let upload = self.uploads.get_mut(upload_id).expect("checked above");
                 let planned = &mut upload.chunks[pos];
                 self.chunk_index.remove(&planned.chunk_id);
+                self.released.insert(planned.chunk_id.clone());
                 planned.chunk_id = chunk_id.clone();
                 planned.nodes = nodes.clone();
                 self.chunk_index
@@ -807,6 +844,7 @@ impl Namespace {
             for c in upload.chunks {
                 if self.chunk_index.get(&c.chunk_id) == Some(&ChunkOwner::Upload) {
                     self.chunk_index.remove(&c.chunk_id);
+                    self.released.insert(c.chunk_id);
                 }
             }
         }
@@ -998,6 +1036,7 @@ impl Namespace {
             self.chunks -= old.chunks.len() as u64;
             for c in old.chunks {
                 self.chunk_index.remove(&c.id);
+                self.released.insert(c.id);
             }
         }
         self.files += 1;
@@ -1040,6 +1079,7 @@ impl Namespace {
         self.chunks -= chunks.len() as u64;
         for c in &chunks {
             self.chunk_index.remove(c);
+            self.released.insert(c.clone());
         }
         Ok(Outcome::Deleted {
             files,
