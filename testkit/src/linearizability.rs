@@ -1,6 +1,7 @@
 //! A linearizability checker for recorded histories of concurrent
 //! operations (issue 17), and the model of the dfs namespace it checks
-//! coordinator groups against.
+//! coordinator groups against ([`NamespaceModel`]; with puts, whole-file
+//! reads and listings, [`FileModel`]).
 //!
 //! A history is linearizable when every operation can be given one instant
 //! between its call and its return at which it took effect, such that the
@@ -943,7 +944,7 @@ fn stat(state: &NsState, p: &NsPath) -> NsResult<Node> {
 }
 
 /// The keys of `p` and everything below it.
-fn subtree(state: &NsState, p: &str) -> Vec<String> {
+fn subtree<V>(state: &BTreeMap<String, V>, p: &str) -> Vec<String> {
     let below = format!("{p}/");
     let mut keys: Vec<String> = state
         .range(below.clone()..)
@@ -1031,6 +1032,224 @@ fn rename(state: &mut NsState, source: &str, destination: &str) -> NsResult<NsRe
         state.insert(format!("{to}{}", &k[from.len()..]), v);
     }
     Ok(NsRet::Entry(node))
+}
+
+// ---------------------------------------------------------------------------
+// Files with contents: the namespace, plus which put's bytes each file
+// holds (issue 19, scenario 10: clients racing puts, renames, deletes,
+// mkdirs, listings and reads on a few shared paths).
+
+/// The calls on files with contents: the namespace calls, puts, whole-file
+/// reads and listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOp {
+    /// A namespace call.
+    Ns(NsOp),
+    /// A put (UploadFile, the chunks, ConfirmUpload), taking effect at its
+    /// confirm: writes the bytes the test calls `content` (an id unique to
+    /// this put) at `path`, creating missing parents; with `overwrite` a
+    /// file there is replaced (its version + 1), else it is
+    /// ALREADY_EXISTS. A directory there, or a file among the parents, is
+    /// FAILED_PRECONDITION (`Namespace::check_upload_target`, at the plan
+    /// and again at the confirm: one answer of one state either way).
+    Put {
+        /// Path.
+        path: String,
+        /// Which bytes (the test's id of them).
+        content: u64,
+        /// Replace an existing file.
+        overwrite: bool,
+    },
+    /// A whole-file read (DownloadFile, then the chunks): the file as of
+    /// its chunk map.
+    Read {
+        /// Path.
+        path: String,
+    },
+    /// ListDirectory (one page).
+    List {
+        /// Path.
+        path: String,
+    },
+}
+
+/// What a [`FileOp`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRet {
+    /// A namespace call's answer; a put's (the file's entry, or the error);
+    /// the error of a read or a listing.
+    Ns(NsRet),
+    /// A read's file: its version and which put's bytes it holds.
+    Read {
+        /// `FileInfo.version`.
+        version: u64,
+        /// The content id of the bytes read (0 for a file of the initial
+        /// namespace).
+        content: u64,
+    },
+    /// A listing: (name, entry) of every child, in name order.
+    Listing(Vec<(String, Node)>),
+}
+
+/// The state of [`FileModel`]: the namespace, and the content of every file
+/// a put wrote, by path (following renames, gone with deletes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct FileState {
+    /// The namespace.
+    pub ns: NsState,
+    /// Content ids by path (files of the initial namespace have none).
+    pub contents: BTreeMap<String, u64>,
+}
+
+/// [`NamespaceModel`] with puts, reads and listings: files hold one put's
+/// bytes each, known by the test's id of them.
+#[derive(Debug, Clone, Default)]
+pub struct FileModel {
+    namespace: NamespaceModel,
+}
+
+impl FileModel {
+    /// Over `namespace`'s initial entries (its files read as content 0).
+    pub fn new(namespace: NamespaceModel) -> Self {
+        FileModel { namespace }
+    }
+
+    /// Applies `op` to `state` the way the coordinator does; what it
+    /// returns. A failed op changes nothing.
+    pub fn apply(state: &mut FileState, op: &FileOp) -> FileRet {
+        let r = match op {
+            FileOp::Ns(op) => {
+                let r = NamespaceModel::apply(&mut state.ns, op);
+                if !matches!(r, NsRet::Err(_)) {
+                    follow_contents(&mut state.contents, op);
+                }
+                return FileRet::Ns(r);
+            }
+            FileOp::Put {
+                path,
+                content,
+                overwrite,
+            } => put(state, path, *content, *overwrite).map(FileRet::Ns),
+            FileOp::Read { path } => read(state, path),
+            FileOp::List { path } => list(&state.ns, path),
+        };
+        r.unwrap_or_else(|code| FileRet::Ns(NsRet::Err(code)))
+    }
+}
+
+impl Model for FileModel {
+    type State = FileState;
+    type Op = FileOp;
+    type Ret = FileRet;
+
+    fn init(&self) -> FileState {
+        FileState {
+            ns: self.namespace.init(),
+            contents: BTreeMap::new(),
+        }
+    }
+
+    fn step(&self, state: &FileState, op: &FileOp, ret: Option<&FileRet>) -> Option<FileState> {
+        let mut next = state.clone();
+        let got = FileModel::apply(&mut next, op);
+        ret.is_none_or(|r| *r == got).then_some(next)
+    }
+
+    /// Reads, listings, Stats, and any call that failed.
+    fn read_only(&self, op: &FileOp, ret: &FileRet) -> bool {
+        matches!(
+            op,
+            FileOp::Read { .. } | FileOp::List { .. } | FileOp::Ns(NsOp::Stat { .. })
+        ) || matches!(ret, FileRet::Ns(NsRet::Err(_)))
+    }
+}
+
+/// The contents after a namespace call `op` that succeeded: moved with a
+/// rename, gone with a delete.
+fn follow_contents(contents: &mut BTreeMap<String, u64>, op: &NsOp) {
+    let key = |p: &str| NsPath::parse(p).expect("the call succeeded").to_string();
+    match op {
+        NsOp::Delete { path, .. } => {
+            for k in subtree(contents, &key(path)) {
+                contents.remove(&k);
+            }
+        }
+        NsOp::Rename {
+            source,
+            destination,
+        } => {
+            let (from, to) = (key(source), key(destination));
+            for k in subtree(contents, &from) {
+                let v = contents.remove(&k).expect("listed above");
+                contents.insert(format!("{to}{}", &k[from.len()..]), v);
+            }
+        }
+        NsOp::Mkdir { .. } | NsOp::Stat { .. } => {}
+    }
+}
+
+fn put(state: &mut FileState, path: &str, content: u64, overwrite: bool) -> NsResult<NsRet> {
+    let p = parse(path)?;
+    if p.is_root() {
+        return Err(Code::FailedPrecondition);
+    }
+    let all = prefixes(&p);
+    let (target, parents) = all.split_last().expect("not the root");
+    for q in parents {
+        match state.ns.get(q) {
+            Some(Node::Dir) => {}
+            Some(Node::File { .. }) => return Err(Code::FailedPrecondition),
+            // Nothing below exists either: created at the confirm.
+            None => break,
+        }
+    }
+    let version = match state.ns.get(target) {
+        None => 1,
+        Some(Node::Dir) => return Err(Code::FailedPrecondition),
+        Some(Node::File { .. }) if !overwrite => return Err(Code::AlreadyExists),
+        Some(Node::File { version }) => version + 1,
+    };
+    for q in parents {
+        state.ns.entry(q.clone()).or_insert(Node::Dir);
+    }
+    state.ns.insert(target.clone(), Node::File { version });
+    state.contents.insert(target.clone(), content);
+    Ok(NsRet::Entry(Node::File { version }))
+}
+
+/// `Namespace::file`: a file's entry; a directory (the root too) is
+/// FAILED_PRECONDITION.
+fn read(state: &FileState, path: &str) -> NsResult<FileRet> {
+    let p = parse(path)?;
+    if p.is_root() {
+        return Err(Code::FailedPrecondition);
+    }
+    match lookup(&state.ns, &p)? {
+        Node::Dir => Err(Code::FailedPrecondition),
+        Node::File { version } => Ok(FileRet::Read {
+            version,
+            content: state.contents.get(&p.to_string()).copied().unwrap_or(0),
+        }),
+    }
+}
+
+/// `Namespace::list`: the children of a directory, in name order.
+fn list(state: &NsState, path: &str) -> NsResult<FileRet> {
+    let p = parse(path)?;
+    dir(state, &p)?;
+    let below = if p.is_root() {
+        "/".to_string()
+    } else {
+        format!("{p}/")
+    };
+    Ok(FileRet::Listing(
+        state
+            .range(below.clone()..)
+            .take_while(|(k, _)| k.starts_with(&below))
+            .filter(|(k, _)| !k[below.len()..].contains('/'))
+            .map(|(k, v)| (k[below.len()..].to_string(), *v))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -1563,5 +1782,263 @@ mod tests {
             Event::new(1, None, 20, 0, 30),
         ];
         assert!(!check(&Register, &stale).is_linearizable());
+    }
+
+    // Files with contents (FileModel).
+
+    fn put(p: &str, content: u64) -> FileOp {
+        FileOp::Put {
+            path: p.into(),
+            content,
+            overwrite: true,
+        }
+    }
+    fn read(p: &str) -> FileOp {
+        FileOp::Read { path: p.into() }
+    }
+    fn ns(op: NsOp) -> FileOp {
+        FileOp::Ns(op)
+    }
+    fn file(version: u64) -> FileRet {
+        FileRet::Ns(NsRet::Entry(Node::File { version }))
+    }
+    fn holds(version: u64, content: u64) -> FileRet {
+        FileRet::Read { version, content }
+    }
+    const F_NOT_FOUND: FileRet = FileRet::Ns(NOT_FOUND);
+    const F_PRECONDITION: FileRet = FileRet::Ns(NsRet::Err(Code::FailedPrecondition));
+
+    #[test]
+    fn the_file_model_follows_puts_renames_and_deletes() {
+        let mut s = FileModel::new(NamespaceModel::new()).init();
+        let mut ap = |op| FileModel::apply(&mut s, &op);
+        assert_eq!(ap(put("/d/f", 1)), file(1), "parents created");
+        assert_eq!(ap(ns(stat("/d"))), FileRet::Ns(DIR));
+        assert_eq!(ap(read("/d/f")), holds(1, 1));
+        assert_eq!(ap(put("/d/f", 2)), file(2), "overwritten");
+        assert_eq!(ap(read("/d/f")), holds(2, 2));
+        assert_eq!(
+            ap(FileOp::Put {
+                path: "/d/f".into(),
+                content: 3,
+                overwrite: false
+            }),
+            FileRet::Ns(EXISTS)
+        );
+        assert_eq!(ap(put("/d", 4)), F_PRECONDITION, "a directory there");
+        assert_eq!(ap(put("/d/f/g", 4)), F_PRECONDITION, "a file among parents");
+        assert_eq!(ap(put("/", 4)), F_PRECONDITION);
+        assert_eq!(ap(read("/d")), F_PRECONDITION);
+        assert_eq!(ap(read("/")), F_PRECONDITION);
+        assert_eq!(ap(read("/x")), F_NOT_FOUND);
+        assert_eq!(ap(ns(mv("/d", "/e"))), FileRet::Ns(DIR));
+        assert_eq!(ap(read("/e/f")), holds(2, 2), "the bytes moved along");
+        assert_eq!(ap(read("/d/f")), F_NOT_FOUND);
+        assert_eq!(ap(put("/e/g", 5)), file(1));
+        assert_eq!(
+            ap(FileOp::List { path: "/e".into() }),
+            FileRet::Listing(vec![
+                ("f".into(), Node::File { version: 2 }),
+                ("g".into(), Node::File { version: 1 }),
+            ])
+        );
+        assert_eq!(
+            ap(FileOp::List { path: "/".into() }),
+            FileRet::Listing(vec![("e".into(), Node::Dir)])
+        );
+        assert_eq!(
+            ap(FileOp::List {
+                path: "/e/f".into()
+            }),
+            F_PRECONDITION
+        );
+        assert_eq!(ap(FileOp::List { path: "/d".into() }), F_NOT_FOUND);
+        assert_eq!(
+            ap(ns(rm("/e", true))),
+            FileRet::Ns(NsRet::Deleted { files: 2 })
+        );
+        assert_eq!(ap(put("/e/f", 6)), file(1), "a new file after the delete");
+        assert_eq!(ap(read("/e/f")), holds(1, 6));
+        assert_eq!(s.contents, BTreeMap::from([("/e/f".to_string(), 6)]));
+    }
+
+    /// Puts, reads and listings answer as the coordinator's own state
+    /// machine does: a put as BeginUpload then ConfirmUpload of an upload
+    /// with no chunks whose size is the content id (so the real file
+    /// carries it through renames), a read as `Namespace::file`, a listing
+    /// as `Namespace::list`; mixed with the namespace calls.
+    #[test]
+    fn the_file_model_agrees_with_the_coordinators_namespace() {
+        use dfs_coordinator::namespace::{
+            Command, Namespace, Outcome as Applied, Upload, UploadId,
+        };
+        let code = |e| tonic::Status::from(e).code();
+        let node = |e: &dfs_coordinator::namespace::EntryInfo| {
+            if e.is_dir {
+                Node::Dir
+            } else {
+                Node::File { version: e.version }
+            }
+        };
+        let paths = ["/", "/a", "/b", "/a/b", "/a/f", "/b/f", "/a/b/f", "/f"];
+        let model = FileModel::new(NamespaceModel::new());
+        for seed in 0..40 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut real = Namespace::new();
+            let mut state = model.init();
+            let mut uploads = 0u128;
+            for step in 0..300u64 {
+                let p = paths[rng.random_range(0..paths.len())].to_string();
+                let q = paths[rng.random_range(0..paths.len())].to_string();
+                let (op, want) = match rng.random_range(0..6) {
+                    0 | 1 => {
+                        uploads += 1;
+                        let upload_id = UploadId::try_from(format!("{uploads:032x}")).unwrap();
+                        let overwrite = rng.random_ratio(4, 5);
+                        let content = 100 + step;
+                        let begin = real.apply(&Command::BeginUpload(Upload {
+                            upload_id: upload_id.clone(),
+                            path: p.clone(),
+                            size: content,
+                            chunk_size: 1,
+                            replication: 1,
+                            write_quorum: 1,
+                            overwrite,
+                            chunks: Vec::new(),
+                            expires_at_ms: u64::MAX,
+                        }));
+                        let got = begin.and_then(|_| {
+                            real.apply(&Command::ConfirmUpload {
+                                upload_id,
+                                chunks: Vec::new(),
+                                now_ms: step,
+                            })
+                        });
+                        let want = match got {
+                            Ok(Applied::Entry(e)) => FileRet::Ns(NsRet::Entry(node(&e))),
+                            Ok(o) => panic!("put returned {o:?}"),
+                            Err(e) => FileRet::Ns(NsRet::Err(code(e))),
+                        };
+                        (
+                            FileOp::Put {
+                                path: p,
+                                content,
+                                overwrite,
+                            },
+                            want,
+                        )
+                    }
+                    2 => {
+                        let path = NsPath::parse(&p).unwrap();
+                        let want = match real.file(&path) {
+                            Ok((e, f)) => FileRet::Read {
+                                version: e.version,
+                                content: f.size,
+                            },
+                            Err(e) => FileRet::Ns(NsRet::Err(code(e))),
+                        };
+                        (read(&p), want)
+                    }
+                    3 => {
+                        let path = NsPath::parse(&p).unwrap();
+                        let want = match real.list(&path, "", 1000) {
+                            Ok((entries, _)) => FileRet::Listing(
+                                entries.iter().map(|e| (e.name.clone(), node(e))).collect(),
+                            ),
+                            Err(e) => FileRet::Ns(NsRet::Err(code(e))),
+                        };
+                        (FileOp::List { path: p }, want)
+                    }
+                    4 => {
+                        let recursive = rng.random_bool(0.5);
+                        let want = match real.apply(&Command::Delete {
+                            path: p.clone(),
+                            recursive,
+                        }) {
+                            Ok(Applied::Deleted { files, .. }) => NsRet::Deleted { files },
+                            Ok(o) => panic!("delete returned {o:?}"),
+                            Err(e) => NsRet::Err(code(e)),
+                        };
+                        (ns(rm(&p, recursive)), FileRet::Ns(want))
+                    }
+                    _ => {
+                        let want = match real.apply(&Command::Rename {
+                            source: p.clone(),
+                            destination: q.clone(),
+                            now_ms: step,
+                        }) {
+                            Ok(Applied::Entry(e)) => NsRet::Entry(node(&e)),
+                            Ok(o) => panic!("rename returned {o:?}"),
+                            Err(e) => NsRet::Err(code(e)),
+                        };
+                        (ns(mv(&p, &q)), FileRet::Ns(want))
+                    }
+                };
+                let got = FileModel::apply(&mut state, &op);
+                assert_eq!(got, want, "seed {seed} step {step}: {op:?} in {state:?}");
+            }
+        }
+    }
+
+    /// `(client, op, call, ret, returned)`; `ret` None: indeterminate.
+    fn file_verdict(events: Vec<(usize, FileOp, u64, Option<FileRet>, u64)>) -> Outcome {
+        let history: Vec<Event<FileOp, FileRet>> = events
+            .into_iter()
+            .map(|(c, op, call, ret, at)| match ret {
+                Some(r) => Event::new(c, op, call, r, at),
+                None => Event::indeterminate(c, op, call),
+            })
+            .collect();
+        let outcome = check(&FileModel::new(NamespaceModel::new()), &history);
+        eprintln!("{outcome}");
+        outcome
+    }
+
+    #[test]
+    fn racing_puts_and_reads_are_checked() {
+        // Concurrent overwrites: either order, and reads in between.
+        let ok = file_verdict(vec![
+            (0, put("/f", 1), 0, Some(file(2)), 100),
+            (1, put("/f", 2), 0, Some(file(1)), 100),
+            (2, read("/f"), 10, Some(holds(1, 2)), 20),
+            (2, read("/f"), 30, Some(holds(2, 1)), 40),
+        ]);
+        assert!(ok.is_linearizable(), "{ok}");
+        // The bytes of the overwritten put read after the overwrite was
+        // acknowledged.
+        let stale = file_verdict(vec![
+            (0, put("/f", 1), 0, Some(file(1)), 10),
+            (0, put("/f", 2), 20, Some(file(2)), 30),
+            (1, read("/f"), 40, Some(holds(2, 1)), 50),
+        ]);
+        assert!(matches!(stale, Outcome::NotLinearizable(..)), "{stale}");
+        // Bytes no put wrote.
+        let ghost = file_verdict(vec![
+            (0, put("/f", 1), 0, Some(file(1)), 10),
+            (1, read("/f"), 20, Some(holds(1, 7)), 30),
+        ]);
+        assert!(matches!(ghost, Outcome::NotLinearizable(..)), "{ghost}");
+        // A put whose answer was lost, seen after a rename moved it; its
+        // version counts in the overwrite that follows.
+        let lost = file_verdict(vec![
+            (0, put("/f", 1), 0, None, 0),
+            (1, ns(mv("/f", "/g")), 10, Some(file(1)), 20),
+            (1, read("/g"), 30, Some(holds(1, 1)), 40),
+            (1, put("/g", 2), 50, Some(file(2)), 60),
+        ]);
+        assert!(lost.is_linearizable(), "{lost}");
+        // An acknowledged put lost: the file is gone with nothing removing
+        // it.
+        let gone = file_verdict(vec![
+            (0, put("/d/f", 1), 0, Some(file(1)), 10),
+            (
+                1,
+                FileOp::List { path: "/d".into() },
+                20,
+                Some(FileRet::Listing(vec![])),
+                30,
+            ),
+        ]);
+        assert!(matches!(gone, Outcome::NotLinearizable(..)), "{gone}");
     }
 }
