@@ -715,11 +715,14 @@ impl Cluster {
             let counting = self.safe.active && !self.safe.reported.contains(node);
             for (c, crc) in &batch.chunks {
                 let known = self.observe(ns, c, *crc, node);
-                if counting {
+                // A replica of a chunk the namespace released lately is an
+                // orphan of these metadata and says nothing either way: it
+                // is left out of both counts (counted as known, a backup
+                // whose log released many chunks would look right enough
+                // to leave safe mode and delete what was written after it).
+                if counting && (known || !ns.recently_released(c)) {
                     self.safe.reported_replicas += 1;
-                    // A replica of a chunk the namespace released lately is
-                    // an orphan of these metadata, not a sign of others.
-                    self.safe.known_replicas += u64::from(known || ns.recently_released(c));
+                    self.safe.known_replicas += u64::from(known);
                 }
             }
             if batch.last {
@@ -2104,6 +2107,7 @@ pub(crate) mod tests {
             safe_mode_unknown_min: 0,
             ..timing()
         };
+        let t_clone = t.clone();
         // The released chunk: an orphan of these metadata, safe mode ends.
         let mut cluster = Cluster::new(t.clone(), &ns, 0, |t| t);
         report(&ns, &mut cluster, "n0", vec![(named(C), 1)], 0);
@@ -2117,6 +2121,25 @@ pub(crate) mod tests {
         cluster.tick(&ns, 10);
         assert!(cluster.in_safe_mode());
         assert!(cluster.safe_mode(&ns).reason.contains("right metadata"));
+        // Nor do released replicas vouch for the metadata: three of them
+        // beside one foreign chunk would be 75% "known" (above a 70% bar)
+        // if they counted, as for an old backup whose log released much.
+        let t = Timing {
+            safe_mode_known_share: 0.7,
+            ..t_clone
+        };
+        let mut cluster = Cluster::new(t, &ns, 0, |t| t);
+        report(
+            &ns,
+            &mut cluster,
+            "n0",
+            vec![(named(C), 1), (orphan(1), 1)],
+            0,
+        );
+        report(&ns, &mut cluster, "n1", vec![(named(C), 1)], 0);
+        report(&ns, &mut cluster, "n2", vec![(named(C), 1)], 0);
+        cluster.tick(&ns, 10);
+        assert!(cluster.in_safe_mode(), "{:?}", cluster.safe_mode(&ns));
     }
 
     #[test]
