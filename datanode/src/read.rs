@@ -75,7 +75,11 @@ pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> 
                 .inc();
             store.mark_corrupt(id, reason);
         }
-        StoreError::Io { source: err, .. } if err.kind() != std::io::ErrorKind::NotFound => {
+        // Only the disk's own read errors: a passing condition (no file
+        // descriptors left, no memory) must not hide a healthy replica.
+        StoreError::Io { source: err, .. }
+            if err.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) =>
+        {
             store.mark_unavailable(id, &e.to_string());
         }
         _ => {}

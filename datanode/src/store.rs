@@ -276,7 +276,9 @@ impl Store {
     ) -> Result<Arc<Store>, StoreError> {
         let chunks_dir = data_dir.join("chunks");
         let tmp_dir = data_dir.join("tmp");
-        fs::create_dir_all(&chunks_dir).map_err(io_err("create", &chunks_dir))?;
+        // Durable by name in the data directory (and it in its parent): a
+        // power cut must not take `chunks/` with every chunk in it.
+        dfs_common::durable::create_dir_all(&chunks_dir).map_err(io_err("create", &chunks_dir))?;
         let mut created = false;
         for fan in 0..=255u8 {
             let sub = chunks_dir.join(format!("{fan:02x}"));
@@ -289,9 +291,10 @@ impl Store {
         if created {
             sync_dir(&chunks_dir)?;
         }
-        fs::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
+        dfs_common::durable::create_dir_all(&tmp_dir).map_err(io_err("create", &tmp_dir))?;
         let quarantine_dir = data_dir.join("quarantine");
-        fs::create_dir_all(&quarantine_dir).map_err(io_err("create", &quarantine_dir))?;
+        dfs_common::durable::create_dir_all(&quarantine_dir)
+            .map_err(io_err("create", &quarantine_dir))?;
         let mut cleaned = 0;
         for entry in fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {
             let entry = entry.map_err(io_err("list", &tmp_dir))?;
@@ -759,6 +762,13 @@ impl Store {
                 chunk_id: id.clone(),
             });
         }
+        // A copy set aside as unreadable is deleted with the rest: the id
+        // may then take a good copy again.
+        self.state
+            .lock()
+            .expect("store lock")
+            .unavailable
+            .retain(|u| u != id);
         let quarantined = self.drop_quarantined(id)?;
         if quarantined && self.get(id).is_none() {
             return Ok(true);

@@ -884,7 +884,6 @@ impl Writer {
                     if !self.retry_deletes.is_empty() {
                         let batch = self.retry_deletes.drain(..).map(Job::Delete).collect();
                         self.commit(batch);
-                        continue;
                     }
                     if let Err(e) = self.compact_one() {
                         tracing::error!("volume compaction failed: {e}");
