@@ -16,7 +16,8 @@
 //!   journaling filesystem: fsyncing either directory makes both sides
 //!   durable, and renames are made durable in the order they were made (the
 //!   fsync of a directory commits every rename up to the last one that
-//!   involves it), so no cut leaves a file under two names or under none.
+//!   involves it, renames within one directory included), so no cut leaves
+//!   a file under two names.
 //!
 //! A power cut then keeps exactly the durable state and drops the rest:
 //! every directory goes back to its durable entries, every file to its
@@ -502,7 +503,9 @@ impl Model {
             i.name = new_name.to_os_string();
             i.ctime = SystemTime::now();
         }
-        if parent != new_parent {
+        // Same-directory renames too: a later rename across directories
+        // commits them first (in order), as a journal would.
+        {
             self.pending.push(PendingRename {
                 src: parent,
                 src_name: name.to_os_string(),
@@ -622,7 +625,8 @@ impl Model {
         let room = self.room(growth);
         let data = if room < growth {
             // Only what fits; nothing at all is ENOSPC.
-            let fits = (size.max(offset) + room).saturating_sub(offset) as usize;
+            // A hole before `offset` takes room too.
+            let fits = (size + room).saturating_sub(offset) as usize;
             if fits == 0 {
                 return Err(libc::ENOSPC);
             }
@@ -766,7 +770,9 @@ impl Model {
             .iter()
             .rposition(|r| r.src == dir || r.dst == dir)
         {
-            let commit: Vec<PendingRename> = self.pending.drain(..=last).collect();
+            // Applied while still pending (so nothing they name is freed
+            // midway), then dropped from the list.
+            let commit: Vec<PendingRename> = self.pending[..=last].to_vec();
             for r in &commit {
                 // The new name first, so the inode is never unnamed between.
                 if self.dir(r.dst).is_ok() {
@@ -793,6 +799,7 @@ impl Model {
                     }
                 }
             }
+            self.pending.drain(..=last);
             // Kept only for a rename now committed (or dropped): maybe free.
             for r in commit {
                 self.maybe_free(r.ino);
@@ -1223,6 +1230,70 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_within_a_directory_commits_before_a_later_one_out_of_it() {
+        let (_d, mut m) = model();
+        let p = m.mkdir(ROOT, "p".as_ref(), 0o755, UID, UID).unwrap().ino;
+        let q = m.mkdir(ROOT, "q".as_ref(), 0o755, UID, UID).unwrap().ino;
+        let f = file(&mut m, p, "x", b"bytes");
+        m.fsync(f).unwrap();
+        for d in [p, q, ROOT] {
+            m.fsync_dir(d).unwrap();
+        }
+        m.rename(p, "x".as_ref(), p, "y".as_ref(), false).unwrap();
+        m.rename(p, "y".as_ref(), q, "z".as_ref(), false).unwrap();
+        m.fsync_dir(q).unwrap();
+        m.power_cut().unwrap();
+        assert!(
+            names(&m, p).is_empty(),
+            "never under two names: {:?}",
+            names(&m, p)
+        );
+        assert_eq!(names(&m, q), ["z"]);
+        assert_eq!(m.attr(f).unwrap().nlink, 1);
+    }
+
+    #[test]
+    fn an_inode_a_committed_rename_names_is_not_freed_midway() {
+        let (_d, mut m) = model();
+        let dirs: Vec<u64> = ["a", "b", "c", "dd"]
+            .iter()
+            .map(|n| m.mkdir(ROOT, n.as_ref(), 0o755, UID, UID).unwrap().ino)
+            .collect();
+        let (a, b, c, dd) = (dirs[0], dirs[1], dirs[2], dirs[3]);
+        let g = file(&mut m, a, "a", b"other");
+        let f = file(&mut m, b, "b", b"kept");
+        m.fsync(f).unwrap();
+        m.fsync(g).unwrap();
+        for d in [a, b, ROOT] {
+            m.fsync_dir(d).unwrap();
+        }
+        m.link(f, c, "c".as_ref()).unwrap();
+        m.rename(a, "a".as_ref(), b, "b".as_ref(), false).unwrap(); // replaces f's name in b
+        m.rename(c, "c".as_ref(), dd, "d".as_ref(), false).unwrap();
+        m.unlink(dd, "d".as_ref()).unwrap();
+        // Commits both renames: f's durable name moves from b/b to dd/d.
+        m.fsync_dir(c).unwrap();
+        m.power_cut().unwrap();
+        assert_eq!(read_name(&mut m, dd, "d"), b"kept");
+        assert_eq!(read_name(&mut m, b, "b"), b"other");
+    }
+
+    #[test]
+    fn a_write_past_the_end_counts_the_hole_against_the_capacity() {
+        let (_d, mut m) = model();
+        m.set_capacity(Some(20));
+        let a = m.create(ROOT, "f".as_ref(), 0o644, UID, UID).unwrap().ino;
+        m.open(a).unwrap();
+        m.write(a, 0, &[1; 10]).unwrap();
+        assert_eq!(
+            m.write(a, 15, &[2; 10]).unwrap(),
+            5,
+            "the hole 10..15 took 5 of the 10 left"
+        );
+        assert_eq!(m.attr(a).unwrap().size, 20);
+    }
+
+    #[test]
     fn rename_noreplace_refuses_an_existing_name_and_plain_rename_replaces_it() {
         let (_d, mut m) = model();
         let old = file(&mut m, ROOT, "old", b"old");
@@ -1446,9 +1517,7 @@ mod tests {
                             .unwrap();
                         live[d].remove(&name);
                         live[e].insert(to.clone(), id);
-                        if d != e {
-                            pending.push((d, name, e, to, id));
-                        }
+                        pending.push((d, name, e, to, id));
                     }
                     70..92 => {
                         m.fsync_dir(dirs[d]).unwrap();
