@@ -87,6 +87,16 @@ pub fn read_failed(store: &Store, id: &ChunkId, e: StoreError, source: &str) -> 
     status(e)
 }
 
+/// A repair target that went quiet for `after`: counted, and the reason
+/// the repair fails with.
+fn silent_target(node: &Node, target: &Target, what: &str, after: Duration) -> Status {
+    node.metrics
+        .streams_cut
+        .with_label_values(&["silent_target"])
+        .inc();
+    Status::deadline_exceeded(format!("repair target {} {what} {after:?}", target.node_id))
+}
+
 /// Sends `item` from a blocking thread, waiting at most `idle` for room: a
 /// consumer that stopped reading (a stalled client, a hung repair target)
 /// releases the thread instead of holding it forever. False when the
@@ -292,30 +302,19 @@ pub async fn replicate_to(
         let mut responses = match tokio::time::timeout(first, call).await {
             Ok(answer) => answer?.into_inner(),
             Err(_) => {
-                node.metrics
-                    .streams_cut
-                    .with_label_values(&["silent_target"])
-                    .inc();
-                return Err(Status::deadline_exceeded(format!(
-                    "repair target {} did not answer within {first:?}",
-                    target.node_id
-                )));
+                return Err(silent_target(
+                    &node,
+                    &target,
+                    "did not answer within",
+                    first,
+                ));
             }
         };
         // Acks come per frame: a target silent for this long has hung.
         loop {
             let m = match tokio::time::timeout(silent, responses.message()).await {
                 Ok(m) => m?,
-                Err(_) => {
-                    node.metrics
-                        .streams_cut
-                        .with_label_values(&["silent_target"])
-                        .inc();
-                    return Err(Status::deadline_exceeded(format!(
-                        "repair target {} silent for {silent:?}",
-                        target.node_id
-                    )));
-                }
+                Err(_) => return Err(silent_target(&node, &target, "silent for", silent)),
             };
             match m {
                 Some(m) => {

@@ -337,9 +337,7 @@ fn report(scenario: &str, defects: &[String]) {
 #[test]
 fn eio_on_one_replicas_reads_is_served_around_repaired_and_never_costs_the_last_copy() {
     let _serial = serial();
-    let Some(mut disks) = Disks::mount(&NAMES) else {
-        return;
-    };
+    let mut disks = Disks::mount(&NAMES);
     run(Duration::from_secs(200), async move {
         // Every datanode scrubs every 2 s: the scrubber meets the fault too.
         let scrub = ["--scrub-interval", "2s", "--scrub-bytes-per-second", "1GiB"];
@@ -562,9 +560,7 @@ struct Round {
 #[test]
 fn enospc_and_eio_on_writes_mid_chunk_leave_nothing_half_written() {
     let _serial = serial();
-    let Some(mut disks) = Disks::mount(&NAMES) else {
-        return;
-    };
+    let mut disks = Disks::mount(&NAMES);
     run(Duration::from_secs(240), async move {
         let mut cluster = Cluster::start(options(&disks, &[])).await;
         let client = cluster.client().await;
@@ -917,9 +913,7 @@ fn timings(puts: &Puts, small: bool) -> String {
 #[test]
 fn a_slow_disk_on_one_replica_does_not_stall_uploads_or_exhaust_the_node() {
     let _serial = serial();
-    let Some(mut disks) = Disks::mount(&NAMES) else {
-        return;
-    };
+    let mut disks = Disks::mount(&NAMES);
     run(Duration::from_secs(200), async move {
         let cluster = Cluster::start(options(&disks, &[])).await;
         let client = cluster.client().await;

@@ -739,21 +739,11 @@ impl Model {
             .write(true)
             .open(&durable)
             .map_err(io_errno)?;
-        let mut buf = vec![0u8; 1 << 20];
         let live = match &f.live {
             Some(l) => l.try_clone().map_err(io_errno)?,
             None => File::open(&live_path).map_err(io_errno)?,
         };
-        for (start, end) in f.dirty.iter() {
-            let end = end.min(f.size);
-            let mut pos = start;
-            while pos < end {
-                let n = ((end - pos) as usize).min(buf.len());
-                live.read_exact_at(&mut buf[..n], pos).map_err(io_errno)?;
-                out.write_all_at(&buf[..n], pos).map_err(io_errno)?;
-                pos += n as u64;
-            }
-        }
+        copy_ranges(&live, &out, &f.dirty, f.size)?;
         out.set_len(f.size).map_err(io_errno)?;
         f.durable_size = f.size;
         f.dirty.clear();
@@ -931,19 +921,7 @@ impl Model {
                         .open(&live_path)
                         .map_err(io_errno)?;
                     let durable = File::open(&durable_path).map_err(io_errno)?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    for (start, end) in f.dirty.iter() {
-                        let end = end.min(f.durable_size);
-                        let mut pos = start;
-                        while pos < end {
-                            let n = ((end - pos) as usize).min(buf.len());
-                            durable
-                                .read_exact_at(&mut buf[..n], pos)
-                                .map_err(io_errno)?;
-                            live.write_all_at(&buf[..n], pos).map_err(io_errno)?;
-                            pos += n as u64;
-                        }
-                    }
+                    copy_ranges(&durable, &live, &f.dirty, f.durable_size)?;
                     live.set_len(f.durable_size).map_err(io_errno)?;
                     f.size = f.durable_size;
                     f.dirty.clear();
@@ -1027,6 +1005,23 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// Copies the bytes of `ranges` below `limit` from `from` to `to`, at the
+/// same offsets (fsync: live to durable; a power cut: durable to live).
+fn copy_ranges(from: &File, to: &File, ranges: &RangeSet, limit: u64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, end) in ranges.iter() {
+        let end = end.min(limit);
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], pos).map_err(io_errno)?;
+            to.write_all_at(&buf[..n], pos).map_err(io_errno)?;
+            pos += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// The owner of this process (the root directory's owner).
