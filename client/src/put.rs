@@ -89,6 +89,9 @@ struct AttemptError {
     /// The primary could not be reached or broke mid-stream: re-plan
     /// without it.
     blame_primary: bool,
+    /// Replicas the primary says failed it (its write quorum was not
+    /// reached): re-plan without them too.
+    failed_replicas: Vec<String>,
 }
 
 impl AttemptError {
@@ -104,9 +107,22 @@ impl AttemptError {
                 Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
             );
         let blame_primary = transport || status.code() == Code::ResourceExhausted;
+        let failed_replicas = status
+            .metadata()
+            .get(dfs_proto::FAILED_REPLICAS_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter(|id| !id.is_empty() && id.len() <= 128)
+                    .take(16)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         AttemptError {
             message: format!("{stage} on {node}: {}", status.message()),
             blame_primary,
+            failed_replicas,
         }
     }
 
@@ -114,6 +130,7 @@ impl AttemptError {
         AttemptError {
             message,
             blame_primary: false,
+            failed_replicas: Vec::new(),
         }
     }
 }
@@ -327,6 +344,11 @@ impl Client {
                     {
                         bad.insert(&primary.node_id);
                     }
+                    // Replicas the primary could not reach or that failed:
+                    // a re-plan that kept them could meet the same cut.
+                    for id in &error.failed_replicas {
+                        bad.insert(id);
+                    }
                     last_error = error.message;
                 }
             }
@@ -435,6 +457,7 @@ impl Client {
             .map_err(|_| AttemptError {
                 message: format!("UploadChunkStream to {node} timed out"),
                 blame_primary: true,
+                failed_replicas: Vec::new(),
             })?
             .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?;
 
@@ -445,6 +468,7 @@ impl Client {
                 .map_err(|_| AttemptError {
                     message: format!("{node} stalled: no progress for {idle:?}"),
                     blame_primary: true,
+                    failed_replicas: Vec::new(),
                 })?
                 .map_err(|s| AttemptError::status("UploadChunkStream", node, &s))?;
             match message.and_then(|m| m.kind) {
@@ -461,6 +485,7 @@ impl Client {
                     return Err(AttemptError {
                         message: format!("{node} closed the upload stream without an answer"),
                         blame_primary: true,
+                        failed_replicas: Vec::new(),
                     });
                 }
             }
@@ -502,6 +527,9 @@ impl Client {
             // Each replica's own word on what it stored: what the
             // coordinator commits against.
             receipts: stored.receipts,
+            // Planned replicas still writing: the coordinator waits for
+            // their own reports instead of repairing at once.
+            pending: stored.pending,
         })
     }
 }

@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
                                 created: true,
                             })
                             .collect(),
+                        pending: vec![],
                     })
                     .collect();
                 c.confirm_upload(ConfirmUploadRequest {

@@ -50,6 +50,9 @@ pub struct Timing {
     pub orphan_grace_ms: u64,
     /// How long a chunk stays over-replicated before the excess is deleted.
     pub over_replication_grace_ms: u64,
+    /// How long a replica still writing at its upload's answer counts as a
+    /// repair in flight.
+    pub pending_replica_grace_ms: u64,
     /// Concurrent repair streams per node (as source or target).
     pub repair_streams_per_node: u32,
     /// Repair bandwidth per node (0 = unthrottled).
@@ -83,6 +86,7 @@ impl Timing {
             dead_after_ms: 1000,
             orphan_grace_ms: 500,
             over_replication_grace_ms: 500,
+            pending_replica_grace_ms: 2000,
             repair_streams_per_node: 2,
             repair_bytes_per_second: 0,
             chunk_size: 10,
@@ -298,6 +302,8 @@ pub struct RedundancyStats {
     pub repair_queue: u64,
     /// Repairs in flight.
     pub repairs_in_flight: u64,
+    /// Replicas still writing after their upload answered at its quorum.
+    pub replicas_writing: u64,
     /// Bytes still to copy.
     pub repair_bytes_remaining: u64,
     /// Seconds until full redundancy at the current rate.
@@ -424,6 +430,12 @@ pub struct Cluster {
     upload_deadlines: HashMap<UploadId, u64>,
     /// Corrupt copies nodes keep in quarantine (they reported them).
     quarantined: HashMap<ChunkId, BTreeSet<NodeId>>,
+    /// Planned replicas still writing when their upload answered at its
+    /// write quorum (ConfirmedChunk.pending), with the monotonic time until
+    /// which each counts as a repair in flight: the chunk is not copied
+    /// elsewhere while its own replica is about to land, and is once that
+    /// replica's grace is over without its report.
+    writing: HashMap<ChunkId, Vec<(NodeId, u64)>>,
 }
 
 const RATE_WINDOW_MS: u64 = 60_000;
@@ -460,6 +472,7 @@ impl Cluster {
             pending: HashMap::new(),
             upload_deadlines: HashMap::new(),
             quarantined: HashMap::new(),
+            writing: HashMap::new(),
         };
         for (id, record) in ns.nodes() {
             let until = if record.maintenance_until_ms == 0 {
@@ -489,6 +502,12 @@ impl Cluster {
     }
 
     fn add_replica(&mut self, chunk: &ChunkId, node: &NodeId) {
+        if let Some(w) = self.writing.get_mut(chunk) {
+            w.retain(|(n, _)| n != node);
+            if w.is_empty() {
+                self.writing.remove(chunk);
+            }
+        }
         self.replicas
             .entry(chunk.clone())
             .or_default()
@@ -528,6 +547,29 @@ impl Cluster {
                 self.add_replica(&c.id, n);
             }
         }
+    }
+
+    /// Records the replicas of a just-confirmed chunk that were still
+    /// writing when its upload answered (`nodes`): each counts as a repair
+    /// in flight until it reports the chunk or `pending_replica_grace_ms`
+    /// from `now_ms` passes. Unknown nodes and holders are ignored.
+    pub fn expect_writing(&mut self, chunk: &ChunkId, nodes: &[NodeId], now_ms: u64) {
+        let until = now_ms.saturating_add(self.timing.pending_replica_grace_ms);
+        let holders = self.replicas.get(chunk);
+        let list: Vec<(NodeId, u64)> = nodes
+            .iter()
+            .filter(|n| self.live.contains_key(*n) && holders.is_none_or(|h| !h.contains(*n)))
+            .map(|n| (n.clone(), until))
+            .collect();
+        if !list.is_empty() {
+            self.writing.insert(chunk.clone(), list);
+        }
+    }
+
+    /// Replicas still being written after their upload answered (see
+    /// [`Cluster::expect_writing`]).
+    pub fn writing_replicas(&self) -> usize {
+        self.writing.values().map(Vec::len).sum()
     }
 
     /// The checksum `node` reported storing for chunk `chunk_id` of an open
@@ -1119,6 +1161,16 @@ impl Cluster {
             self.back_off(r, now_ms);
         }
         self.repair_backoff.retain(|_, until| *until > now_ms);
+        self.writing.retain(|chunk, w| {
+            w.retain(|(node, until)| {
+                let waiting = *until > now_ms;
+                if !waiting {
+                    tracing::warn!(chunk_id = %chunk, node_id = %node, "a replica still writing at its upload's answer never reported the chunk: repairing around it");
+                }
+                waiting
+            });
+            !w.is_empty() && ns.chunk_owner(chunk).is_some()
+        });
         while self
             .completions
             .front()
@@ -1220,7 +1272,15 @@ impl Cluster {
             } else if (good.len() as u32) < replication {
                 stats.under_replicated += 1;
             }
-            let inflight = inflight_by_chunk.get(chunk).copied().unwrap_or(0);
+            // Replicas still writing since their upload count as repairs
+            // in flight, while their node lives.
+            let writing = self.writing.get(chunk);
+            let inflight = inflight_by_chunk.get(chunk).copied().unwrap_or(0)
+                + writing.map_or(0, |w| {
+                    w.iter()
+                        .filter(|(n, _)| views.get(n).is_some_and(|v| v.liveness != Liveness::Dead))
+                        .count() as u32
+                });
             // Corrupt replicas go only once R good ones exist elsewhere, on
             // live nodes whose full reports vouched for them.
             let verified = good
@@ -1258,6 +1318,7 @@ impl Cluster {
                         holders: holders
                             .iter()
                             .chain(self.corrupt.get(chunk).into_iter().flatten())
+                            .chain(writing.into_iter().flatten().map(|(n, _)| n))
                             .cloned()
                             .chain(
                                 self.repair_backoff
@@ -1510,6 +1571,7 @@ impl Cluster {
         }
 
         stats.repairs_in_flight = self.inflight.len() as u64;
+        stats.replicas_writing = self.writing_replicas() as u64;
         let window_bytes: u64 = self.completions.iter().map(|(_, b)| b).sum();
         let rate = if window_bytes > 0 {
             window_bytes as f64 / (RATE_WINDOW_MS as f64 / 1000.0)
@@ -1672,6 +1734,71 @@ pub(crate) mod tests {
         // Delivery is the caller's explicit step.
         cluster.enqueue(orders.clone());
         assert_eq!(cluster.take_outbox(node), vec![orders[0].command.clone()]);
+    }
+
+    /// A replica still writing at its upload's answer is waited for (no
+    /// copy elsewhere, not picked as a repair target) until it reports the
+    /// chunk; one that never does is repaired around after its grace.
+    #[test]
+    fn a_replica_still_writing_at_the_answer_holds_repair_until_its_grace_ends() {
+        let beat_all = |ns: &Namespace, cluster: &mut Cluster, now: u64| {
+            for n in ["n0", "n1", "n2", "n3"] {
+                beat(ns, cluster, n, now);
+            }
+        };
+        // It lands: no repair at all.
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
+        assert_eq!(cluster.writing_replicas(), 1);
+        beat_all(&ns, &mut cluster, 500);
+        assert!(cluster.decide(&ns, 500).is_empty(), "waits for n2");
+        cluster.tick(&ns, 500);
+        assert_eq!(cluster.stats().replicas_writing, 1);
+        added(&ns, &mut cluster, "n2", C, 1, 600);
+        assert_eq!(cluster.writing_replicas(), 0);
+        beat_all(&ns, &mut cluster, 3000);
+        assert!(cluster.decide(&ns, 3000).is_empty());
+        cluster.tick(&ns, 3000);
+        assert_eq!(cluster.stats().under_replicated, 0);
+
+        // It never lands: repaired after the grace (2 s in these timings),
+        // and not onto the node that was writing it while it still might.
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
+        beat_all(&ns, &mut cluster, 1900);
+        assert!(cluster.decide(&ns, 1900).is_empty());
+        beat_all(&ns, &mut cluster, 2100);
+        let orders = cluster.decide(&ns, 2100);
+        assert_eq!(orders.len(), 1, "{orders:?}");
+        assert_eq!(cluster.writing_replicas(), 0);
+
+        // A writing node that dies no longer holds the repair back; the
+        // copy goes to the one other node.
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
+        for n in ["n0", "n1", "n3"] {
+            beat(&ns, &mut cluster, n, 1200);
+        }
+        let orders = cluster.decide(&ns, 1200);
+        let [
+            Order {
+                command: NodeCommand::Replicate { target_id, .. },
+                ..
+            },
+        ] = orders.as_slice()
+        else {
+            panic!("{orders:?}")
+        };
+        assert_eq!(target_id, "n3");
+
+        // Unknown nodes and holders are not waited for.
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n0", "n9"]), 10);
+        assert_eq!(cluster.writing_replicas(), 0);
     }
 
     #[test]

@@ -77,6 +77,13 @@ pub struct Config {
     /// are deleted.
     #[arg(long, env = "DFS_OVER_REPLICATION_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub over_replication_grace: Duration,
+    /// How long a planned replica that was still writing when its upload's
+    /// write quorum answered (ConfirmedChunk.pending) counts as a repair in
+    /// flight: the chunk is copied elsewhere only if the replica has not
+    /// reported it by then. Longer than a datanode's wait for a replica
+    /// (3 × its `--replica-stall-timeout`) plus a heartbeat.
+    #[arg(long, env = "DFS_PENDING_REPLICA_GRACE", default_value = "45s", value_parser = parse_duration)]
+    pub pending_replica_grace: Duration,
     /// Concurrent repair streams per datanode (as source or target).
     #[arg(long, env = "DFS_REPAIR_STREAMS_PER_NODE", default_value_t = 2)]
     pub repair_streams_per_node: u32,

@@ -244,6 +244,7 @@ fn timing(config: &Config) -> Timing {
         dead_after_ms: config.dead_after.as_millis() as u64,
         orphan_grace_ms: config.orphan_grace.as_millis() as u64,
         over_replication_grace_ms: config.over_replication_grace.as_millis() as u64,
+        pending_replica_grace_ms: config.pending_replica_grace.as_millis() as u64,
         repair_streams_per_node: config.repair_streams_per_node,
         repair_bytes_per_second: config.repair_bytes_per_second.0,
         chunk_size: config.chunk_size.0,

@@ -88,6 +88,7 @@ pub struct Metrics {
     missing: IntGauge,
     over_replicated: IntGauge,
     repair_queue: IntGauge,
+    replicas_writing: IntGauge,
     repairs_in_flight: IntGauge,
     repairs_completed: IntCounter,
     orphans_deleted: IntCounter,
@@ -287,6 +288,10 @@ impl Metrics {
             repair_queue: g(
                 "dfs_coordinator_repair_queue_chunks",
                 "Chunks waiting for re-replication.",
+            ),
+            replicas_writing: g(
+                "dfs_coordinator_replicas_writing",
+                "Planned replicas still being written after their upload answered at its write quorum (repair waits for them).",
             ),
             repairs_in_flight: g(
                 "dfs_coordinator_repairs_in_flight",
@@ -523,6 +528,7 @@ impl Metrics {
         self.missing.set(stats.missing as i64);
         self.over_replicated.set(stats.over_replicated as i64);
         self.repair_queue.set(stats.repair_queue as i64);
+        self.replicas_writing.set(stats.replicas_writing as i64);
         self.repairs_in_flight.set(stats.repairs_in_flight as i64);
         let done = stats.repairs_completed;
         if done > self.repairs_completed.get() {

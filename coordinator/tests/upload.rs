@@ -254,6 +254,7 @@ async fn quorum_replan_abort_and_errors() {
         }),
         replicas: vec![plan.chunks[0].nodes[0].node_id.clone()],
         receipts: vec![],
+        pending: vec![],
     };
     let confirm = |chunk: ConfirmedChunk| ConfirmUploadRequest {
         upload_id: plan.upload_id.clone(),

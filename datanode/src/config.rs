@@ -26,6 +26,8 @@ pub const DEFAULT_SESSION_TIMEOUT: &str = "5m";
 pub const DEFAULT_REPLICA_STALL_TIMEOUT: &str = "10s";
 /// Default heartbeat interval until the coordinator says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: &str = "3s";
+/// Default `--pending-replica-budget`.
+pub const DEFAULT_PENDING_REPLICA_BUDGET: &str = "64MiB";
 /// Default interval between full chunk reports.
 pub const DEFAULT_FULL_REPORT_INTERVAL: &str = "10m";
 /// Default limit for chunks stored in the shared volumes (64 KiB).
@@ -134,6 +136,15 @@ pub struct Config {
     #[arg(long, env = "DFS_REPLICA_STALL_TIMEOUT", default_value = DEFAULT_REPLICA_STALL_TIMEOUT, value_parser = parse_duration)]
     pub replica_stall_timeout: Duration,
 
+    /// Bytes of uploads this node (as their primary) may still be writing,
+    /// locally or to replicas, after their write quorum was durable and
+    /// the client got its answer. Uploads then go at the quorum's pace
+    /// past one slow disk or peer; a copy still writing when the budget is
+    /// spent is dropped from its upload (the coordinator repairs it). 0:
+    /// every upload waits for all its replicas.
+    #[arg(long, env = "DFS_PENDING_REPLICA_BUDGET", default_value = DEFAULT_PENDING_REPLICA_BUDGET)]
+    pub pending_replica_budget: ByteSize,
+
     /// Heartbeat interval used until the coordinator sets one.
     #[arg(long, env = "DFS_HEARTBEAT_INTERVAL", default_value = DEFAULT_HEARTBEAT_INTERVAL, value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -209,6 +220,7 @@ impl Config {
             scrub_interval: parse_duration(DEFAULT_SCRUB_INTERVAL).expect("valid"),
             session_timeout: parse_duration(DEFAULT_SESSION_TIMEOUT).expect("valid"),
             replica_stall_timeout: parse_duration(DEFAULT_REPLICA_STALL_TIMEOUT).expect("valid"),
+            pending_replica_budget: DEFAULT_PENDING_REPLICA_BUDGET.parse().expect("valid"),
             heartbeat_interval: parse_duration(DEFAULT_HEARTBEAT_INTERVAL).expect("valid"),
             full_report_interval: parse_duration(DEFAULT_FULL_REPORT_INTERVAL).expect("valid"),
             max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,

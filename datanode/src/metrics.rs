@@ -45,8 +45,12 @@ pub const REPLICATION_KINDS: [&str; 2] = ["receive", "repair"];
 pub const CHECKSUM_SOURCES: [&str; 4] = ["frame", "read", "scrub", "volume"];
 /// `kind` of `active_sessions`.
 pub const SESSION_KINDS: [&str; 5] = ["prepared", "upload", "replicate", "download", "small_link"];
-/// `reason` of `replicas_dropped`: the replica failed, or it stalled.
-pub const DROP_REASONS: [&str; 2] = ["error", "stall"];
+/// `reason` of `replicas_dropped`: the replica failed; it stalled; it fell
+/// a whole queue behind while the write quorum kept up without it; it was
+/// still writing at the quorum's answer with the pending budget spent.
+pub const DROP_REASONS: [&str; 4] = ["error", "stall", "behind", "over_budget"];
+/// `outcome` of `pending_replicas_finished`.
+pub const PENDING_OUTCOMES: [&str; 2] = ["stored", "failed"];
 /// `kind` of `commands`: one per coordinator command, and "unknown".
 pub const COMMAND_KINDS: [&str; 5] = ["replicate", "delete", "config", "request_report", "unknown"];
 /// `outcome` of `registrations` ("refused": another cluster).
@@ -93,8 +97,13 @@ pub struct Metrics {
     pub active_sessions: IntGaugeVec,
     /// Bytes verified by the scrubber.
     pub scrubbed_bytes: IntCounterVec,
-    /// Replica targets dropped from an upload, by reason (error, stall).
+    /// Replica targets dropped from an upload, by reason.
     pub replicas_dropped: IntCounterVec,
+    /// Copies of uploads (this node's own or a replica's) still being
+    /// written after the upload answered at its write quorum.
+    pub pending_replicas: IntGauge,
+    /// Such copies that finished, by outcome (stored, failed).
+    pub pending_replicas_finished: IntCounterVec,
     /// Coordinator commands executed, by kind and outcome.
     pub commands: IntCounterVec,
     /// Registrations with the coordinator, by outcome.
@@ -291,6 +300,16 @@ impl Metrics {
                 &["reason"],
                 &[&DROP_REASONS],
             ),
+            pending_replicas: gauge(
+                "dfs_datanode_pending_replicas",
+                "Copies of uploads this node is primary of still being written after the write quorum answered.",
+            ),
+            pending_replicas_finished: counter(
+                "dfs_datanode_pending_replicas_finished_total",
+                "Copies still being written at the write quorum's answer that then finished, by outcome.",
+                &["outcome"],
+                &[&PENDING_OUTCOMES],
+            ),
             commands: counter(
                 "dfs_datanode_commands_total",
                 "Coordinator commands executed.",
@@ -447,6 +466,11 @@ mod tests {
             &families,
             "dfs_datanode_replicas_dropped_total",
             &DROP_REASONS,
+        );
+        assert_zero(
+            &families,
+            "dfs_datanode_pending_replicas_finished_total",
+            &PENDING_OUTCOMES,
         );
         assert_zero(
             &families,

@@ -43,6 +43,9 @@ pub struct Node {
     pub cluster: crate::identity::ClusterIdentity,
     /// Permits for chunk streams served at once (`--max-streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Bytes of uploads still being written after their write quorum
+    /// answered (`--pending-replica-budget`; see `pipeline::settle`).
+    pub pending_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -75,8 +78,9 @@ pub struct UploadSession {
     pub targets: Vec<Target>,
     /// Replicas (counting this node) needed for success.
     pub quorum: usize,
-    /// Space promised to the session.
-    pub reservation: Reservation,
+    /// Space promised to the session, until its local copy is stored (an
+    /// upload that answers before that hands it to the copy's writer).
+    pub reservation: Option<Reservation>,
     expires: Instant,
     _gauge: GaugeGuard,
 }
@@ -132,7 +136,7 @@ impl Sessions {
             checksum,
             targets,
             quorum,
-            reservation,
+            reservation: Some(reservation),
             expires: Instant::now() + self.timeout,
             _gauge: GaugeGuard::new(gauge),
         }

@@ -36,15 +36,27 @@ use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, UploadSession};
 use crate::peers::Target;
 use crate::store::{ChunkId, Store, StoreError, Stored};
+use crate::table::StoredChunk;
 use crate::wire::{
     Acks, DataPathError, Frame, FrameSource, Opening, ReplicaHeader, UploadStart, chunk_meta,
     replicate_messages,
 };
 
-/// Frames queued towards the local writer thread.
-const WRITER_QUEUE_FRAMES: usize = 4;
-/// Frames queued towards each replica.
-const FORWARD_QUEUE_FRAMES: usize = 4;
+/// Frames queued towards a primary's local writer thread: how far a slow
+/// local disk may lag behind the client's stream before the client waits.
+const WRITER_QUEUE_FRAMES: usize = 16;
+/// Frames queued towards a replica's writer thread (the rest wait in the
+/// sender's HTTP/2 window, then in the sender).
+const REPLICA_WRITER_QUEUE_FRAMES: usize = 4;
+/// How long a primary waits for its own disk to take a frame, once its
+/// queue is full, before it gives up its copy (only while the replicas
+/// keeping up make the write quorum).
+const LOCAL_LAG_GRACE: Duration = Duration::from_millis(100);
+/// Frames queued towards each replica: how far one may fall behind the
+/// stream. A replica with a full queue is dropped from the upload when the
+/// write quorum keeps up without it, and waited for (up to the stall
+/// timeout) when the quorum needs it.
+const FORWARD_QUEUE_FRAMES: usize = 16;
 
 /// A replica's own answer: it stored `s` under `id`, with its receipt.
 pub fn stored_answer(node: &Node, id: &ChunkId, s: Stored) -> ChunkReplicas {
@@ -53,6 +65,7 @@ pub fn stored_answer(node: &Node, id: &ChunkId, s: Stored) -> ChunkReplicas {
         chunk: Some(chunk_meta(id, s.chunk)),
         failed: vec![],
         receipts: vec![receipt(node, s)],
+        pending: vec![],
     }
 }
 
@@ -218,7 +231,8 @@ pub(crate) fn receive_frame(
 }
 
 enum WriterMsg {
-    Data(Bytes),
+    /// Bytes to write, with their room in the store's write buffer.
+    Data(Bytes, tokio::sync::OwnedSemaphorePermit),
     Finish(u64, Option<u32>),
 }
 
@@ -235,7 +249,17 @@ pub(crate) enum LocalWrite {
 }
 
 impl LocalWrite {
+    /// A replica's copy (fan-out, repair).
     pub(crate) fn start(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
+        Self::with_queue(store, id, size, REPLICA_WRITER_QUEUE_FRAMES)
+    }
+
+    /// The primary's own copy of a client's upload.
+    fn start_primary(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
+        Self::with_queue(store, id, size, WRITER_QUEUE_FRAMES)
+    }
+
+    fn with_queue(store: Arc<Store>, id: ChunkId, size: u64, queue: usize) -> Self {
         if store.is_small(size) {
             LocalWrite::Small {
                 store,
@@ -243,7 +267,30 @@ impl LocalWrite {
                 parts: Vec::new(),
             }
         } else {
-            LocalWrite::File(FileWrite::start(store, id))
+            LocalWrite::File(FileWrite::start(store, id, queue))
+        }
+    }
+
+    /// Waits for this write's turn among the node's chunk-file writers
+    /// ([`crate::store::CONCURRENT_FILE_WRITES`]) before any of its bytes
+    /// are read off the network, so streams beyond them stay in their
+    /// senders. (Small chunks need no turn.)
+    pub(crate) async fn ready(&mut self) {
+        if let LocalWrite::File(f) = self {
+            f.take_slot().await;
+        }
+    }
+
+    /// Queues `data` if that needs no wait (a writer slot, write-buffer
+    /// room and queue room are all free); false when it would wait (or
+    /// the writer is gone: [`LocalWrite::write`] then says why).
+    pub(crate) fn try_write(&mut self, data: &Bytes) -> bool {
+        match self {
+            LocalWrite::File(f) => f.try_write(data),
+            LocalWrite::Small { parts, .. } => {
+                parts.push(data.clone());
+                true
+            }
         }
     }
 
@@ -279,16 +326,28 @@ impl LocalWrite {
 pub(crate) struct FileWrite {
     tx: Option<mpsc::Sender<WriterMsg>>,
     join: Option<JoinHandle<Result<Stored, StoreError>>>,
+    store: Arc<Store>,
+    /// This write's turn among the node's chunk-file writers, taken with
+    /// its first bytes.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl FileWrite {
-    fn start(store: Arc<Store>, id: ChunkId) -> Self {
-        let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_FRAMES);
+    fn start(store: Arc<Store>, id: ChunkId, queue: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel(queue);
+        let writer_store = store.clone();
         let join = tokio::task::spawn_blocking(move || {
+            let store = writer_store;
+            // Nothing (no temp file, no staging buffer) before the stream
+            // got its writer slot and sent something.
+            let Some(first) = rx.blocking_recv() else {
+                return Err(StoreError::Cancelled);
+            };
             let mut w = store.create_writer(&id)?;
-            while let Some(msg) = rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
                 match msg {
-                    WriterMsg::Data(b) => w.write(&b)?,
+                    WriterMsg::Data(b, _room) => w.write(&b)?,
                     WriterMsg::Finish(size, checksum) => return w.finish_stored(size, checksum),
                 }
             }
@@ -297,6 +356,8 @@ impl FileWrite {
         FileWrite {
             tx: Some(tx),
             join: Some(join),
+            store,
+            slot: None,
         }
     }
 
@@ -311,15 +372,38 @@ impl FileWrite {
         }
     }
 
-    async fn write(&mut self, data: Bytes) -> Result<(), DataPathError> {
+    fn try_write(&mut self, data: &Bytes) -> bool {
+        if self.slot.is_none() {
+            match self.store.try_writer_slot() {
+                Some(slot) => self.slot = Some(slot),
+                None => return false,
+            }
+        }
+        let Some(room) = self.store.try_buffer_permit(data.len()) else {
+            return false;
+        };
         let tx = self.tx.as_ref().expect("writer open");
-        if tx.send(WriterMsg::Data(data)).await.is_err() {
+        tx.try_send(WriterMsg::Data(data.clone(), room)).is_ok()
+    }
+
+    async fn take_slot(&mut self) {
+        if self.slot.is_none() {
+            self.slot = Some(self.store.writer_slot().await);
+        }
+    }
+
+    async fn write(&mut self, data: Bytes) -> Result<(), DataPathError> {
+        self.take_slot().await;
+        let room = self.store.buffer_permit(data.len()).await;
+        let tx = self.tx.as_ref().expect("writer open");
+        if tx.send(WriterMsg::Data(data, room)).await.is_err() {
             return Err(self.result().await);
         }
         Ok(())
     }
 
     async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<Stored, DataPathError> {
+        self.take_slot().await;
         let tx = self.tx.take().expect("writer open");
         if tx.send(WriterMsg::Finish(size, checksum)).await.is_err() {
             return Err(self.result().await);
@@ -390,6 +474,23 @@ impl Forward {
         self.failure = Some(reason);
     }
 
+    /// Queues one frame if the replica's queue has room; gives it back when
+    /// the queue is full or the replica is gone.
+    fn offer(&mut self, node: &Node, frame: Frame) -> Offer {
+        let Some(tx) = &self.tx else {
+            return Offer::Sent;
+        };
+        let len = frame.data.len() as u64;
+        match tx.try_send(frame) {
+            Ok(()) => {
+                node.metrics.frame_out(stream::FORWARD, len);
+                Offer::Sent
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => Offer::Full(frame),
+            Err(mpsc::error::TrySendError::Closed(frame)) => Offer::Closed(frame),
+        }
+    }
+
     /// Forwards one frame; a replica that is gone or blocks for longer than
     /// the stall timeout is dropped.
     async fn send(&mut self, node: &Node, frame: Frame, stall: Duration) -> bool {
@@ -456,6 +557,59 @@ impl Drop for Forward {
     }
 }
 
+/// What [`Forward::offer`] did with a frame.
+enum Offer {
+    Sent,
+    Full(Frame),
+    Closed(Frame),
+}
+
+/// Hands one frame to every live replica. A replica whose queue is full
+/// has fallen [`FORWARD_QUEUE_FRAMES`] behind: when the copies keeping up
+/// (the local one counting) still make the write quorum it is dropped, so
+/// one slow disk or link does not set the upload's pace; otherwise the
+/// primary waits for it (and drops it after the stall timeout).
+/// `local` is 1 while the primary keeps its own copy (0 once dropped), or
+/// None when every replica is to be waited for (no pending budget).
+async fn forward_frame(
+    node: &Node,
+    forwards: &mut [Forward],
+    frame: &Frame,
+    quorum: usize,
+    stall: Duration,
+    local: Option<usize>,
+) {
+    let mut full = Vec::new();
+    for (i, f) in forwards.iter_mut().enumerate().filter(|(_, f)| f.live()) {
+        match f.offer(node, frame.clone()) {
+            Offer::Sent => {}
+            Offer::Full(frame) => full.push((i, frame)),
+            // `send` fails at once and drops it with the reason.
+            Offer::Closed(frame) => {
+                f.send(node, frame, stall).await;
+            }
+        }
+    }
+    if full.is_empty() {
+        return;
+    }
+    let keeping_up = local.map(|l| l + forwards.iter().filter(|f| f.live()).count() - full.len());
+    for (i, frame) in full {
+        let f = &mut forwards[i];
+        if keeping_up.is_some_and(|k| k >= quorum) {
+            f.fail(
+                node,
+                format!(
+                    "fell {FORWARD_QUEUE_FRAMES} frames behind while the write quorum kept up without it"
+                ),
+                "behind",
+            );
+        } else {
+            f.send(node, frame, stall).await;
+        }
+    }
+}
+
 /// UploadChunkStream on the primary: receives, stores and fans out one
 /// chunk. `opening` and `first` come from the stream's first frame
 /// ([`crate::wire::open_upload`]), `frames` are the rest.
@@ -467,7 +621,7 @@ pub async fn upload(
     acks: &Acks,
 ) -> Result<ChunkReplicas, DataPathError> {
     let idle = node.sessions.timeout();
-    let (session, session_id) = match opening {
+    let (mut session, session_id) = match opening {
         // One-call upload: prepared here, with PrepareChunkUpload's checks.
         Opening::Start(start) => (prepare_upload(&node, start)?.0, crate::node::random_id()),
         Opening::Session(id) => match node.sessions.take_upload(&id) {
@@ -482,10 +636,19 @@ pub async fn upload(
 
     let result = async {
         if first.is_final {
-            return upload_whole(&node, &session, &session_id, first).await;
+            return upload_whole(&node, &mut session, &session_id, first).await;
         }
         let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
-        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
+        let mut local = Some(LocalWrite::start_primary(
+            node.store.clone(),
+            chunk_id.clone(),
+            session.size,
+        ));
+        // Why the primary's own copy was given up, if it was.
+        let mut local_dropped = None;
+        // Without a pending budget every copy is waited for (never dropped
+        // for falling behind).
+        let quorum_pace = node.config.pending_replica_budget.0 > 0;
         let header = ReplicaHeader {
             session_id: session_id.clone(),
             chunk_id: chunk_id.clone(),
@@ -505,10 +668,45 @@ pub async fn upload(
             let is_final = frame.is_final;
             // Clones share the frame's buffer: one copy of the bytes for
             // the disk and every replica.
-            local.write(frame.data.clone()).await?;
-            for f in forwards.iter_mut().filter(|f| f.live()) {
-                f.send(&node, frame.clone(), stall).await;
+            if let Some(l) = local.as_mut()
+                && !l.try_write(&frame.data)
+            {
+                // The own disk is a whole queue behind, or every writer
+                // slot is taken. When the replicas keeping up make the
+                // write quorum and it stays so for a moment, the primary
+                // only relays.
+                let keeping_up = forwards.iter().filter(|f| f.live()).count();
+                let give_up = quorum_pace && keeping_up >= session.quorum;
+                let waited = if give_up {
+                    tokio::time::timeout(LOCAL_LAG_GRACE, l.write(frame.data.clone())).await
+                } else {
+                    Ok(l.write(frame.data.clone()).await)
+                };
+                if let Ok(written) = waited {
+                    written?;
+                } else {
+                    let reason = format!(
+                        "the primary's own disk fell {WRITER_QUEUE_FRAMES} frames behind while the write quorum kept up without it"
+                    );
+                    tracing::warn!("dropping the local copy from the upload: {reason}");
+                    node.metrics
+                        .replicas_dropped
+                        .with_label_values(&["behind"])
+                        .inc();
+                    local = None;
+                    local_dropped = Some(reason);
+                }
             }
+            let local_live = usize::from(local.is_some());
+            forward_frame(
+                &node,
+                &mut forwards,
+                &frame,
+                session.quorum,
+                stall,
+                quorum_pace.then_some(local_live),
+            )
+            .await;
             if is_final {
                 // The final answer (ChunkReplicas) acknowledges everything.
                 break;
@@ -519,24 +717,34 @@ pub async fn upload(
             frame = frames.next(idle).await?;
         }
 
-        // Durability: the local fsync+rename and the replicas' answers, in parallel.
+        // Durability: the local fsync+rename and the replicas' answers, in
+        // parallel; the answer comes at the write quorum's pace.
         let checksum = check.crc;
         let wait = stall * 3;
-        let (local_result, _) = tokio::join!(
-            local.finish(session.size, Some(checksum)),
-            futures::future::join_all(forwards.iter_mut().map(|f| f.finish(&node, wait)))
-        );
-        let outcomes = forwards
-            .iter_mut()
-            .map(|f| {
-                let outcome = match f.failure.clone() {
+        let size = session.size;
+        let reservation = session.reservation.take();
+        let mut ends = Ends::new(&node, size, checksum);
+        ends.local(async move {
+            let stored = match local {
+                Some(local) => local.finish(size, Some(checksum)).await,
+                // Not the primary's fault towards the client: the quorum
+                // holds the chunk, or says why it does not.
+                None => Err(DataPathError::Quorum(local_dropped.unwrap_or_default())),
+            };
+            drop(reservation);
+            stored
+        });
+        for mut f in forwards.drain(..) {
+            let node = node.clone();
+            ends.remote(f.target.clone(), async move {
+                f.finish(&node, wait).await;
+                match f.failure.take() {
                     Some(reason) => Err(reason),
                     None => Ok(f.answer.take().unwrap_or_default()),
-                };
-                (f.target.clone(), outcome)
-            })
-            .collect();
-        conclude(&node, &chunk_id, local_result, outcomes, session.quorum).await
+                }
+            });
+        }
+        settle(&node, &chunk_id, ends, session.quorum).await
     }
     .instrument(span)
     .await;
@@ -551,24 +759,305 @@ pub async fn upload(
     result
 }
 
-/// One replica target's outcome: its answer, or why it failed.
-type Outcome = (Target, Result<ChunkReplicas, String>);
+/// How one copy of an upload ended: the local one, or a replica's (its
+/// answer, or why it failed).
+enum Ended {
+    Local(Result<Stored, DataPathError>),
+    Remote(Target, Result<ChunkReplicas, String>),
+}
 
-/// Ends an upload once the local copy and every replica answered: the
-/// replicas that stored the chunk with their receipts, or (below the write
-/// quorum, or when the local copy failed) an error after deleting the
-/// copies this upload made. A replica whose receipt names other bytes than
-/// the primary's counts as failed (its copy is not this upload's).
+/// The copies of one upload being made durable, each its own task so that
+/// the ones still writing when the write quorum is durable can go on after
+/// the answer (or, a replica's, be dropped).
+struct Ends {
+    node: Arc<Node>,
+    size: u64,
+    crc: u32,
+    running: futures::stream::FuturesUnordered<JoinHandle<Ended>>,
+    /// Node id of each copy not ended yet, with its task.
+    names: Vec<(String, tokio::task::AbortHandle)>,
+}
+
+impl Ends {
+    fn new(node: &Arc<Node>, size: u64, crc: u32) -> Self {
+        Ends {
+            node: node.clone(),
+            size,
+            crc,
+            running: Default::default(),
+            names: Vec::new(),
+        }
+    }
+
+    fn local(&mut self, f: impl Future<Output = Result<Stored, DataPathError>> + Send + 'static) {
+        let task =
+            tokio::spawn(async move { Ended::Local(f.await) }.instrument(tracing::Span::current()));
+        self.names
+            .push((self.node.node_id.clone(), task.abort_handle()));
+        self.running.push(task);
+    }
+
+    fn remote(
+        &mut self,
+        target: Target,
+        f: impl Future<Output = Result<ChunkReplicas, String>> + Send + 'static,
+    ) {
+        let name = target.node_id.clone();
+        let task = tokio::spawn(
+            async move { Ended::Remote(target, f.await) }.instrument(tracing::Span::current()),
+        );
+        self.names.push((name, task.abort_handle()));
+        self.running.push(task);
+    }
+
+    /// The next copy to end (None when all have). A copy whose task
+    /// panicked failed; one dropped on purpose (aborted) is skipped.
+    async fn next(&mut self) -> Option<Ended> {
+        use futures::StreamExt;
+        loop {
+            let ended = match self.running.next().await? {
+                Ok(e) => e,
+                Err(e) => {
+                    let Some(i) = self.names.iter().position(|(_, t)| t.id() == e.id()) else {
+                        continue;
+                    };
+                    let (name, _) = self.names.remove(i);
+                    let failure = format!("writer task failed: {e}");
+                    return Some(if name == self.node.node_id {
+                        Ended::Local(Err(DataPathError::Internal(failure)))
+                    } else {
+                        Ended::Remote(
+                            Target {
+                                node_id: name,
+                                address: String::new(),
+                            },
+                            Err(failure),
+                        )
+                    });
+                }
+            };
+            let name = match &ended {
+                Ended::Local(_) => &self.node.node_id,
+                Ended::Remote(t, _) => &t.node_id,
+            };
+            self.names.retain(|(n, _)| n != name);
+            return Some(ended);
+        }
+    }
+}
+
+impl Drop for Ends {
+    /// An upload given up (its client went away) takes its copies still
+    /// writing with it, as before they were tasks: a replica's stream is
+    /// reset (it removes its partial data). Copies handed to the
+    /// background (`detach`) are not affected: their `Ends` lives there.
+    fn drop(&mut self) {
+        for (_, task) in &self.names {
+            task.abort();
+        }
+    }
+}
+
+/// What the copies that ended said, as the primary judges them.
+#[derive(Default)]
+struct Tally {
+    local: Option<Result<Stored, DataPathError>>,
+    remotes: Vec<(Target, Result<ChunkReplicas, String>)>,
+    durable: usize,
+    failed: usize,
+}
+
+impl Tally {
+    /// Counts one ended copy. A replica whose receipt names other bytes
+    /// than the ones this primary received counts as failed (its copy is
+    /// not this upload's).
+    fn add(&mut self, ended: Ended, size: u64, crc: u32) {
+        let ok = match ended {
+            Ended::Local(r) => {
+                let ok = r.is_ok();
+                self.local = Some(r);
+                ok
+            }
+            Ended::Remote(target, outcome) => {
+                let outcome = outcome.and_then(|answer| {
+                    match answered_receipt(&answer, &target.node_id) {
+                        Some(r) if r.checksum != crc || r.size != size => Err(format!(
+                            "replica stored {} bytes with crc32c {:08x}, not this chunk's {size} bytes with {crc:08x}",
+                            r.size, r.checksum
+                        )),
+                        _ => Ok(answer),
+                    }
+                });
+                let ok = outcome.is_ok();
+                self.remotes.push((target, outcome));
+                ok
+            }
+        };
+        if ok {
+            self.durable += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// The longest an upload whose write quorum is durable waits for the copies
+/// still writing before it answers without them.
+const PENDING_GRACE_MAX: Duration = Duration::from_millis(50);
+/// Budget one pending copy takes: what it may still hold in memory (its
+/// queued frames), at most.
+const PENDING_BYTES_MAX: u64 = (FORWARD_QUEUE_FRAMES as u64) << 20;
+
+/// Ends an upload: waits until its write quorum (the local copy counting as
+/// one) is durable, then a moment longer (as long again as the quorum took,
+/// at most [`PENDING_GRACE_MAX`]) for the other copies, and answers. Copies
+/// still writing then go on in the background within the node's
+/// `--pending-replica-budget` and are listed as `pending` (the coordinator
+/// waits for their own reports before repairing); past the budget a
+/// replica is dropped and the local copy waited for. Below the quorum it
+/// waits for every copy, deletes the ones this upload made, and fails.
+async fn settle(
+    node: &Arc<Node>,
+    chunk_id: &ChunkId,
+    mut ends: Ends,
+    quorum: usize,
+) -> Result<ChunkReplicas, DataPathError> {
+    let (size, crc) = (ends.size, ends.crc);
+    let total = ends.names.len();
+    // Answers list replicas in placement order, whatever order they ended in.
+    let order: Vec<String> = ends.names.iter().map(|(n, _)| n.clone()).collect();
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    while tally.durable < quorum && total - tally.failed >= quorum {
+        let Some(e) = ends.next().await else { break };
+        tally.add(e, size, crc);
+    }
+    let budget = node.config.pending_replica_budget.0;
+    if tally.durable >= quorum && !ends.names.is_empty() {
+        let grace = if budget == 0 {
+            Duration::MAX
+        } else {
+            started.elapsed().min(PENDING_GRACE_MAX)
+        };
+        let deadline = tokio::time::Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+        while let Ok(Some(e)) = tokio::time::timeout_at(deadline, ends.next()).await {
+            tally.add(e, size, crc);
+        }
+    }
+    if tally.durable < quorum {
+        // Every copy ends (each bounded by its own wait) before the
+        // rollback, so none lands after it.
+        while let Some(e) = ends.next().await {
+            tally.add(e, size, crc);
+        }
+    }
+    let mut pending = Vec::new();
+    if !ends.names.is_empty() {
+        let each = size.min(PENDING_BYTES_MAX);
+        let units = (each * ends.names.len() as u64).min(u32::MAX as u64) as u32;
+        match node.pending_budget.clone().try_acquire_many_owned(units) {
+            Ok(permit) => {
+                pending = ends.names.iter().map(|(n, _)| n.clone()).collect();
+                detach(node, chunk_id, ends, permit);
+            }
+            Err(_) => {
+                // Over budget: a replica still writing is dropped (the
+                // coordinator repairs the chunk), the local copy waited for.
+                let local = node.node_id.clone();
+                for (name, task) in ends.names.iter().filter(|(n, _)| *n != local) {
+                    task.abort();
+                    node.metrics
+                        .replicas_dropped
+                        .with_label_values(&["over_budget"])
+                        .inc();
+                    tracing::warn!(target_node = %name, "dropping replica from upload: still writing when the write quorum was durable, and the pending budget ({budget} bytes) is spent");
+                    tally.failed += 1;
+                    let reason = format!(
+                        "still writing when the write quorum was durable; dropped (pending budget of {budget} bytes spent)"
+                    );
+                    tally.remotes.push((
+                        Target {
+                            node_id: name.clone(),
+                            address: String::new(),
+                        },
+                        Err(reason),
+                    ));
+                }
+                ends.names.retain(|(n, _)| *n == local);
+                while !ends.names.is_empty() {
+                    let Some(e) = ends.next().await else { break };
+                    if matches!(e, Ended::Local(_)) {
+                        tally.add(e, size, crc);
+                    }
+                }
+            }
+        }
+    }
+    tally
+        .remotes
+        .sort_by_key(|(t, _)| order.iter().position(|n| *n == t.node_id));
+    conclude(node, chunk_id, tally, pending, quorum, size, crc).await
+}
+
+/// Lets the copies still writing after an upload answered finish in the
+/// background, holding their share of the pending budget until they end.
+fn detach(
+    node: &Arc<Node>,
+    chunk_id: &ChunkId,
+    mut ends: Ends,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let n = ends.names.len() as i64;
+    node.metrics.pending_replicas.add(n);
+    let (node, chunk_id) = (node.clone(), chunk_id.clone());
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            while let Some(e) = ends.next().await {
+                let (name, failure) = match e {
+                    Ended::Local(Ok(_)) => (node.node_id.clone(), None),
+                    Ended::Local(Err(e)) => (node.node_id.clone(), Some(e.to_string())),
+                    Ended::Remote(t, Ok(_)) => (t.node_id, None),
+                    Ended::Remote(t, Err(reason)) => (t.node_id, Some(reason)),
+                };
+                node.metrics.pending_replicas.dec();
+                let outcome = if failure.is_some() { "failed" } else { "stored" };
+                node.metrics
+                    .pending_replicas_finished
+                    .with_label_values(&[outcome])
+                    .inc();
+                match failure {
+                    None => tracing::debug!(chunk_id = %chunk_id, node = %name, "pending copy stored"),
+                    // The chunk is committed on its quorum: the coordinator
+                    // repairs it once this copy's grace is over.
+                    Some(reason) => tracing::warn!(chunk_id = %chunk_id, node = %name, "pending copy failed after the upload answered: {reason}"),
+                }
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+}
+
+/// Ends an upload once its copies were judged: the replicas that stored the
+/// chunk with their receipts (and those still writing, `pending`), or
+/// (below the write quorum) an error after deleting the copies this upload
+/// made — the local copy's own error when it failed, so the client avoids
+/// this primary.
 async fn conclude(
     node: &Arc<Node>,
     chunk_id: &ChunkId,
-    local: Result<Stored, DataPathError>,
-    outcomes: Vec<Outcome>,
+    tally: Tally,
+    pending: Vec<String>,
     quorum: usize,
+    size: u64,
+    crc: u32,
 ) -> Result<ChunkReplicas, DataPathError> {
+    let Tally { local, remotes, .. } = tally;
     // What a rollback may delete: copies this upload created, never a copy
     // that was already there (it may be a confirmed chunk's).
-    let stored_on: Vec<Target> = outcomes
+    let stored_on: Vec<Target> = remotes
         .iter()
         .filter(|(t, r)| {
             r.as_ref().is_ok_and(|answer| {
@@ -577,34 +1066,38 @@ async fn conclude(
         })
         .map(|(t, _)| t.clone())
         .collect();
-    let local = match local {
-        Ok(s) => s,
-        Err(e) => {
-            rollback(node, chunk_id, &stored_on, false).await;
-            return Err(e);
-        }
-    };
-    let stored = local.chunk;
-    let mut replicas = vec![node.node_id.clone()];
-    let mut receipts = vec![receipt(node, local)];
+    let mut replicas = Vec::new();
+    let mut receipts = Vec::new();
     let mut failed = Vec::new();
-    for (target, outcome) in &outcomes {
-        let outcome = outcome.as_ref().map_err(Clone::clone).and_then(|answer| {
-            match answered_receipt(answer, &target.node_id) {
-                Some(r) if r.checksum != stored.checksum || r.size != stored.size => Err(format!(
-                    "replica stored {} bytes with crc32c {:08x}, not this chunk's {} bytes with {:08x}",
-                    r.size, r.checksum, stored.size, stored.checksum
-                )),
-                r => Ok(r),
+    let mut local_error = None;
+    let mut local_created = false;
+    match local {
+        Some(Ok(s)) => {
+            local_created = s.created;
+            replicas.push(node.node_id.clone());
+            receipts.push(receipt(node, s));
+        }
+        Some(Err(e)) => {
+            failed.push(ReplicaFailure {
+                node_id: node.node_id.clone(),
+                reason: format!("primary's own copy: {e}"),
+            });
+            // A copy given up for falling behind is no failure of this
+            // node towards the client; a disk error is.
+            if !matches!(e, DataPathError::Quorum(_)) {
+                local_error = Some(e);
             }
-        });
+        }
+        None => {}
+    }
+    for (target, outcome) in remotes {
         match outcome {
-            Ok(r) => {
-                replicas.push(target.node_id.clone());
-                receipts.extend(r);
+            Ok(answer) => {
+                receipts.extend(answered_receipt(&answer, &target.node_id));
+                replicas.push(target.node_id);
             }
             Err(reason) => failed.push(ReplicaFailure {
-                node_id: target.node_id.clone(),
+                node_id: target.node_id,
                 reason,
             }),
         }
@@ -612,25 +1105,45 @@ async fn conclude(
     if replicas.len() < quorum {
         // Only what this upload wrote is rolled back: a copy that was
         // already stored (an idempotent retry) may be a confirmed chunk's.
-        rollback(node, chunk_id, &stored_on, local.created).await;
+        rollback(node, chunk_id, &stored_on, local_created).await;
+        if let Some(e) = local_error {
+            return Err(e);
+        }
         let reasons: Vec<String> = failed
             .iter()
             .map(|f| format!("{}: {}", f.node_id, f.reason))
             .collect();
-        return Err(DataPathError::Quorum(format!(
-            "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
-            replicas.len(),
-            1 + outcomes.len(),
-            quorum,
-            reasons.join("; ")
-        )));
+        return Err(DataPathError::QuorumNotReached {
+            message: format!(
+                "write quorum not reached for chunk {chunk_id}: {} of {} replicas stored it, {} needed ({}); nothing was kept",
+                replicas.len(),
+                replicas.len() + failed.len() + pending.len(),
+                quorum,
+                reasons.join("; ")
+            ),
+            failed: failed
+                .iter()
+                .map(|f| f.node_id.clone())
+                .filter(|n| *n != node.node_id)
+                .collect(),
+        });
     }
-    tracing::debug!(replicas = ?replicas, "chunk stored");
+    if let Some(e) = &local_error {
+        tracing::warn!(chunk_id = %chunk_id, "the primary's own copy failed, the write quorum holds the chunk: {e}");
+    }
+    tracing::debug!(replicas = ?replicas, pending = ?pending, "chunk stored");
     Ok(ChunkReplicas {
         replicas,
-        chunk: Some(chunk_meta(chunk_id, stored)),
+        chunk: Some(chunk_meta(
+            chunk_id,
+            StoredChunk {
+                size,
+                checksum: crc,
+            },
+        )),
         failed,
         receipts,
+        pending,
     })
 }
 
@@ -639,47 +1152,58 @@ async fn conclude(
 /// Chunks that fit a volume travel on the peer's small-chunk link.
 async fn upload_whole(
     node: &Arc<Node>,
-    session: &UploadSession,
+    session: &mut UploadSession,
     session_id: &str,
     frame: Frame,
 ) -> Result<ChunkReplicas, DataPathError> {
     let chunk_id = &session.chunk_id;
     let mut check = FrameCheck::new(session.size, session.checksum, node.max_frame_bytes());
     receive_frame(node, &mut check, &frame, stream::UPLOAD)?;
+    let crc = check.crc;
     let header = ReplicaHeader {
         session_id: session_id.to_string(),
         chunk_id: chunk_id.clone(),
         size: session.size,
-        checksum: Some(check.crc),
+        checksum: Some(crc),
         source_node_id: node.node_id.clone(),
     };
     let wait = node.config.replica_stall_timeout * 3;
-    let local = async {
-        let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), session.size);
-        local.write(frame.data.clone()).await?;
-        local.finish(session.size, Some(check.crc)).await
-    };
-    let remotes = futures::future::join_all(session.targets.iter().map(|target| {
-        let (header, frame) = (&header, frame.clone());
-        async move {
-            let outcome = match tokio::time::timeout(wait, send_whole(node, target, header, frame)).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(st)) => Err((st.message().to_string(), "error")),
-                Err(_) => Err((format!("no durable answer within {wait:?}"), "stall")),
-            };
-            let outcome = outcome.map_err(|(reason, kind)| {
+    let size = session.size;
+    let mut ends = Ends::new(node, size, crc);
+    let (store, id, data, reservation) = (
+        node.store.clone(),
+        chunk_id.clone(),
+        frame.data.clone(),
+        session.reservation.take(),
+    );
+    ends.local(async move {
+        let mut local = LocalWrite::start(store, id, size);
+        local.write(data).await?;
+        let stored = local.finish(size, Some(crc)).await;
+        drop(reservation);
+        stored
+    });
+    for target in &session.targets {
+        let (node, target, header, frame) =
+            (node.clone(), target.clone(), header.clone(), frame.clone());
+        ends.remote(target.clone(), async move {
+            let outcome =
+                match tokio::time::timeout(wait, send_whole(&node, &target, &header, frame)).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err(st)) => Err((st.message().to_string(), "error")),
+                    Err(_) => Err((format!("no durable answer within {wait:?}"), "stall")),
+                };
+            outcome.map_err(|(reason, kind)| {
                 tracing::warn!(target_node = %target.node_id, "dropping replica from upload: {reason}");
                 node.metrics
                     .replicas_dropped
                     .with_label_values(&[kind])
                     .inc();
                 reason
-            });
-            (target.clone(), outcome)
-        }
-    }));
-    let (local_result, outcomes) = tokio::join!(local, remotes);
-    conclude(node, chunk_id, local_result, outcomes, session.quorum).await
+            })
+        });
+    }
+    settle(node, chunk_id, ends, session.quorum).await
 }
 
 /// One whole chunk to one replica: over the small-chunk link when it fits a
@@ -772,6 +1296,7 @@ pub async fn replicate(
     let result = async {
         let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
+        local.ready().await;
         loop {
             let frame = frames.next(idle).await?;
             receive_frame(&node, &mut check, &frame, stream::REPLICATE)?;

@@ -263,7 +263,25 @@ pub struct Store {
     stages: Arc<StagePool>,
     small_chunk_max: u64,
     volumes: Volumes,
+    /// Bytes of chunk files received but not yet written, across every
+    /// stream ([`WRITE_BUFFER_BYTES`]): what bounds this node's memory when
+    /// its disk is slower than its peers send, however many streams come.
+    write_buffer: Arc<tokio::sync::Semaphore>,
+    /// Chunk files being written at once ([`CONCURRENT_FILE_WRITES`]).
+    file_writers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Chunk files a node writes at once. Each holds a staging buffer and a
+/// thread; a stream beyond them waits, its bytes held back by HTTP/2 flow
+/// control in its sender (where a primary drops a replica that falls
+/// behind its write quorum), so a slow disk with many peers sending to it
+/// does not grow this node's memory with the number of streams.
+pub const CONCURRENT_FILE_WRITES: usize = 16;
+
+/// Bytes of chunk-file frames a node holds queued for its disk at once.
+/// A stream waits (and, through HTTP/2 flow control, its sender) when they
+/// are spent.
+pub const WRITE_BUFFER_BYTES: usize = 32 << 20;
 
 impl Store {
     /// Opens (creating if needed) the store in `data_dir`: removes leftovers of
@@ -340,6 +358,8 @@ impl Store {
                 .small_chunk_max
                 .min(crate::volume::MAX_RECORD_DATA as u64),
             volumes,
+            write_buffer: Arc::new(tokio::sync::Semaphore::new(WRITE_BUFFER_BYTES)),
+            file_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FILE_WRITES)),
         });
         store.scan(replayed)?;
         Ok(store)
@@ -684,6 +704,38 @@ impl Store {
         if let Err(e) = self.drop_quarantined(id) {
             tracing::warn!(chunk_id = %id, "failed to drop the quarantined copy: {e}");
         }
+    }
+
+    /// Room for `bytes` more in the write buffer ([`WRITE_BUFFER_BYTES`]),
+    /// held until they are written.
+    pub async fn buffer_permit(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let n = bytes.clamp(1, WRITE_BUFFER_BYTES) as u32;
+        self.write_buffer
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the write buffer is never closed")
+    }
+
+    /// Room for `bytes` more in the write buffer, if there is some now.
+    pub fn try_buffer_permit(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = bytes.clamp(1, WRITE_BUFFER_BYTES) as u32;
+        self.write_buffer.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// A turn to write one chunk file, if one is free now.
+    pub fn try_writer_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.file_writers.clone().try_acquire_owned().ok()
+    }
+
+    /// A turn to write one chunk file ([`CONCURRENT_FILE_WRITES`]), held
+    /// until it is stored or given up.
+    pub async fn writer_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.file_writers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the writer slots are never closed")
     }
 
     /// True when a chunk of `size` bytes goes to the volumes.

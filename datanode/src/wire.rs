@@ -145,9 +145,20 @@ pub enum DataPathError {
     /// The other side stopped reading our answers.
     #[error("{0} went away")]
     Gone(&'static str),
-    /// Fewer replicas than the write quorum stored the chunk.
+    /// Fewer replicas than the write quorum stored the chunk (or, inside
+    /// the primary, its own copy was given up for falling behind).
     #[error("{0}")]
     Quorum(String),
+    /// Fewer replicas than the write quorum stored the chunk; `failed`
+    /// names the replicas that failed (UNAVAILABLE, with them in
+    /// [`dfs_proto::FAILED_REPLICAS_METADATA`]).
+    #[error("{message}")]
+    QuorumNotReached {
+        /// What happened to each copy.
+        message: String,
+        /// Node ids of the replicas that failed (not the primary).
+        failed: Vec<String>,
+    },
     /// A bug or a lost task on this node.
     #[error("{0}")]
     Internal(String),
@@ -167,6 +178,14 @@ impl From<DataPathError> for Status {
             DataPathError::Idle(_) => Status::deadline_exceeded(e.to_string()),
             DataPathError::Gone(_) => Status::cancelled(e.to_string()),
             DataPathError::Quorum(m) => Status::unavailable(m),
+            DataPathError::QuorumNotReached { message, failed } => {
+                let mut st = Status::unavailable(message);
+                if let Ok(v) = failed.join(",").parse() {
+                    st.metadata_mut()
+                        .insert(dfs_proto::FAILED_REPLICAS_METADATA, v);
+                }
+                st
+            }
             DataPathError::Internal(m) => Status::internal(m),
             DataPathError::Transport(st) => st,
         }

@@ -187,8 +187,57 @@ async fn an_unreachable_replica_is_reported_as_failed() {
     r1.stop().await;
 }
 
+/// A replica that stops reading while the write quorum keeps up without it
+/// is dropped once its queue is full: the upload goes at the quorum's pace,
+/// not the stall timeout's (a minute here; the test would hang).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_replica_is_dropped_after_the_stall_timeout() {
+async fn a_stalled_replica_the_quorum_does_not_need_is_dropped_at_the_quorums_pace() {
+    let stalled = FakeDatanode::start(Behaviour::Stall)
+        .await
+        .target(&"e".repeat(32));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let id = chunk_id();
+    let bytes = data(16 * 1024 * 1024, 6);
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 2),
+    )
+    .await
+    .expect("the upload waited for the stalled replica")
+    .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert!(r.pending.is_empty(), "{:?}", r.pending);
+    assert_eq!(r.failed.len(), 1);
+    assert!(
+        r.failed[0].reason.contains("behind"),
+        "{}",
+        r.failed[0].reason
+    );
+    assert_eq!(
+        primary.counter("dfs_datanode_replicas_dropped_total", "behind"),
+        1
+    );
+    assert_eq!(
+        primary.counter("dfs_datanode_replicas_dropped_total", "stall"),
+        0
+    );
+    primary.stop().await;
+    r1.stop().await;
+}
+
+/// A stalled replica the quorum needs is waited for up to the stall timeout,
+/// then dropped; the upload fails and nothing it wrote stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_the_quorum_needs_is_dropped_after_the_stall_timeout() {
     let stalled = FakeDatanode::start(Behaviour::Stall)
         .await
         .target(&"e".repeat(32));
@@ -201,23 +250,36 @@ async fn a_stalled_replica_is_dropped_after_the_stall_timeout() {
     let mut c = primary.client().await;
     let id = chunk_id();
     let bytes = data(8 * 1024 * 1024, 6);
-    let r = upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 2)
+    let err = upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 3)
         .await
-        .unwrap();
-    assert_eq!(
-        r.replicas,
-        vec![primary.node_id.clone(), r1.node_id.clone()]
-    );
-    assert_eq!(r.failed.len(), 1);
+        .unwrap_err();
     assert!(
-        r.failed[0].reason.contains("stalled"),
-        "{}",
-        r.failed[0].reason
+        err.message().contains("quorum") && err.message().contains("stalled"),
+        "{err:?}"
+    );
+    // The client re-plans without the replica that failed: it is named.
+    assert_eq!(
+        err.metadata()
+            .get(FAILED_REPLICAS_METADATA)
+            .and_then(|v| v.to_str().ok()),
+        Some("e".repeat(32).as_str()),
+        "{err:?}"
     );
     assert_eq!(
         primary.counter("dfs_datanode_replicas_dropped_total", "stall"),
         1
     );
+    for node in [&primary, &r1] {
+        assert_eq!(
+            download(&mut node.client().await, &id, 0, 0)
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound,
+            "a copy stayed on {}",
+            node.node_id
+        );
+    }
     primary.stop().await;
     r1.stop().await;
 }
@@ -437,8 +499,11 @@ async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
     real.stop().await;
 }
 
+/// A replica still writing when the write quorum is durable does not hold
+/// the answer: it is listed as pending and goes on in the background, and
+/// one that never answers is dropped there after its wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_never_answers_a_small_chunk_is_dropped() {
+async fn a_replica_that_never_answers_a_small_chunk_is_pending_then_dropped() {
     let stalled = NodeAddress {
         node_id: "e".repeat(32),
         address: FakeDatanode::start(Behaviour::Stall).await.address,
@@ -464,15 +529,17 @@ async fn a_replica_that_never_answers_a_small_chunk_is_dropped() {
         r.replicas,
         vec![primary.node_id.clone(), r1.node_id.clone()]
     );
-    assert!(
-        r.failed[0].reason.contains("no durable answer"),
-        "{:?}",
-        r.failed
-    );
-    assert_eq!(
-        primary.counter("dfs_datanode_replicas_dropped_total", "stall"),
-        1
-    );
+    assert_eq!(r.pending, vec![stalled.node_id.clone()]);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    // Answered before the replica's wait (3 × 200 ms) ran out: it is
+    // pending, not failed.
+    assert_eq!(r.receipts.len(), 2);
+    eventually("the pending replica is dropped in the background", || {
+        primary.counter("dfs_datanode_replicas_dropped_total", "stall") == 1
+            && primary.counter("dfs_datanode_pending_replicas_finished_total", "failed") == 1
+            && primary.counter("dfs_datanode_pending_replicas", "") == 0
+    })
+    .await;
     // Below the quorum nothing is kept, here or on the replica that stored it.
     let id = chunk_id();
     let err = upload(&mut c, &id, &bytes, vec![stalled, r1.target()], 3)
@@ -489,6 +556,84 @@ async fn a_replica_that_never_answers_a_small_chunk_is_dropped() {
         download(&mut c, &id, 0, 0).await.unwrap_err().code(),
         Code::NotFound
     );
+    primary.stop().await;
+    r1.stop().await;
+}
+
+/// With `--pending-replica-budget 0` the primary waits for every replica,
+/// as before the quorum answered on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_pending_budget_the_primary_waits_for_every_replica() {
+    let stalled = NodeAddress {
+        node_id: "e".repeat(32),
+        address: FakeDatanode::start(Behaviour::Stall).await.address,
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_millis(200);
+        c.pending_replica_budget = dfs_common::size::ByteSize(0);
+    })
+    .await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let bytes = data(4096, 6);
+    let r = upload(&mut c, &chunk_id(), &bytes, vec![stalled, r1.target()], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert!(r.pending.is_empty(), "{:?}", r.pending);
+    assert!(
+        r.failed.len() == 1 && r.failed[0].reason.contains("no durable answer"),
+        "{:?}",
+        r.failed
+    );
+    primary.stop().await;
+    r1.stop().await;
+}
+
+/// Past the pending budget a replica still writing at the quorum's answer
+/// is dropped from the upload (the coordinator repairs the chunk) instead
+/// of being kept in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_pending_budget_a_replica_still_writing_is_dropped() {
+    let stalled = NodeAddress {
+        node_id: "e".repeat(32),
+        address: FakeDatanode::start(Behaviour::Stall).await.address,
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.replica_stall_timeout = std::time::Duration::from_secs(60);
+        c.pending_replica_budget = dfs_common::size::ByteSize(1000);
+    })
+    .await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    let mut c = primary.client().await;
+    let bytes = data(4096, 6);
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        upload(&mut c, &chunk_id(), &bytes, vec![stalled, r1.target()], 2),
+    )
+    .await
+    .expect("the upload waited for the stalled replica")
+    .unwrap();
+    assert_eq!(
+        r.replicas,
+        vec![primary.node_id.clone(), r1.node_id.clone()]
+    );
+    assert!(r.pending.is_empty(), "{:?}", r.pending);
+    assert!(
+        r.failed.len() == 1 && r.failed[0].reason.contains("pending budget"),
+        "{:?}",
+        r.failed
+    );
+    assert_eq!(
+        primary.counter("dfs_datanode_replicas_dropped_total", "over_budget"),
+        1
+    );
+    assert_eq!(primary.counter("dfs_datanode_pending_replicas", ""), 0);
     primary.stop().await;
     r1.stop().await;
 }

@@ -72,3 +72,8 @@ pub const REQUEST_ID_METADATA: &str = "dfs-request-id";
 
 /// The value of [`READ_METADATA`] that allows a stale read.
 pub const STALE_READ: &str = "stale";
+
+/// Metadata key on a primary's "write quorum not reached" status: the node
+/// ids of the replicas that failed (comma-separated), so the client
+/// re-plans the chunk without them instead of meeting them again.
+pub const FAILED_REPLICAS_METADATA: &str = "dfs-failed-replicas";

@@ -113,6 +113,7 @@ fn common_messages_roundtrip() {
             reason: "unavailable".into(),
         }],
         receipts: vec![receipt()],
+        pending: vec!["n4".into()],
     });
     roundtrip(addr(1));
     roundtrip(info());
@@ -214,6 +215,7 @@ fn coordinator_messages_roundtrip() {
             chunk: Some(meta()),
             replicas: vec!["n1".into()],
             receipts: vec![receipt()],
+            pending: vec!["n2".into()],
         }],
     });
     roundtrip(ConfirmUploadResponse {

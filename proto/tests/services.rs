@@ -66,6 +66,7 @@ impl DataNode for EchoDataNode {
                         chunk: None,
                         failed: vec![],
                         receipts: vec![],
+                        pending: vec![],
                     });
                     let _ = tx.send(Ok(UploadChunkResponse { kind: Some(done) })).await;
                     break;

@@ -155,6 +155,7 @@ pub fn confirm_request(plan: &UploadPlan) -> ConfirmUploadRequest {
                     created: true,
                 })
                 .collect(),
+            pending: vec![],
         })
         .collect();
     ConfirmUploadRequest {

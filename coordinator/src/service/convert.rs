@@ -315,6 +315,8 @@ pub(super) struct ConfirmRequest {
     pub upload_id: UploadId,
     pub records: Vec<ChunkRecord>,
     pub receipts: Vec<confirm::Receipts>,
+    /// Per chunk: planned replicas still writing at the upload's answer.
+    pub pending: Vec<Vec<NodeId>>,
 }
 
 impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
@@ -332,6 +334,7 @@ impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
         chunks.sort_by_key(|c| c.index);
         let mut records = Vec::with_capacity(chunks.len());
         let mut receipts = Vec::with_capacity(chunks.len());
+        let mut pending = Vec::with_capacity(chunks.len());
         for (i, c) in chunks.into_iter().enumerate() {
             if c.index != i as u64 {
                 return Err(Status::invalid_argument(format!(
@@ -346,13 +349,16 @@ impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
             };
             if c.replicas.len() > MAX_CONFIRMED_REPLICAS
                 || c.receipts.len() > MAX_CONFIRMED_REPLICAS
+                || c.pending.len() > MAX_CONFIRMED_REPLICAS
             {
                 return Err(Status::invalid_argument(format!(
-                    "chunk {i} names {} replicas and {} receipts; at most {MAX_CONFIRMED_REPLICAS} each",
+                    "chunk {i} names {} replicas, {} receipts and {} pending replicas; at most {MAX_CONFIRMED_REPLICAS} each",
                     c.replicas.len(),
-                    c.receipts.len()
+                    c.receipts.len(),
+                    c.pending.len()
                 )));
             }
+            pending.push(parse_ids(c.pending)?);
             receipts.push(
                 c.receipts
                     .into_iter()
@@ -371,6 +377,7 @@ impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
             upload_id,
             records,
             receipts,
+            pending,
         })
     }
 }

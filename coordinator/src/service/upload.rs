@@ -162,6 +162,7 @@ impl CoordinatorService {
             upload_id,
             records,
             receipts,
+            pending,
         } = ConfirmRequest::try_from(req)?;
         // A retry of a confirm already applied (its answer lost, say in a
         // leader change) gets the first answer: the upload id is the key.
@@ -176,6 +177,7 @@ impl CoordinatorService {
             .verified_replicas(&upload_id, records, &receipts)
             .await?;
         let now_ms = now_unix_ms();
+        let ids: Vec<ChunkId> = records.iter().map(|r| r.id.clone()).collect();
         let outcome = self
             .ctx
             .propose(Command::Once {
@@ -188,6 +190,14 @@ impl CoordinatorService {
                 }),
             })
             .await?;
+        // Replicas still writing: repair waits for their own reports.
+        if pending.iter().any(|p| !p.is_empty()) {
+            let mut st = self.ctx.lock();
+            let mono = monotonic_ms();
+            for (id, nodes) in ids.iter().zip(&pending) {
+                st.cluster.expect_writing(id, nodes, mono);
+            }
+        }
         Ok(pb::ConfirmUploadResponse {
             file: Some(file_info(&entry_of(outcome)?)),
         })
