@@ -169,14 +169,34 @@ fn put_get_stat_ls_rm_and_survive_a_killed_datanode() {
         "byte-identical"
     );
 
-    // stat --json lists every chunk on 3 distinct nodes.
-    let stat = cluster
-        .dfs()
-        .args(["stat", "--json", "/data/file.bin"])
-        .output()
-        .unwrap();
-    assert!(stat.status.success());
-    let stat = json(&stat.stdout);
+    // stat --json lists every chunk on 3 distinct nodes (once a replica
+    // still writing at the upload's answer reported the chunk).
+    let distinct = |chunk: &serde_json::Value| {
+        let mut r: Vec<&str> = chunk["replicas"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        r.sort();
+        r.dedup();
+        r.len()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let stat = loop {
+        let stat = cluster
+            .dfs()
+            .args(["stat", "--json", "/data/file.bin"])
+            .output()
+            .unwrap();
+        assert!(stat.status.success());
+        let stat = json(&stat.stdout);
+        let all = stat["chunks"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| distinct(c) == 3));
+        if all || std::time::Instant::now() > deadline {
+            break stat;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(stat["size"], 5 * 1024 * 1024 + 12345);
     let chunks = stat["chunks"].as_array().unwrap();
     assert_eq!(chunks.len(), 6);

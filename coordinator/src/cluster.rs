@@ -243,6 +243,9 @@ pub struct HeartbeatEvent {
     pub removed: Vec<ChunkId>,
     /// Chunks found corrupt.
     pub corrupt: Vec<ChunkId>,
+    /// Pending copies of this node's uploads that failed after the upload
+    /// answered (chunk, node that was writing it).
+    pub abandoned: Vec<(ChunkId, NodeId)>,
     /// Command results.
     pub results: Vec<CommandOutcome>,
 }
@@ -257,6 +260,7 @@ impl HeartbeatEvent {
             added: Vec::new(),
             removed: Vec::new(),
             corrupt: Vec::new(),
+            abandoned: Vec::new(),
             results: Vec::new(),
         }
     }
@@ -741,6 +745,15 @@ impl Cluster {
             });
         };
         let node = &ev.node_id;
+        // Pending copies their primary gave up: no longer waited for.
+        for (chunk, writer) in &ev.abandoned {
+            if let Some(w) = self.writing.get_mut(chunk) {
+                w.retain(|(n, _)| n != writer);
+                if w.is_empty() {
+                    self.writing.remove(chunk);
+                }
+            }
+        }
         {
             let live = self.live.entry(ev.node_id.clone()).or_default();
             live.info = ev.info;
@@ -1773,6 +1786,20 @@ pub(crate) mod tests {
         let orders = cluster.decide(&ns, 2100);
         assert_eq!(orders.len(), 1, "{orders:?}");
         assert_eq!(cluster.writing_replicas(), 0);
+
+        // Its primary reports the copy abandoned: repaired at once.
+        let (mut ns, mut cluster) = setup(4);
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
+        let ev = HeartbeatEvent {
+            info: info(),
+            abandoned: vec![(named(C), named("n2"))],
+            ..HeartbeatEvent::new(named("n0"))
+        };
+        cluster.on_heartbeat(&ns, ev, 100).unwrap();
+        assert_eq!(cluster.writing_replicas(), 0);
+        beat_all(&ns, &mut cluster, 200);
+        assert_eq!(cluster.decide(&ns, 200).len(), 1);
 
         // A writing node that dies no longer holds the repair back; the
         // copy goes to the one other node.

@@ -187,6 +187,7 @@ impl Datanode {
         let node = Arc::new(Node {
             sessions: Sessions::new(config.session_timeout, config.max_sessions, metrics.clone()),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1))),
+            abandoned: Default::default(),
             pending_budget: Arc::new(tokio::sync::Semaphore::new(
                 (config.pending_replica_budget.0 as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
             )),

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::{
-    ChunkReport, CommandResult, DataNodeCommand, Heartbeat, HeartbeatResponse, NodeHealth,
-    NodeInfo, RegisterDataNodeRequest, Topology, data_node_command,
+    AbandonedReplica, ChunkReport, CommandResult, DataNodeCommand, Heartbeat, HeartbeatResponse,
+    NodeHealth, NodeInfo, RegisterDataNodeRequest, Topology, data_node_command,
 };
 use tokio::sync::{Mutex, Notify, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -496,6 +496,14 @@ async fn send_heartbeats(
             let corrupt_now = take(&mut corrupt);
             let n = results.len().min(REPORT_BATCH);
             let results_now: Vec<_> = results.drain(..n).collect();
+            // What does not fit goes with the next heartbeat.
+            let abandoned_now: Vec<AbandonedReplica> = {
+                let mut a = node.abandoned.lock().expect("abandoned lock");
+                let n = a.len().min(room);
+                a.drain(..n)
+                    .map(|(chunk_id, node_id)| AbandonedReplica { chunk_id, node_id })
+                    .collect()
+            };
             let hb = Heartbeat {
                 node_id: node.node_id.clone(),
                 info: Some(node_info(&node)),
@@ -505,6 +513,7 @@ async fn send_heartbeats(
                 corrupt_chunks: corrupt_now,
                 command_results: results_now,
                 cluster_id: node.cluster.get().unwrap_or_default(),
+                abandoned_replicas: abandoned_now,
             };
             let draining = hb
                 .info

@@ -46,6 +46,24 @@ pub struct Node {
     /// Bytes of uploads still being written after their write quorum
     /// answered (`--pending-replica-budget`; see `pipeline::settle`).
     pub pending_budget: Arc<tokio::sync::Semaphore>,
+    /// Pending copies (chunk id, node id) that failed after their upload
+    /// answered, for the next heartbeat (`Heartbeat.abandoned_replicas`).
+    pub abandoned: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+/// Abandoned pending copies kept for the coordinator at most; beyond, the
+/// oldest are forgotten (the coordinator repairs them after its grace).
+pub const MAX_ABANDONED: usize = 10_000;
+
+impl Node {
+    /// Records a pending copy that failed after its upload answered.
+    pub fn abandon(&self, chunk_id: &str, node_id: &str) {
+        let mut a = self.abandoned.lock().expect("abandoned lock");
+        if a.len() >= MAX_ABANDONED {
+            a.remove(0);
+        }
+        a.push((chunk_id.to_string(), node_id.to_string()));
+    }
 }
 
 impl Node {

@@ -251,15 +251,15 @@ pub(crate) enum LocalWrite {
 impl LocalWrite {
     /// A replica's copy (fan-out, repair).
     pub(crate) fn start(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
-        Self::with_queue(store, id, size, REPLICA_WRITER_QUEUE_FRAMES)
+        Self::with_queue(store, id, size, REPLICA_WRITER_QUEUE_FRAMES, false)
     }
 
     /// The primary's own copy of a client's upload.
     fn start_primary(store: Arc<Store>, id: ChunkId, size: u64) -> Self {
-        Self::with_queue(store, id, size, WRITER_QUEUE_FRAMES)
+        Self::with_queue(store, id, size, WRITER_QUEUE_FRAMES, true)
     }
 
-    fn with_queue(store: Arc<Store>, id: ChunkId, size: u64, queue: usize) -> Self {
+    fn with_queue(store: Arc<Store>, id: ChunkId, size: u64, queue: usize, primary: bool) -> Self {
         if store.is_small(size) {
             LocalWrite::Small {
                 store,
@@ -267,7 +267,7 @@ impl LocalWrite {
                 parts: Vec::new(),
             }
         } else {
-            LocalWrite::File(FileWrite::start(store, id, queue))
+            LocalWrite::File(FileWrite::start(store, id, queue, primary))
         }
     }
 
@@ -322,43 +322,49 @@ impl LocalWrite {
 
 /// A chunk file: a blocking writer thread fed through a bounded channel, so
 /// disk writes never block the async threads and never queue unboundedly.
-/// Dropping it before `finish` removes the temp file.
+/// The thread (with its temp file and staging buffer) starts only once the
+/// write has its turn among the node's chunk-file writers, and holds that
+/// turn until it ends. Dropping it before `finish` removes the temp file.
 pub(crate) struct FileWrite {
     tx: Option<mpsc::Sender<WriterMsg>>,
+    /// The receiving end, until the writer thread starts with it.
+    rx: Option<mpsc::Receiver<WriterMsg>>,
     join: Option<JoinHandle<Result<Stored, StoreError>>>,
     store: Arc<Store>,
-    /// This write's turn among the node's chunk-file writers, taken with
-    /// its first bytes.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    id: ChunkId,
+    primary: bool,
 }
 
 impl FileWrite {
-    fn start(store: Arc<Store>, id: ChunkId, queue: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel(queue);
-        let writer_store = store.clone();
-        let join = tokio::task::spawn_blocking(move || {
-            let store = writer_store;
-            // Nothing (no temp file, no staging buffer) before the stream
-            // got its writer slot and sent something.
-            let Some(first) = rx.blocking_recv() else {
-                return Err(StoreError::Cancelled);
-            };
+    /// `primary`: the primary's own copy of a client's upload (its own pool
+    /// of writer slots).
+    fn start(store: Arc<Store>, id: ChunkId, queue: usize, primary: bool) -> Self {
+        let (tx, rx) = mpsc::channel(queue);
+        FileWrite {
+            tx: Some(tx),
+            rx: Some(rx),
+            join: None,
+            store,
+            id,
+            primary,
+        }
+    }
+
+    /// Starts the writer thread, which keeps `slot` until it ends.
+    fn spawn(&mut self, slot: tokio::sync::OwnedSemaphorePermit) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let (store, id) = (self.store.clone(), self.id.clone());
+        self.join = Some(tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let mut w = store.create_writer(&id)?;
-            let mut next = Some(first);
-            while let Some(msg) = next.take().or_else(|| rx.blocking_recv()) {
+            while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     WriterMsg::Data(b, _room) => w.write(&b)?,
                     WriterMsg::Finish(size, checksum) => return w.finish_stored(size, checksum),
                 }
             }
             Err(StoreError::Cancelled)
-        });
-        FileWrite {
-            tx: Some(tx),
-            join: Some(join),
-            store,
-            slot: None,
-        }
+        }));
     }
 
     async fn result(&mut self) -> DataPathError {
@@ -373,9 +379,9 @@ impl FileWrite {
     }
 
     fn try_write(&mut self, data: &Bytes) -> bool {
-        if self.slot.is_none() {
-            match self.store.try_writer_slot() {
-                Some(slot) => self.slot = Some(slot),
+        if self.rx.is_some() {
+            match self.store.try_writer_slot(self.primary) {
+                Some(slot) => self.spawn(slot),
                 None => return false,
             }
         }
@@ -387,8 +393,9 @@ impl FileWrite {
     }
 
     async fn take_slot(&mut self) {
-        if self.slot.is_none() {
-            self.slot = Some(self.store.writer_slot().await);
+        if self.rx.is_some() {
+            let slot = self.store.writer_slot(self.primary).await;
+            self.spawn(slot);
         }
     }
 
@@ -686,7 +693,7 @@ pub async fn upload(
                     written?;
                 } else {
                     let reason = format!(
-                        "the primary's own disk fell {WRITER_QUEUE_FRAMES} frames behind while the write quorum kept up without it"
+                        "the primary's own copy waited {LOCAL_LAG_GRACE:?} for its disk (a full queue of {WRITER_QUEUE_FRAMES} frames, or every writer slot taken) while the write quorum kept up without it"
                     );
                     tracing::warn!("dropping the local copy from the upload: {reason}");
                     node.metrics
@@ -863,6 +870,8 @@ impl Drop for Ends {
 struct Tally {
     local: Option<Result<Stored, DataPathError>>,
     remotes: Vec<(Target, Result<ChunkReplicas, String>)>,
+    /// Replicas whose answer says this upload created their copy.
+    created_on: Vec<Target>,
     durable: usize,
     failed: usize,
 }
@@ -879,6 +888,13 @@ impl Tally {
                 ok
             }
             Ended::Remote(target, outcome) => {
+                // A copy this upload created is rolled back below the
+                // quorum even when its receipt names other bytes.
+                if let Ok(answer) = &outcome
+                    && answered_receipt(answer, &target.node_id).is_none_or(|rc| rc.created)
+                {
+                    self.created_on.push(target.clone());
+                }
                 let outcome = outcome.and_then(|answer| {
                     match answered_receipt(&answer, &target.node_id) {
                         Some(r) if r.checksum != crc || r.size != size => Err(format!(
@@ -951,6 +967,13 @@ async fn settle(
         // rollback, so none lands after it.
         while let Some(e) = ends.next().await {
             tally.add(e, size, crc);
+        }
+    }
+    // Copies that ended meanwhile are counted, not left pending or dropped.
+    while !ends.names.is_empty() {
+        match futures::FutureExt::now_or_never(ends.next()) {
+            Some(Some(e)) => tally.add(e, size, crc),
+            _ => break,
         }
     }
     let mut pending = Vec::new();
@@ -1032,7 +1055,10 @@ fn detach(
                     None => tracing::debug!(chunk_id = %chunk_id, node = %name, "pending copy stored"),
                     // The chunk is committed on its quorum: the coordinator
                     // repairs it once this copy's grace is over.
-                    Some(reason) => tracing::warn!(chunk_id = %chunk_id, node = %name, "pending copy failed after the upload answered: {reason}"),
+                    Some(reason) => {
+                        tracing::warn!(chunk_id = %chunk_id, node = %name, "pending copy failed after the upload answered: {reason}");
+                        node.abandon(chunk_id.as_ref(), &name);
+                    }
                 }
             }
         }
@@ -1054,18 +1080,12 @@ async fn conclude(
     size: u64,
     crc: u32,
 ) -> Result<ChunkReplicas, DataPathError> {
-    let Tally { local, remotes, .. } = tally;
-    // What a rollback may delete: copies this upload created, never a copy
-    // that was already there (it may be a confirmed chunk's).
-    let stored_on: Vec<Target> = remotes
-        .iter()
-        .filter(|(t, r)| {
-            r.as_ref().is_ok_and(|answer| {
-                answered_receipt(answer, &t.node_id).is_none_or(|rc| rc.created)
-            })
-        })
-        .map(|(t, _)| t.clone())
-        .collect();
+    let Tally {
+        local,
+        remotes,
+        created_on: stored_on,
+        ..
+    } = tally;
     let mut replicas = Vec::new();
     let mut receipts = Vec::new();
     let mut failed = Vec::new();
@@ -1177,7 +1197,7 @@ async fn upload_whole(
         session.reservation.take(),
     );
     ends.local(async move {
-        let mut local = LocalWrite::start(store, id, size);
+        let mut local = LocalWrite::start_primary(store, id, size);
         local.write(data).await?;
         let stored = local.finish(size, Some(crc)).await;
         drop(reservation);

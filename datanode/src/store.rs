@@ -267,11 +267,16 @@ pub struct Store {
     /// stream ([`WRITE_BUFFER_BYTES`]): what bounds this node's memory when
     /// its disk is slower than its peers send, however many streams come.
     write_buffer: Arc<tokio::sync::Semaphore>,
-    /// Chunk files being written at once ([`CONCURRENT_FILE_WRITES`]).
+    /// Chunk files being written at once ([`CONCURRENT_FILE_WRITES`]):
+    /// replicas' copies in one pool, primaries' own copies in another, so
+    /// that primaries waiting on a turn never wait on replica streams whose
+    /// own primaries wait on them (two nodes replicating to each other).
     file_writers: Arc<tokio::sync::Semaphore>,
+    primary_writers: Arc<tokio::sync::Semaphore>,
 }
 
-/// Chunk files a node writes at once. Each holds a staging buffer and a
+/// Chunk files a node writes at once, as replicas, and again as primaries
+/// (two pools). Each holds a staging buffer and a
 /// thread; a stream beyond them waits, its bytes held back by HTTP/2 flow
 /// control in its sender (where a primary drops a replica that falls
 /// behind its write quorum), so a slow disk with many peers sending to it
@@ -360,6 +365,7 @@ impl Store {
             volumes,
             write_buffer: Arc::new(tokio::sync::Semaphore::new(WRITE_BUFFER_BYTES)),
             file_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FILE_WRITES)),
+            primary_writers: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FILE_WRITES)),
         });
         store.scan(replayed)?;
         Ok(store)
@@ -724,14 +730,22 @@ impl Store {
     }
 
     /// A turn to write one chunk file, if one is free now.
-    pub fn try_writer_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.file_writers.clone().try_acquire_owned().ok()
+    pub fn try_writer_slot(&self, primary: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.writers(primary).clone().try_acquire_owned().ok()
+    }
+
+    fn writers(&self, primary: bool) -> &Arc<tokio::sync::Semaphore> {
+        if primary {
+            &self.primary_writers
+        } else {
+            &self.file_writers
+        }
     }
 
     /// A turn to write one chunk file ([`CONCURRENT_FILE_WRITES`]), held
     /// until it is stored or given up.
-    pub async fn writer_slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        self.file_writers
+    pub async fn writer_slot(&self, primary: bool) -> tokio::sync::OwnedSemaphorePermit {
+        self.writers(primary)
             .clone()
             .acquire_owned()
             .await

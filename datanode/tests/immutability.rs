@@ -144,7 +144,12 @@ async fn a_stored_chunk_id_never_gets_other_bytes_on_any_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_holding_other_bytes_is_not_counted_and_keeps_them() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    // Every replica waited for (no pending budget): the refusal is in the
+    // answer, not left to finish after it.
+    let primary = TestNode::start(dirs[0].path(), |c| {
+        c.pending_replica_budget = dfs_common::size::ByteSize(0);
+    })
+    .await;
     let replica = TestNode::start(dirs[1].path(), |_| {}).await;
     let id = chunk_id();
     let theirs = data(300_000, 7);

@@ -63,6 +63,12 @@ async fn frames_are_forwarded_to_two_replicas_while_still_receiving() {
     }
 }
 
+/// A primary that waits for every replica before it answers (no pending
+/// budget): its answer then names the fate of each.
+fn wait_for_all(c: &mut dfs_datanode::Config) {
+    c.pending_replica_budget = dfs_common::size::ByteSize(0);
+}
+
 /// Starts a datanode on its own runtime so the test can kill it abruptly
 /// (every socket closes, nothing drains), like a crashed process.
 fn start_killable(dir: std::path::PathBuf) -> (tokio::runtime::Runtime, NodeAddress) {
@@ -87,7 +93,9 @@ async fn replica_dies_mid_stream(
     String,
 ) {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    // Every replica waited for (no pending budget), so the answer says what
+    // became of each rather than leaving one pending.
+    let primary = TestNode::start(dirs[0].path(), wait_for_all).await;
     let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let dying_dir = dirs[2].path().to_path_buf();
     let (rt, dying) = tokio::task::spawn_blocking(move || start_killable(dying_dir))
@@ -166,7 +174,7 @@ async fn below_quorum_the_upload_fails_and_nothing_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_replica_is_reported_as_failed() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |_| {}).await;
+    let primary = TestNode::start(dirs[0].path(), wait_for_all).await;
     let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let nowhere = NodeAddress {

@@ -293,6 +293,10 @@ fn coordinator_messages_roundtrip() {
             error: "boom".into(),
         }],
         cluster_id: "c".into(),
+        abandoned_replicas: vec![AbandonedReplica {
+            chunk_id: "z".into(),
+            node_id: "n2".into(),
+        }],
     });
     for command in [
         data_node_command::Command::Replicate(ReplicateChunkCommand {

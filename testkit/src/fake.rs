@@ -338,6 +338,7 @@ async fn heartbeat(fleet: Fleet, mut client: Client, id: String) {
                         corrupt_chunks: std::mem::take(&mut me.pending_corrupt),
                         command_results: std::mem::take(&mut me.results),
                         cluster_id: String::new(),
+                        abandoned_replicas: Vec::new(),
                     }
                 };
                 if tx.send(hb).await.is_err() {

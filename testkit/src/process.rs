@@ -798,6 +798,28 @@ pub fn state_of(nodes: &[NodeStatus], node_id: &str) -> Option<NodeState> {
 
 /// Checks that every chunk of `map` has exactly `factor` replicas, none of them
 /// in `excluded`.
+/// The chunk map of `path` once every chunk lists `factor` replicas, none
+/// on `excluded` ([`check_replicas`]). An upload answers at its write
+/// quorum; a replica still writing then (a slow or busy disk) lands a
+/// moment later and is listed once it reported the chunk.
+pub async fn replicated_map(
+    client: &Client,
+    path: &str,
+    factor: usize,
+    excluded: &[&str],
+) -> ChunkMap {
+    wait_for(
+        &format!("{path} at {factor} replicas"),
+        Duration::from_secs(30),
+        || async {
+            let map = client.chunk_map(path).await.map_err(|e| e.to_string())?;
+            check_replicas(&map, factor, excluded)?;
+            Ok(map)
+        },
+    )
+    .await
+}
+
 pub fn check_replicas(map: &ChunkMap, factor: usize, excluded: &[&str]) -> Result<(), String> {
     for c in &map.chunks {
         let ids: Vec<&str> = c.replicas.iter().map(|r| r.node_id.as_str()).collect();

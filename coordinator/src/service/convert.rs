@@ -390,7 +390,8 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
         let reported = h.chunk_report.as_ref().map_or(0, |r| r.chunks.len())
             + h.added_chunks.len()
             + h.removed_chunks.len()
-            + h.corrupt_chunks.len();
+            + h.corrupt_chunks.len()
+            + h.abandoned_replicas.len();
         if reported > MAX_HEARTBEAT_CHUNKS {
             return Err(Status::invalid_argument(format!(
                 "a heartbeat carries {reported} chunk entries; at most {MAX_HEARTBEAT_CHUNKS} \
@@ -423,6 +424,11 @@ impl TryFrom<pb::Heartbeat> for HeartbeatEvent {
             added: ids(h.added_chunks)?,
             removed: parse_ids(h.removed_chunks)?,
             corrupt: parse_ids(h.corrupt_chunks)?,
+            abandoned: h
+                .abandoned_replicas
+                .into_iter()
+                .map(|a| Ok((parse_id(a.chunk_id)?, parse_id(a.node_id)?)))
+                .collect::<Result<_, Status>>()?,
             results: h
                 .command_results
                 .into_iter()

@@ -36,8 +36,7 @@ fn flipped_bytes_are_detected_served_around_and_repaired() {
             .put_bytes(data.clone(), "/rot.bin", &PutOptions::default())
             .await
             .unwrap();
-        let map = client.chunk_map("/rot.bin").await.unwrap();
-        check_replicas(&map, 3, &[]).unwrap();
+        let map = dfs_chaos::replicated_map(&client, "/rot.bin", 3, &[]).await;
         check_replicas_on_disk(&cluster, &map, &data).unwrap();
         let scrubber = cluster.datanodes[3].node_id().unwrap();
 

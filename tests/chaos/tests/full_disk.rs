@@ -125,8 +125,7 @@ fn full_datanode_is_skipped_and_keeps_nothing_half_written() {
             .put_bytes(data.clone(), "/full/after.bin", &PutOptions::default())
             .await
             .unwrap();
-        let map = client.chunk_map("/full/after.bin").await.unwrap();
-        check_replicas(&map, 3, &[&full_id]).unwrap();
+        dfs_chaos::replicated_map(&client, "/full/after.bin", 3, &[&full_id]).await;
         println!(
             "scenario 6: 15 uploads with one node capped at {} MiB all succeeded; it reports FULL with {} bytes used, {} bytes of chunk files; no temp files",
             CAPACITY >> 20,

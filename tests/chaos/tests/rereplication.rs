@@ -32,8 +32,7 @@ fn dead_datanode_is_declared_dead_and_its_chunks_re_replicated() {
             .put_file(&src, "/repair/data.bin", &PutOptions::default())
             .await
             .unwrap();
-        let map = client.chunk_map("/repair/data.bin").await.unwrap();
-        check_replicas(&map, 3, &[]).unwrap();
+        let map = dfs_chaos::replicated_map(&client, "/repair/data.bin", 3, &[]).await;
 
         let victim = 2;
         let victim_id = cluster.datanodes[victim].node_id().unwrap();
