@@ -750,7 +750,16 @@ fn enospc_and_eio_on_writes_mid_chunk_leave_nothing_half_written() {
         for w in &after {
             match put(&client, w).await {
                 Ok(()) => {
-                    let map = client.chunk_map(&w.path).await.unwrap();
+                    // A copy still writing at the upload's answer is listed
+                    // once it reported the chunk.
+                    let mut map = client.chunk_map(&w.path).await.unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while map.chunks.iter().any(|c| c.replicas.len() < 4)
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        map = client.chunk_map(&w.path).await.unwrap();
+                    }
                     for d in &cluster.datanodes[..2] {
                         let id = d.node_id().unwrap();
                         if let Some(c) = map
