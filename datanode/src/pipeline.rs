@@ -949,22 +949,15 @@ async fn settle(
         tally.add(e, size, crc);
     }
     let budget = node.config.pending_replica_budget.0;
-    if tally.durable >= quorum && !ends.names.is_empty() {
-        let grace = if budget == 0 {
-            Duration::MAX
-        } else {
-            started.elapsed().min(PENDING_GRACE_MAX)
-        };
-        let deadline = tokio::time::Instant::now()
-            .checked_add(grace)
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+    if tally.durable >= quorum && budget > 0 {
+        let deadline = tokio::time::Instant::now() + started.elapsed().min(PENDING_GRACE_MAX);
         while let Ok(Some(e)) = tokio::time::timeout_at(deadline, ends.next()).await {
             tally.add(e, size, crc);
         }
-    }
-    if tally.durable < quorum {
-        // Every copy ends (each bounded by its own wait) before the
-        // rollback, so none lands after it.
+    } else {
+        // Below the quorum every copy ends (each bounded by its own wait)
+        // before the rollback, so none lands after it; without a pending
+        // budget every copy is waited for anyway.
         while let Some(e) = ends.next().await {
             tally.add(e, size, crc);
         }
@@ -1312,11 +1305,13 @@ pub async fn replicate(
             .with_label_values(&["replicate"]),
     );
     let started = Instant::now();
-    let reservation = node.store.reserve(size)?;
     let result = async {
         let mut check = FrameCheck::new(size, checksum, node.max_frame_bytes());
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         local.ready().await;
+        // Space is promised once the write has its turn: a stream waiting
+        // for one holds none.
+        let reservation = node.store.reserve(size)?;
         loop {
             let frame = frames.next(idle).await?;
             receive_frame(&node, &mut check, &frame, stream::REPLICATE)?;
@@ -1329,10 +1324,10 @@ pub async fn replicate(
             }
         }
         let stored = local.finish(size, Some(check.crc)).await?;
+        drop(reservation);
         Ok(stored_answer(&node, chunk_id, stored))
     }
     .await;
-    drop(reservation);
     replica_received(&node, started, &result, header);
     result
 }

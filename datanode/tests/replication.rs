@@ -63,6 +63,20 @@ async fn frames_are_forwarded_to_two_replicas_while_still_receiving() {
     }
 }
 
+/// A primary (configured by `tweak`), a real replica, and a replica that
+/// accepts streams and never answers them (node id "e" × 32).
+async fn with_a_stalled_replica(
+    tweak: impl FnOnce(&mut dfs_datanode::Config),
+) -> (NodeAddress, TestNode, TestNode, Vec<tempfile::TempDir>) {
+    let stalled = FakeDatanode::start(Behaviour::Stall)
+        .await
+        .target(&"e".repeat(32));
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = TestNode::start(dirs[0].path(), tweak).await;
+    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
+    (stalled, primary, r1, dirs)
+}
+
 /// A primary that waits for every replica before it answers (no pending
 /// budget): its answer then names the fate of each.
 fn wait_for_all(c: &mut dfs_datanode::Config) {
@@ -200,15 +214,10 @@ async fn an_unreachable_replica_is_reported_as_failed() {
 /// not the stall timeout's (a minute here; the test would hang).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_the_quorum_does_not_need_is_dropped_at_the_quorums_pace() {
-    let stalled = FakeDatanode::start(Behaviour::Stall)
-        .await
-        .target(&"e".repeat(32));
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |c| {
+    let (stalled, primary, r1, _dirs) = with_a_stalled_replica(|c| {
         c.replica_stall_timeout = std::time::Duration::from_secs(60);
     })
     .await;
-    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let id = chunk_id();
     let bytes = data(16 * 1024 * 1024, 6);
@@ -246,15 +255,10 @@ async fn a_stalled_replica_the_quorum_does_not_need_is_dropped_at_the_quorums_pa
 /// then dropped; the upload fails and nothing it wrote stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_the_quorum_needs_is_dropped_after_the_stall_timeout() {
-    let stalled = FakeDatanode::start(Behaviour::Stall)
-        .await
-        .target(&"e".repeat(32));
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |c| {
+    let (stalled, primary, r1, _dirs) = with_a_stalled_replica(|c| {
         c.replica_stall_timeout = std::time::Duration::from_millis(300);
     })
     .await;
-    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let id = chunk_id();
     let bytes = data(8 * 1024 * 1024, 6);
@@ -512,16 +516,10 @@ async fn small_chunks_fall_back_to_replicate_chunk_for_an_older_peer() {
 /// one that never answers is dropped there after its wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_never_answers_a_small_chunk_is_pending_then_dropped() {
-    let stalled = NodeAddress {
-        node_id: "e".repeat(32),
-        address: FakeDatanode::start(Behaviour::Stall).await.address,
-    };
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |c| {
+    let (stalled, primary, r1, _dirs) = with_a_stalled_replica(|c| {
         c.replica_stall_timeout = std::time::Duration::from_millis(200);
     })
     .await;
-    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let bytes = data(4096, 6);
     let r = upload(
@@ -572,17 +570,11 @@ async fn a_replica_that_never_answers_a_small_chunk_is_pending_then_dropped() {
 /// as before the quorum answered on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_pending_budget_the_primary_waits_for_every_replica() {
-    let stalled = NodeAddress {
-        node_id: "e".repeat(32),
-        address: FakeDatanode::start(Behaviour::Stall).await.address,
-    };
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |c| {
+    let (stalled, primary, r1, _dirs) = with_a_stalled_replica(|c| {
         c.replica_stall_timeout = std::time::Duration::from_millis(200);
         c.pending_replica_budget = dfs_common::size::ByteSize(0);
     })
     .await;
-    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let bytes = data(4096, 6);
     let r = upload(&mut c, &chunk_id(), &bytes, vec![stalled, r1.target()], 2)
@@ -607,17 +599,11 @@ async fn without_a_pending_budget_the_primary_waits_for_every_replica() {
 /// of being kept in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_pending_budget_a_replica_still_writing_is_dropped() {
-    let stalled = NodeAddress {
-        node_id: "e".repeat(32),
-        address: FakeDatanode::start(Behaviour::Stall).await.address,
-    };
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = TestNode::start(dirs[0].path(), |c| {
+    let (stalled, primary, r1, _dirs) = with_a_stalled_replica(|c| {
         c.replica_stall_timeout = std::time::Duration::from_secs(60);
         c.pending_replica_budget = dfs_common::size::ByteSize(1000);
     })
     .await;
-    let r1 = TestNode::start(dirs[1].path(), |_| {}).await;
     let mut c = primary.client().await;
     let bytes = data(4096, 6);
     let r = tokio::time::timeout(
