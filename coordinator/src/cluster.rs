@@ -1828,6 +1828,44 @@ pub(crate) mod tests {
         assert_eq!(cluster.writing_replicas(), 0);
     }
 
+    /// ConfirmUpload notes the replicas still writing before its command
+    /// applies (a repair tick may run right after the apply): a note made
+    /// while the chunk still belongs to the open upload survives the tick
+    /// and holds the repair once the chunk is confirmed.
+    #[test]
+    fn a_replica_noted_writing_before_the_confirm_applies_holds_repair() {
+        let (mut ns, mut cluster) = setup(4);
+        open_upload(&mut ns, 3);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
+        for n in ["n0", "n1", "n2", "n3"] {
+            beat(&ns, &mut cluster, n, 100);
+        }
+        cluster.tick(&ns, 100);
+        assert_eq!(
+            cluster.writing_replicas(),
+            1,
+            "kept while the upload is open"
+        );
+        let chunks = vec![ChunkRecord {
+            id: named(C),
+            checksum: 1,
+            size: 10,
+            algorithm: 1,
+            replicas: nodes(&["n0", "n1"]),
+        }];
+        ns.apply(&Command::ConfirmUpload {
+            upload_id: named("u"),
+            chunks: chunks.clone(),
+            now_ms: 0,
+        })
+        .unwrap();
+        cluster.on_confirmed(&chunks);
+        for n in ["n0", "n1", "n2", "n3"] {
+            beat(&ns, &mut cluster, n, 500);
+        }
+        assert!(cluster.decide(&ns, 500).is_empty(), "waits for n2");
+    }
+
     #[test]
     fn liveness_goes_suspect_then_dead_and_repair_starts_only_when_dead() {
         let (mut ns, mut cluster) = setup(4);

@@ -177,7 +177,19 @@ impl CoordinatorService {
             .verified_replicas(&upload_id, records, &receipts)
             .await?;
         let now_ms = now_unix_ms();
-        let ids: Vec<ChunkId> = records.iter().map(|r| r.id.clone()).collect();
+        // Replicas still writing: repair waits for their own reports. Noted
+        // before the confirm is applied: a repair tick that ran between the
+        // apply and a later note saw the chunk short of a copy and nothing
+        // writing it, and copied it elsewhere (a fourth replica once the
+        // pending one landed; seen in CI). Until the confirm applies, the
+        // chunk belongs to the open upload and the note holds nothing back.
+        if pending.iter().any(|p| !p.is_empty()) {
+            let mut st = self.ctx.lock();
+            let mono = monotonic_ms();
+            for (r, nodes) in records.iter().zip(&pending) {
+                st.cluster.expect_writing(&r.id, nodes, mono);
+            }
+        }
         let outcome = self
             .ctx
             .propose(Command::Once {
@@ -190,14 +202,6 @@ impl CoordinatorService {
                 }),
             })
             .await?;
-        // Replicas still writing: repair waits for their own reports.
-        if pending.iter().any(|p| !p.is_empty()) {
-            let mut st = self.ctx.lock();
-            let mono = monotonic_ms();
-            for (id, nodes) in ids.iter().zip(&pending) {
-                st.cluster.expect_writing(id, nodes, mono);
-            }
-        }
         Ok(pb::ConfirmUploadResponse {
             file: Some(file_info(&entry_of(outcome)?)),
         })
