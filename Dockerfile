@@ -44,7 +44,8 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \
 # gRPC: coordinator 7000, datanode 7101; metrics/probes: 9100, 9101, operator 9200.
 EXPOSE 7000 7101 9100 9101 9200
 # No entry point: the one image runs every component, e.g.
-#   docker run dfs:0.1.0 dfs-coordinator --listen 0.0.0.0:7000 ...
+#   docker run dfs:0.1.0 dfs-coordinator --listen 0.0.0.0:7000 --tls-dir /etc/dfs/tls ...
+# (every server needs --tls-dir, or --insecure for plain text).
 CMD ["dfs", "--help"]
 
 # ---- binaries built on the host (scripts/build-image.sh) ---------------------

@@ -21,13 +21,16 @@
 #        CHUNK_MIB (64: the chunk size of `dfs up`'s coordinator, in MiB),
 #        READERS (4: concurrent readers of the read limit, as many as the
 #        client reads chunks in parallel, ClientConfig::concurrency),
-#        DFS_BIN (a `dfs` binary to measure instead of this tree's release build)
+#        DFS_BIN (a `dfs` binary to measure instead of this tree's release build),
+#        SECURITY (both: a mutual-TLS cluster, then the same build with
+#        --insecure, and the TLS cost of each operation; or tls, or insecure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE="${1:-1GiB}"
 SMALL_FILES="${SMALL_FILES:-2000}"
 REREADS="${REREADS:-3}"
+SECURITY="${SECURITY:-both}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dfs-target}"
 
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null; }; }
@@ -150,21 +153,40 @@ IPERF_PID=$!
 sleep 0.5
 tcp_bps=$(iperf3 -c 127.0.0.1 -p "$port" -t 5 -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8)')
 
-echo "== dfs cluster (dfs up, 3 datanodes, replication 3) in $WORK"
-"$DFS" up --data-dir "$WORK/cluster" --listen 127.0.0.1:0 >"$WORK/up.out" 2>"$WORK/up.err" &
-UP_PID=$!
-for _ in $(seq 1 300); do
-  grep -q '^coordinator endpoint:' "$WORK/up.out" 2>/dev/null && break
-  sleep 0.2
-done
-endpoint=$(sed -n 's/^coordinator endpoint: \([^ ]*\).*/\1/p' "$WORK/up.out")
-[ -n "$endpoint" ] || { echo "dfs up did not start:"; cat "$WORK/up.err"; exit 1; }
+# One fresh `dfs up` cluster per security mode, one after the other on the
+# same machine and build: `tls` (the default, mutual TLS on every hop) and
+# `insecure` (`dfs up --insecure`, plain text), so their figures compare.
+bench_cluster() { # mode → $WORK/bench-<mode>.json
+  local mode="$1" flags=()
+  [ "$mode" = insecure ] && flags=(--insecure)
+  echo "== dfs cluster (dfs up ${flags[*]:-}, 3 datanodes, replication 3) in $WORK/cluster-$mode"
+  "$DFS" up --data-dir "$WORK/cluster-$mode" --listen 127.0.0.1:0 "${flags[@]}" >"$WORK/up.out" 2>"$WORK/up.err" &
+  UP_PID=$!
+  for _ in $(seq 1 300); do
+    grep -q '^coordinator endpoint:' "$WORK/up.out" 2>/dev/null && break
+    sleep 0.2
+  done
+  endpoint=$(sed -n 's/^coordinator endpoint: \([^ ]*\).*/\1/p' "$WORK/up.out")
+  [ -n "$endpoint" ] || { echo "dfs up did not start:"; cat "$WORK/up.err"; exit 1; }
+  credentials=$(sed -n 's/^client credentials: \([^ ]*\).*/\1/p' "$WORK/up.out")
+  local cred_flags=()
+  [ -n "$credentials" ] && cred_flags=(--credentials "$credentials")
 
-echo "== dfs bench --size $SIZE --small-files $SMALL_FILES"
-# shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags
-"$DFS" --coordinator "$endpoint" bench --size "$SIZE" --small-files "$SMALL_FILES" --rereads "$REREADS" ${BENCH_FLAGS:-} --json >"$WORK/bench.json"
+  echo "== dfs bench --size $SIZE --small-files $SMALL_FILES ($mode)"
+  # shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags
+  "$DFS" --coordinator "$endpoint" "${cred_flags[@]}" bench --size "$SIZE" --small-files "$SMALL_FILES" --rereads "$REREADS" ${BENCH_FLAGS:-} --json >"$WORK/bench-$mode.json"
+  kill "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
+  UP_PID=""
+  rm -rf "$WORK/cluster-$mode"
+}
 
-python3 - "$WORK/bench.json" "$(( file_mib << 20 ))" "$write_secs" "$tcp_bps" "$read_secs" "$READERS" "$CHUNK_MIB" <<'PY'
+case "$SECURITY" in
+  both) bench_cluster tls; bench_cluster insecure; main_mode=tls ;;
+  tls|insecure) bench_cluster "$SECURITY"; main_mode="$SECURITY" ;;
+  *) echo "SECURITY must be both, tls or insecure (got $SECURITY)" >&2; exit 2 ;;
+esac
+
+python3 - "$WORK/bench-$main_mode.json" "$(( file_mib << 20 ))" "$write_secs" "$tcp_bps" "$read_secs" "$READERS" "$CHUNK_MIB" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
 size, write_secs, tcp, read_secs = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
@@ -202,3 +224,27 @@ if len(rereads) > 1:
     print(f"{op:<40} {mib(median):>14} {'':>9} {'':>8} {'':>8}  "
           f"{median / tcp:6.0%} of loopback TCP (target >= 60%)")
 PY
+
+if [ "$SECURITY" = both ]; then
+  python3 - "$WORK/bench-tls.json" "$WORK/bench-insecure.json" <<'PY'
+import json, sys
+tls = {r["operation"]: r for r in json.load(open(sys.argv[1]))}
+plain = {r["operation"]: r for r in json.load(open(sys.argv[2]))}
+print()
+print("TLS cost: the same build and machine, mutual TLS vs --insecure (same run)")
+print(f"{'operation':<40} {'tls':>12} {'insecure':>12} {'tls/insecure':>13}  target")
+for op, r in tls.items():
+    p = plain.get(op)
+    if p is None:
+        continue
+    small = r["bytes"] < (64 << 20) or r["ops"] > 16
+    key = "ops_per_second" if small else "bytes_per_second"
+    a, b = r[key], p[key]
+    if small:
+        fa, fb, target = f"{a:9.0f}/s", f"{b:9.0f}/s", ">= 80%"
+    else:
+        fa, fb, target = f"{a / (1 << 20):7.1f} MiB/s", f"{b / (1 << 20):7.1f} MiB/s", ">= 85%"
+    ratio = a / b if b else float("nan")
+    print(f"{op:<40} {fa:>12} {fb:>12} {ratio:12.0%}  {target}")
+PY
+fi

@@ -85,13 +85,13 @@ docker network create --internal "$net" >/dev/null
 log "coordinator + 3 datanodes from $image"
 run_service "$p-coordinator" "$p-coordinator-data" dfs-coordinator \
   --listen 0.0.0.0:7000 --data-dir /var/lib/dfs --metrics-addr 0.0.0.0:9100 \
-  --replication 3 --heartbeat-interval 1s --dead-after 30s
+  --replication 3 --heartbeat-interval 1s --dead-after 30s --insecure
 for i in 1 2 3; do
   run_service "$p-dn$i" "$p-dn$i-data" dfs-datanode \
     --listen 0.0.0.0:7101 --advertise "http://$p-dn$i:7101" \
     --coordinator "http://$p-coordinator:7000" --data-dir /var/lib/dfs \
     --metrics-addr 0.0.0.0:9101 --host "dn$i" --zone "zone-$i" \
-    --capacity 4GiB --heartbeat-interval 1s --scrub-interval 2s
+    --capacity 4GiB --heartbeat-interval 1s --scrub-interval 2s --insecure
 done
 
 log "waiting for 3 healthy datanodes"

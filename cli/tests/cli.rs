@@ -15,6 +15,8 @@ use rand::RngCore;
 struct Cluster {
     up: Child,
     coordinator: String,
+    /// The admin client identity `dfs up` printed (`client credentials:`).
+    credentials: String,
     /// (service name, pid) as printed by `dfs up`.
     pids: Vec<(String, u32)>,
 }
@@ -51,6 +53,7 @@ impl Cluster {
         let mut cluster = Cluster {
             up,
             coordinator: String::new(),
+            credentials: String::new(),
             pids: Vec::new(),
         };
         loop {
@@ -63,6 +66,9 @@ impl Cluster {
                 cluster
                     .pids
                     .push((words[0].to_string(), words[i + 1].parse().expect("pid")));
+            }
+            if let Some(rest) = line.strip_prefix("client credentials: ") {
+                cluster.credentials = rest.split_whitespace().next().unwrap().to_string();
             }
             if let Some(rest) = line.strip_prefix("coordinator endpoint: ") {
                 cluster.coordinator = rest.split_whitespace().next().unwrap().to_string();
@@ -81,6 +87,7 @@ impl Cluster {
     fn dfs(&self) -> assert_cmd::Command {
         let mut cmd = assert_cmd::Command::new(env!("CARGO_BIN_EXE_dfs"));
         cmd.env("DFS_COORDINATOR", &self.coordinator)
+            .env("DFS_TLS_DIR", &self.credentials)
             .env("RUST_LOG", "warn")
             .timeout(Duration::from_secs(120));
         cmd
@@ -329,8 +336,49 @@ fn user_errors_are_one_clear_line() {
         .unwrap();
     assert_clear_error(&out, &addr);
 
-    let cluster = Cluster::start(&tmp.path().join("data"));
+    // `dfs-data`: the CLI's default credentials are `./dfs-data/tls/admin`.
+    let cluster = Cluster::start(&tmp.path().join("dfs-data"));
     let local = random_file(tmp.path(), "in.bin", 1000);
+
+    // Secure by default: from the directory `dfs up` ran in, the CLI finds
+    // the admin identity by itself (the README's commands, unchanged)...
+    let out = cluster
+        .dfs()
+        .env_remove("DFS_TLS_DIR")
+        .current_dir(tmp.path())
+        .args(["ls", "/"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        cluster.coordinator.starts_with("https://"),
+        "{}",
+        cluster.coordinator
+    );
+    // ...and elsewhere, without credentials, it says what to do.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = cluster
+        .dfs()
+        .env_remove("DFS_TLS_DIR")
+        .current_dir(&elsewhere)
+        .args(["ls", "/"])
+        .output()
+        .unwrap();
+    assert_clear_error(&out, "no client credentials were found: set DFS_TLS_DIR");
+    // A plain-text URL to the TLS cluster is refused.
+    let plain = cluster.coordinator.replacen("https://", "http://", 1);
+    let out = cluster
+        .dfs()
+        .env("DFS_COORDINATOR", &plain)
+        .args(["ls", "/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plain text was served");
 
     // Missing local file.
     let out = cluster
@@ -633,6 +681,7 @@ fn coordinators_are_added_and_promoted_from_the_cli() {
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("c{id}")))
                 .args(["--raft-id", &id.to_string(), "--peers", &format!("1={u1}")])
+                .arg("--insecure")
                 .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::piped())

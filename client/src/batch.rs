@@ -18,14 +18,12 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use dfs_proto::coordinator_client::CoordinatorClient;
 use dfs_proto::{
     CallError, ConfirmUploadRequest, ConfirmUploadResponse, ConfirmUploadsRequest,
     UploadFileRequest, UploadFilesRequest, UploadPlan, confirm_upload_result, upload_file_result,
 };
 use futures::future::join_all;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::coordinators::Coordinators;
@@ -147,13 +145,13 @@ pub trait Batchable: Clone + Send + Sync + 'static {
 
     /// The unary call.
     fn call_one(
-        coordinator: CoordinatorClient<Channel>,
+        coordinator: crate::coordinators::Coord,
         request: Self,
     ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 
     /// The batch call: one result per request, in order.
     fn call_batch(
-        coordinator: CoordinatorClient<Channel>,
+        coordinator: crate::coordinators::Coord,
         requests: Vec<Self>,
     ) -> impl Future<Output = Result<Vec<Result<Self::Response, Status>>, Status>> + Send;
 }
@@ -162,14 +160,14 @@ impl Batchable for UploadFileRequest {
     type Response = UploadPlan;
 
     async fn call_one(
-        mut c: CoordinatorClient<Channel>,
+        mut c: crate::coordinators::Coord,
         request: Self,
     ) -> Result<UploadPlan, Status> {
         c.upload_file(request).await.map(|r| r.into_inner())
     }
 
     async fn call_batch(
-        mut c: CoordinatorClient<Channel>,
+        mut c: crate::coordinators::Coord,
         files: Vec<Self>,
     ) -> Result<Vec<Result<UploadPlan, Status>>, Status> {
         let results = c.upload_files(UploadFilesRequest { files }).await?;
@@ -190,14 +188,14 @@ impl Batchable for ConfirmUploadRequest {
     type Response = ConfirmUploadResponse;
 
     async fn call_one(
-        mut c: CoordinatorClient<Channel>,
+        mut c: crate::coordinators::Coord,
         request: Self,
     ) -> Result<ConfirmUploadResponse, Status> {
         c.confirm_upload(request).await.map(|r| r.into_inner())
     }
 
     async fn call_batch(
-        mut c: CoordinatorClient<Channel>,
+        mut c: crate::coordinators::Coord,
         uploads: Vec<Self>,
     ) -> Result<Vec<Result<ConfirmUploadResponse, Status>>, Status> {
         let results = c.confirm_uploads(ConfirmUploadsRequest { uploads }).await?;

@@ -15,7 +15,7 @@ use dfs_proto::{
 use tonic::transport::Channel;
 
 use crate::batch::{self, Batcher};
-use crate::coordinators::Coordinators;
+use crate::coordinators::{Bearer, Coord, Coordinators};
 use crate::error::ClientError;
 use dfs_common::id::NodeId;
 
@@ -24,6 +24,11 @@ use crate::types::{ChunkMap, ClusterStatus, DeleteSummary, FileInfo, NodeStatus}
 /// Called with the number of bytes transferred since the previous call, so
 /// callers can draw progress (the CLI's progress bar).
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The servers a client takes as its coordinators: with TLS, only those
+/// whose certificate names a coordinator (a client certificate of the same
+/// CA, valid for serving too, cannot pose as one).
+const COORDINATOR: &[dfs_common::tls::Kind] = &[dfs_common::tls::Kind::Coordinator];
 
 /// How to reach a cluster and how hard to try.
 #[derive(Clone, Debug)]
@@ -60,6 +65,16 @@ pub struct ClientConfig {
     /// group while the one it went to is unavailable (a leader change takes
     /// one or two seconds). Unused with a single coordinator.
     pub failover_timeout: Duration,
+    /// The credentials presented on `https://` endpoints (coordinators and
+    /// datanodes of a cluster with TLS on): a client identity loaded with
+    /// [`dfs_common::tls::Tls::load`]. Plain text (`http://`) needs none.
+    pub security: dfs_common::tls::Security,
+    /// A bearer token the coordinator verifies (`--client-tokens`), sent
+    /// on every coordinator call as `authorization: Bearer <token>`: the
+    /// calls then have the path roles of the user it names rather than
+    /// those of the client certificate (one certificate serving many
+    /// users). Needs TLS.
+    pub bearer_token: Option<String>,
 }
 
 impl ClientConfig {
@@ -78,6 +93,28 @@ impl ClientConfig {
             batch_small_files: true,
             stale_reads: false,
             failover_timeout: Duration::from_secs(15),
+            security: dfs_common::tls::Security::insecure(),
+            bearer_token: None,
+        }
+    }
+
+    /// The bearer token as call metadata (`None`: no token).
+    fn bearer(&self) -> Result<Bearer, ClientError> {
+        match &self.bearer_token {
+            None => Ok(Bearer(None)),
+            // A token over plain text would be readable on the wire, and a
+            // plain-text coordinator verifies none.
+            Some(_) if !self.security.is_tls() => Err(ClientError::InvalidArgument(
+                "a bearer token needs TLS credentials (an https:// coordinator)".into(),
+            )),
+            Some(t) => format!("Bearer {}", t.trim())
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| {
+                    ClientError::InvalidArgument(
+                        "the bearer token is not a valid header value".into(),
+                    )
+                }),
         }
     }
 }
@@ -158,43 +195,51 @@ impl Client {
         }))
     }
 
-    async fn connect_one(
-        config: &ClientConfig,
-        address: &str,
-    ) -> Result<CoordinatorClient<Channel>, ClientError> {
+    async fn connect_one(config: &ClientConfig, address: &str) -> Result<Coord, ClientError> {
         let endpoint = dfs_common::transport::endpoint(address, config.connect_timeout)
             .map_err(|e| ClientError::InvalidEndpoint {
                 address: address.to_string(),
                 reason: e.to_string(),
             })?
             .timeout(config.request_timeout);
-        let channel =
-            endpoint
-                .connect()
-                .await
-                .map_err(|e| ClientError::CoordinatorUnreachable {
+        let channel = dfs_common::transport::connect_to(endpoint, &config.security, COORDINATOR)
+            .await
+            .map_err(|e| match e {
+                e @ (dfs_common::transport::ChannelError::NoCredentials(_)
+                | dfs_common::transport::ChannelError::PlainTextPeer) => {
+                    ClientError::InvalidEndpoint {
+                        address: address.to_string(),
+                        reason: e.to_string(),
+                    }
+                }
+                e => ClientError::CoordinatorUnreachable {
                     address: address.to_string(),
                     reason: source_chain(&e),
-                })?;
-        Ok(coordinator_client(channel))
+                },
+            })?;
+        Ok(coordinator_client(channel, config.bearer()?))
     }
 
     /// A client calling `coordinator` (at `config.coordinator`) first,
     /// and failing over to the other members of `candidates`.
-    fn with_coordinator(
-        config: ClientConfig,
-        coordinator: CoordinatorClient<Channel>,
-        candidates: &[String],
-    ) -> Client {
+    fn with_coordinator(config: ClientConfig, coordinator: Coord, candidates: &[String]) -> Client {
         let mut members = vec![(config.coordinator.clone(), coordinator)];
         for url in candidates {
             if *url == config.coordinator {
                 continue;
             }
             // Lazily: a member that is down now may be the leader later.
-            if let Ok(endpoint) = dfs_common::transport::endpoint(url, config.connect_timeout) {
-                let channel = endpoint.timeout(config.request_timeout).connect_lazy();
-                members.push((url.clone(), coordinator_client(channel)));
+            if let Ok(endpoint) = dfs_common::transport::endpoint(url, config.connect_timeout)
+                && let Ok(channel) = dfs_common::transport::connect_lazy_to(
+                    endpoint.timeout(config.request_timeout),
+                    &config.security,
+                    COORDINATOR,
+                )
+            {
+                members.push((
+                    url.clone(),
+                    coordinator_client(channel, config.bearer().unwrap_or_default()),
+                ));
             }
         }
         let coordinators = Coordinators::new(members, 0, config.failover_timeout);
@@ -219,8 +264,15 @@ impl Client {
         if let Some(channel) = cache.get(address) {
             return Ok(channel.clone());
         }
-        let channel = dfs_common::transport::lazy_channel(address, self.config.connect_timeout)
-            .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
+        // Chunk bytes go only to datanodes of the cluster (with TLS: their
+        // certificate says so), whatever address a map or plan names.
+        let channel = dfs_common::transport::lazy_channel_to(
+            address,
+            self.config.connect_timeout,
+            &self.config.security,
+            &[dfs_common::tls::Kind::Datanode],
+        )
+        .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
         cache.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -497,8 +549,8 @@ impl Client {
 }
 
 /// A coordinator client with the message limits every call needs.
-fn coordinator_client(channel: Channel) -> CoordinatorClient<Channel> {
-    CoordinatorClient::new(channel)
+fn coordinator_client(channel: Channel, bearer: Bearer) -> Coord {
+    CoordinatorClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }

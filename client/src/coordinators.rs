@@ -21,9 +21,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use dfs_proto::coordinator_client::CoordinatorClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// The generated gRPC client of the coordinator: every call carries the
+/// caller's bearer token, if it has one.
+pub(crate) type Coord = dfs_proto::coordinator_client::CoordinatorClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// Adds `authorization: Bearer <token>` to each coordinator call.
+#[derive(Clone, Default)]
+pub(crate) struct Bearer(pub(crate) Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
 
 /// The members, and which one answered last.
 #[derive(Clone)]
@@ -32,18 +49,14 @@ pub(crate) struct Coordinators {
 }
 
 struct Inner {
-    members: Vec<(String, CoordinatorClient<Channel>)>,
+    members: Vec<(String, Coord)>,
     current: AtomicUsize,
     failover: Duration,
 }
 
 impl Coordinators {
     /// `members` by URL, `current` the index of the one to call first.
-    pub(crate) fn new(
-        members: Vec<(String, CoordinatorClient<Channel>)>,
-        current: usize,
-        failover: Duration,
-    ) -> Self {
+    pub(crate) fn new(members: Vec<(String, Coord)>, current: usize, failover: Duration) -> Self {
         assert!(current < members.len(), "the current member is one of them");
         Coordinators {
             inner: Arc::new(Inner {
@@ -65,7 +78,7 @@ impl Coordinators {
     /// others as the module comment says. With one member, one attempt.
     pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(Coord) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let members = &self.inner.members;
@@ -120,14 +133,20 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn members(n: usize) -> Vec<(String, CoordinatorClient<Channel>)> {
+    fn members(n: usize) -> Vec<(String, Coord)> {
         (0..n)
             .map(|i| {
                 let url = format!("http://127.0.0.1:{}", 1 + i);
                 let channel = tonic::transport::Endpoint::from_shared(url.clone())
                     .unwrap()
                     .connect_lazy();
-                (url, CoordinatorClient::new(channel))
+                (
+                    url,
+                    dfs_proto::coordinator_client::CoordinatorClient::with_interceptor(
+                        channel,
+                        Bearer::default(),
+                    ),
+                )
             })
             .collect()
     }

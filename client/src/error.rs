@@ -83,6 +83,15 @@ pub enum ClientError {
     /// id that breaks its rule, a missing field): a version mismatch or a bug.
     #[error("unexpected answer from the coordinator: {0}")]
     Protocol(String),
+    /// The caller's credentials do not allow the call (PERMISSION_DENIED),
+    /// or it presented none the server accepts (UNAUTHENTICATED).
+    #[error("{method} refused: {message}")]
+    Denied {
+        /// The RPC that was refused.
+        method: &'static str,
+        /// The server's reason (who the caller is and what it needs).
+        message: String,
+    },
     /// Any other RPC failure.
     #[error("{method} failed: {}", status.message())]
     Rpc {
@@ -146,6 +155,10 @@ impl ClientError {
             Code::FailedPrecondition | Code::ResourceExhausted => {
                 ClientError::FailedPrecondition(status.message().to_string())
             }
+            Code::PermissionDenied | Code::Unauthenticated => ClientError::Denied {
+                method,
+                message: status.message().to_string(),
+            },
             _ => ClientError::Rpc {
                 method,
                 status: Box::new(status),
@@ -163,6 +176,10 @@ impl ClientError {
             Code::FailedPrecondition | Code::NotFound => {
                 ClientError::FailedPrecondition(status.message().to_string())
             }
+            Code::PermissionDenied | Code::Unauthenticated => ClientError::Denied {
+                method,
+                message: status.message().to_string(),
+            },
             _ => ClientError::Rpc {
                 method,
                 status: Box::new(status),

@@ -84,6 +84,7 @@ impl Client {
             _ => {}
         }
         let map = self.chunk_map(remote).await?;
+        let renew = Renewal::new(remote);
         let file_info = map.file;
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -103,11 +104,11 @@ impl Client {
 
         let fetched: Result<(), ClientError> = futures::stream::iter(map.chunks)
             .map(|loc| {
-                let writer = &writer;
+                let (writer, renew) = (&writer, &renew);
                 let progress = progress.clone();
                 async move {
                     let mut sink = Sink::<tokio::io::Sink>::File(writer);
-                    self.download_chunk(remote, &loc, &mut sink, progress.as_ref())
+                    self.download_chunk(renew, &loc, &mut sink, progress.as_ref())
                         .await
                 }
             })
@@ -134,10 +135,11 @@ impl Client {
     /// integrity check of a file, and the read path `dfs bench` measures.
     pub async fn verify(&self, remote: &str) -> Result<FileInfo, ClientError> {
         let map = self.chunk_map(remote).await?;
+        let renew = &Renewal::new(remote);
         futures::stream::iter(map.chunks)
             .map(|loc| async move {
                 let mut sink = Sink::<tokio::io::Sink>::Discard;
-                self.download_chunk(remote, &loc, &mut sink, None).await
+                self.download_chunk(renew, &loc, &mut sink, None).await
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .try_collect::<()>()
@@ -162,9 +164,10 @@ impl Client {
         progress: Option<crate::ProgressFn>,
     ) -> Result<FileInfo, ClientError> {
         let map = self.chunk_map(remote).await?;
+        let renew = Renewal::new(remote);
         let mut sink = Sink::Stream(writer);
         for loc in &map.chunks {
-            self.download_chunk(remote, loc, &mut sink, progress.as_ref())
+            self.download_chunk(&renew, loc, &mut sink, progress.as_ref())
                 .await?;
         }
         if let Sink::Stream(w) = sink {
@@ -173,18 +176,29 @@ impl Client {
         Ok(map.file)
     }
 
-    /// Downloads one chunk into `sink`, trying its replicas in order.
+    /// Downloads one chunk into `sink`, trying its replicas in order. A
+    /// read token about to expire (or refused as expired or under a key
+    /// rotated out) is renewed once, from a fresh chunk map of the file:
+    /// a download may outlive the tokens of the map it started with.
     async fn download_chunk<W: AsyncWrite + Unpin>(
         &self,
-        remote: &str,
+        renew: &Renewal<'_>,
         loc: &ChunkLocation,
         sink: &mut Sink<'_, W>,
         progress: Option<&crate::ProgressFn>,
     ) -> Result<(), ClientError> {
+        let remote = renew.remote;
+        let mut loc = std::borrow::Cow::Borrowed(loc);
+        let mut renewed = false;
+        if loc.token.as_ref().is_some_and(expiring) {
+            loc = std::borrow::Cow::Owned(renew.location(self, &loc).await?);
+            renewed = true;
+        }
+        let (index, chunk_id) = (loc.index, loc.chunk_id.to_string());
         let fail = |last_error: String| ClientError::DownloadChunk {
             path: remote.to_string(),
-            index: loc.index,
-            chunk_id: loc.chunk_id.to_string(),
+            index,
+            chunk_id: chunk_id.clone(),
             last_error,
         };
         if loc.replicas.is_empty() {
@@ -195,11 +209,14 @@ impl Client {
         let mut done = 0u64;
         let mut crc = 0u32;
         let mut last_error = String::new();
-        for replica in &loc.replicas {
+        let mut next = 0;
+        while let Some(replica) = loc.replicas.get(next).cloned() {
+            next += 1;
             match self
                 .stream_chunk_from(
                     &replica.address,
                     loc.chunk_id.as_str(),
+                    loc.token.as_ref(),
                     loc.offset,
                     &mut done,
                     &mut crc,
@@ -221,6 +238,15 @@ impl Client {
                     done = 0;
                     crc = 0;
                 }
+                Err(e) if e.code == Some(tonic::Code::Unauthenticated) && !renewed => {
+                    // Expired, or under a key rotated out since the map was
+                    // made: the same replicas again, with a fresh token.
+                    tracing::info!(chunk = %loc.chunk_id, "read token refused, renewing it: {e}");
+                    loc = std::borrow::Cow::Owned(renew.location(self, &loc).await?);
+                    renewed = true;
+                    next = 0;
+                    continue;
+                }
                 Err(e) => last_error = format!("{}: {e}", replica.node_id),
             }
             tracing::warn!(chunk = %loc.chunk_id, "replica failed, trying the next: {last_error}");
@@ -234,13 +260,14 @@ impl Client {
         &self,
         address: &str,
         chunk_id: &str,
+        token: Option<&dfs_proto::ChunkToken>,
         file_offset: u64,
         done: &mut u64,
         crc: &mut u32,
         size: u64,
         sink: &mut Sink<'_, W>,
         progress: Option<&crate::ProgressFn>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplicaError> {
         if *done == size {
             return Ok(());
         }
@@ -252,6 +279,7 @@ impl Client {
             offset: *done,
             length: size - *done,
             frame_bytes: self.config.frame_bytes as u32,
+            token: token.cloned(),
         };
         // Frames are sliced out of the received bytes, not copied (see
         // dfs_proto::chunk_stream).
@@ -260,43 +288,140 @@ impl Client {
         let mut frames = tokio::time::timeout(idle, download)
             .await
             .map_err(|_| format!("no answer within {idle:?}"))?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            .map_err(ReplicaError::from)?;
         while *done < size {
             let frame = tokio::time::timeout(idle, frames.message())
                 .await
                 .map_err(|_| format!("stalled: no frame for {idle:?}"))?
-                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .map_err(ReplicaError::from)?
                 .ok_or_else(|| format!("stream ended at offset {} of {size}", *done))?;
             if frame.offset != *done {
-                return Err(format!(
-                    "frame at offset {}, expected {}",
-                    frame.offset, *done
-                ));
+                return Err(format!("frame at offset {}, expected {}", frame.offset, *done).into());
             }
             if !frame.verify() {
-                return Err(format!(
-                    "frame at offset {} failed its checksum",
-                    frame.offset
-                ));
+                return Err(format!("frame at offset {} failed its checksum", frame.offset).into());
             }
             let len = frame.data.len() as u64;
             if len == 0 && !frame.is_final {
-                return Err("empty frame".into());
+                return Err(String::from("empty frame").into());
             }
             if *done + len > size {
-                return Err(format!("replica sent more than the chunk's {size} bytes"));
+                return Err(format!("replica sent more than the chunk's {size} bytes").into());
             }
             // The frame was just verified against its checksum: combine it
             // into the chunk's instead of a second pass over the bytes.
             *crc = dfs_proto::frame::checksum_extend(*crc, &frame.data, frame.frame_checksum);
             sink.put(file_offset + *done, frame.data)
                 .await
-                .map_err(|e| format!("local write failed: {e}"))?;
+                .map_err(|e| ReplicaError::from(format!("local write failed: {e}")))?;
             *done += len;
             if let Some(progress) = progress {
                 progress(len);
             }
         }
         Ok(())
+    }
+}
+
+/// How far ahead of its expiry a read token is renewed before use.
+const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a token expires within [`RENEW_BEFORE`] (by this client's clock).
+fn expiring(token: &dfs_proto::ChunkToken) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    token.expires_at_unix_s < now.saturating_add(RENEW_BEFORE.as_secs())
+}
+
+/// Fresh read tokens for one download: at most one chunk-map call at a
+/// time, and a map fetched for one chunk serves the others while its
+/// tokens last.
+struct Renewal<'a> {
+    remote: &'a str,
+    latest: tokio::sync::Mutex<Option<Arc<crate::ChunkMap>>>,
+}
+
+impl<'a> Renewal<'a> {
+    fn new(remote: &'a str) -> Self {
+        Self {
+            remote,
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// `loc` with a fresh token (and the replicas the coordinator lists
+    /// now). The file must still hold the same chunk there: one replaced
+    /// during the download fails it rather than mixing two versions.
+    async fn location(
+        &self,
+        client: &Client,
+        loc: &ChunkLocation,
+    ) -> Result<ChunkLocation, ClientError> {
+        let mut latest = self.latest.lock().await;
+        let usable = |m: &crate::ChunkMap| {
+            m.chunks
+                .iter()
+                .find(|c| c.index == loc.index)
+                .filter(|c| !c.token.as_ref().is_some_and(expiring))
+                .cloned()
+        };
+        let found = match latest.as_deref().and_then(usable) {
+            Some(c) => c,
+            None => {
+                let map = Arc::new(client.chunk_map(self.remote).await?);
+                *latest = Some(map.clone());
+                map.chunks
+                    .iter()
+                    .find(|c| c.index == loc.index)
+                    .cloned()
+                    .ok_or_else(|| changed(self.remote, loc))?
+            }
+        };
+        if found.chunk_id != loc.chunk_id || found.checksum != loc.checksum {
+            return Err(changed(self.remote, loc));
+        }
+        Ok(found)
+    }
+}
+
+fn changed(remote: &str, loc: &ChunkLocation) -> ClientError {
+    ClientError::DownloadChunk {
+        path: remote.to_string(),
+        index: loc.index,
+        chunk_id: loc.chunk_id.to_string(),
+        last_error: "the file was replaced during the download".into(),
+    }
+}
+
+/// Why one replica failed to deliver a chunk: its gRPC code, when it
+/// answered with one.
+#[derive(Debug)]
+struct ReplicaError {
+    code: Option<tonic::Code>,
+    message: String,
+}
+
+impl From<String> for ReplicaError {
+    fn from(message: String) -> Self {
+        Self {
+            code: None,
+            message,
+        }
+    }
+}
+
+impl From<tonic::Status> for ReplicaError {
+    fn from(s: tonic::Status) -> Self {
+        Self {
+            code: Some(s.code()),
+            message: format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }

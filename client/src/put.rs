@@ -422,6 +422,7 @@ impl Client {
             targets: planned.nodes[1..].to_vec(),
             write_quorum: plan.write_quorum,
             session_id: String::new(),
+            token: planned.token.clone(),
         };
         let (frames, reader) = read_chunk_frames(
             source,

@@ -105,7 +105,7 @@ pub struct Replica {
 
 /// One chunk of a file: where it sits in the file, its checksum and its
 /// replicas (healthiest first).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChunkLocation {
     /// Position in the file (0-based).
     pub index: u64,
@@ -119,10 +119,13 @@ pub struct ChunkLocation {
     pub checksum: u32,
     /// Where its replicas are.
     pub replicas: Vec<Replica>,
+    /// The read capability the coordinator issued with the map (with
+    /// mutual TLS): every replica's datanode checks it.
+    pub token: Option<pb::ChunkToken>,
 }
 
 /// A file and every one of its chunks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ChunkMap {
     /// The file.
     pub file: FileInfo,
@@ -158,6 +161,7 @@ impl TryFrom<pb::DownloadFileResponse> for ChunkMap {
                             })
                         })
                         .collect::<Result<_, ClientError>>()?,
+                    token: c.token,
                 })
             })
             .collect::<Result<_, ClientError>>()?;
@@ -487,6 +491,7 @@ mod tests {
                     node_id: "dn-1".into(),
                     address: "http://127.0.0.1:1".into(),
                 }],
+                token: Default::default(),
             }],
         })
         .unwrap();

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::tls::{Conn, Connector, Security};
 
 /// HTTP/2 stream window: four default frames in flight per stream.
 pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
@@ -22,9 +23,14 @@ pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// Largest gRPC message (a maximum-size frame plus its envelope).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 + 64 * 1024;
 
-/// The accepted-connection stream of a server, with TCP_NODELAY set.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The accepted-connection stream of a server, with TCP_NODELAY set: TLS
+/// connections (their handshakes done, the peer's principal known) when
+/// `security` has credentials, plain TCP otherwise.
+pub fn incoming(
+    listener: TcpListener,
+    security: &Security,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
+    crate::tls::incoming(listener, security)
 }
 
 /// The longest a server works on one call before answering it
@@ -70,13 +76,79 @@ pub fn coordinator_urls(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why a channel could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error(transparent)]
+    Endpoint(#[from] tonic::transport::Error),
+    /// An `https://` URL without TLS credentials to present.
+    #[error("{0} is served over TLS, but no TLS credentials were given (--tls-dir / DFS_TLS_DIR)")]
+    NoCredentials(String),
+    /// A plain-text (`http://`) peer named to a process that runs TLS.
+    #[error("a plain-text (http://) address in a cluster that runs mutual TLS")]
+    PlainTextPeer,
+}
+
 /// A lazily connecting channel to `url` (connects on first use, reconnects
-/// after failures), with the shared settings.
-pub fn lazy_channel(
+/// after failures), with the shared settings, to a server that must be one
+/// of `kinds`. The URL's scheme decides: `https` is mutual TLS with the
+/// current credentials of `security` (each new connection takes up
+/// reloaded files) and the server's certificate must name one of `kinds`;
+/// `http` is plain TCP, refused by a process that runs TLS. A plan or a
+/// map that names a plain-text or foreign address is thus refused before a
+/// byte is sent, and a client certificate of the same CA (valid for
+/// serving too) cannot pose as a coordinator or a datanode.
+pub fn lazy_channel_to(
     url: &str,
     connect_timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(url, connect_timeout)?.connect_lazy())
+    security: &Security,
+    kinds: &'static [crate::tls::Kind],
+) -> Result<Channel, ChannelError> {
+    connect_lazy_to(endpoint(url, connect_timeout)?, security, kinds)
+}
+
+/// [`lazy_channel_to`] for an endpoint with its own settings.
+pub fn connect_lazy_to(
+    endpoint: Endpoint,
+    security: &Security,
+    kinds: &'static [crate::tls::Kind],
+) -> Result<Channel, ChannelError> {
+    match connector(&endpoint, security, kinds)? {
+        Some(c) => Ok(endpoint.connect_with_connector_lazy(c)),
+        None => Ok(endpoint.connect_lazy()),
+    }
+}
+
+/// [`connect_lazy_to`], connecting now (the first error is the caller's).
+pub async fn connect_to(
+    endpoint: Endpoint,
+    security: &Security,
+    kinds: &'static [crate::tls::Kind],
+) -> Result<Channel, ChannelError> {
+    Ok(match connector(&endpoint, security, kinds)? {
+        Some(c) => endpoint.connect_with_connector(c).await?,
+        None => endpoint.connect().await?,
+    })
+}
+
+/// The TLS connector for `endpoint` (`None`: plain text).
+fn connector(
+    endpoint: &Endpoint,
+    security: &Security,
+    kinds: &'static [crate::tls::Kind],
+) -> Result<Option<Connector>, ChannelError> {
+    if endpoint.uri().scheme_str() != Some("https") {
+        return if security.is_tls() {
+            Err(ChannelError::PlainTextPeer)
+        } else {
+            Ok(None)
+        };
+    }
+    let tls = security
+        .credentials()
+        .cloned()
+        .ok_or_else(|| ChannelError::NoCredentials(endpoint.uri().to_string()))?;
+    Ok(Some(Connector::new(tls, kinds)))
 }
 
 #[cfg(test)]

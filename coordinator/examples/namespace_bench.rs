@@ -119,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
                                 checksum: 1,
                                 size: ch.size,
                                 created: true,
+                                key_id: Default::default(),
+                                tag: Default::default(),
                             })
                             .collect(),
                         pending: vec![],

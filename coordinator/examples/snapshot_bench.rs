@@ -3,7 +3,7 @@
 //! state machine on a temp redb, then
 //!
 //! - memory: RSS growth per file;
-//! - build: a snapshot (copy under the lock, JSON encode, durable store);
+//! - build: a snapshot (copy under the lock, MessagePack encode, durable store);
 //! - restart: reopening the member's state machine from its stored snapshot;
 //! - install: a fresh member installing that snapshot as a follower would.
 //!

@@ -440,7 +440,19 @@ pub struct Cluster {
     /// elsewhere while its own replica is about to land, and is once that
     /// replica's grace is over without its report.
     writing: HashMap<ChunkId, Vec<(NodeId, u64)>>,
+    /// Copies a primary reported abandoned before the client's confirm
+    /// named them as still writing (the primary's heartbeat can beat the
+    /// confirm), until their grace would have ended: the confirm does not
+    /// wait for a copy already known to be lost. At most
+    /// [`MAX_GIVEN_UP`] entries.
+    given_up: HashMap<ChunkId, Vec<(NodeId, u64)>>,
 }
+
+/// Bound on [`Cluster`]'s remembered abandoned copies: beyond it an early
+/// abandonment is forgotten and its copy waits out its grace instead.
+const MAX_GIVEN_UP: usize = 65_536;
+/// Writers remembered per chunk (a plan names at most this many nodes).
+const MAX_GIVEN_UP_PER_CHUNK: usize = 16;
 
 const RATE_WINDOW_MS: u64 = 60_000;
 
@@ -477,6 +489,7 @@ impl Cluster {
             upload_deadlines: HashMap::new(),
             quarantined: HashMap::new(),
             writing: HashMap::new(),
+            given_up: HashMap::new(),
         };
         for (id, record) in ns.nodes() {
             let until = if record.maintenance_until_ms == 0 {
@@ -560,9 +573,11 @@ impl Cluster {
     pub fn expect_writing(&mut self, chunk: &ChunkId, nodes: &[NodeId], now_ms: u64) {
         let until = now_ms.saturating_add(self.timing.pending_replica_grace_ms);
         let holders = self.replicas.get(chunk);
+        let given_up = self.given_up.remove(chunk).unwrap_or_default();
         let list: Vec<(NodeId, u64)> = nodes
             .iter()
             .filter(|n| self.live.contains_key(*n) && holders.is_none_or(|h| !h.contains(*n)))
+            .filter(|n| !given_up.iter().any(|(g, _)| g == *n))
             .map(|n| (n.clone(), until))
             .collect();
         if !list.is_empty() {
@@ -751,6 +766,14 @@ impl Cluster {
                 w.retain(|(n, _)| n != writer);
                 if w.is_empty() {
                     self.writing.remove(chunk);
+                }
+            } else if self.given_up.len() < MAX_GIVEN_UP {
+                // Not confirmed yet: remembered for the confirm to come,
+                // once per writer, at most a plan's worth per chunk.
+                let until = now_ms.saturating_add(self.timing.pending_replica_grace_ms);
+                let g = self.given_up.entry(chunk.clone()).or_default();
+                if g.len() < MAX_GIVEN_UP_PER_CHUNK && !g.iter().any(|(n, _)| n == writer) {
+                    g.push((writer.clone(), until));
                 }
             }
         }
@@ -1183,6 +1206,10 @@ impl Cluster {
                 waiting
             });
             !w.is_empty() && ns.chunk_owner(chunk).is_some()
+        });
+        self.given_up.retain(|_, g| {
+            g.retain(|(_, until)| *until > now_ms);
+            !g.is_empty()
         });
         while self
             .completions
@@ -1797,6 +1824,22 @@ pub(crate) mod tests {
             ..HeartbeatEvent::new(named("n0"))
         };
         cluster.on_heartbeat(&ns, ev, 100).unwrap();
+        assert_eq!(cluster.writing_replicas(), 0);
+        beat_all(&ns, &mut cluster, 200);
+        assert_eq!(cluster.decide(&ns, 200).len(), 1);
+
+        // The primary gives the copy up before the client's confirm
+        // arrives (its heartbeat beat the confirm): the confirm's pending
+        // list does not hold the repair back for a whole grace.
+        let (mut ns, mut cluster) = setup(4);
+        let ev = HeartbeatEvent {
+            info: info(),
+            abandoned: vec![(named(C), named("n2"))],
+            ..HeartbeatEvent::new(named("n0"))
+        };
+        cluster.on_heartbeat(&ns, ev, 5).unwrap();
+        store_file(&mut ns, &mut cluster, &["n0", "n1"]);
+        cluster.expect_writing(&named(C), &nodes(&["n2"]), 10);
         assert_eq!(cluster.writing_replicas(), 0);
         beat_all(&ns, &mut cluster, 200);
         assert_eq!(cluster.decide(&ns, 200).len(), 1);

@@ -101,6 +101,43 @@ pub struct Config {
     /// hold a pipe to the child's stdin).
     #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
+    /// Directory holding this coordinator's TLS identity: `ca.crt`,
+    /// `tls.crt` (a certificate naming `dfs://coordinator/<name>`) and
+    /// `tls.key`, as a Kubernetes TLS Secret mounted as a directory. Every
+    /// hop is mutual TLS 1.3; changed files are taken up without a restart.
+    #[arg(long, env = "DFS_TLS_DIR", conflicts_with = "insecure")]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve and dial plain-text gRPC: no caller is authenticated. Only
+    /// for a trusted network; without it a coordinator needs --tls-dir.
+    #[arg(long, env = "DFS_INSECURE")]
+    pub insecure: bool,
+    /// Client roles on path prefixes (a mounted ConfigMap or Secret): one
+    /// rule per line, `client/<name>|client/* read|write|admin <prefix>`.
+    /// A client may then do only what a rule grants it (admin on `/` also
+    /// grants the admin calls); the operator and the `admin` client keep
+    /// every right. Changes are taken up without a restart. Without it
+    /// every client may read and write the whole namespace.
+    #[arg(long, env = "DFS_ACCESS_FILE")]
+    pub access_file: Option<PathBuf>,
+    /// Bearer tokens of client principals (a mounted Secret): one
+    /// `<name> sha256:<64 hex digits>` per line, the SHA-256 of each token.
+    /// A call over a client certificate that carries `authorization:
+    /// Bearer <token>` then has the path roles of `client/<name>`. Changes
+    /// are taken up without a restart. Needs --tls-dir.
+    #[arg(long, env = "DFS_CLIENT_TOKENS")]
+    pub client_tokens: Option<PathBuf>,
+    /// The chunk-token key file (a mounted Secret): one key per line,
+    /// `<key id> <64 hex digits>`, the first signs and every one verifies.
+    /// Required with --tls-dir: every chunk call on a datanode then needs a
+    /// token this coordinator signed. Changes are taken up without a
+    /// restart (rotate by adding the next key, moving it first, then
+    /// dropping the old one once its tokens expired).
+    #[arg(long, env = "DFS_TOKEN_KEYS")]
+    pub token_keys: Option<PathBuf>,
+    /// How long a chunk map's read tokens and a repair's replicate tokens
+    /// stay valid (an upload's write tokens live as long as its plan).
+    #[arg(long, env = "DFS_CHUNK_TOKEN_LIFETIME", default_value = "10m", value_parser = parse_duration)]
+    pub chunk_token_lifetime: Duration,
     /// Safe mode after start ends once this share of the known datanodes
     /// sent a full chunk report (at least one). 0..=1.
     #[arg(long, env = "DFS_SAFE_MODE_NODE_SHARE", default_value_t = 0.6)]
@@ -321,6 +358,8 @@ impl Config {
         use clap::Parser;
         let mut c = Config::parse_from(["dfs-coordinator"]);
         c.data_dir = data_dir.into();
+        // Embedded (tests, benchmarks): plain text unless told otherwise.
+        c.insecure = true;
         c
     }
 }

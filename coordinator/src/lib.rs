@@ -24,6 +24,8 @@
 //! - [`service`]: the gRPC edge, by concern (uploads, reads, datanodes,
 //!   conversions); [`metrics`]: Prometheus.
 
+pub mod access;
+pub mod bearer;
 pub mod cluster;
 pub mod config;
 pub mod confirm;
@@ -92,6 +94,29 @@ pub enum CoordinatorError {
     /// not supported yet).
     #[error("{0}")]
     WrongLayout(String),
+    /// The TLS credentials could not be used (or neither --tls-dir nor
+    /// --insecure was given).
+    #[error(transparent)]
+    Tls(#[from] dfs_common::tls::TlsError),
+    /// The chunk-token key file could not be used, or a cluster that runs
+    /// mutual TLS was started without one.
+    #[error(transparent)]
+    TokenKeys(#[from] dfs_common::token::KeyFileError),
+    /// The access file could not be used.
+    #[error(transparent)]
+    Access(#[from] access::AccessFileError),
+    /// The client token file could not be used.
+    #[error(transparent)]
+    ClientTokens(#[from] bearer::TokenFileError),
+    /// Bearer tokens without TLS would name principals over plain text.
+    #[error(
+        "--client-tokens needs --tls-dir: a bearer token is honoured only over a client certificate"
+    )]
+    BearerWithoutTls,
+    #[error(
+        "--tls-dir needs --token-keys: with mutual TLS every chunk call on a datanode needs a token this coordinator signs"
+    )]
+    NoTokenKeys,
     /// A background task panicked.
     #[error("failed to join {task}: {source}")]
     Join {
@@ -136,6 +161,7 @@ async fn join_group(
     config: &Config,
     hook: Hook,
     metrics: &Metrics,
+    security: &dfs_common::tls::Security,
 ) -> Result<
     (
         Arc<Mutex<State>>,
@@ -157,6 +183,7 @@ async fn join_group(
         raft::member::config(config.raft_snapshot_every),
         state.clone(),
         hook,
+        security.clone(),
     )
     .await?;
     let raft = member.raft.clone();
@@ -173,9 +200,10 @@ async fn join_group(
         me,
         config.peers.clone(),
         config.initial_cluster_state,
+        security.clone(),
     ));
     let reported = Arc::new(raft::membership::Reported::default());
-    raft::membership::spawn_prober(raft.clone(), me, reported.clone());
+    raft::membership::spawn_prober(raft.clone(), me, reported.clone(), security.clone());
     let (committer, commit_task) = raft::committer::start(raft.clone(), metrics.clone());
     {
         let sm = member.state.clone();
@@ -302,7 +330,42 @@ pub async fn serve(
     let mut config = config;
     config.resolve_raft_id()?;
     config.validate()?;
+    let security = dfs_common::tls::Security::from_flags(
+        config.tls_dir.as_deref(),
+        config.insecure,
+        dfs_common::tls::Kind::Coordinator,
+    )?;
     let metrics = Metrics::new();
+    security.register_metrics(&metrics.registry, "dfs_coordinator");
+    let tokens = match (&config.token_keys, security.is_tls()) {
+        (Some(path), true) => {
+            let file = dfs_common::token::open_key_file(path)?;
+            file.spawn_reloader();
+            Some(service::Tokens {
+                file,
+                lifetime: config.chunk_token_lifetime,
+            })
+        }
+        (None, true) => return Err(CoordinatorError::NoTokenKeys),
+        (_, false) => None,
+    };
+    let access = match &config.access_file {
+        Some(path) => {
+            let file = access::open(path)?;
+            file.spawn_reloader();
+            Some(file)
+        }
+        None => None,
+    };
+    let bearer = match &config.client_tokens {
+        Some(_) if config.tls_dir.is_none() => return Err(CoordinatorError::BearerWithoutTls),
+        Some(path) => {
+            let file = bearer::open(path)?;
+            file.spawn_reloader();
+            Some(file)
+        }
+        None => None,
+    };
     let hook = Hook {
         timing: timing(&config),
     };
@@ -336,7 +399,8 @@ pub async fn serve(
         metrics.raft.single();
         (state, committer, commit_task, None)
     } else {
-        let (state, committer, commit_task, group) = join_group(&config, hook, &metrics).await?;
+        let (state, committer, commit_task, group) =
+            join_group(&config, hook, &metrics, &security).await?;
         (state, committer, commit_task, Some(group))
     };
     let raft = group.as_ref().map(|g| g.raft.clone());
@@ -353,6 +417,10 @@ pub async fn serve(
         raft: raft.clone(),
         reads: service::leader::ReadBarrier::new(raft.clone()),
         group: group.clone(),
+        security: security.clone(),
+        tokens,
+        access,
+        bearer,
     });
     {
         let ctx = ctx.clone();
@@ -467,12 +535,12 @@ pub async fn serve(
     // rest wait their turn); heartbeat streams are one per datanode.
     let raft_svc = group
         .as_ref()
-        .map(|g| raft::network::RaftService::server(g.raft.clone(), g.me));
+        .map(|g| raft::network::RaftService::server(g.raft.clone(), g.me, security.clone()));
     let served = transport::server()
         .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
         .add_service(svc)
         .add_optional_service(raft_svc)
-        .serve_with_incoming_shutdown(transport::incoming(grpc), stopped(stop_rx))
+        .serve_with_incoming_shutdown(transport::incoming(grpc, &security), stopped(stop_rx))
         .await;
     if let Some(raft) = &raft
         && let Err(e) = raft.shutdown().await

@@ -46,6 +46,17 @@ pub const RPC_METHODS: [&str; 21] = [
 /// carry.
 pub const BATCHED_METHODS: [&str; 2] = ["UploadFile", "ConfirmUpload"];
 
+/// `needed` of `refused_calls`: who the refused call was for (`itself`: a
+/// datanode speaking for another node id than its certificate's).
+pub const REFUSED_NEEDED: [&str; 6] = [
+    "clients",
+    "datanodes",
+    "admins",
+    "itself",
+    "paths",
+    "bearer",
+];
+
 /// `outcome` of `forwarded_calls`.
 pub const FORWARD_OUTCOMES: [&str; 3] = ["ok", "refused", "unreachable"];
 
@@ -99,7 +110,10 @@ pub struct Metrics {
     batched_calls: IntCounterVec,
     heartbeat_age: GaugeVec,
     forwarded_calls: IntCounterVec,
+    refused_calls: IntCounterVec,
     read_barrier_rounds: IntCounter,
+    /// Replica receipts ConfirmUpload dropped: their tag did not verify.
+    pub receipts_refused: IntCounter,
     read_barrier_reads: IntCounter,
     read_lease_reads: IntCounter,
     /// Metadata commits (write transactions).
@@ -372,6 +386,25 @@ impl Metrics {
                     &[&FORWARD_OUTCOMES],
                 ),
             ),
+            refused_calls: reg(
+                &r,
+                f,
+                with_series(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "dfs_coordinator_refused_calls_total",
+                            "Calls refused because the caller's certificate does not allow them, by who they are for (clients, datanodes, admins; itself: a datanode naming another node id than its certificate's; paths: a client without the role on the path, see --access-file).",
+                        ),
+                        &["needed"],
+                    )
+                    .expect("valid metric"),
+                    &[&REFUSED_NEEDED],
+                ),
+            ),
+            receipts_refused: c(
+                "dfs_coordinator_receipts_refused_total",
+                "Replica receipts ConfirmUpload did not count because their tag did not verify under that replica's key (forged by a client or a primary); the replica then counts only by its own chunk report.",
+            ),
             read_barrier_rounds: c(
                 "dfs_coordinator_read_barrier_rounds_total",
                 "Rounds in which the leader confirmed its leadership with a quorum before answering reads.",
@@ -458,6 +491,13 @@ impl Metrics {
     pub fn forwarded(&self, outcome: &str) {
         debug_assert!(FORWARD_OUTCOMES.contains(&outcome));
         self.forwarded_calls.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a call refused to its caller (`needed`: one of
+    /// [`REFUSED_NEEDED`]).
+    pub fn refused(&self, needed: &str) {
+        debug_assert!(REFUSED_NEEDED.contains(&needed));
+        self.refused_calls.with_label_values(&[needed]).inc();
     }
 
     /// Counts one leadership confirmation round covering `reads` reads.

@@ -81,6 +81,7 @@ impl Proc {
         self.child = Some(
             Command::new(env!("CARGO_BIN_EXE_dfs-coordinator"))
                 .args(&self.args)
+                .arg("--insecure")
                 .stdin(Stdio::piped())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

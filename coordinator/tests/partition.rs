@@ -112,6 +112,7 @@ fn a_leader_cut_off_from_its_followers_acknowledges_nothing_and_rejoins_as_a_fol
                 .arg(tmp.path().join(format!("c{i}")))
                 .args(["--raft-id", &i.to_string(), "--peers", &peers])
                 .arg("--exit-with-parent")
+                .arg("--insecure")
                 .stdin(Stdio::piped())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

@@ -22,6 +22,7 @@ fn spawn(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--data-dir")
         .arg(dir)
+        .arg("--insecure")
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

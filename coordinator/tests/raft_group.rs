@@ -50,11 +50,22 @@ async fn start_with(
     config: openraft::Config,
 ) -> Running {
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let member = Member::open(id, dir, config, Default::default(), Plain)
-        .await
-        .expect("member starts");
+    let member = Member::open(
+        id,
+        dir,
+        config,
+        Default::default(),
+        Plain,
+        dfs_common::tls::Security::insecure(),
+    )
+    .await
+    .expect("member starts");
     let (tx, rx) = oneshot::channel::<()>();
-    let service = RaftService::server(member.raft.clone(), member.identity());
+    let service = RaftService::server(
+        member.raft.clone(),
+        member.identity(),
+        dfs_common::tls::Security::insecure(),
+    );
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)

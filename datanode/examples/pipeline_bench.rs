@@ -144,6 +144,7 @@ async fn main() {
                 targets: targets.clone(),
                 write_quorum: 0,
                 session_id: String::new(),
+                token: Default::default(),
             })
             .await
             .unwrap()

@@ -163,6 +163,36 @@ pub struct Config {
     #[arg(long, env = "DFS_EXIT_WITH_PARENT")]
     pub exit_with_parent: bool,
 
+    /// Directory holding this datanode's TLS identity: `ca.crt`, `tls.crt`
+    /// (a certificate naming `dfs://datanode/<name>`) and `tls.key`, as a
+    /// Kubernetes TLS Secret mounted as a directory. Clients, other
+    /// datanodes and the coordinator are then reached and served over
+    /// mutual TLS 1.3; changed files are taken up without a restart.
+    #[arg(long, env = "DFS_TLS_DIR", conflicts_with = "insecure")]
+    pub tls_dir: Option<PathBuf>,
+    /// Read `<name>.crt` and `<name>.key` in --tls-dir instead of `tls.crt`
+    /// and `tls.key`: the operator keeps every Kubernetes node's datanode
+    /// identity in one Secret, and each pod passes its node's name.
+    #[arg(long, env = "DFS_TLS_NAME", requires = "tls_dir")]
+    pub tls_name: Option<String>,
+
+    /// How long past its expiry a chunk token is still accepted: the
+    /// clocks of the coordinator and the datanodes may differ by this much.
+    #[arg(long, env = "DFS_TOKEN_CLOCK_SKEW", default_value = "30s", value_parser = parse_duration)]
+    pub token_clock_skew: Duration,
+
+    /// Make --data-dir and everything in it belong to `UID:GID`, then exit
+    /// without serving. For a Kubernetes hostPath directory, which the
+    /// kubelet creates as root: the operator's init container runs this with
+    /// CAP_CHOWN as its one capability, so that the datanode itself runs as
+    /// an unprivileged user.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub chown_data_dir: Option<(u32, u32)>,
+    /// Serve and dial plain-text gRPC: no caller is authenticated. Only
+    /// for a trusted network; without it a datanode needs --tls-dir.
+    #[arg(long, env = "DFS_INSECURE")]
+    pub insecure: bool,
+
     /// Re-home this datanode to the cluster with this id: the one explicit
     /// way to move a datanode that already belongs to a cluster (its
     /// `<data-dir>/cluster_id`) to another one. Without it a coordinator of
@@ -225,6 +255,12 @@ impl Config {
             full_report_interval: parse_duration(DEFAULT_FULL_REPORT_INTERVAL).expect("valid"),
             max_concurrent_replications: DEFAULT_MAX_CONCURRENT_REPLICATIONS,
             exit_with_parent: false,
+            tls_dir: None,
+            tls_name: None,
+            chown_data_dir: None,
+            token_clock_skew: dfs_common::token::CLOCK_SKEW,
+            // Embedded (tests, benchmarks): plain text unless told otherwise.
+            insecure: true,
             rehome_to_cluster: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_sessions: DEFAULT_MAX_SESSIONS,
@@ -251,14 +287,32 @@ impl Config {
     }
 
     /// The endpoint advertised to the coordinator: `--advertise`, or
-    /// `http://<addr>` where `addr` is the address actually bound.
+    /// `http(s)://<addr>` where `addr` is the address actually bound
+    /// (https with `--tls-dir`).
     pub fn advertise_for(&self, bound: SocketAddr) -> String {
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         match &self.advertise {
             Some(a) if a.contains("://") => a.clone(),
-            Some(a) => format!("http://{a}"),
-            None => format!("http://{bound}"),
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{bound}"),
         }
     }
+}
+
+/// `UID:GID`, both numeric.
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: want UID:GID"))?;
+    let num = |x: &str| {
+        x.parse::<u32>()
+            .map_err(|_| format!("{x:?} is not a numeric id"))
+    };
+    Ok((num(u)?, num(g)?))
 }
 
 #[cfg(test)]
@@ -268,7 +322,10 @@ mod tests {
 
     #[test]
     fn defaults_parse_and_match_new() {
-        let parsed = Config::try_parse_from(["anything", "--data-dir", "/tmp/x"]).unwrap();
+        // `Config::new` is for tests and embedding: plain text, said
+        // explicitly as a server on the command line must.
+        let parsed =
+            Config::try_parse_from(["anything", "--data-dir", "/tmp/x", "--insecure"]).unwrap();
         let built = Config::new("/tmp/x");
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
         assert_eq!(

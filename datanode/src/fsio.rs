@@ -112,3 +112,34 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(io_err("rename", path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
+
+/// Gives `dir` (created when missing) and everything under it to
+/// `uid:gid`, changing only what belongs to someone else; returns how many
+/// entries changed. Symbolic links are changed themselves, never followed.
+/// A directory that already belongs to `uid:gid` is not descended into:
+/// what is below it was made by that user (the datanode), and the caller
+/// holds CAP_CHOWN only, not the right to read another user's private
+/// directories. For `--chown-data-dir`: a kubelet-made hostPath directory
+/// handed to the datanode's unprivileged user. Blocking.
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::create_dir_all(dir)?;
+    let mut changed = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        if meta.uid() == uid && meta.gid() == gid {
+            continue;
+        }
+        // The children are listed while the directory is still root's:
+        // after the change, root without DAC_READ_SEARCH may not read it.
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        changed += 1;
+    }
+    Ok(changed)
+}

@@ -103,6 +103,14 @@ pub enum DatanodeError {
     /// Reading a listener's address failed.
     #[error("failed to read the listener address: {0}")]
     LocalAddr(std::io::Error),
+    /// The TLS credentials could not be used (or neither --tls-dir nor
+    /// --insecure was given).
+    #[error(transparent)]
+    Tls(#[from] dfs_common::tls::TlsError),
+    /// The certificate is not a datanode's, or names another node than the
+    /// one this data directory belongs to.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Binds `--listen` and `--metrics-addr` and serves until `shutdown`
@@ -161,13 +169,38 @@ impl Datanode {
         metrics_listener: TcpListener,
     ) -> Result<Datanode, DatanodeError> {
         let bound = grpc.local_addr().map_err(DatanodeError::LocalAddr)?;
+        let security = dfs_common::tls::Security::from_flags_named(
+            config.tls_dir.as_deref(),
+            config.tls_name.as_deref(),
+            config.insecure,
+            dfs_common::tls::Kind::Datanode,
+        )?;
         let metrics = Metrics::new();
+        security.register_metrics(&metrics.registry, "dfs_datanode");
         let data_dir = config.data_dir.clone();
         let options = StoreOptions {
             capacity: config.capacity.map(|c| c.0),
             reserve: config.reserve.0,
             small_chunk_max: config.small_chunk_max.0,
             ..StoreOptions::default()
+        };
+        // With TLS the certificate names the node (`dfs://datanode/<node
+        // id>`): the coordinator accepts this node's reports only under that
+        // id, so the data directory must belong to it.
+        let named = match security.credentials() {
+            Some(tls) => {
+                let p = tls.principal();
+                if p.kind != dfs_common::tls::Kind::Datanode
+                    || !dfs_proto::frame::is_valid_chunk_id(&p.name)
+                {
+                    return Err(DatanodeError::Identity(format!(
+                        "the certificate in {} names {p}: a datanode needs dfs://datanode/<node id> (32 hex digits)",
+                        tls.dir().display()
+                    )));
+                }
+                Some(p.name)
+            }
+            None => None,
         };
         let m = metrics.clone();
         let (store, node_id, cluster) = blocking(move || {
@@ -176,18 +209,20 @@ impl Datanode {
                 path: data_dir.clone(),
                 source,
             })?;
-            let node_id = load_or_create_node_id(&data_dir)?;
+            let node_id = load_or_create_node_id(&data_dir, named.as_deref())?;
             let cluster = membership::ClusterIdentity::load(&data_dir)?;
             let store = Store::open(&data_dir, options, m)?;
             Ok((store, node_id, cluster))
         })
         .await?;
+        let node_id = node_id?;
         let advertise = config.advertise_for(bound);
         tracing::info!(%node_id, cluster_id = %cluster.get().unwrap_or_default(), %advertise, listen = %bound, version = env!("CARGO_PKG_VERSION"), "datanode starting");
         let node = Arc::new(Node {
             sessions: Sessions::new(config.session_timeout, config.max_sessions, metrics.clone()),
             streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1))),
             abandoned: Default::default(),
+            token_keys: Default::default(),
             pending_budget: Arc::new(tokio::sync::Semaphore::new(
                 (config.pending_replica_budget.0 as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
@@ -196,7 +231,8 @@ impl Datanode {
             advertise,
             store,
             metrics,
-            peers: Peers::default(),
+            peers: Peers::new(security.clone()),
+            security,
             small_links: Default::default(),
             stop: Arc::new(watch::channel(false).0),
             draining: Default::default(),
@@ -282,7 +318,7 @@ impl Datanode {
             .concurrency_limit_per_connection(256)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                dfs_common::transport::incoming(self.grpc),
+                dfs_common::transport::incoming(self.grpc, &node.security),
                 wait(stop_rx.clone()),
             );
         // The probes fail once the store cannot write (a dead volume
@@ -353,12 +389,27 @@ async fn reap_sessions(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Reads `<data-dir>/node_id`, or creates it (32 random hex characters,
-/// written atomically) on first start.
-fn load_or_create_node_id(data_dir: &Path) -> Result<String, StoreError> {
+/// Reads `<data-dir>/node_id`, or creates it (`named`, the id the
+/// certificate names, else 32 random hex characters; written atomically) on
+/// first start. The inner error: the directory belongs to another node than
+/// the certificate's.
+fn load_or_create_node_id(
+    data_dir: &Path,
+    named: Option<&str>,
+) -> Result<Result<String, DatanodeError>, StoreError> {
     let path = data_dir.join("node_id");
     match std::fs::read_to_string(&path) {
-        Ok(s) if dfs_proto::frame::is_valid_chunk_id(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(s) if dfs_proto::frame::is_valid_chunk_id(s.trim()) => {
+            let id = s.trim().to_string();
+            return Ok(match named {
+                Some(n) if n != id => Err(DatanodeError::Identity(format!(
+                    "{} belongs to node {id}, but the certificate names node {n}: \
+                     give this node its own certificate (or its own data directory)",
+                    data_dir.display()
+                ))),
+                _ => Ok(id),
+            });
+        }
         Ok(s) => tracing::warn!(content = %s.trim(), "invalid node_id file, generating a new id"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
@@ -369,7 +420,7 @@ fn load_or_create_node_id(data_dir: &Path) -> Result<String, StoreError> {
             });
         }
     }
-    let id = node::random_id();
+    let id = named.map_or_else(node::random_id, str::to_string);
     store::write_atomic(&path, format!("{id}\n").as_bytes())?;
-    Ok(id)
+    Ok(Ok(id))
 }

@@ -10,6 +10,20 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let config = dfs_datanode::Config::parse();
+    if let Some((uid, gid)) = config.chown_data_dir {
+        let changed =
+            dfs_datanode::fsio::chown_tree(&config.data_dir, uid, gid).with_context(|| {
+                format!(
+                    "failed to give {} to {uid}:{gid}",
+                    config.data_dir.display()
+                )
+            })?;
+        println!(
+            "{}: {changed} entries given to {uid}:{gid}",
+            config.data_dir.display()
+        );
+        return Ok(());
+    }
     dfs_common::bootstrap::block_on(dfs_common::bootstrap::serve("dfs-datanode", |shutdown| {
         dfs_datanode::run(config, shutdown)
     }))

@@ -205,16 +205,23 @@ pub async fn run(node: Arc<Node>, ctl: Arc<Control>, mut shutdown: watch::Receiv
     loop {
         let channel = match channels.get(&target) {
             Some(c) => c.clone(),
-            None => match dfs_common::transport::lazy_channel(&target, CONNECT_TIMEOUT) {
-                Ok(c) => {
-                    channels.insert(target.clone(), c.clone());
-                    c
+            None => {
+                match dfs_common::transport::lazy_channel_to(
+                    &target,
+                    CONNECT_TIMEOUT,
+                    &node.security,
+                    &[dfs_common::tls::Kind::Coordinator],
+                ) {
+                    Ok(c) => {
+                        channels.insert(target.clone(), c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        tracing::error!(coordinator = %target, "invalid coordinator address, not registering: {e}");
+                        return;
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(coordinator = %target, "invalid coordinator address, not registering: {e}");
-                    return;
-                }
-            },
+            }
         };
         let ended = {
             let current = session(&node, &ctl, channel, &mut backoff);
@@ -374,6 +381,7 @@ async fn session(
     }
     node.metrics.fenced.set(0);
     node.metrics.registrations.with_label_values(&["ok"]).inc();
+    node.set_token_keys(&registered.token_keys);
     *backoff = BACKOFF_START;
     if registered.heartbeat_interval_ms > 0 {
         ctl.heartbeat_ms
@@ -542,6 +550,7 @@ fn handle_response(
     if response.cluster_id != ours {
         return Err(fence(node, &ours, &response.cluster_id));
     }
+    node.set_token_keys(&response.token_keys);
     for command in response.commands {
         tokio::spawn(execute(node.clone(), ctl.clone(), command));
     }
@@ -575,6 +584,7 @@ async fn execute(node: Arc<Node>, ctl: Arc<Control>, command: DataNodeCommand) {
                     },
                     format!("repair-{command_id}"),
                     c.max_bytes_per_second,
+                    c.token,
                 )
                 .await
                 .map_err(|st| st.message().to_string())

@@ -99,6 +99,11 @@ pub struct Metrics {
     pub scrubbed_bytes: IntCounterVec,
     /// Replica targets dropped from an upload, by reason.
     pub replicas_dropped: IntCounterVec,
+    /// Calls refused because the caller's certificate does not allow
+    /// them (a replica stream from something that is not a datanode).
+    pub refused_calls: IntCounter,
+    /// Chunk calls refused for their chunk token, by reason.
+    pub token_refusals: IntCounterVec,
     /// Copies of uploads (this node's own or a replica's) still being
     /// written after the upload answered at its write quorum.
     pub pending_replicas: IntGauge,
@@ -293,6 +298,21 @@ impl Metrics {
                 "Bytes re-verified by the scrubber.",
                 &[],
                 &[],
+            ),
+            refused_calls: registered(
+                &registry,
+                &families,
+                IntCounter::new(
+                    "dfs_datanode_refused_calls_total",
+                    "Calls refused because the caller's certificate does not allow them.",
+                )
+                .expect("valid metric"),
+            ),
+            token_refusals: counter(
+                "dfs_datanode_token_refusals_total",
+                "Chunk calls refused for their chunk token (missing, expired, forged, or for another chunk, operation, node or caller), by reason.",
+                &["reason"],
+                &[dfs_common::token::REASONS],
             ),
             replicas_dropped: counter(
                 "dfs_datanode_replicas_dropped_total",

@@ -29,6 +29,9 @@ pub struct Node {
     pub sessions: Sessions,
     /// Channels to other datanodes.
     pub peers: crate::peers::Peers,
+    /// Its TLS identity (or plain text): for the calls it makes (to other
+    /// datanodes, to the coordinator) and the checks of who calls it.
+    pub security: dfs_common::tls::Security,
     /// Long-lived small-chunk streams to other datanodes.
     pub small_links: crate::links::Links,
     /// Set to true when the node starts shutting down: long-lived incoming
@@ -49,6 +52,64 @@ pub struct Node {
     /// Pending copies (chunk id, node id) that failed after their upload
     /// answered, for the next heartbeat (`Heartbeat.abandoned_replicas`).
     pub abandoned: std::sync::Mutex<Vec<(String, String)>>,
+    /// This node's chunk-token keys, as the coordinator last sent them.
+    pub token_keys: std::sync::RwLock<Option<Arc<dfs_common::token::NodeKeys>>>,
+}
+
+impl Node {
+    /// The chunk-token keys held (none before registration, or in plain
+    /// text).
+    pub fn token_keys(&self) -> Option<Arc<dfs_common::token::NodeKeys>> {
+        self.token_keys.read().expect("token keys lock").clone()
+    }
+
+    /// Takes up the keys a coordinator sent (none sent: unchanged).
+    pub fn set_token_keys(&self, wire: &[dfs_proto::TokenKey]) {
+        if wire.is_empty() {
+            return;
+        }
+        match dfs_common::token::NodeKeys::from_wire(&self.node_id, wire) {
+            Some(keys) => {
+                let keys = keys.with_clock_skew(self.config.token_clock_skew);
+                tracing::info!(key_ids = ?keys.key_ids(), "chunk-token keys received");
+                *self.token_keys.write().expect("token keys lock") = Some(Arc::new(keys));
+            }
+            None => tracing::warn!("malformed chunk-token keys from the coordinator ignored"),
+        }
+    }
+
+    /// Checks the chunk token of a call by `caller` for `op` on
+    /// `chunk_id` (with mutual TLS; plain text lets every call through).
+    /// Refusals are counted by reason.
+    pub fn check_token(
+        &self,
+        token: Option<&dfs_proto::ChunkToken>,
+        chunk_id: &str,
+        op: u32,
+        caller: Option<&dfs_common::tls::Principal>,
+    ) -> Result<(), tonic::Status> {
+        if !self.security.is_tls() {
+            return Ok(());
+        }
+        let result = match (self.token_keys(), caller) {
+            (None, _) => Err(dfs_common::token::TokenError::NoKeys),
+            (Some(_), None) => Err(dfs_common::token::TokenError::Missing),
+            (Some(keys), Some(caller)) => keys.check(
+                token,
+                chunk_id,
+                op,
+                &caller.to_string(),
+                dfs_common::time::now_unix_ms() / 1000,
+            ),
+        };
+        result.map_err(|e| {
+            self.metrics
+                .token_refusals
+                .with_label_values(&[e.reason()])
+                .inc();
+            e.status()
+        })
+    }
 }
 
 /// Abandoned pending copies kept for the coordinator at most; beyond, the
@@ -96,6 +157,8 @@ pub struct UploadSession {
     pub targets: Vec<Target>,
     /// Replicas (counting this node) needed for success.
     pub quorum: usize,
+    /// The write capability it was prepared under, forwarded to `targets`.
+    pub token: Option<dfs_proto::ChunkToken>,
     /// Space promised to the session, until its local copy is stored (an
     /// upload that answers before that hands it to the copy's writer).
     pub reservation: Option<Reservation>,
@@ -135,6 +198,7 @@ impl Sessions {
 
     /// A prepared upload, not yet recorded: `insert_upload` keeps it for a
     /// later stream; a one-call upload uses it at once.
+    #[allow(clippy::too_many_arguments)] // each is one field of the session
     pub fn new_upload(
         &self,
         chunk_id: ChunkId,
@@ -142,6 +206,7 @@ impl Sessions {
         checksum: Option<u32>,
         targets: Vec<Target>,
         quorum: usize,
+        token: Option<dfs_proto::ChunkToken>,
         reservation: Reservation,
     ) -> UploadSession {
         let gauge = self
@@ -154,6 +219,7 @@ impl Sessions {
             checksum,
             targets,
             quorum,
+            token,
             reservation: Some(reservation),
             expires: Instant::now() + self.timeout,
             _gauge: GaugeGuard::new(gauge),

@@ -23,14 +23,27 @@ pub struct Target {
     pub address: String,
 }
 
+/// Most peer channels kept: a cluster's datanodes with room to spare. Past
+/// it, one cached channel is dropped (it reconnects on its next use), so
+/// no caller can make a node hold a channel per address it names.
+pub const MAX_PEER_CHANNELS: usize = 1024;
+
 /// Lazily connected, cached channels to other datanodes: one HTTP/2
 /// connection per peer carries every concurrent stream to it.
-#[derive(Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    security: dfs_common::tls::Security,
 }
 
 impl Peers {
+    /// No channels yet; each will be secured as `security` says.
+    pub fn new(security: dfs_common::tls::Security) -> Self {
+        Self {
+            channels: Mutex::default(),
+            security,
+        }
+    }
+
     /// A client for the datanode at `address`.
     pub fn client(&self, address: &str) -> Result<DataNodeClient<Channel>, Status> {
         Ok(DataNodeClient::new(self.channel(address)?)
@@ -45,18 +58,50 @@ impl Peers {
             match map.get(address) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = dfs_common::transport::lazy_channel(address, CONNECT_TIMEOUT).map_err(
-                        |e| {
-                            Status::invalid_argument(format!(
-                                "invalid datanode address {address:?}: {e}"
-                            ))
-                        },
-                    )?;
+                    // Only datanodes of this cluster: a plan's target is
+                    // never an arbitrary server (no SSRF through fan-out).
+                    let c = dfs_common::transport::lazy_channel_to(
+                        address,
+                        CONNECT_TIMEOUT,
+                        &self.security,
+                        &[dfs_common::tls::Kind::Datanode],
+                    )
+                    .map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "invalid datanode address {address:?}: {e}"
+                        ))
+                    })?;
+                    if map.len() >= MAX_PEER_CHANNELS
+                        && let Some(victim) = map.keys().next().cloned()
+                    {
+                        map.remove(&victim);
+                    }
                     map.insert(address.to_string(), c.clone());
                     c
                 }
             }
         };
         Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_channel_cache_is_bounded() {
+        let peers = Peers::new(dfs_common::tls::Security::insecure());
+        for port in 0..(MAX_PEER_CHANNELS + 100) {
+            peers
+                .channel(&format!("http://127.0.0.1:{}", 10_000 + port))
+                .unwrap();
+        }
+        assert_eq!(peers.channels.lock().unwrap().len(), MAX_PEER_CHANNELS);
+        // A cached peer keeps its one channel.
+        let before = peers.channels.lock().unwrap().len();
+        peers.channel("http://127.0.0.1:10500").unwrap();
+        peers.channel("http://127.0.0.1:10500").unwrap();
+        assert!(peers.channels.lock().unwrap().len() <= before);
     }
 }

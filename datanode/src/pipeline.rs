@@ -64,17 +64,24 @@ pub fn stored_answer(node: &Node, id: &ChunkId, s: Stored) -> ChunkReplicas {
         replicas: vec![node.node_id.clone()],
         chunk: Some(chunk_meta(id, s.chunk)),
         failed: vec![],
-        receipts: vec![receipt(node, s)],
+        receipts: vec![receipt(node, id, s)],
         pending: vec![],
     }
 }
 
-fn receipt(node: &Node, s: Stored) -> ReplicaReceipt {
-    ReplicaReceipt {
+/// This node's receipt for what it stored, signed with its receipt key
+/// when it holds token keys (a cluster with mutual TLS).
+fn receipt(node: &Node, id: &ChunkId, s: Stored) -> ReplicaReceipt {
+    let r = ReplicaReceipt {
         node_id: node.node_id.clone(),
         checksum: s.chunk.checksum,
         size: s.chunk.size,
         created: s.created,
+        ..Default::default()
+    };
+    match node.token_keys() {
+        Some(keys) => keys.sign_receipt(id.as_str(), r),
+        None => r,
     }
 }
 
@@ -90,7 +97,53 @@ fn answered_receipt(answer: &ChunkReplicas, node_id: &str) -> Option<ReplicaRece
         size: c.size,
         // An older peer: as before, its copy counts as this upload's.
         created: true,
+        ..Default::default()
     })
+}
+
+/// An upload's write token covers this chunk on this node for the caller,
+/// and the primary's fan-out goes only to nodes the token names: a plan's
+/// targets are the coordinator's, never a caller's choice.
+pub(crate) fn authorize_upload(
+    node: &Node,
+    start: &UploadStart,
+    caller: Option<&dfs_common::tls::Principal>,
+) -> Result<(), tonic::Status> {
+    node.check_token(
+        start.token.as_ref(),
+        start.chunk_id.as_str(),
+        dfs_common::token::ops::WRITE,
+        caller,
+    )?;
+    if let Some(t) = start.token.as_ref().filter(|_| node.security.is_tls())
+        && let Some(stray) = start.targets.iter().find(|x| !t.nodes.contains(&x.node_id))
+    {
+        node.metrics
+            .token_refusals
+            .with_label_values(&["other_node"])
+            .inc();
+        return Err(tonic::Status::permission_denied(format!(
+            "target {} is not among the nodes the upload's token names",
+            stray.node_id
+        )));
+    }
+    Ok(())
+}
+
+/// A replica stream's token: the upload's write token (forwarded by a
+/// primary it names) or a repair's replicate token.
+pub(crate) fn authorize_replica(
+    node: &Node,
+    header: &ReplicaHeader,
+    caller: Option<&dfs_common::tls::Principal>,
+) -> Result<(), tonic::Status> {
+    let op = match &header.token {
+        Some(t) if t.ops & dfs_common::token::ops::REPLICATE != 0 => {
+            dfs_common::token::ops::REPLICATE
+        }
+        _ => dfs_common::token::ops::WRITE,
+    };
+    node.check_token(header.token.as_ref(), header.chunk_id.as_str(), op, caller)
 }
 
 /// Validates a prepare request (PrepareChunkUpload, or the `prepare` of a
@@ -107,6 +160,7 @@ pub fn prepare_upload(
         checksum,
         targets,
         write_quorum,
+        token,
         ..
     } = start;
     let replicas = 1 + targets.len();
@@ -126,7 +180,7 @@ pub fn prepare_upload(
     let reservation = node.store.reserve(if already_stored { 0 } else { size })?;
     let session = node
         .sessions
-        .new_upload(id, size, checksum, targets, quorum, reservation);
+        .new_upload(id, size, checksum, targets, quorum, token, reservation);
     Ok((session, already_stored))
 }
 
@@ -662,6 +716,7 @@ pub async fn upload(
             size: session.size,
             checksum: session.checksum,
             source_node_id: node.node_id.clone(),
+            token: session.token.clone(),
         };
         let mut forwards: Vec<Forward> = session
             .targets
@@ -751,7 +806,7 @@ pub async fn upload(
                 }
             });
         }
-        settle(&node, &chunk_id, ends, session.quorum).await
+        settle(&node, &chunk_id, ends, session.quorum, session.token.as_ref()).await
     }
     .instrument(span)
     .await;
@@ -937,6 +992,7 @@ async fn settle(
     chunk_id: &ChunkId,
     mut ends: Ends,
     quorum: usize,
+    token: Option<&dfs_proto::ChunkToken>,
 ) -> Result<ChunkReplicas, DataPathError> {
     let (size, crc) = (ends.size, ends.crc);
     let total = ends.names.len();
@@ -1014,7 +1070,7 @@ async fn settle(
     tally
         .remotes
         .sort_by_key(|(t, _)| order.iter().position(|n| *n == t.node_id));
-    conclude(node, chunk_id, tally, pending, quorum, size, crc).await
+    conclude(node, chunk_id, tally, pending, quorum, size, crc, token).await
 }
 
 /// Lets the copies still writing after an upload answered finish in the
@@ -1064,6 +1120,7 @@ fn detach(
 /// (below the write quorum) an error after deleting the copies this upload
 /// made — the local copy's own error when it failed, so the client avoids
 /// this primary.
+#[allow(clippy::too_many_arguments)] // the settled upload, taken apart
 async fn conclude(
     node: &Arc<Node>,
     chunk_id: &ChunkId,
@@ -1072,6 +1129,7 @@ async fn conclude(
     quorum: usize,
     size: u64,
     crc: u32,
+    token: Option<&dfs_proto::ChunkToken>,
 ) -> Result<ChunkReplicas, DataPathError> {
     let Tally {
         local,
@@ -1088,7 +1146,7 @@ async fn conclude(
         Some(Ok(s)) => {
             local_created = s.created;
             replicas.push(node.node_id.clone());
-            receipts.push(receipt(node, s));
+            receipts.push(receipt(node, chunk_id, s));
         }
         Some(Err(e)) => {
             failed.push(ReplicaFailure {
@@ -1118,7 +1176,7 @@ async fn conclude(
     if replicas.len() < quorum {
         // Only what this upload wrote is rolled back: a copy that was
         // already stored (an idempotent retry) may be a confirmed chunk's.
-        rollback(node, chunk_id, &stored_on, local_created).await;
+        rollback(node, chunk_id, &stored_on, local_created, token).await;
         if let Some(e) = local_error {
             return Err(e);
         }
@@ -1179,6 +1237,7 @@ async fn upload_whole(
         size: session.size,
         checksum: Some(crc),
         source_node_id: node.node_id.clone(),
+        token: session.token.clone(),
     };
     let wait = node.config.replica_stall_timeout * 3;
     let size = session.size;
@@ -1216,7 +1275,7 @@ async fn upload_whole(
             })
         });
     }
-    settle(node, chunk_id, ends, session.quorum).await
+    settle(node, chunk_id, ends, session.quorum, session.token.as_ref()).await
 }
 
 /// One whole chunk to one replica: over the small-chunk link when it fits a
@@ -1250,7 +1309,14 @@ async fn send_whole(
 
 /// Removes the copies of a chunk whose upload did not reach its quorum: the
 /// local one and every replica in `stored_on`.
-async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, stored_on: &[Target], local: bool) {
+/// The upload's write token authorises the deletes on its replicas.
+async fn rollback(
+    node: &Arc<Node>,
+    chunk_id: &ChunkId,
+    stored_on: &[Target],
+    local: bool,
+    token: Option<&dfs_proto::ChunkToken>,
+) {
     let store = node.store.clone();
     let id = chunk_id.clone();
     if local && let Err(e) = crate::node::blocking(move || store.delete(&id)).await {
@@ -1260,12 +1326,14 @@ async fn rollback(node: &Arc<Node>, chunk_id: &ChunkId, stored_on: &[Target], lo
         let node = node.clone();
         let target = target.clone();
         let chunk_id = chunk_id.to_string();
+        let token = token.cloned();
         async move {
             let result = async {
                 let mut client = node.peers.client(&target.address)?;
                 client
                     .delete_chunk(DeleteChunkRequest {
                         chunk_id: chunk_id.clone(),
+                        token,
                     })
                     .await
             };

@@ -239,6 +239,7 @@ pub async fn replicate_to(
     target: Target,
     session_id: String,
     rate: u64,
+    token: Option<dfs_proto::ChunkToken>,
 ) -> Result<(), Status> {
     let stored = node
         .store
@@ -261,6 +262,7 @@ pub async fn replicate_to(
         size: stored.size,
         checksum: Some(stored.checksum),
         source_node_id: node.node_id.clone(),
+        token,
     };
     let (frames_tx, mut frames_rx) = mpsc::channel(READ_QUEUE_FRAMES);
     let silent = node.config.replica_stall_timeout * 3;

@@ -70,13 +70,31 @@ impl tower_service::Service<http::Request<Body>> for Routes {
         match request.uri().path() {
             DOWNLOAD_PATH => Box::pin(async move { Ok(download(&service, request).await) }),
             UPLOAD_PATH => {
+                let caller = match service.node().security.principal_of_http(&request) {
+                    Ok(c) => c,
+                    Err(st) => return Box::pin(async move { Ok(st.into_http()) }),
+                };
                 let frames = MessageReader::request(request.into_body(), max);
-                let answers = service.upload_stream(frames);
+                let answers = service.upload_stream(frames, caller);
                 Box::pin(async move { Ok(grpc_response(message_body(answers, true))) })
             }
             REPLICATE_PATH => {
+                // Only another datanode (a primary's fan-out, a repair)
+                // writes a replica this way.
+                let node = service.node();
+                if let Err(st) = node
+                    .security
+                    .require_http(&request, &[dfs_common::tls::Kind::Datanode])
+                {
+                    node.metrics.refused_calls.inc();
+                    return Box::pin(async move { Ok(st.into_http()) });
+                }
+                let caller = match node.security.principal_of_http(&request) {
+                    Ok(c) => c,
+                    Err(st) => return Box::pin(async move { Ok(st.into_http()) }),
+                };
                 let requests = MessageReader::request(request.into_body(), max);
-                let answers = service.replicate_stream(requests);
+                let answers = service.replicate_stream(requests, caller);
                 Box::pin(async move { Ok(grpc_response(message_body(answers, true))) })
             }
             _ => self.generated.call(request),
@@ -88,11 +106,16 @@ impl tower_service::Service<http::Request<Body>> for Routes {
 /// produces; any refusal is a trailers-only gRPC error, as tonic sends it.
 async fn download(service: &DataNodeService, request: http::Request<Body>) -> http::Response<Body> {
     let answer = async {
-        let request = read_request(request.into_body()).await?;
-        let frames = service
-            .download_chunk_stream(tonic::Request::new(request))
-            .await?
-            .into_inner();
+        // The connection's peer (its certificate) travels in the
+        // extensions: the token check needs the caller.
+        let (parts, body) = request.into_parts();
+        let message = read_request(body).await?;
+        let request = tonic::Request::from_parts(
+            tonic::metadata::MetadataMap::from_headers(parts.headers),
+            parts.extensions,
+            message,
+        );
+        let frames = service.download_chunk_stream(request).await?.into_inner();
         Ok::<_, Status>(grpc_response(frame_body(frames)))
     };
     answer.await.unwrap_or_else(|status| status.into_http())

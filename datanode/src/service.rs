@@ -21,8 +21,14 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, blocking};
 use crate::pipeline::{self, prepare_upload};
+use crate::pipeline::{authorize_replica, authorize_upload};
 use crate::read::spawn_read;
-use crate::wire::{self, Acks, chunk_meta, parse_id, status};
+use crate::wire::{self, Acks, Opening, chunk_meta, parse_id, status};
+use dfs_common::tls::Principal;
+use dfs_common::token::ops;
+
+/// The caller's principal (none in plain text).
+type Caller = Option<Arc<Principal>>;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -34,6 +40,36 @@ pub struct DataNodeService {
 }
 
 impl DataNodeService {
+    /// The node it serves.
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Refuses (PERMISSION_DENIED, counted) a call whose caller is none of
+    /// `kinds`; plain text lets every call through.
+    fn only<T>(&self, request: &Request<T>, kinds: &[dfs_common::tls::Kind]) -> Result<(), Status> {
+        match self.node.security.require(request, kinds) {
+            Ok(_) => Ok(()),
+            Err(st) => {
+                self.node.metrics.refused_calls.inc();
+                Err(st)
+            }
+        }
+    }
+
+    /// The chunk `raw` names, when `token` lets `caller` read it here.
+    fn readable(
+        &self,
+        raw: &str,
+        token: Option<&dfs_proto::ChunkToken>,
+        caller: Option<&Principal>,
+    ) -> Result<crate::store::ChunkId, Status> {
+        let id = parse_id(raw)?;
+        self.node
+            .check_token(token, id.as_str(), ops::READ, caller)?;
+        Ok(id)
+    }
+
     /// Serves `node`.
     pub fn new(node: Arc<Node>) -> Self {
         DataNodeService { node }
@@ -41,7 +77,11 @@ impl DataNodeService {
 
     /// UploadChunkStream over any source of frames (tonic's, or the
     /// zero-copy reader of [`crate::routes`]): the answers as a stream.
-    pub fn upload_stream(&self, frames: impl Inbound<ChunkData>) -> BoxStream<UploadChunkResponse> {
+    pub fn upload_stream(
+        &self,
+        frames: impl Inbound<ChunkData>,
+        caller: Caller,
+    ) -> BoxStream<UploadChunkResponse> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let node = self.node.clone();
         tokio::spawn(async move {
@@ -56,6 +96,10 @@ impl DataNodeService {
             let last = async {
                 let idle = node.sessions.timeout();
                 let (opening, first, rest) = wire::open_upload(frames, idle, &node.node_id).await?;
+                if let Opening::Start(start) = &opening {
+                    authorize_upload(&node, start, caller.as_deref())
+                        .map_err(wire::DataPathError::Transport)?;
+                }
                 pipeline::upload(node, opening, first, rest, &acks).await
             }
             .await
@@ -70,6 +114,7 @@ impl DataNodeService {
     pub fn replicate_stream(
         &self,
         requests: impl Inbound<ReplicateChunkRequest>,
+        caller: Caller,
     ) -> BoxStream<UploadChunkResponse> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let node = self.node.clone();
@@ -85,6 +130,8 @@ impl DataNodeService {
             let last = async {
                 let (header, frames) =
                     wire::open_replica(requests, node.sessions.timeout()).await?;
+                authorize_replica(&node, &header, caller.as_deref())
+                    .map_err(wire::DataPathError::Transport)?;
                 pipeline::replicate(node, &header, frames, &acks).await
             }
             .await
@@ -108,7 +155,9 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<PrepareChunkUploadRequest>,
     ) -> Result<Response<PrepareChunkUploadResponse>, Status> {
+        let caller = self.node.security.principal_of(&request)?;
         let mut start = wire::parse_upload_start(request.into_inner(), &self.node.node_id)?;
+        authorize_upload(&self.node, &start, caller.as_deref())?;
         let session_id = std::mem::take(&mut start.session_id);
         let (session, already_stored) = prepare_upload(&self.node, start)?;
         let session_id = self.node.sessions.insert_upload(session_id, session)?;
@@ -127,14 +176,19 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<ChunkData>>,
     ) -> Result<Response<Self::UploadChunkStreamStream>, Status> {
-        Ok(Response::new(self.upload_stream(request.into_inner())))
+        let caller = self.node.security.principal_of(&request)?;
+        Ok(Response::new(
+            self.upload_stream(request.into_inner(), caller),
+        ))
     }
 
     async fn prepare_chunk_download(
         &self,
         request: Request<PrepareChunkDownloadRequest>,
     ) -> Result<Response<PrepareChunkDownloadResponse>, Status> {
-        let id = parse_id(&request.into_inner().chunk_id)?;
+        let caller = self.node.security.principal_of(&request)?;
+        let req = request.into_inner();
+        let id = self.readable(&req.chunk_id, req.token.as_ref(), caller.as_deref())?;
         let stored = self
             .node
             .store
@@ -155,6 +209,7 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<DownloadChunkStreamRequest>,
     ) -> Result<Response<Self::DownloadChunkStreamStream>, Status> {
+        let caller = self.node.security.principal_of(&request)?;
         let req = request.into_inner();
         let id = if !req.session_id.is_empty() {
             self.node
@@ -167,7 +222,7 @@ impl DataNode for DataNodeService {
                     ))
                 })?
         } else {
-            parse_id(&req.chunk_id)?
+            self.readable(&req.chunk_id, req.token.as_ref(), caller.as_deref())?
         };
         let stored = self
             .node
@@ -224,7 +279,11 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<ReplicateChunkRequest>>,
     ) -> Result<Response<Self::ReplicateChunkStream>, Status> {
-        Ok(Response::new(self.replicate_stream(request.into_inner())))
+        self.only(&request, &[dfs_common::tls::Kind::Datanode])?;
+        let caller = self.node.security.principal_of(&request)?;
+        Ok(Response::new(
+            self.replicate_stream(request.into_inner(), caller),
+        ))
     }
 
     type ReplicateSmallChunksStream = BoxStream<SmallChunkResult>;
@@ -233,6 +292,8 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<Streaming<SmallChunk>>,
     ) -> Result<Response<Self::ReplicateSmallChunksStream>, Status> {
+        self.only(&request, &[dfs_common::tls::Kind::Datanode])?;
+        let caller = self.node.security.principal_of(&request)?;
         // One stream slot per long-lived small-chunk link.
         let permit = self.node.stream_permit()?;
         let requests = request.into_inner();
@@ -240,7 +301,7 @@ impl DataNode for DataNodeService {
         let node = self.node.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            crate::small_link::receive(node, requests, tx).await
+            crate::small_link::receive(node, requests, tx, caller).await
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -249,7 +310,27 @@ impl DataNode for DataNodeService {
         &self,
         request: Request<DeleteChunkRequest>,
     ) -> Result<Response<DeleteChunkResponse>, Status> {
-        let id = parse_id(&request.into_inner().chunk_id)?;
+        // Deletes come from the coordinator (over-replication, orphans) or
+        // from a primary rolling back its fan-out; never from a client,
+        // which could otherwise destroy any chunk whose id it learned.
+        self.only(
+            &request,
+            &[
+                dfs_common::tls::Kind::Datanode,
+                dfs_common::tls::Kind::Coordinator,
+            ],
+        )?;
+        let caller = self.node.security.principal_of(&request)?;
+        let req = request.into_inner();
+        let id = parse_id(&req.chunk_id)?;
+        // A delete token, or the write token of the upload whose copy its
+        // primary rolls back.
+        let op = match &req.token {
+            Some(t) if t.ops & ops::DELETE == 0 && t.ops & ops::WRITE != 0 => ops::WRITE,
+            _ => ops::DELETE,
+        };
+        self.node
+            .check_token(req.token.as_ref(), id.as_str(), op, caller.as_deref())?;
         let store = self.node.store.clone();
         let deleted = blocking(move || store.delete(&id)).await.map_err(status)?;
         Ok(Response::new(DeleteChunkResponse { deleted }))

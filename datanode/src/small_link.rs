@@ -43,6 +43,7 @@ pub async fn receive(
     node: Arc<Node>,
     mut requests: Streaming<SmallChunk>,
     out: mpsc::Sender<Result<SmallChunkResult, Status>>,
+    caller: Option<Arc<dfs_common::tls::Principal>>,
 ) {
     let _open = GaugeGuard::new(
         node.metrics
@@ -72,9 +73,10 @@ pub async fn receive(
         let node = node.clone();
         let out = out.clone();
         let all = permits.clone();
+        let caller = caller.clone();
         tokio::spawn(async move {
             let seq = chunk.seq;
-            let answer = match store(&node, chunk).await {
+            let answer = match store(&node, chunk, caller.as_deref()).await {
                 Ok(replicas) => SmallChunkResult {
                     seq,
                     replicas: Some(replicas),
@@ -111,8 +113,13 @@ pub async fn receive(
 }
 
 /// Verifies and stores one whole chunk, as `ReplicateChunk` would.
-async fn store(node: &Arc<Node>, chunk: SmallChunk) -> Result<ChunkReplicas, DataPathError> {
+async fn store(
+    node: &Arc<Node>,
+    chunk: SmallChunk,
+    caller: Option<&dfs_common::tls::Principal>,
+) -> Result<ChunkReplicas, DataPathError> {
     let (header, frame) = parse_small_chunk(chunk)?;
+    crate::pipeline::authorize_replica(node, &header, caller).map_err(DataPathError::Transport)?;
     let (chunk_id, size) = (&header.chunk_id, header.size);
     let _gauge = GaugeGuard::new(
         node.metrics

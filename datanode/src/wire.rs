@@ -260,6 +260,8 @@ pub struct UploadStart {
     pub write_quorum: Option<usize>,
     /// The session id the writer chose (empty: the node picks one).
     pub session_id: String,
+    /// The write capability (checked by [`crate::node::Node::check_token`]).
+    pub token: Option<dfs_proto::ChunkToken>,
 }
 
 /// Parses a PrepareChunkUpload request arriving at `primary`.
@@ -279,6 +281,7 @@ pub fn parse_upload_start(
         targets,
         write_quorum: (req.write_quorum != 0).then_some(req.write_quorum as usize),
         session_id: req.session_id,
+        token: req.token,
     })
 }
 
@@ -296,6 +299,9 @@ pub struct ReplicaHeader {
     pub checksum: Option<u32>,
     /// The sending node (for logs).
     pub source_node_id: String,
+    /// The capability the copy is made under (the upload's write token or
+    /// a repair's replicate token).
+    pub token: Option<dfs_proto::ChunkToken>,
 }
 
 impl ReplicaHeader {
@@ -309,6 +315,7 @@ impl ReplicaHeader {
                 checksum_algorithm: ChecksumAlgorithm::Crc32c as i32,
             }),
             source_node_id: self.source_node_id.clone(),
+            token: self.token.clone(),
         }
     }
 }
@@ -325,6 +332,7 @@ fn parse_replica_header(h: ReplicateChunkHeader) -> Result<ReplicaHeader, DataPa
         size,
         checksum,
         source_node_id: h.source_node_id,
+        token: h.token,
     })
 }
 
@@ -518,6 +526,7 @@ mod tests {
             size: 3,
             checksum: None,
             source_node_id: "dn-1".into(),
+            token: Default::default(),
         }
     }
 

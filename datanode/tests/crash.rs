@@ -24,6 +24,7 @@ fn binary(dir: &std::path::Path, port: u16) -> Command {
         .args(["--coordinator", "http://127.0.0.1:9"])
         .arg("--data-dir")
         .arg(dir)
+        .arg("--insecure")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -13,6 +13,7 @@ fn header(id: &str, bytes: &[u8]) -> ReplicateChunkHeader {
         session_id: "s".into(),
         chunk: Some(meta(id, bytes, true)),
         source_node_id: "a".repeat(32),
+        token: Default::default(),
     }
 }
 

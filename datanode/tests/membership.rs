@@ -79,6 +79,7 @@ impl FakeCoordinator {
             commands,
             state: NodeState::Healthy as i32,
             cluster_id: cluster_id.into(),
+            token_keys: Default::default(),
         }))
         .await
         .unwrap();
@@ -150,6 +151,7 @@ impl Coordinator for FakeCoordinator {
             node_id,
             heartbeat_interval_ms: 50,
             cluster_id: rec.cluster_id.clone(),
+            token_keys: Default::default(),
         }))
     }
 
@@ -174,6 +176,7 @@ impl Coordinator for FakeCoordinator {
                         commands: vec![],
                         state: NodeState::Healthy as i32,
                         cluster_id: cluster_id.clone(),
+                        token_keys: Default::default(),
                     }))
                     .await;
             }
@@ -435,6 +438,7 @@ async fn registers_reports_and_executes_commands() {
                         chunk: Some(meta(&y, &by, true)),
                         target: Some(b.target()),
                         max_bytes_per_second: 0,
+                        token: Default::default(),
                     },
                 )),
             },
@@ -466,6 +470,7 @@ async fn registers_reports_and_executes_commands() {
                     chunk: Some(meta(&x, &bx, true)),
                     target: Some(b.target()),
                     max_bytes_per_second: 0,
+                    token: Default::default(),
                 },
             )),
         }])
@@ -712,6 +717,7 @@ async fn a_repair_source_checks_its_copy_against_the_coordinators_record() {
                     chunk: Some(recorded),
                     target: Some(b.target()),
                     max_bytes_per_second: 0,
+                    token: Default::default(),
                 },
             )),
         }])

@@ -409,6 +409,7 @@ async fn bad_small_chunks_get_their_own_error_and_the_stream_goes_on() {
         session_id: "s".into(),
         chunk: Some(meta(id, bytes, true)),
         source_node_id: "a".repeat(32),
+        token: Default::default(),
     };
     let whole = |bytes: &[u8]| ChunkData::frame(bytes::Bytes::copy_from_slice(bytes), 0, true);
     let ok_id = chunk_id();

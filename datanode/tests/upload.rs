@@ -39,6 +39,7 @@ async fn multi_chunk_round_trip_with_hash_comparison() {
     let p = c
         .prepare_chunk_download(PrepareChunkDownloadRequest {
             chunk_id: id.clone(),
+            token: Default::default(),
         })
         .await
         .unwrap()
@@ -306,6 +307,7 @@ async fn path_traversal_ids_are_rejected_before_touching_the_disk() {
         let err = c
             .delete_chunk(DeleteChunkRequest {
                 chunk_id: bad.into(),
+                token: Default::default(),
             })
             .await
             .unwrap_err();
@@ -313,6 +315,7 @@ async fn path_traversal_ids_are_rejected_before_touching_the_disk() {
         let err = c
             .prepare_chunk_download(PrepareChunkDownloadRequest {
                 chunk_id: bad.into(),
+                token: Default::default(),
             })
             .await
             .unwrap_err();
@@ -360,7 +363,10 @@ async fn capacity_is_refused_counting_open_sessions() {
     assert_eq!(err.code(), Code::ResourceExhausted);
     // Deleted, it frees the space.
     let deleted = c
-        .delete_chunk(DeleteChunkRequest { chunk_id: id_a })
+        .delete_chunk(DeleteChunkRequest {
+            chunk_id: id_a,
+            token: Default::default(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -451,6 +457,7 @@ async fn one_call_uploads_prepare_on_the_first_frame_with_the_same_checks() {
         targets: vec![],
         write_quorum: 0,
         session_id: String::new(),
+        token: Default::default(),
     });
     let err = send_frames(&mut c, f).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

@@ -6,10 +6,11 @@
 //! use), whose domain types are converted here into what the controller needs.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dfs_client::{Client, ClientConfig, ClientError, NodeId};
+use dfs_common::tls::{Security, Tls};
 use futures::future::BoxFuture;
 
 /// A datanode's state: the one enum every dfs crate shares.
@@ -149,7 +150,16 @@ pub trait Coordinator: Send + Sync {
         url: &'a str,
         voter_ids: &'a [u64],
     ) -> BoxFuture<'a, Result<(), CoordinatorError>>;
+    /// The TLS identity to present to the coordinators at `url` (`None`:
+    /// plain text). Each cluster has its own CA, so each its own identity;
+    /// a new one replaces the connection made with the old.
+    fn use_identity(&self, url: &str, tls: Option<Arc<Tls>>) {
+        let _ = (url, tls);
+    }
 }
+
+/// A client and the identity it was made with.
+type Connected = (Client, Option<Arc<Tls>>);
 
 /// The real coordinator through the client library: one [`Client`] per URL,
 /// connected on first use and kept (a failed connect is retried on the next
@@ -157,7 +167,10 @@ pub trait Coordinator: Send + Sync {
 #[derive(Debug)]
 pub struct GrpcCoordinator {
     timeout: Duration,
-    clients: Mutex<HashMap<String, Client>>,
+    /// Per cluster URL: the client and the identity it was made with.
+    clients: Mutex<HashMap<String, Connected>>,
+    /// Per cluster URL: the identity to present.
+    identities: Mutex<HashMap<String, Arc<Tls>>>,
     redirect: Option<String>,
 }
 
@@ -167,6 +180,7 @@ impl GrpcCoordinator {
         Self {
             timeout,
             clients: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
             redirect: None,
         }
     }
@@ -178,19 +192,34 @@ impl GrpcCoordinator {
         self
     }
 
-    async fn client(&self, url: &str) -> Result<Client, CoordinatorError> {
-        let url = self.redirect.as_deref().unwrap_or(url);
-        if let Some(c) = self
+    async fn client(&self, cluster_url: &str) -> Result<Client, CoordinatorError> {
+        let identity = self
+            .identities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster_url)
+            .cloned();
+        let same = |a: &Option<Arc<Tls>>| match (a, &identity) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if let Some((c, with)) = self
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(url)
+            .get(cluster_url)
+            && same(with)
         {
             return Ok(c.clone());
         }
+        let url = self.redirect.as_deref().unwrap_or(cluster_url);
         let mut config = ClientConfig::new(url);
         config.connect_timeout = self.timeout;
         config.request_timeout = self.timeout;
+        if let Some(tls) = &identity {
+            config.security = Security::tls(tls.clone());
+        }
         let client = Client::connect(config)
             .await
             .map_err(|source| CoordinatorError::Connect {
@@ -200,7 +229,7 @@ impl GrpcCoordinator {
         self.clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(url.to_string(), client.clone());
+            .insert(cluster_url.to_string(), (client.clone(), identity));
         Ok(client)
     }
 }
@@ -283,6 +312,18 @@ impl Coordinator for GrpcCoordinator {
                 })?;
             Ok(())
         })
+    }
+
+    fn use_identity(&self, url: &str, tls: Option<Arc<Tls>>) {
+        let mut ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        match tls {
+            Some(t) => {
+                ids.insert(url.to_string(), t);
+            }
+            None => {
+                ids.remove(url);
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 
 /// `error` of `reconcile_failures_total`: every
 /// [`crate::controller::Error::metric_label`].
-pub const RECONCILE_ERRORS: [&str; 9] = [
+pub const RECONCILE_ERRORS: [&str; 11] = [
     "apply",
     "list",
     "delete",
@@ -17,6 +17,8 @@ pub const RECONCILE_ERRORS: [&str; 9] = [
     "publish_event",
     "set_maintenance",
     "membership",
+    "secret",
+    "pki",
 ];
 
 /// Reconcile metrics.
@@ -179,6 +181,14 @@ mod tests {
                     },
                 }),
             },
+            Error::Secret {
+                name: "n".into(),
+                source: kube(),
+            },
+            Error::Pki {
+                cluster: "c".into(),
+                message: "m".into(),
+            },
         ];
         // Exhaustive: a new Error variant does not compile here until it is
         // added to `all` above (and its label to RECONCILE_ERRORS).
@@ -192,7 +202,9 @@ mod tests {
                 | Error::WriteStatus { .. }
                 | Error::PublishEvent(_)
                 | Error::SetMaintenance { .. }
-                | Error::Membership { .. } => {}
+                | Error::Membership { .. }
+                | Error::Secret { .. }
+                | Error::Pki { .. } => {}
             }
         }
         let labels: Vec<&str> = all.iter().map(Error::metric_label).collect();

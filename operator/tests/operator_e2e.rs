@@ -290,6 +290,52 @@ fn operator_reconciles_scales_and_repairs() {
         "jsonpath={.metadata.ownerReferences[0].kind}",
     ]);
     assert_eq!(owner, "DfsCluster");
+    // TLS by default: the CA, the token keys and every identity exist as
+    // Secrets (one datanode pair per Kubernetes node), and no pod runs
+    // plain text.
+    for secret in [
+        "demo-ca",
+        "demo-token-keys",
+        "demo-coordinator-tls",
+        "demo-admin-tls",
+    ] {
+        env.wait_for(secret, &["secret", secret], "{.metadata.name}", secret);
+    }
+    env.wait_for(
+        "the datanode identities",
+        &["secret", "demo-datanode-tls"],
+        "{.metadata.name}",
+        "demo-datanode-tls",
+    );
+    let keys = env.must(&[
+        "get",
+        "secret",
+        "demo-datanode-tls",
+        "-o",
+        "go-template={{range $k, $v := .data}}{{$k}} {{end}}",
+    ]);
+    assert_eq!(
+        keys.trim(),
+        "ca.crt node-a.crt node-a.key node-b.crt node-b.key",
+        "{keys}"
+    );
+    let args = env.must(&[
+        "get",
+        "statefulset",
+        "demo-coordinator",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ]);
+    assert!(
+        args.contains("--tls-dir") && !args.contains("--insecure"),
+        "{args}"
+    );
+    env.wait_for(
+        "the NetworkPolicy",
+        &["networkpolicy", "demo-dfs"],
+        "{.spec.policyTypes[0]}",
+        "Ingress",
+    );
     let printed = env.must(&["get", "dfs"]);
     assert!(
         printed.contains("demo") && printed.contains("DATANODES"),
@@ -495,7 +541,8 @@ fn operator_scales_the_coordinator_group_by_membership_calls() {
     env.start_operator_with(&["--coordinator-url", &url]);
     env.apply(
         "cluster.yaml",
-        "apiVersion: dfs.io/v1alpha1\nkind: DfsCluster\nmetadata: {name: demo, namespace: default}\nspec:\n  coordinator: {replicas: 1}\n",
+        // The faked group speaks plain text.
+        "apiVersion: dfs.io/v1alpha1\nkind: DfsCluster\nmetadata: {name: demo, namespace: default}\nspec:\n  coordinator: {replicas: 1}\n  security: {tls: false}\n",
     );
     env.wait_for(
         "the StatefulSet",

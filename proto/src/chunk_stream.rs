@@ -760,6 +760,7 @@ mod tests {
                         ..Default::default()
                     }),
                     source_node_id: "n1".into(),
+                    token: Default::default(),
                 },
             )),
         };

@@ -99,6 +99,7 @@ fn common_messages_roundtrip() {
             targets: vec![],
             write_quorum: 2,
             session_id: String::new(),
+            token: Default::default(),
         }),
     });
     roundtrip(ChunkDataAck {
@@ -126,6 +127,7 @@ fn datanode_messages_roundtrip() {
         targets: vec![addr(2), addr(3)],
         write_quorum: 2,
         session_id: "s".into(),
+        token: Default::default(),
     });
     roundtrip(PrepareChunkUploadResponse {
         session_id: "s".into(),
@@ -145,6 +147,7 @@ fn datanode_messages_roundtrip() {
                 session_id: "s".into(),
                 chunk: Some(meta()),
                 source_node_id: "n1".into(),
+                token: Default::default(),
             },
         )),
     });
@@ -154,6 +157,7 @@ fn datanode_messages_roundtrip() {
             session_id: "s".into(),
             chunk: Some(meta()),
             source_node_id: "n1".into(),
+            token: Default::default(),
         }),
         data: Some(ChunkData::frame(Bytes::from_static(b"small"), 0, true)),
     });
@@ -165,6 +169,7 @@ fn datanode_messages_roundtrip() {
     });
     roundtrip(PrepareChunkDownloadRequest {
         chunk_id: meta().chunk_id,
+        token: Default::default(),
     });
     roundtrip(PrepareChunkDownloadResponse {
         session_id: "d".into(),
@@ -177,9 +182,11 @@ fn datanode_messages_roundtrip() {
         offset: 10,
         length: 20,
         frame_bytes: 4096,
+        token: Default::default(),
     });
     roundtrip(DeleteChunkRequest {
         chunk_id: meta().chunk_id,
+        token: Default::default(),
     });
     roundtrip(DeleteChunkResponse { deleted: true });
 }
@@ -192,6 +199,7 @@ fn coordinator_messages_roundtrip() {
         offset: 4 << 20,
         size: 100,
         nodes: vec![addr(1), addr(2)],
+        token: Default::default(),
     };
     roundtrip(UploadFileRequest {
         path: "/a".into(),
@@ -236,6 +244,7 @@ fn coordinator_messages_roundtrip() {
             offset: 0,
             chunk: Some(meta()),
             replicas: vec![addr(1)],
+            token: Default::default(),
         }],
     });
     roundtrip(MkdirRequest {
@@ -275,6 +284,7 @@ fn coordinator_messages_roundtrip() {
         node_id: "n1".into(),
         heartbeat_interval_ms: 3000,
         cluster_id: "c".into(),
+        token_keys: Default::default(),
     });
     roundtrip(Heartbeat {
         node_id: "n1".into(),
@@ -303,6 +313,7 @@ fn coordinator_messages_roundtrip() {
             chunk: Some(meta()),
             target: Some(addr(3)),
             max_bytes_per_second: 1 << 20,
+            token: Default::default(),
         }),
         data_node_command::Command::Delete(DeleteChunksCommand {
             chunk_ids: vec![meta().chunk_id],
@@ -321,6 +332,7 @@ fn coordinator_messages_roundtrip() {
             }],
             state: NodeState::Healthy as i32,
             cluster_id: "c".into(),
+            token_keys: Default::default(),
         });
     }
     roundtrip(ListNodesResponse {
@@ -399,5 +411,7 @@ fn receipt() -> ReplicaReceipt {
         checksum: 0xdead_beef,
         size: 4096,
         created: true,
+        key_id: Default::default(),
+        tag: Default::default(),
     }
 }

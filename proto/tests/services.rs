@@ -251,6 +251,7 @@ impl Coordinator for EchoCoordinator {
                 }],
                 state: NodeState::Healthy as i32,
                 cluster_id: String::new(),
+                token_keys: Default::default(),
             })
         });
         Ok(Response::new(Box::pin(out)))

@@ -153,6 +153,8 @@ pub fn confirm_request(plan: &UploadPlan) -> ConfirmUploadRequest {
                     checksum: 42,
                     size: c.size,
                     created: true,
+                    key_id: Default::default(),
+                    tag: Default::default(),
                 })
                 .collect(),
             pending: vec![],

@@ -164,6 +164,7 @@ pub async fn prepare(
         targets,
         write_quorum,
         session_id: String::new(),
+        token: Default::default(),
     })
     .await
     .map(|r| r.into_inner())
@@ -251,6 +252,7 @@ pub async fn upload_one_call(
         targets,
         write_quorum,
         session_id: String::new(),
+        token: Default::default(),
     });
     send_frames(c, f).await
 }
@@ -268,6 +270,7 @@ pub async fn download(
             offset,
             length,
             frame_bytes: 0,
+            token: Default::default(),
         })
         .await?
         .into_inner();

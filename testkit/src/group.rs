@@ -104,6 +104,7 @@ pub fn group(bin: impl AsRef<Path>, dir: &Path) -> Vec<Member> {
                     "--peers".into(),
                     peers.clone(),
                     "--exit-with-parent".into(),
+                    "--insecure".into(),
                 ],
                 log: dir.join(format!("c{id}.log")),
                 child: None,

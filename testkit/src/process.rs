@@ -155,12 +155,17 @@ fn signal(pid: u32, signal: rustix::process::Signal) -> std::io::Result<()> {
     rustix::process::kill_process(pid, signal).map_err(std::io::Error::from)
 }
 
-/// `--peers` naming member `i + 1` at `addrs[i]`.
+/// `--peers` naming member `i + 1` at `addrs[i]` (plain text).
 pub fn peers(addrs: &[SocketAddr]) -> String {
+    peers_with(addrs, "http")
+}
+
+/// `--peers` naming member `i + 1` at `scheme://addrs[i]`.
+pub fn peers_with(addrs: &[SocketAddr], scheme: &str) -> String {
     addrs
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("{}=http://{a}", i + 1))
+        .map(|(i, a)| format!("{}={scheme}://{a}", i + 1))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -377,6 +382,11 @@ pub struct ClusterOptions {
     /// `coordinator-<n>`, `datanode-<i>`), e.g. on a fault-injecting
     /// filesystem; the others live in the cluster's temp dir.
     pub data_dirs: Vec<(String, PathBuf)>,
+    /// Mutual TLS: a CA in the cluster's temp dir issues every process its
+    /// identity (`dfs://coordinator/<name>`, `dfs://datanode/<name>`) and the
+    /// test an admin client (`dfs://client/admin`); `false` starts every
+    /// process with `--insecure`.
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -402,6 +412,7 @@ impl Default for ClusterOptions {
             per_datanode_env: Vec::new(),
             coordinators: 1,
             data_dirs: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -419,7 +430,131 @@ pub struct Cluster {
     /// member's, comma-separated: clients and datanodes take the list).
     pub url: String,
     options: ClusterOptions,
+    /// With TLS: the CA, and the admin client identity the tests use.
+    pki: Option<Pki>,
     root: Option<tempfile::TempDir>,
+}
+
+/// The test cluster's certificate authority (see [`ClusterOptions::tls`]).
+#[derive(Debug)]
+pub struct Pki {
+    /// The CA (certificate and key) that issued every identity.
+    pub ca: dfs_common::pki::Ca,
+    /// Where identities are written, one directory per name.
+    pub root: PathBuf,
+    /// The admin client identity.
+    pub admin: PathBuf,
+    /// The admin client's credentials, loaded.
+    pub security: dfs_common::tls::Security,
+    /// The chunk-token key file every coordinator is given.
+    pub token_keys: PathBuf,
+}
+
+impl Pki {
+    fn create(root: &Path) -> Pki {
+        let root = root.join("tls");
+        let ca = dfs_common::pki::Ca::create(&root.join("ca"), "dfs test CA").expect("test CA");
+        let admin = root.join("admin");
+        ca.issue(
+            &admin,
+            &dfs_common::tls::Principal::new(dfs_common::tls::Kind::Client, "admin"),
+            &[],
+        )
+        .expect("admin identity");
+        let security =
+            dfs_common::tls::Security::tls(dfs_common::tls::Tls::load(&admin).expect("admin"));
+        let token_keys = root.join("token-keys");
+        dfs_common::token::create_key_file(&token_keys).expect("token keys");
+        Pki {
+            ca,
+            root,
+            admin,
+            security,
+            token_keys,
+        }
+    }
+
+    /// Issues (or reissues) `name`'s identity of `kind`, valid as a server
+    /// on 127.0.0.1, and returns its directory.
+    pub fn identity(&self, name: &str, kind: dfs_common::tls::Kind) -> PathBuf {
+        self.identity_as(name, kind, name)
+    }
+
+    /// Issues (or reissues) into `<root>/<dir>` the identity
+    /// `dfs://<kind>/<principal>` (a datanode's principal is its node id).
+    pub fn identity_as(&self, dir: &str, kind: dfs_common::tls::Kind, principal: &str) -> PathBuf {
+        let dir = self.root.join(dir);
+        self.ca
+            .issue(
+                &dir,
+                &dfs_common::tls::Principal::new(kind, principal),
+                &["127.0.0.1", "localhost"],
+            )
+            .expect("issue identity");
+        dir
+    }
+
+    /// Issues (or reissues) datanode `name`'s identity `dfs://datanode/<node
+    /// id>` the way the operator does: `<name>.crt` and `<name>.key` beside
+    /// `ca.crt` in the one directory every datanode shares, with no address
+    /// in it (datanodes are known by their principal, not their address).
+    /// Returns that directory (`--tls-dir`, with `--tls-name <name>`).
+    pub fn datanode_identity(&self, name: &str, node_id: &str) -> PathBuf {
+        let dir = self.root.join("datanodes");
+        std::fs::create_dir_all(&dir).expect("datanode identities dir");
+        let issued = self
+            .ca
+            .issue_pem(
+                &dfs_common::tls::Principal::new(dfs_common::tls::Kind::Datanode, node_id),
+                &[],
+                dfs_common::pki::LEAF_DAYS,
+            )
+            .expect("issue datanode identity");
+        let put = |file: String, text: &str| {
+            let tmp = dir.join(format!("{file}.tmp"));
+            std::fs::write(&tmp, text).expect("write identity");
+            std::fs::rename(&tmp, dir.join(file)).expect("rename identity");
+        };
+        put(dfs_common::tls::CA_FILE.into(), self.ca.pem());
+        // The key first: a reload that reads the new certificate finds it.
+        put(format!("{name}.key"), &issued.key_pem);
+        put(format!("{name}.crt"), &issued.cert_pem);
+        dir
+    }
+
+    /// The credentials of a principal (issued afresh), for a test client.
+    pub fn security(&self, name: &str, kind: dfs_common::tls::Kind) -> dfs_common::tls::Security {
+        let dir = self.identity(name, kind);
+        dfs_common::tls::Security::tls(dfs_common::tls::Tls::load(&dir).expect("load identity"))
+    }
+
+    /// The flags that give a process its identity.
+    fn flags(
+        pki: Option<&Pki>,
+        name: &str,
+        kind: dfs_common::tls::Kind,
+        principal: &str,
+    ) -> Vec<String> {
+        match pki {
+            Some(pki) if kind == dfs_common::tls::Kind::Datanode => vec![
+                "--tls-dir".into(),
+                pki.datanode_identity(name, principal).display().to_string(),
+                "--tls-name".into(),
+                name.into(),
+            ],
+            Some(pki) => {
+                let mut flags = vec![
+                    "--tls-dir".into(),
+                    pki.identity_as(name, kind, principal).display().to_string(),
+                ];
+                if kind == dfs_common::tls::Kind::Coordinator {
+                    flags.extend(["--token-keys".into(), pki.token_keys.display().to_string()]);
+                }
+                flags
+            }
+            None => vec!["--insecure".into()],
+        }
+    }
 }
 
 impl Cluster {
@@ -439,12 +574,14 @@ impl Cluster {
         let addrs: Vec<(SocketAddr, SocketAddr)> = (0..options.coordinators)
             .map(|_| (free_addr(), free_addr()))
             .collect();
+        let pki = options.tls.then(|| Pki::create(root.path()));
+        let scheme = if options.tls { "https" } else { "http" };
         let url = addrs
             .iter()
-            .map(|(l, _)| format!("http://{l}"))
+            .map(|(l, _)| format!("{scheme}://{l}"))
             .collect::<Vec<_>>()
             .join(",");
-        let peers = peers(&addrs.iter().map(|(l, _)| *l).collect::<Vec<_>>());
+        let peers = peers_with(&addrs.iter().map(|(l, _)| *l).collect::<Vec<_>>(), scheme);
         let mut members: Vec<Service> = addrs
             .iter()
             .enumerate()
@@ -482,6 +619,12 @@ impl Cluster {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+                args.extend(Pki::flags(
+                    pki.as_ref(),
+                    &name,
+                    dfs_common::tls::Kind::Coordinator,
+                    &name,
+                ));
                 if group {
                     args.extend([
                         "--raft-id".to_string(),
@@ -513,6 +656,7 @@ impl Cluster {
             datanodes: Vec::new(),
             url,
             options: options.clone(),
+            pki,
             root: Some(root),
         };
         for _ in 0..options.datanodes {
@@ -549,6 +693,12 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(Pki::flags(
+            self.pki.as_ref(),
+            &format!("datanode-{i}"),
+            dfs_common::tls::Kind::Datanode,
+            &dfs_common::pki::datanode_id(&dir),
+        ));
         args.extend(self.options.datanode_args.iter().cloned());
         if let Some(extra) = self.options.per_datanode_args.get(i) {
             args.extend(extra.iter().cloned());
@@ -580,6 +730,9 @@ impl Cluster {
         config.connect_timeout = Duration::from_secs(2);
         config.request_timeout = Duration::from_secs(10);
         config.stream_idle_timeout = Duration::from_secs(5);
+        if let Some(pki) = &self.pki {
+            config.security = pki.security.clone();
+        }
         wait_for("a client connection", Duration::from_secs(30), || {
             let config = config.clone();
             async move { Client::connect(config).await.map_err(|e| e.to_string()) }
@@ -629,7 +782,11 @@ impl Cluster {
     /// Runs the `dfs` CLI against this cluster (no success check).
     pub fn cli_raw(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(dfs_bin());
-        cmd.arg("--coordinator").arg(&self.url).args(args);
+        cmd.arg("--coordinator").arg(&self.url);
+        if let Some(pki) = &self.pki {
+            cmd.arg("--credentials").arg(&pki.admin);
+        }
+        cmd.args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -662,6 +819,16 @@ impl Cluster {
             .collect()
     }
 
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
+    /// The CA and admin identity (with [`ClusterOptions::tls`]).
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
     /// Every coordinator, member 1 first.
     pub fn coordinators(&mut self) -> Vec<&mut Service> {
         std::iter::once(&mut self.coordinator)
@@ -678,7 +845,7 @@ impl Cluster {
         let client = self.client().await;
         let members: Vec<String> = std::iter::once(&self.coordinator)
             .chain(&self.peers)
-            .map(|s| format!("http://{}", s.listen))
+            .map(|s| format!("{}://{}", self.scheme(), s.listen))
             .collect();
         wait_for("a coordinator leader", Duration::from_secs(30), || async {
             let status = client.status().await.map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ fn coordinator_config(dir: &Path) -> dfs_coordinator::Config {
         "30s",
         "--dead-after",
         "60s",
+        "--insecure",
     ])
     .unwrap()
 }

@@ -157,13 +157,32 @@ def check_rbac(docs):
     for kind in ("ClusterRole", "Role"):
         a, b = rules_of(docs, kind), rules_of(theirs, kind)
         (ok if a == b else fail)(f"RBAC {kind} rules {'equal' if a == b else 'DIFFER from'} manifests/rbac.yaml")
-    # Nothing beyond the operator's needs: no wildcards, no secrets.
+    check_rbac_bounds(docs)
+
+
+def check_rbac_bounds(docs):
+    # Nothing beyond the operator's needs: no wildcards; Secrets only by
+    # name (get, create, patch: never list or watch).
     for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
         for r in d["rules"]:
             if "*" in r.get("verbs", []) + r.get("resources", []) + r.get("apiGroups", []):
                 fail(f"RBAC {d['kind']} uses a wildcard: {r}")
-            if "secrets" in r.get("resources", []):
-                fail(f"RBAC {d['kind']} grants secrets: {r}")
+            if "secrets" in r.get("resources", []) and sorted(r["verbs"]) != ["create", "get", "patch"]:
+                fail(f"RBAC {d['kind']} grants more than get/create/patch on secrets: {r}")
+
+
+def check_namespaced_rbac(docs, namespace):
+    # watchNamespace: every namespaced right is a Role there; the
+    # ClusterRole keeps only cluster-scoped reads and Node labels.
+    check_rbac_bounds(docs)
+    cluster = [r for d in by_kind(docs, "ClusterRole") for r in d["rules"]]
+    scoped = sorted(res for r in cluster for res in r["resources"])
+    (ok if scoped == ["customresourcedefinitions", "nodes"] else fail)(
+        f"watchNamespace: the ClusterRole covers only CRDs and nodes (got {scoped})")
+    roles = [d for d in by_kind(docs, "Role") if d["metadata"].get("namespace") == namespace]
+    res = sorted(x for d in roles for r in d["rules"] for x in r["resources"])
+    want = {"dfsclusters", "secrets", "statefulsets", "pods", "networkpolicies", "events"}
+    (ok if want <= set(res) else fail)(f"watchNamespace: a Role in {namespace} holds the namespaced rights (got {res})")
 
 
 def crd_schema(crds):
@@ -245,6 +264,7 @@ def main():
     check_dashboard(docs)
     check_rbac(docs)
     all_docs, _ = rendered["everything on"]
+    check_namespaced_rbac(all_docs, "storage")
     check_prometheus_rule(all_docs)
     sm = by_kind(all_docs, "ServiceMonitor")
     (ok if sm and sm[0]["metadata"]["labels"].get("release") == "kube-prometheus-stack" else fail)("ServiceMonitor rendered with extra labels")

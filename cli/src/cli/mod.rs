@@ -17,22 +17,39 @@ mod up;
 
 use std::path::PathBuf;
 
-#[cfg(feature = "local-cluster")]
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dfs_client::{Client, ClientConfig};
 use dfs_common::size::ByteSize;
 
 /// Default coordinator endpoint: the one `dfs up` starts by default.
-pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7000";
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7000";
+
+/// Client credentials when neither `--credentials` nor `DFS_TLS_DIR` is
+/// given: the admin identity of a `dfs up` in this directory.
+pub const DEFAULT_CREDENTIALS: &str = "dfs-data/tls/admin";
 
 /// dfs: a Kubernetes-native distributed file system.
 #[derive(Parser, Debug)]
 #[command(name = "dfs", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Coordinator gRPC endpoint.
+    /// Coordinator gRPC endpoint (`https://` with TLS, `http://` for a
+    /// cluster run with --insecure).
     #[arg(long, global = true, env = "DFS_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     coordinator: String,
+
+    /// Directory with this client's TLS identity (`ca.crt`, `tls.crt`,
+    /// `tls.key`) for `https://` endpoints; default: `./dfs-data/tls/admin`
+    /// when it exists (what `dfs up` issues; it prints the export line).
+    #[arg(long, global = true, env = "DFS_TLS_DIR")]
+    credentials: Option<PathBuf>,
+
+    /// File holding a bearer token the coordinator verifies: every
+    /// coordinator call then carries it, and has the path roles of the user
+    /// it names (on top of the client certificate). A file, not the token
+    /// itself, so that it never shows in the process list.
+    #[arg(long, global = true, env = "DFS_BEARER_TOKEN_FILE")]
+    bearer_token_file: Option<PathBuf>,
 
     /// Chunks transferred in parallel by put and get.
     #[arg(long, global = true, default_value_t = 4)]
@@ -190,12 +207,57 @@ pub enum SafeModeAction {
     Get,
 }
 
+/// The client's credentials: loaded only for `https://` coordinators (a
+/// plain-text cluster needs none), from `--credentials` / `DFS_TLS_DIR`,
+/// else `./dfs-data/tls/admin`.
+fn client_security(cli: &Cli) -> anyhow::Result<dfs_common::tls::Security> {
+    let tls = cli.coordinator.contains("https://");
+    #[cfg(feature = "local-cluster")]
+    let serves = matches!(
+        cli.command,
+        Command::Up(_) | Command::Coordinator(_) | Command::Datanode(_)
+    );
+    #[cfg(not(feature = "local-cluster"))]
+    let serves = false;
+    if !tls || serves {
+        return Ok(dfs_common::tls::Security::insecure());
+    }
+    let dir = match &cli.credentials {
+        Some(d) => d.clone(),
+        None if std::path::Path::new(DEFAULT_CREDENTIALS)
+            .join("tls.crt")
+            .exists() =>
+        {
+            PathBuf::from(DEFAULT_CREDENTIALS)
+        }
+        None => anyhow::bail!(
+            "{} is served over TLS and no client credentials were found: set DFS_TLS_DIR (dfs up prints it) or --credentials DIR, or use an http:// endpoint for a cluster run with --insecure",
+            cli.coordinator
+        ),
+    };
+    let tls = dfs_common::tls::Tls::load(&dir)
+        .with_context(|| format!("cannot load the client credentials in {}", dir.display()))?;
+    Ok(dfs_common::tls::Security::tls(tls))
+}
+
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let security = client_security(&cli)?;
+    let bearer = match &cli.bearer_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the bearer token in {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
     let config = || {
         let mut config = ClientConfig::new(cli.coordinator.clone());
         config.concurrency = cli.concurrency.max(1);
         config.stale_reads = cli.stale_reads;
+        config.security = security.clone();
+        config.bearer_token = bearer.clone();
         config
     };
     let connect = || Client::connect(config());

@@ -61,6 +61,53 @@ pub struct UpArgs {
     /// Time after which a silent datanode is declared dead and repaired around.
     #[arg(long, default_value = "30s")]
     dead_after: String,
+    /// Plain-text gRPC between every process and for clients (no
+    /// certificates, nobody authenticated). Without it the cluster runs
+    /// mutual TLS with a CA and identities under `DATA_DIR/tls/`.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Where `dfs up` keeps its CA and every process's identity.
+pub fn tls_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+/// The admin client identity `dfs up` issues (the CLI's default
+/// credentials when run beside the default data directory).
+pub fn admin_dir(data_dir: &Path) -> PathBuf {
+    tls_root(data_dir).join("admin")
+}
+
+/// Creates the CA (once) and issues every service its identity and the
+/// admin client its own (afresh at every start: renewed, and valid for the
+/// addresses of this run).
+fn issue_identities(
+    data_dir: &Path,
+    names: &[(String, dfs_common::tls::Kind, String)],
+    hosts: &[String],
+) -> anyhow::Result<PathBuf> {
+    use dfs_common::tls::{Kind, Principal};
+    let root = tls_root(data_dir);
+    let ca = dfs_common::pki::Ca::open_or_create(&root.join("ca"), "dfs up local CA")
+        .context("cannot create the local CA")?;
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    for (name, kind, principal) in names {
+        ca.issue(
+            &root.join(name),
+            &Principal::new(*kind, principal.as_str()),
+            &hosts,
+        )
+        .with_context(|| format!("cannot issue the certificate of {name}"))?;
+    }
+    let admin = admin_dir(data_dir);
+    ca.issue(
+        &admin,
+        &Principal::new(Kind::Client, dfs_coordinator::service::ADMIN_CLIENT),
+        &[],
+    )
+    .context("cannot issue the admin client certificate")?;
+    Ok(std::path::absolute(&admin).unwrap_or(admin))
 }
 
 /// One supervised service.
@@ -86,6 +133,9 @@ impl Service {
             .with_context(|| format!("cannot open log {}", self.log.display()))?;
         let child = Command::new(exe)
             .args(&self.args)
+            .env_remove("DFS_TLS_DIR")
+            .env_remove("DFS_INSECURE")
+            .env_remove("DFS_TOKEN_KEYS")
             // The child exits when this pipe closes (--exit-with-parent).
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
@@ -168,9 +218,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         };
         coordinators.push((addr, metrics));
     }
+    let scheme = if args.insecure { "http" } else { "https" };
     let urls: Vec<String> = coordinators
         .iter()
-        .map(|(a, _)| format!("http://{a}"))
+        .map(|(a, _)| format!("{scheme}://{a}"))
         .collect();
     // Every client and datanode gets the whole group and finds the leader.
     let coordinator_url = urls.join(",");
@@ -267,11 +318,70 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         });
         endpoints.push((
             format!("datanode-{i}"),
-            format!("http://{listen}"),
+            format!("{scheme}://{listen}"),
             metrics,
             dir,
         ));
     }
+    // Every process gets its own identity (or, with --insecure, none); a
+    // DFS_TLS_DIR or DFS_INSECURE in this shell is never inherited.
+    let (admin, security) = if args.insecure {
+        for service in &mut services {
+            service.args.push("--insecure".into());
+        }
+        (None, dfs_common::tls::Security::insecure())
+    } else {
+        // A datanode's certificate names its node id (the coordinator takes
+        // its reports only under that id); a coordinator's, its service name.
+        let names: Vec<(String, dfs_common::tls::Kind, String)> = services
+            .iter()
+            .map(|s| {
+                if s.args[0] == "coordinator" {
+                    (
+                        s.name.clone(),
+                        dfs_common::tls::Kind::Coordinator,
+                        s.name.clone(),
+                    )
+                } else {
+                    let dir = s.arg("--data-dir").map(PathBuf::from).unwrap_or_default();
+                    let id = dfs_common::pki::datanode_id(&dir);
+                    (s.name.clone(), dfs_common::tls::Kind::Datanode, id)
+                }
+            })
+            .collect();
+        // Valid as servers at every address the others dial.
+        let mut hosts = vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            host.clone(),
+        ];
+        if !args.listen.ip().is_unspecified() {
+            hosts.push(args.listen.ip().to_string());
+        }
+        hosts.sort();
+        hosts.dedup();
+        let admin = issue_identities(data_dir, &names, &hosts)?;
+        // The chunk-token keys (made once, kept across restarts: tokens
+        // handed out before a restart stay valid).
+        let token_keys = std::path::absolute(tls_root(data_dir).join("token-keys"))
+            .unwrap_or_else(|_| tls_root(data_dir).join("token-keys"));
+        dfs_common::token::create_key_file(&token_keys)
+            .context("cannot create the chunk-token keys")?;
+        for service in &mut services {
+            let dir = std::path::absolute(tls_root(data_dir).join(&service.name))
+                .unwrap_or_else(|_| tls_root(data_dir).join(&service.name));
+            service
+                .args
+                .extend(["--tls-dir".into(), dir.display().to_string()]);
+            if service.args[0] == "coordinator" {
+                service
+                    .args
+                    .extend(["--token-keys".into(), token_keys.display().to_string()]);
+            }
+        }
+        let tls = dfs_common::tls::Tls::load(&admin).context("cannot load the admin identity")?;
+        (Some(admin), dfs_common::tls::Security::tls(tls))
+    };
     for service in &mut services {
         service.spawn(&exe)?;
     }
@@ -279,7 +389,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // A child that dies while the cluster comes up (a port taken between
     // picking and binding it, a slow disk) is restarted as it would be later.
     let ready = tokio::select! {
-        r = wait_ready(&coordinator_url, args.datanodes) => r,
+        r = wait_ready(&coordinator_url, args.datanodes, &security) => r,
         () = supervise(&mut services, &exe) => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
     };
     if let Err(e) = ready {
@@ -296,7 +406,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         // A datanode restarted on new ports prints where it is now.
         let (url, metrics) = match (service.arg("--listen"), service.arg("--metrics-addr")) {
             (Some(listen), Some(m)) if !service.repick.is_empty() => {
-                (format!("http://{listen}"), m.to_string())
+                (format!("{scheme}://{listen}"), m.to_string())
             }
             _ => (url.clone(), metrics.to_string()),
         };
@@ -307,6 +417,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     say!("  logs         {}", logs.display());
+    if let Some(admin) = &admin {
+        say!(
+            "client credentials: {}   (export DFS_TLS_DIR={})",
+            admin.display(),
+            admin.display()
+        );
+    }
     say!("coordinator endpoint: {coordinator_url}   (export DFS_COORDINATOR={coordinator_url})");
     say!("Press Ctrl-C to stop.");
 
@@ -340,11 +457,16 @@ fn log_tails(services: &[Service]) -> String {
 }
 
 /// Waits until the coordinator answers and `datanodes` nodes are healthy.
-async fn wait_ready(coordinator: &str, datanodes: usize) -> anyhow::Result<()> {
+async fn wait_ready(
+    coordinator: &str,
+    datanodes: usize,
+    security: &dfs_common::tls::Security,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("coordinator not reachable yet");
     while Instant::now() < deadline {
         let mut config = ClientConfig::new(coordinator);
+        config.security = security.clone();
         config.connect_timeout = Duration::from_secs(1);
         config.request_timeout = Duration::from_secs(2);
         match Client::connect(config).await {

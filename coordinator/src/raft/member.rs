@@ -102,6 +102,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
         config: Config,
         state: Arc<Mutex<S>>,
         hook: H,
+        security: dfs_common::tls::Security,
     ) -> Result<Member<S, H>, MemberError> {
         dfs_common::durable::create_dir_all(dir).map_err(|source| MemberError::CreateDir {
             path: dir.to_path_buf(),
@@ -123,7 +124,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> Member<S, H> {
         let config = Arc::new(config.validate()?);
         let incarnation = log.incarnation();
         let me = Identity { id, incarnation };
-        let raft = Raft::new(id, config, Network::new(me), log, state.clone()).await?;
+        let raft = Raft::new(id, config, Network::new(me, security), log, state.clone()).await?;
         Ok(Member {
             id,
             incarnation,

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dfs_common::tls::Security;
 use openraft::{ChangeMembers, Raft};
 
 use super::network::{Identity, hello};
@@ -118,6 +119,7 @@ pub async fn bootstrap(
     me: Identity,
     seeds: Vec<Peer>,
     state: InitialState,
+    security: Security,
 ) {
     let lowest = seeds.iter().map(|p| p.id).min();
     if state == InitialState::Existing || lowest != Some(me.id) {
@@ -130,7 +132,7 @@ pub async fn bootstrap(
     loop {
         let mut answers = BTreeMap::new();
         for p in seeds.iter().filter(|p| p.id != me.id) {
-            let a = hello(&p.url, HELLO_TIMEOUT)
+            let a = hello(&p.url, HELLO_TIMEOUT, &security)
                 .await
                 .ok()
                 .map(|h| (h.id, h.incarnation, h.initialized));
@@ -180,7 +182,12 @@ impl Reported {
 
 /// On the leader, asks every other member who it is each second, so the
 /// status shows a member that came back on a new volume.
-pub fn spawn_prober(raft: Raft<TypeConfig>, me: Identity, reported: Arc<Reported>) {
+pub fn spawn_prober(
+    raft: Raft<TypeConfig>,
+    me: Identity,
+    reported: Arc<Reported>,
+    security: Security,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         loop {
@@ -201,7 +208,7 @@ pub fn spawn_prober(raft: Raft<TypeConfig>, me: Identity, reported: Arc<Reported
                 .collect();
             let mut now = BTreeMap::from([(me.id, me.incarnation)]);
             for (id, addr) in nodes {
-                let inc = match hello(&addr, HELLO_TIMEOUT).await {
+                let inc = match hello(&addr, HELLO_TIMEOUT, &security).await {
                     Ok(h) if h.id == id => h.incarnation,
                     _ => 0,
                 };
@@ -232,6 +239,7 @@ pub async fn add_learner(
     raft: &Raft<TypeConfig>,
     id: MemberId,
     addr: &str,
+    security: &Security,
 ) -> Result<(), MembershipError> {
     if id == 0 || id > u16::MAX as u64 {
         return Err(MembershipError::Invalid(format!(
@@ -243,7 +251,7 @@ pub async fn add_learner(
             "{addr:?}: the address must be http(s)://host:port"
         )));
     }
-    let h = hello(addr, HELLO_TIMEOUT * 3)
+    let h = hello(addr, HELLO_TIMEOUT * 3, security)
         .await
         .map_err(|s| MembershipError::Unreachable {
             id,
@@ -269,7 +277,7 @@ pub async fn add_learner(
                 .await
                 .map_err(raft_err)?;
             tracing::info!(id, "learner on a new volume removed, adding it again");
-            return Box::pin(add_learner(raft, id, addr)).await;
+            return Box::pin(add_learner(raft, id, addr, security)).await;
         }
         return Err(MembershipError::Precondition(format!(
             "coordinator {id} is already a member ({n}); the one at {addr} is incarnation {:016x}: \

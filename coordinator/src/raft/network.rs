@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use dfs_common::tls::{Kind, Security};
 use dfs_proto::coordinator_raft_client::CoordinatorRaftClient;
 use dfs_proto::coordinator_raft_server::{CoordinatorRaft, CoordinatorRaftServer};
 use dfs_proto::{HelloRequest, HelloResponse, RaftPayload};
@@ -80,12 +81,13 @@ impl Identity {
 #[derive(Debug, Clone)]
 pub struct Network {
     me: Identity,
+    security: Security,
 }
 
 impl Network {
     /// The network of the member `me`.
-    pub fn new(me: Identity) -> Network {
-        Network { me }
+    pub fn new(me: Identity, security: Security) -> Network {
+        Network { me, security }
     }
 }
 
@@ -101,6 +103,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             },
             from: self.me,
             addr: node.addr.clone(),
+            security: self.security.clone(),
             client: None,
         }
     }
@@ -112,21 +115,36 @@ pub struct Peer {
     to: Identity,
     from: Identity,
     addr: String,
+    security: Security,
     client: Option<CoordinatorRaftClient<Channel>>,
 }
 
-fn raft_client(addr: &str) -> Result<CoordinatorRaftClient<Channel>, tonic::transport::Error> {
+fn raft_client(
+    addr: &str,
+    security: &Security,
+) -> Result<CoordinatorRaftClient<Channel>, dfs_common::transport::ChannelError> {
     let endpoint = Endpoint::from_shared(addr.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    Ok(CoordinatorRaftClient::new(endpoint.connect_lazy())
+    Ok(
+        CoordinatorRaftClient::new(dfs_common::transport::connect_lazy_to(
+            endpoint,
+            security,
+            &[dfs_common::tls::Kind::Coordinator],
+        )?)
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE))
+        .max_encoding_message_size(MAX_RAFT_MESSAGE),
+    )
 }
 
 /// Asks the member at `addr` who it is ([`HelloResponse`]), within `timeout`.
-pub async fn hello(addr: &str, timeout: Duration) -> Result<HelloResponse, Status> {
-    let mut c = raft_client(addr).map_err(|e| Status::invalid_argument(format!("{addr}: {e}")))?;
+pub async fn hello(
+    addr: &str,
+    timeout: Duration,
+    security: &Security,
+) -> Result<HelloResponse, Status> {
+    let mut c = raft_client(addr, security)
+        .map_err(|e| Status::invalid_argument(format!("{addr}: {e}")))?;
     let mut req = Request::new(HelloRequest {});
     req.set_timeout(timeout);
     match tokio::time::timeout(timeout, c.hello(req)).await {
@@ -142,7 +160,7 @@ impl Peer {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let c = raft_client(&self.addr).map_err(|e| Unreachable::new(&e))?;
+        let c = raft_client(&self.addr, &self.security).map_err(|e| Unreachable::new(&e))?;
         self.client = Some(c.clone());
         Ok(c)
     }
@@ -228,20 +246,29 @@ impl RaftNetwork<TypeConfig> for Peer {
 pub struct RaftService {
     raft: Raft<TypeConfig>,
     me: Identity,
+    security: Security,
 }
 
 impl RaftService {
     /// The gRPC service for `raft` (member `me`), with the Raft message
     /// size limit.
-    pub fn server(raft: Raft<TypeConfig>, me: Identity) -> CoordinatorRaftServer<RaftService> {
-        CoordinatorRaftServer::new(RaftService { raft, me })
+    /// With TLS only coordinators' certificates may call it: no other
+    /// principal can vote, append entries or install a snapshot.
+    pub fn server(
+        raft: Raft<TypeConfig>,
+        me: Identity,
+        security: Security,
+    ) -> CoordinatorRaftServer<RaftService> {
+        CoordinatorRaftServer::new(RaftService { raft, me, security })
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE)
     }
 
     /// Refuses a call meant for another member or volume, or sent by a
     /// member whose volume is not the one the group pinned.
-    fn admit(&self, m: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    fn admit<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        self.security.require(r, &[Kind::Coordinator])?;
+        let m = r.metadata();
         let to = Identity::decode(m, TO_METADATA)?;
         let from = Identity::decode(m, FROM_METADATA)?;
         check_addressee(self.me, to)?;
@@ -310,13 +337,13 @@ impl CoordinatorRaft for RaftService {
         &self,
         r: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.admit(r.metadata())?;
+        self.admit(&r)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(r.get_ref())?;
         encode(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, r: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.admit(r.metadata())?;
+        self.admit(&r)?;
         let req: VoteRequest<MemberId> = decode(r.get_ref())?;
         encode(&self.raft.vote(req).await)
     }
@@ -325,14 +352,15 @@ impl CoordinatorRaft for RaftService {
         &self,
         r: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.admit(r.metadata())?;
+        self.admit(&r)?;
         let p = r.into_inner();
         let mut req: InstallSnapshotRequest<TypeConfig> = decode(&p)?;
         req.data = p.data;
         encode(&self.raft.install_snapshot(req).await)
     }
 
-    async fn hello(&self, _r: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+    async fn hello(&self, r: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        self.security.require(&r, &[Kind::Coordinator])?;
         let initialized = self
             .raft
             .is_initialized()

@@ -27,7 +27,19 @@ use crate::namespace::{Command, Namespace, Outcome, Snapshot as NsSnapshot};
 use crate::store::Applied;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+/// Before 2026-12-03: the whole [`StoredSnapshot`] as JSON (its bytes a
+/// JSON array of numbers). Still read; replaced at the next snapshot.
 const CURRENT: &str = "current";
+/// The current snapshot's metadata (JSON).
+const CURRENT_META: &str = "current.meta";
+/// The current snapshot's bytes, as they are.
+const CURRENT_DATA: &str = "current.data";
+
+/// First bytes of a snapshot in MessagePack (named fields): smaller and
+/// several times faster to build and read than the JSON snapshots written
+/// before, which start with `{` and are still read (from a member's disk,
+/// or sent by a leader not yet upgraded).
+const MSGPACK_MAGIC: &[u8] = b"dfs-namespace-msgpack-1\n";
 
 /// The snapshot's bytes: the namespace as of `meta.last_log_id`.
 #[derive(Serialize, Deserialize)]
@@ -120,10 +132,19 @@ impl<S: Send + 'static, H: Applied<S> + Sync> StateMachine<S, H> {
                 txn.commit().map_err(|x| e(x.into()))?;
                 let txn = d.begin_read().map_err(|x| e(x.into()))?;
                 let t = txn.open_table(SNAPSHOT).map_err(|x| e(x.into()))?;
+                let read_err = |x| storage_err(StorageIOError::read_state_machine, x);
+                let meta = t.get(CURRENT_META).map_err(|x| e(x.into()))?;
+                let data = t.get(CURRENT_DATA).map_err(|x| e(x.into()))?;
+                if let (Some(meta), Some(data)) = (meta, data) {
+                    return Ok(Some(StoredSnapshot {
+                        meta: serde_json::from_slice(meta.value()).map_err(read_err)?,
+                        data: data.value().to_vec(),
+                    }));
+                }
                 match t.get(CURRENT).map_err(|x| e(x.into()))? {
                     Some(v) => serde_json::from_slice(v.value())
                         .map(Some)
-                        .map_err(|x| storage_err(StorageIOError::read_state_machine, x)),
+                        .map_err(read_err),
                     None => Ok(None),
                 }
             })
@@ -167,26 +188,46 @@ impl<S: Send + 'static, H: Applied<S> + Sync> StateMachine<S, H> {
 
     /// Makes `s` the current snapshot, durably.
     async fn keep(&self, s: StoredSnapshot) -> Result<Arc<StoredSnapshot>, RaftStorageError> {
-        let bytes = serde_json::to_vec(&s).map_err(sm_err)?;
+        let meta = serde_json::to_vec(&s.meta).map_err(sm_err)?;
         let db = self.db.clone();
+        let s = Arc::new(s);
+        let held = s.clone();
         blocking(StorageIOError::write_state_machine, move || {
             let e = |x: redb::Error| sm_err(x);
             let txn = db.begin_write().map_err(|x| e(x.into()))?;
             {
                 let mut t = txn.open_table(SNAPSHOT).map_err(|x| e(x.into()))?;
-                t.insert(CURRENT, bytes.as_slice())
+                t.insert(CURRENT_META, meta.as_slice())
                     .map_err(|x| e(x.into()))?;
+                t.insert(CURRENT_DATA, held.data.as_slice())
+                    .map_err(|x| e(x.into()))?;
+                t.remove(CURRENT).map_err(|x| e(x.into()))?;
             }
             txn.commit().map_err(|x| e(x.into()))
         })
         .await?;
-        Ok(Arc::new(s))
+        Ok(s)
     }
 }
 
+/// A snapshot's bytes (see [`MSGPACK_MAGIC`]).
+fn encode(data: &SnapshotData) -> Result<Vec<u8>, RaftStorageError> {
+    let mut out = MSGPACK_MAGIC.to_vec();
+    rmp_serde::encode::write_named(&mut out, data).map_err(sm_err)?;
+    Ok(out)
+}
+
 fn restore(data: &[u8]) -> Result<Namespace, RaftStorageError> {
-    let d: SnapshotData = serde_json::from_slice(data)
-        .map_err(|e| storage_err(StorageIOError::read_state_machine, e))?;
+    let read_err = |e: Box<dyn std::error::Error>| {
+        storage_err(
+            StorageIOError::read_state_machine,
+            std::io::Error::other(e.to_string()),
+        )
+    };
+    let d: SnapshotData = match data.strip_prefix(MSGPACK_MAGIC) {
+        Some(rest) => rmp_serde::from_slice(rest).map_err(|e| read_err(Box::new(e)))?,
+        None => serde_json::from_slice(data).map_err(|e| read_err(Box::new(e)))?,
+    };
     Namespace::restore(d.namespace).map_err(|e| storage_err(StorageIOError::read_state_machine, e))
 }
 
@@ -217,7 +258,7 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftSnapshotBuilder<TypeConfig>
             )
         };
         let data = blocking(StorageIOError::write_state_machine, move || {
-            serde_json::to_vec(&SnapshotData { namespace: state }).map_err(sm_err)
+            encode(&SnapshotData { namespace: state })
         })
         .await?;
         let snapshot_id = match last_log_id {
@@ -330,5 +371,101 @@ impl<S: Send + 'static, H: Applied<S> + Sync> RaftStateMachine<TypeConfig> for S
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         Ok(self.lock().current.as_deref().map(as_snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespace() -> Namespace {
+        let mut ns = Namespace::new();
+        for path in ["/a/b", "/a/c", "/d"] {
+            ns.apply(&Command::Mkdir {
+                path: path.into(),
+                parents: true,
+                now_ms: 7,
+            })
+            .unwrap();
+        }
+        ns
+    }
+
+    fn paths(ns: &Namespace) -> Vec<String> {
+        serde_json::to_value(ns.snapshot().entries)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    /// Snapshots are MessagePack now; the JSON ones written before (on a
+    /// member's disk, or sent by a leader not yet upgraded) still restore
+    /// to the same namespace.
+    #[test]
+    fn msgpack_and_legacy_json_snapshots_restore_the_same_namespace() {
+        let ns = namespace();
+        let data = SnapshotData {
+            namespace: ns.snapshot(),
+        };
+        let packed = encode(&data).unwrap();
+        let json = serde_json::to_vec(&data).unwrap();
+        assert!(packed.starts_with(MSGPACK_MAGIC));
+        assert!(
+            packed.len() < json.len(),
+            "{} vs {}",
+            packed.len(),
+            json.len()
+        );
+        assert_eq!(paths(&restore(&packed).unwrap()), paths(&ns));
+        assert_eq!(paths(&restore(&json).unwrap()), paths(&ns));
+        assert!(restore(b"garbage").is_err());
+        assert!(restore(&packed[..packed.len() - 3]).is_err());
+    }
+
+    /// A member whose disk holds a snapshot in the old layout (one JSON
+    /// record, its bytes a JSON array) opens it; its next snapshot is kept
+    /// in the new layout (metadata and raw bytes) and the old record goes.
+    #[tokio::test]
+    async fn a_snapshot_stored_in_the_old_layout_opens_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("raft.redb")).unwrap());
+        let ns = namespace();
+        let legacy = StoredSnapshot {
+            meta: SnapshotMeta::default(),
+            data: serde_json::to_vec(&SnapshotData {
+                namespace: ns.snapshot(),
+            })
+            .unwrap(),
+        };
+        {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(SNAPSHOT).unwrap();
+                t.insert(CURRENT, serde_json::to_vec(&legacy).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let state = Arc::new(Mutex::new(Namespace::new()));
+        let mut sm = StateMachine::open(db.clone(), state.clone(), Plain)
+            .await
+            .unwrap();
+        assert_eq!(paths(&state.lock().unwrap()), paths(&ns));
+        sm.build_snapshot().await.unwrap();
+        {
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(SNAPSHOT).unwrap();
+            assert!(t.get(CURRENT).unwrap().is_none(), "the old record is gone");
+            let data = t.get(CURRENT_DATA).unwrap().unwrap();
+            assert!(data.value().starts_with(MSGPACK_MAGIC));
+        }
+        drop(sm);
+        // Reopened from the new layout.
+        let again = Arc::new(Mutex::new(Namespace::new()));
+        StateMachine::open(db, again.clone(), Plain).await.unwrap();
+        assert_eq!(paths(&again.lock().unwrap()), paths(&ns));
     }
 }

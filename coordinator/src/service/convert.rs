@@ -267,7 +267,12 @@ pub(super) fn safe_mode_to_proto(s: &SafeModeStatus) -> pb::SafeModeStatus {
     }
 }
 
-pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
+/// A command for the wire; `replicate_token` signs a repair's token (chunk
+/// id, target node id).
+pub(super) fn command_to_proto(
+    c: NodeCommand,
+    replicate_token: &dyn Fn(&str, &str) -> Option<pb::ChunkToken>,
+) -> pb::DataNodeCommand {
     match c {
         NodeCommand::Replicate {
             command_id,
@@ -279,6 +284,7 @@ pub(super) fn command_to_proto(c: NodeCommand) -> pb::DataNodeCommand {
             command_id,
             command: Some(data_node_command::Command::Replicate(
                 pb::ReplicateChunkCommand {
+                    token: replicate_token(chunk.id.as_str(), target_id.as_str()),
                     chunk: Some(pb::ChunkMeta {
                         chunk_id: chunk.id.into_string(),
                         checksum: chunk.checksum,
@@ -317,12 +323,21 @@ pub(super) struct ConfirmRequest {
     pub receipts: Vec<confirm::Receipts>,
     /// Per chunk: planned replicas still writing at the upload's answer.
     pub pending: Vec<Vec<NodeId>>,
+    /// Receipts dropped because their tag did not verify.
+    pub refused_receipts: usize,
 }
 
-impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
-    type Error = Status;
-
-    fn try_from(req: pb::ConfirmUploadRequest) -> Result<Self, Status> {
+impl ConfirmRequest {
+    /// Parses a ConfirmUpload request. With a key `ring` (mutual TLS) a
+    /// receipt counts only when its replica signed it: one a client or a
+    /// primary made up is dropped (and counted), and that replica then
+    /// counts only by its own chunk report. Tags are checked after the
+    /// bounds, so an oversize request costs no HMAC.
+    pub fn parse(
+        req: pb::ConfirmUploadRequest,
+        ring: Option<&dfs_common::token::KeyRing>,
+    ) -> Result<Self, Status> {
+        let mut refused_receipts = 0;
         let upload_id = parse_id(req.upload_id)?;
         let mut chunks = req.chunks;
         if chunks.len() as u64 > MAX_CHUNKS_PER_FILE {
@@ -362,6 +377,14 @@ impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
             receipts.push(
                 c.receipts
                     .into_iter()
+                    .filter(|r| {
+                        let ok = ring.is_none_or(|ring| ring.verify_receipt(&meta.chunk_id, r));
+                        if !ok {
+                            refused_receipts += 1;
+                            tracing::warn!(chunk_id = %meta.chunk_id, node_id = %r.node_id, "receipt refused: its tag does not verify");
+                        }
+                        ok
+                    })
                     .map(|r| Ok((parse_id(r.node_id)?, (r.checksum, r.size))))
                     .collect::<Result<confirm::Receipts, Status>>()?,
             );
@@ -378,6 +401,7 @@ impl TryFrom<pb::ConfirmUploadRequest> for ConfirmRequest {
             records,
             receipts,
             pending,
+            refused_receipts,
         })
     }
 }

@@ -18,6 +18,12 @@ impl CoordinatorService {
                 truncate(&req.address, 80)
             )));
         }
+        if self.ctx.security.is_tls() && !req.address.starts_with("https://") {
+            return Err(Status::invalid_argument(format!(
+                "invalid address {:?}: this cluster runs mutual TLS, a datanode registers an https:// address",
+                truncate(&req.address, 80)
+            )));
+        }
         let topology = req.topology.unwrap_or_default();
         if [&topology.zone, &topology.rack, &topology.host, &req.version]
             .iter()
@@ -49,7 +55,13 @@ impl CoordinatorService {
             cluster_id_wire(&st.ns)
         };
         tracing::info!(%node_id, address = %req.address, "datanode registered");
+        let token_keys = self
+            .ctx
+            .ring()
+            .map(|r| r.node_keys(node_id.as_str()))
+            .unwrap_or_default();
         Ok(pb::RegisterDataNodeResponse {
+            token_keys,
             node_id: node_id.into_string(),
             heartbeat_interval_ms: self.ctx.config.heartbeat_interval.as_millis() as u64,
             cluster_id,
@@ -186,9 +198,11 @@ pub(super) async fn heartbeat_loop(
     ctx: Arc<Ctx>,
     mut inbound: Streaming<pb::Heartbeat>,
     tx: ResponseTx,
+    caller: Option<Arc<Principal>>,
 ) {
     let mut shutdown = ctx.shutdown.clone();
     let mut node: Option<NodeId> = None;
+    let mut sent_ring: Option<Arc<dfs_common::token::KeyRing>> = None;
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -203,6 +217,12 @@ pub(super) async fn heartbeat_loop(
             }
         };
         let start = Instant::now();
+        if let Err(status) = speaks_for_itself(caller.as_deref(), &hb.node_id) {
+            ctx.metrics.refused("itself");
+            ctx.metrics.rpc("DataNodeHeartbeat", status.code(), 0.0);
+            let _ = tx.send(Err(status)).await;
+            break;
+        }
         // Followers do not track datanodes: the stream ends with the
         // leader's address, and the datanode goes there.
         if let Err(status) = ctx.check_leader() {
@@ -243,15 +263,30 @@ pub(super) async fn heartbeat_loop(
                         .lock()
                         .expect("streams lock poisoned")
                         .insert(id.clone(), tx.clone());
-                    node = Some(id);
+                    node = Some(id.clone());
                 }
                 ctx.metrics.rpc(
                     "DataNodeHeartbeat",
                     tonic::Code::Ok,
                     start.elapsed().as_secs_f64(),
                 );
+                // This node's keys on the stream's first answer and after
+                // every change of the ring (rotation).
+                let ring = ctx.ring();
+                let token_keys = match &ring {
+                    Some(r) if !sent_ring.as_ref().is_some_and(|s| Arc::ptr_eq(s, r)) => {
+                        r.node_keys(id.as_str())
+                    }
+                    _ => Vec::new(),
+                };
+                sent_ring = ring;
+                let token = |chunk: &str, target: &str| ctx.replicate_token(&id, chunk, target);
                 let resp = pb::HeartbeatResponse {
-                    commands: commands.into_iter().map(command_to_proto).collect(),
+                    token_keys,
+                    commands: commands
+                        .into_iter()
+                        .map(|c| command_to_proto(c, &token))
+                        .collect(),
                     state: state_to_proto(state) as i32,
                     cluster_id: cluster_id_wire(&ctx.lock().ns),
                 };

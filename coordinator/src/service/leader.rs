@@ -131,8 +131,13 @@ impl<S> LeaderRouter<S> {
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
         }
-        let c = dfs_common::transport::lazy_channel(address, Duration::from_secs(5))
-            .map_err(|e| Status::internal(format!("bad leader address {address:?}: {e}")))?;
+        let c = dfs_common::transport::lazy_channel_to(
+            address,
+            Duration::from_secs(5),
+            &self.ctx.security,
+            &[dfs_common::tls::Kind::Coordinator],
+        )
+        .map_err(|e| Status::internal(format!("bad leader address {address:?}: {e}")))?;
         channels.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -186,6 +191,21 @@ where
                 let channel = self.channel(&leader);
                 req.headers_mut()
                     .insert(FORWARDED_METADATA, http::HeaderValue::from_static("1"));
+                // With TLS the leader sees this member's certificate: it is
+                // told whose call this is (and trusts that only from a
+                // coordinator). A caller's own such header is replaced.
+                req.headers_mut()
+                    .remove(dfs_common::tls::FORWARDED_FOR_METADATA);
+                let caller = req
+                    .extensions()
+                    .get::<dfs_common::tls::PeerInfo>()
+                    .and_then(|i| i.principal.clone());
+                if let Some(p) = caller
+                    && let Ok(v) = http::HeaderValue::from_str(&p.uri())
+                {
+                    req.headers_mut()
+                        .insert(dfs_common::tls::FORWARDED_FOR_METADATA, v);
+                }
                 Box::pin(async move {
                     let answer = match channel {
                         Ok(mut ch) => match std::future::poll_fn(|cx| ch.poll_ready(cx)).await {

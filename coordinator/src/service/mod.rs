@@ -25,12 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dfs_common::time::{monotonic_ms, monotonic_to_unix_ms, now_unix_ms, unix_to_monotonic_ms};
+use dfs_common::tls::{Kind, Principal};
 use dfs_proto::coordinator_server::Coordinator;
 use dfs_proto::{self as pb, data_node_command};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::Role;
 use crate::cluster::{
     Cluster, ClusterError, CommandOutcome, Health, HeartbeatEvent, NodeCommand, NodeInfo,
     NodeState, NodeStatus, ReportBatch, SafeModeStatus,
@@ -164,6 +166,74 @@ pub struct Ctx {
     pub reads: Arc<leader::ReadBarrier>,
     /// This member's place in its group (none: a single coordinator).
     pub group: Option<Group>,
+    /// Its TLS identity (or plain text), for the calls it makes and the
+    /// checks of who calls it.
+    pub security: dfs_common::tls::Security,
+    /// The chunk-token key ring (with mutual TLS; none in plain text).
+    pub tokens: Option<Tokens>,
+    /// Client roles on path prefixes (`--access-file`; none: every client
+    /// may read and write).
+    pub access: Option<crate::access::AccessFile>,
+    /// Bearer tokens naming client principals (`--client-tokens`).
+    pub bearer: Option<crate::bearer::TokenFile>,
+}
+
+/// The key ring that signs chunk capabilities, and how long read and
+/// replicate tokens live.
+pub struct Tokens {
+    pub file: dfs_common::token::KeyFile,
+    pub lifetime: std::time::Duration,
+}
+
+impl Ctx {
+    /// A token for `chunk_id` allowing `ops` to `principal` on `nodes`
+    /// until `expires_at_unix_s`; none in plain text.
+    pub fn token(
+        &self,
+        chunk_id: &str,
+        ops: u32,
+        principal: Option<&Principal>,
+        nodes: &[String],
+        expires_at_unix_s: u64,
+    ) -> Option<pb::ChunkToken> {
+        let (tokens, principal) = (self.tokens.as_ref()?, principal?);
+        Some(tokens.file.get().sign(
+            chunk_id,
+            ops,
+            &principal.to_string(),
+            nodes,
+            expires_at_unix_s,
+        ))
+    }
+
+    /// When a read or replicate token made now expires.
+    pub fn token_expiry(&self) -> u64 {
+        let lifetime = self.tokens.as_ref().map(|t| t.lifetime).unwrap_or_default();
+        now_unix_ms() / 1000 + lifetime.as_secs()
+    }
+
+    /// The replicate token of a repair command to `source`: `source` may
+    /// copy the chunk to `target`.
+    pub fn replicate_token(
+        &self,
+        source: &NodeId,
+        chunk_id: &str,
+        target: &str,
+    ) -> Option<pb::ChunkToken> {
+        let principal = Principal::new(Kind::Datanode, source.as_str());
+        self.token(
+            chunk_id,
+            dfs_common::token::ops::REPLICATE,
+            Some(&principal),
+            &[target.to_string()],
+            self.token_expiry(),
+        )
+    }
+
+    /// The key ring in use (none in plain text).
+    pub fn ring(&self) -> Option<Arc<dfs_common::token::KeyRing>> {
+        self.tokens.as_ref().map(|t| t.file.get())
+    }
 }
 
 /// A coordinator's membership in its group.
@@ -300,8 +370,13 @@ impl Ctx {
                 continue;
             };
             let commands = st.cluster.take_outbox(&node);
+            let token = |chunk: &str, target: &str| self.replicate_token(&node, chunk, target);
             let resp = pb::HeartbeatResponse {
-                commands: commands.into_iter().map(command_to_proto).collect(),
+                token_keys: Vec::new(),
+                commands: commands
+                    .into_iter()
+                    .map(|c| command_to_proto(c, &token))
+                    .collect(),
                 state: state_to_proto(states.get(&node).copied().unwrap_or(NodeState::Healthy))
                     as i32,
                 cluster_id: cluster_id.clone(),
@@ -321,10 +396,184 @@ pub struct CoordinatorService {
     ctx: Arc<Ctx>,
 }
 
+/// Who may make a call (see [`CoordinatorService::allow`]).
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Clients and the operator: the namespace and status calls.
+    User,
+    /// Datanodes: registration and heartbeats.
+    Datanode,
+    /// Decommission, maintenance, safe mode and group membership.
+    Admin,
+}
+
+impl Access {
+    fn name(self) -> &'static str {
+        match self {
+            Access::User => "clients",
+            Access::Datanode => "datanodes",
+            Access::Admin => "admins",
+        }
+    }
+}
+
+/// The client principal with admin rights (`dfs up` issues it).
+pub use dfs_common::tls::ADMIN_CLIENT;
+
+/// Admins: the operator, and the client named [`ADMIN_CLIENT`].
+pub fn is_admin(p: &Principal) -> bool {
+    p.kind == Kind::Operator || (p.kind == Kind::Client && p.name == ADMIN_CLIENT)
+}
+
+/// A datanode registers and reports only as itself: its certificate names
+/// its node id (`dfs://datanode/<node id>`), so a compromised or mistaken
+/// datanode cannot heartbeat for another one, confirm its replicas or take
+/// its place. Plain text (no caller) checks nothing.
+pub fn speaks_for_itself(caller: Option<&Principal>, node_id: &str) -> Result<(), Status> {
+    match caller {
+        Some(p) if p.kind == Kind::Datanode && p.name != node_id => {
+            Err(Status::permission_denied(format!(
+                "{p} may register and report only as node {}, not as {:?}",
+                p.name,
+                truncate(node_id, 80)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl CoordinatorService {
     /// Wraps the shared context.
     pub fn new(ctx: Arc<Ctx>) -> Self {
         CoordinatorService { ctx }
+    }
+
+    /// Refuses a call its caller may not make (with TLS; plain text lets
+    /// every call through): datanode calls only from datanodes, namespace
+    /// and status calls from clients and the operator, admin calls from
+    /// admins ([`is_admin`]).
+    fn allow<T>(&self, r: &Request<T>, access: Access) -> Result<Option<Arc<Principal>>, Status> {
+        let Some(transport) = self.ctx.security.principal_of(r)? else {
+            return Ok(None);
+        };
+        let p = match self.bearer(r, &transport)? {
+            Some(user) => user,
+            None => transport,
+        };
+        let ok = match access {
+            Access::User => matches!(p.kind, Kind::Client | Kind::Operator),
+            Access::Datanode => p.kind == Kind::Datanode,
+            Access::Admin => {
+                is_admin(&p)
+                    || self
+                        .ctx
+                        .access
+                        .as_ref()
+                        .is_some_and(|a| a.get().allows(&p, Role::Admin, "/"))
+            }
+        };
+        if ok {
+            Ok(Some(p))
+        } else {
+            self.ctx.metrics.refused(access.name());
+            Err(Status::permission_denied(format!(
+                "{p} may not make this call ({} only)",
+                access.name()
+            )))
+        }
+    }
+
+    /// The user a call's bearer token names (`authorization: Bearer
+    /// <token>`, see [`crate::bearer`]), or `None` without one. A token is
+    /// honoured only over a client certificate and only when this
+    /// coordinator lists it; anything else is refused, never ignored.
+    fn bearer<T>(
+        &self,
+        r: &Request<T>,
+        transport: &Principal,
+    ) -> Result<Option<Arc<Principal>>, Status> {
+        let Some(v) = r.metadata().get("authorization") else {
+            return Ok(None);
+        };
+        let refuse = |st: Status| {
+            self.ctx.metrics.refused("bearer");
+            Err(st)
+        };
+        let Some(token) = v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ")) else {
+            return refuse(Status::unauthenticated(
+                "authorization metadata must be `Bearer <token>`",
+            ));
+        };
+        if transport.kind != Kind::Client {
+            return refuse(Status::permission_denied(format!(
+                "{transport} may not speak for a user: a bearer token is honoured only over a client certificate"
+            )));
+        }
+        let Some(file) = &self.ctx.bearer else {
+            return refuse(Status::unauthenticated(
+                "this coordinator verifies no bearer tokens (it runs without --client-tokens)",
+            ));
+        };
+        match file.get().verify(token.trim()) {
+            Some(name) => Ok(Some(Arc::new(Principal::new(Kind::Client, name)))),
+            None => refuse(Status::unauthenticated("bearer token not recognised")),
+        }
+    }
+
+    /// Whom a call's chunk tokens are issued to: the principal of the
+    /// connection (its certificate, or the caller a coordinator forwarded
+    /// for), never a bearer token's user, because a datanode authenticates
+    /// the connection that presents a chunk token.
+    fn holder<T>(&self, r: &Request<T>) -> Option<Arc<Principal>> {
+        self.ctx.security.principal_of(r).ok().flatten()
+    }
+
+    /// Refuses a namespace call on `path` that the caller's roles do not
+    /// cover ([`crate::access`]). Without an access file (or in plain
+    /// text) every client may read and write; the built-in admins always
+    /// may. A path that does not parse is left to the call's own error.
+    fn may(&self, caller: Option<&Principal>, role: Role, path: &str) -> Result<(), Status> {
+        let (Some(p), Some(access)) = (caller, &self.ctx.access) else {
+            return Ok(());
+        };
+        let Ok(path) = crate::path::NsPath::parse(path) else {
+            return Ok(());
+        };
+        let path = path.to_string();
+        if is_admin(p) || access.get().allows(p, role, &path) {
+            return Ok(());
+        }
+        self.ctx.metrics.refused("paths");
+        Err(Status::permission_denied(format!(
+            "{p} has no {} role on {path}",
+            role.as_str()
+        )))
+    }
+
+    /// [`Self::may`] for a call on an open upload (ConfirmUpload,
+    /// AbortUpload, ReplanChunk): the role is checked on the upload's
+    /// path, so a leaked upload id is worth nothing to a principal that may
+    /// not write there, and one whose write role was taken away since the
+    /// plan cannot finish the upload. An id that does not parse, or an
+    /// upload this coordinator does not know (yet), is left to the call's
+    /// own error.
+    fn may_upload(
+        &self,
+        caller: Option<&Principal>,
+        role: Role,
+        upload_id: &str,
+    ) -> Result<(), Status> {
+        if caller.is_none() || self.ctx.access.is_none() {
+            return Ok(());
+        }
+        let Ok(id) = UploadId::try_from(upload_id.to_string()) else {
+            return Ok(());
+        };
+        let path = match self.ctx.lock().ns.upload(&id) {
+            Ok(u) => u.path.clone(),
+            Err(_) => return Ok(()),
+        };
+        self.may(caller, role, &path)
     }
 
     async fn timed<T>(
@@ -351,14 +600,22 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::UploadFileRequest>,
     ) -> Result<Response<pb::UploadPlan>, Status> {
-        self.timed("UploadFile", self.upload_file_impl(r.into_inner()))
-            .await
+        let caller = self.allow(&r, Access::User)?;
+        let holder = self.holder(&r);
+        self.may(caller.as_deref(), Role::Write, &r.get_ref().path)?;
+        self.timed(
+            "UploadFile",
+            self.upload_file_impl(r.into_inner(), holder.as_deref()),
+        )
+        .await
     }
 
     async fn confirm_upload(
         &self,
         r: Request<pb::ConfirmUploadRequest>,
     ) -> Result<Response<pb::ConfirmUploadResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may_upload(caller.as_deref(), Role::Write, &r.get_ref().upload_id)?;
         self.timed("ConfirmUpload", self.confirm_impl(r.into_inner()))
             .await
     }
@@ -367,14 +624,26 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::UploadFilesRequest>,
     ) -> Result<Response<pb::UploadFilesResponse>, Status> {
-        self.timed("UploadFiles", self.upload_files_impl(r.into_inner()))
-            .await
+        let caller = self.allow(&r, Access::User)?;
+        let holder = self.holder(&r);
+        for f in &r.get_ref().files {
+            self.may(caller.as_deref(), Role::Write, &f.path)?;
+        }
+        self.timed(
+            "UploadFiles",
+            self.upload_files_impl(r.into_inner(), holder.as_deref()),
+        )
+        .await
     }
 
     async fn confirm_uploads(
         &self,
         r: Request<pb::ConfirmUploadsRequest>,
     ) -> Result<Response<pb::ConfirmUploadsResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        for u in &r.get_ref().uploads {
+            self.may_upload(caller.as_deref(), Role::Write, &u.upload_id)?;
+        }
         self.timed("ConfirmUploads", self.confirm_uploads_impl(r.into_inner()))
             .await
     }
@@ -383,6 +652,8 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::AbortUploadRequest>,
     ) -> Result<Response<pb::AbortUploadResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may_upload(caller.as_deref(), Role::Write, &r.get_ref().upload_id)?;
         let req = r.into_inner();
         self.timed("AbortUpload", async {
             self.ctx
@@ -399,22 +670,33 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::ReplanChunkRequest>,
     ) -> Result<Response<pb::PlannedChunk>, Status> {
-        self.timed("ReplanChunk", self.replan_impl(r.into_inner()))
-            .await
+        let caller = self.allow(&r, Access::User)?;
+        let holder = self.holder(&r);
+        self.may_upload(caller.as_deref(), Role::Write, &r.get_ref().upload_id)?;
+        self.timed(
+            "ReplanChunk",
+            self.replan_impl(r.into_inner(), holder.as_deref()),
+        )
+        .await
     }
 
     async fn download_file(
         &self,
         r: Request<pb::DownloadFileRequest>,
     ) -> Result<Response<pb::DownloadFileResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        let holder = self.holder(&r);
+        self.may(caller.as_deref(), Role::Read, &r.get_ref().path)?;
         self.timed("DownloadFile", async {
             self.ctx.read_barrier(r.metadata()).await?;
-            self.download_impl(r.into_inner())
+            self.download_impl(r.into_inner(), holder.as_deref())
         })
         .await
     }
 
     async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Result<Response<pb::FileInfo>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may(caller.as_deref(), Role::Write, &r.get_ref().path)?;
         self.timed("Mkdir", async {
             let once = request_id(r.metadata())?;
             let req = r.into_inner();
@@ -439,6 +721,8 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::ListDirectoryRequest>,
     ) -> Result<Response<pb::ListDirectoryResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may(caller.as_deref(), Role::Read, &r.get_ref().path)?;
         self.timed("ListDirectory", async {
             self.ctx.read_barrier(r.metadata()).await?;
             self.list_impl(r.into_inner())
@@ -447,6 +731,8 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn stat(&self, r: Request<pb::StatRequest>) -> Result<Response<pb::FileInfo>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may(caller.as_deref(), Role::Read, &r.get_ref().path)?;
         self.timed("Stat", async {
             self.ctx.read_barrier(r.metadata()).await?;
             let path = parse_path(&r.get_ref().path)?;
@@ -459,6 +745,8 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may(caller.as_deref(), Role::Write, &r.get_ref().path)?;
         self.timed("Delete", async {
             let once = request_id(r.metadata())?;
             let req = r.into_inner();
@@ -491,6 +779,9 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::FileInfo>, Status> {
+        let caller = self.allow(&r, Access::User)?;
+        self.may(caller.as_deref(), Role::Write, &r.get_ref().source)?;
+        self.may(caller.as_deref(), Role::Write, &r.get_ref().destination)?;
         self.timed("Rename", async {
             let once = request_id(r.metadata())?;
             let req = r.into_inner();
@@ -516,6 +807,11 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::RegisterDataNodeRequest>,
     ) -> Result<Response<pb::RegisterDataNodeResponse>, Status> {
+        let caller = self.allow(&r, Access::Datanode)?;
+        if let Err(status) = speaks_for_itself(caller.as_deref(), &r.get_ref().node_id) {
+            self.ctx.metrics.refused("itself");
+            return Err(status);
+        }
         self.timed("RegisterDataNode", self.register_impl(r.into_inner()))
             .await
     }
@@ -526,15 +822,17 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<Streaming<pb::Heartbeat>>,
     ) -> Result<Response<Self::DataNodeHeartbeatStream>, Status> {
+        let caller = self.allow(&r, Access::Datanode)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(heartbeat_loop(self.ctx.clone(), r.into_inner(), tx));
+        tokio::spawn(heartbeat_loop(self.ctx.clone(), r.into_inner(), tx, caller));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn list_nodes(
         &self,
-        _: Request<pb::ListNodesRequest>,
+        r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.allow(&r, Access::User)?;
         self.timed("ListNodes", async {
             let st = self.ctx.lock();
             Ok(pb::ListNodesResponse {
@@ -551,8 +849,9 @@ impl Coordinator for CoordinatorService {
 
     async fn get_cluster_status(
         &self,
-        _: Request<pb::GetClusterStatusRequest>,
+        r: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.allow(&r, Access::User)?;
         self.timed("GetClusterStatus", async { Ok(self.cluster_status()) })
             .await
     }
@@ -561,6 +860,7 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::DecommissionNodeRequest>,
     ) -> Result<Response<pb::DataNodeStatus>, Status> {
+        self.allow(&r, Access::Admin)?;
         let req = r.into_inner();
         self.timed("DecommissionNode", async {
             let node_id: NodeId = parse_id(req.node_id)?;
@@ -587,6 +887,7 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::SetNodeMaintenanceRequest>,
     ) -> Result<Response<pb::DataNodeStatus>, Status> {
+        self.allow(&r, Access::Admin)?;
         let req = r.into_inner();
         self.timed("SetNodeMaintenance", async {
             let node_id: NodeId = parse_id(req.node_id)?;
@@ -626,6 +927,7 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::SetSafeModeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.allow(&r, Access::Admin)?;
         let req = r.into_inner();
         self.timed("SetSafeMode", async {
             self.ctx.lock().cluster.set_safe_mode(req.enabled);
@@ -638,12 +940,18 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::AddCoordinatorRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.allow(&r, Access::Admin)?;
         let req = r.into_inner();
         self.timed("AddCoordinator", async {
             let group = self.group()?;
-            crate::raft::membership::add_learner(&group.raft, req.id, &req.address)
-                .await
-                .map_err(membership_status)?;
+            crate::raft::membership::add_learner(
+                &group.raft,
+                req.id,
+                &req.address,
+                &self.ctx.security,
+            )
+            .await
+            .map_err(membership_status)?;
             tracing::info!(id = req.id, address = %req.address, "coordinator added as a learner");
             Ok(self.cluster_status())
         })
@@ -654,6 +962,7 @@ impl Coordinator for CoordinatorService {
         &self,
         r: Request<pb::SetCoordinatorVotersRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.allow(&r, Access::Admin)?;
         let req = r.into_inner();
         self.timed("SetCoordinatorVoters", async {
             let group = self.group()?;

@@ -7,9 +7,11 @@ impl CoordinatorService {
     pub(super) fn download_impl(
         &self,
         req: pb::DownloadFileRequest,
+        caller: Option<&Principal>,
     ) -> Result<pb::DownloadFileResponse, Status> {
         let path = parse_path(&req.path)?;
         let now = monotonic_ms();
+        let expires = self.ctx.token_expiry();
         let st = self.ctx.lock();
         let (info, file) = st.ns.file(&path)?;
         let mut offset = 0;
@@ -18,24 +20,35 @@ impl CoordinatorService {
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                let replicas: Vec<pb::NodeAddress> = st
+                    .cluster
+                    .read_replicas(&st.ns, &c.id, now)
+                    .into_iter()
+                    .map(|r| pb::NodeAddress {
+                        node_id: r.node_id.into_string(),
+                        address: r.address,
+                    })
+                    .collect();
+                let ids: Vec<String> = replicas.iter().map(|r| r.node_id.clone()).collect();
+                let chunk_id = c.id.to_string();
+                let token = self.ctx.token(
+                    &chunk_id,
+                    dfs_common::token::ops::READ,
+                    caller,
+                    &ids,
+                    expires,
+                );
                 let loc = pb::ChunkLocation {
                     index: i as u64,
                     offset,
                     chunk: Some(pb::ChunkMeta {
-                        chunk_id: c.id.to_string(),
+                        chunk_id,
                         checksum: c.checksum,
                         size: c.size,
                         checksum_algorithm: c.algorithm,
                     }),
-                    replicas: st
-                        .cluster
-                        .read_replicas(&st.ns, &c.id, now)
-                        .into_iter()
-                        .map(|r| pb::NodeAddress {
-                            node_id: r.node_id.into_string(),
-                            address: r.address,
-                        })
-                        .collect(),
+                    replicas,
+                    token,
                 };
                 offset += c.size;
                 loc

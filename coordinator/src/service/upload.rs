@@ -26,11 +26,31 @@ impl CoordinatorService {
             .collect()
     }
 
+    /// The write token of a planned chunk: write (and roll back) on the
+    /// planned nodes, for the caller, while the plan lives.
+    fn write_token(
+        &self,
+        chunk_id: &str,
+        nodes: &[NodeId],
+        caller: Option<&Principal>,
+        expires_at_unix_s: u64,
+    ) -> Option<pb::ChunkToken> {
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        self.ctx.token(
+            chunk_id,
+            dfs_common::token::ops::WRITE,
+            caller,
+            &nodes,
+            expires_at_unix_s,
+        )
+    }
+
     /// UploadFile: parse, plan (a pure decision, see [`crate::planning`]),
     /// make the plan durable, answer it.
     pub(super) async fn upload_file_impl(
         &self,
         req: pb::UploadFileRequest,
+        caller: Option<&Principal>,
     ) -> Result<pb::UploadPlan, Status> {
         let cfg = &self.ctx.config;
         let request = planning::UploadRequest {
@@ -65,15 +85,21 @@ impl CoordinatorService {
             let Command::BeginUpload(upload) = &command else {
                 unreachable!("plan_upload returns BeginUpload");
             };
+            let expires = upload.expires_at_ms.div_ceil(1000);
             let chunks: Vec<pb::PlannedChunk> = upload
                 .chunks
                 .iter()
-                .map(|c| pb::PlannedChunk {
-                    index: c.index,
-                    chunk_id: c.chunk_id.to_string(),
-                    offset: c.offset,
-                    size: c.size,
-                    nodes: Self::addresses(st, &c.nodes),
+                .map(|c| {
+                    let chunk_id = c.chunk_id.to_string();
+                    let token = self.write_token(&chunk_id, &c.nodes, caller, expires);
+                    pb::PlannedChunk {
+                        index: c.index,
+                        chunk_id,
+                        offset: c.offset,
+                        size: c.size,
+                        nodes: Self::addresses(st, &c.nodes),
+                        token,
+                    }
                 })
                 .collect();
             (command, chunks)
@@ -99,6 +125,7 @@ impl CoordinatorService {
     pub(super) async fn replan_impl(
         &self,
         req: pb::ReplanChunkRequest,
+        caller: Option<&Principal>,
     ) -> Result<pb::PlannedChunk, Status> {
         if req.exclude_nodes.len() > MAX_EXCLUDED_NODES {
             return Err(Status::invalid_argument(format!(
@@ -112,7 +139,7 @@ impl CoordinatorService {
             monotonic_ms: monotonic_ms(),
             unix_ms: now_unix_ms(),
         };
-        let (chunk, command, nodes) = {
+        let (chunk, command, nodes, ids, expires) = {
             let mut guard = self.ctx.lock();
             let st = &mut *guard;
             let Some((chunk, command)) = planning::plan_replan(
@@ -134,13 +161,20 @@ impl CoordinatorService {
             let Command::ReplanChunk { nodes, .. } = &command else {
                 unreachable!("plan_replan returns ReplanChunk");
             };
+            let ids = nodes.clone();
             let nodes = Self::addresses(st, nodes);
-            (chunk, command, nodes)
+            let expires = st
+                .ns
+                .upload(&upload_id)
+                .map(|u| u.expires_at_ms.div_ceil(1000))
+                .unwrap_or_else(|_| self.ctx.token_expiry());
+            (chunk, command, nodes, ids, expires)
         };
         let Command::ReplanChunk { chunk_id, .. } = &command else {
             unreachable!("plan_replan returns ReplanChunk");
         };
         let chunk_id = chunk_id.to_string();
+        let token = self.write_token(&chunk_id, &ids, caller, expires);
         self.ctx.propose(command).await?;
         Ok(pb::PlannedChunk {
             index: chunk.index,
@@ -148,6 +182,7 @@ impl CoordinatorService {
             offset: chunk.offset,
             size: chunk.size,
             nodes,
+            token,
         })
     }
 
@@ -163,7 +198,12 @@ impl CoordinatorService {
             records,
             receipts,
             pending,
-        } = ConfirmRequest::try_from(req)?;
+            refused_receipts,
+        } = ConfirmRequest::parse(req, self.ctx.ring().as_deref())?;
+        self.ctx
+            .metrics
+            .receipts_refused
+            .inc_by(refused_receipts as u64);
         // A retry of a confirm already applied (its answer lost, say in a
         // leader change) gets the first answer: the upload id is the key.
         let key = format!("confirm/{upload_id}");
@@ -258,6 +298,7 @@ impl CoordinatorService {
     pub(super) async fn upload_files_impl(
         &self,
         req: pb::UploadFilesRequest,
+        caller: Option<&Principal>,
     ) -> Result<pb::UploadFilesResponse, Status> {
         check_batch_len(req.files.len())?;
         let default_chunk = self.ctx.config.chunk_size.0;
@@ -280,7 +321,9 @@ impl CoordinatorService {
             )));
         }
         let results = self
-            .run_batch("UploadFile", req.files, |f| self.upload_file_impl(f))
+            .run_batch("UploadFile", req.files, |f| {
+                self.upload_file_impl(f, caller)
+            })
             .await;
         Ok(pb::UploadFilesResponse {
             results: results

@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -71,6 +72,20 @@ pub async fn apply_all(
                 name,
                 source,
             })?;
+    }
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    match &desired.network_policy {
+        Some(p) => {
+            apply_one(client, ns, p).await?;
+        }
+        None => {
+            let name = super::build::Names(cluster_name).network_policy();
+            delete_ignoring_absent(
+                policies.delete(&name, &DeleteParams::default()).await,
+                "NetworkPolicy",
+                &name,
+            )?;
+        }
     }
     prune(client, ns, cluster_name, desired, service_monitor_crd).await?;
     let sts_status = sts.status.unwrap_or_default();

@@ -50,6 +50,13 @@ impl Call {
             "code": code, "reason": "InternalError", "message": "etcd is sad",
         }))
     }
+    fn not_found(mut self) -> Self {
+        self.status = 404;
+        self.reply(json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+            "code": 404, "reason": "NotFound", "message": "not found",
+        }))
+    }
     fn query(mut self, q: &'static str) -> Self {
         self.query.push(q);
         self
@@ -116,6 +123,8 @@ async fn serve(mut handle: Handle, calls: Vec<Call>) {
 pub struct FakeCoordinator {
     facts: Mutex<Option<ClusterFacts>>,
     calls: Mutex<Vec<String>>,
+    /// The principal of the last identity the operator set.
+    identity: Mutex<Option<dfs_common::tls::Principal>>,
 }
 
 impl FakeCoordinator {
@@ -132,7 +141,11 @@ impl Coordinator for FakeCoordinator {
         &'a self,
         url: &'a str,
     ) -> BoxFuture<'a, Result<ClusterFacts, CoordinatorError>> {
-        assert_eq!(url, "http://test-coordinator.default.svc:7000");
+        assert!(
+            url == "http://test-coordinator.default.svc:7000"
+                || url == "https://test-coordinator.default.svc:7000",
+            "{url}"
+        );
         let facts = self.facts.lock().unwrap().clone();
         Box::pin(async move {
             facts.ok_or_else(|| CoordinatorError::Call {
@@ -193,9 +206,18 @@ impl Coordinator for FakeCoordinator {
             .push(format!("voters {voter_ids:?}"));
         Box::pin(async { Ok(()) })
     }
+
+    fn use_identity(&self, _url: &str, tls: Option<Arc<dfs_common::tls::Tls>>) {
+        *self.identity.lock().unwrap() = tls.map(|t| t.principal());
+    }
 }
 
-fn cluster(spec: Value) -> DfsCluster {
+/// A DfsCluster named `test`; plain text without a NetworkPolicy unless
+/// `spec` says `security` (the TLS scenarios say so).
+fn cluster(mut spec: Value) -> DfsCluster {
+    if spec.get("security").is_none() {
+        spec["security"] = json!({"tls": false, "networkPolicy": false});
+    }
     serde_json::from_value(json!({
         "apiVersion": "dfs.io/v1alpha1",
         "kind": "DfsCluster",
@@ -290,6 +312,7 @@ const NS: &str = "/api/v1/namespaces/default";
 const APPS: &str = "/apis/apps/v1/namespaces/default";
 const POLICY: &str = "/apis/policy/v1/namespaces/default";
 const DFS: &str = "/apis/dfs.io/v1alpha1/namespaces/default/dfsclusters/test";
+const NETWORKING: &str = "/apis/networking.k8s.io/v1/namespaces/default";
 
 fn ssa(path: String) -> Call {
     Call::new("PATCH", path)
@@ -320,25 +343,43 @@ const NOT_READY: Ready = Ready {
     datanodes_desired: 0,
 };
 
-/// Reads, applies and prunes: the calls of every reconcile of a valid spec.
+/// Reads, applies and prunes: the calls of every reconcile of a valid
+/// plain-text spec.
 fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call> {
+    pipeline_with(node_items, pods, ready, Vec::new())
+}
+
+/// [`pipeline`] for a TLS cluster: `secrets` are the calls that keep its
+/// Secrets (between the reads and the applies), and the NetworkPolicy is
+/// applied.
+fn pipeline_with(
+    node_items: Vec<Value>,
+    pods: Vec<Value>,
+    ready: Ready,
+    secrets: Vec<Call>,
+) -> Vec<Call> {
+    let tls = !secrets.is_empty();
+    let scheme = if tls { "https" } else { "http" };
     let datanode_pods = pods
         .iter()
         .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "datanode")
         .count() as i64;
-    vec![
+    let mut calls = vec![
         Call::new("GET", "/api/v1/nodes").reply(list("Node", node_items)),
         Call::new("GET", format!("{NS}/pods"))
             .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest")
             .reply(list("Pod", pods)),
+    ];
+    calls.extend(secrets);
+    calls.extend([
         Call::new("GET", format!("{NS}/configmaps/test-coordinator-group")).reply(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "test-coordinator-group", "namespace": "default"},
             "data": {"initialClusterState": "new"},
         })),
-        ssa(format!("{NS}/configmaps/test-config")).check(|b| {
+        ssa(format!("{NS}/configmaps/test-config")).check(move |b| {
             assert_eq!(b["data"]["replication"], "3");
-            assert_eq!(b["data"]["coordinator"], "http://test-coordinator.default.svc:7000");
+            assert_eq!(b["data"]["coordinator"], format!("{scheme}://test-coordinator.default.svc:7000"));
         }),
         ssa(format!("{NS}/configmaps/test-topology")).check(|b| {
             assert_eq!(b["data"], json!({"node-a": "zone-1", "node-b": "zone-2"}));
@@ -375,6 +416,12 @@ fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call>
                 });
                 b
             }),
+        if tls {
+            ssa(format!("{NETWORKING}/networkpolicies/test-dfs"))
+                .check(|b| assert_eq!(b["spec"]["policyTypes"], json!(["Ingress"])))
+        } else {
+            Call::new("DELETE", format!("{NETWORKING}/networkpolicies/test-dfs")).not_found()
+        },
         Call::new("GET", format!("{NS}/services"))
             .query("labelSelector=app.kubernetes.io%2Finstance%3Dtest%2Capp.kubernetes.io%2Fmanaged-by%3Ddfs-operator")
             .reply(list(
@@ -384,7 +431,8 @@ fn pipeline(node_items: Vec<Value>, pods: Vec<Value>, ready: Ready) -> Vec<Call>
                     .map(|n| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": n, "namespace": "default"}}))
                     .collect(),
             )),
-    ]
+    ]);
+    calls
 }
 
 fn two_nodes() -> Vec<Value> {
@@ -892,4 +940,122 @@ fn backoff_grows_and_caps() {
     assert_eq!(super::backoff(1), Duration::from_secs(5));
     assert_eq!(super::backoff(3), Duration::from_secs(20));
     assert_eq!(super::backoff(30), super::BACKOFF_MAX);
+}
+
+/// A TLS cluster's first reconcile creates its CA and token keys (once,
+/// with POST: never overwritten) and issues every identity: the
+/// coordinators' for their Service names, one per Kubernetes node for the
+/// datanodes (the node id the coordinator knows for that host), the admin
+/// client's; the operator calls the coordinator with an identity of its
+/// own. A second reconcile over the stored Secrets rewrites none of them.
+#[tokio::test]
+async fn a_tls_cluster_gets_its_ca_token_keys_and_identities_once() {
+    use dfs_common::tls::{Kind, Principal};
+    use std::collections::BTreeMap;
+    let obj = with_finalizer(cluster(json!({"security": {}})));
+    let stored: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
+    let keep = |name: &'static str, stored: &Arc<Mutex<BTreeMap<String, Value>>>| {
+        let stored = stored.clone();
+        move |b: &Value| {
+            stored.lock().unwrap().insert(name.to_string(), b.clone());
+        }
+    };
+    let text = |b: &Value, key: &str| -> String {
+        use k8s_openapi::ByteString;
+        let v: ByteString = serde_json::from_value(b["data"][key].clone()).unwrap();
+        String::from_utf8(v.0).unwrap()
+    };
+    let principal = move |b: &Value, key: &str| dfs_common::pki::describe(&text(b, key)).unwrap().0;
+    let secrets = |stored: &Arc<Mutex<BTreeMap<String, Value>>>| {
+        vec![
+            Call::new("GET", format!("{NS}/secrets/test-ca")).not_found(),
+            Call::new("GET", format!("{NS}/secrets/test-ca")).not_found(),
+            Call::new("POST", format!("{NS}/secrets")).check({
+                let keep = keep("test-ca", stored);
+                move |b| {
+                    assert_eq!(b["metadata"]["name"], "test-ca");
+                    assert!(text(b, "ca.key").contains("PRIVATE KEY"));
+                    keep(b)
+                }
+            }),
+            Call::new("GET", format!("{NS}/secrets/test-token-keys")).not_found(),
+            Call::new("POST", format!("{NS}/secrets")).check({
+                let keep = keep("test-token-keys", stored);
+                move |b| {
+                    assert_eq!(b["metadata"]["name"], "test-token-keys");
+                    assert!(text(b, "token-keys").lines().any(|l| l.starts_with("1 ")));
+                    keep(b)
+                }
+            }),
+            Call::new("GET", format!("{NS}/secrets/test-coordinator-tls")).not_found(),
+            ssa(format!("{NS}/secrets/test-coordinator-tls")).check({
+                let keep = keep("test-coordinator-tls", stored);
+                move |b| {
+                    assert_eq!(
+                        principal(b, "tls.crt"),
+                        Principal::new(Kind::Coordinator, "test")
+                    );
+                    assert!(
+                        b["metadata"]["annotations"]["dfs.io/issued-for"]
+                            .as_str()
+                            .unwrap()
+                            .contains("*.test-coordinator-headless.default.svc")
+                    );
+                    keep(b)
+                }
+            }),
+            Call::new("GET", format!("{NS}/secrets/test-admin-tls")).not_found(),
+            ssa(format!("{NS}/secrets/test-admin-tls")).check({
+                let keep = keep("test-admin-tls", stored);
+                move |b| {
+                    assert_eq!(
+                        principal(b, "tls.crt"),
+                        Principal::new(Kind::Client, "admin")
+                    );
+                    keep(b)
+                }
+            }),
+            Call::new("GET", format!("{NS}/secrets/test-datanode-tls")).not_found(),
+            ssa(format!("{NS}/secrets/test-datanode-tls")).check({
+                let keep = keep("test-datanode-tls", stored);
+                move |b| {
+                    assert_eq!(
+                        principal(b, "node-a.crt"),
+                        Principal::new(Kind::Datanode, "ab".repeat(16))
+                    );
+                    assert_eq!(principal(b, "node-b.crt").kind, Kind::Datanode);
+                    assert!(text(b, "node-b.key").contains("PRIVATE KEY"));
+                    keep(b)
+                }
+            }),
+        ]
+    };
+    let mut f = facts(&[("node-a", NodeState::Healthy)], 0);
+    f.nodes[0].node_id = "ab".repeat(16);
+    let fake = Arc::new(FakeCoordinator::default());
+    fake.set(Some(f.clone()));
+    let mut calls = pipeline_with(two_nodes(), vec![], NOT_READY, secrets(&stored));
+    calls.push(status_write(&obj, |_| {}));
+    run(obj.clone(), calls, fake.clone()).await;
+    let who = fake.identity.lock().unwrap().clone().expect("an identity");
+    assert_eq!(who, Principal::new(Kind::Operator, "dfs-operator"));
+
+    // Again, over what was stored: reads only, nothing issued or created.
+    let stored = stored.lock().unwrap().clone();
+    let get = |name: &str| {
+        let mut b = stored[name].clone();
+        b["apiVersion"] = json!("v1");
+        b["kind"] = json!("Secret");
+        Call::new("GET", format!("{NS}/secrets/{name}")).reply(b)
+    };
+    let secrets = vec![
+        get("test-ca"),
+        get("test-token-keys"),
+        get("test-coordinator-tls"),
+        get("test-admin-tls"),
+        get("test-datanode-tls"),
+    ];
+    let mut calls = pipeline_with(two_nodes(), vec![], NOT_READY, secrets);
+    calls.push(status_write(&obj, |_| {}));
+    run(obj, calls, fake).await;
 }

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod build;
 pub mod membership;
 pub mod nodes;
+pub mod pki;
 pub mod roll;
 pub mod status;
 pub mod validate;
@@ -60,6 +61,8 @@ pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How often the operator looks again for the ServiceMonitor CRD.
 pub const SERVICE_MONITOR_RECHECK: Duration = Duration::from_secs(300);
+/// How long the operator uses one identity of its own for a cluster.
+pub const IDENTITY_REISSUE: Duration = Duration::from_secs(86_400);
 /// How long the maintenance of a restarting datanode lasts at most.
 pub const MAINTENANCE_DURATION: Duration = Duration::from_secs(600);
 
@@ -129,6 +132,24 @@ pub enum Error {
         /// Cause.
         source: Box<crate::coordinator::CoordinatorError>,
     },
+    /// Reading or writing one of the cluster's certificate or key Secrets
+    /// failed.
+    #[error("failed to keep Secret {name}: {source}")]
+    Secret {
+        /// Secret name.
+        name: String,
+        /// Cause.
+        source: kube::Error,
+    },
+    /// A certificate could not be issued (or the CA Secret does not hold
+    /// a CA).
+    #[error("certificates of {cluster}: {message}")]
+    Pki {
+        /// DfsCluster name.
+        cluster: String,
+        /// What failed.
+        message: String,
+    },
     /// The coordinator group refused or missed a membership change.
     #[error("failed to change the coordinator group ({change}): {source}")]
     Membership {
@@ -152,9 +173,15 @@ impl Error {
             Error::PublishEvent(_) => "publish_event",
             Error::SetMaintenance { .. } => "set_maintenance",
             Error::Membership { .. } => "membership",
+            Error::Secret { .. } => "secret",
+            Error::Pki { .. } => "pki",
         }
     }
 }
+
+/// The operator's identity for one cluster: the CA pem it was issued
+/// under, the credentials, when.
+pub type Identity = (String, Arc<dfs_common::tls::Tls>, std::time::Instant);
 
 /// Shared state of every reconcile.
 pub struct Context {
@@ -171,6 +198,9 @@ pub struct Context {
     pub service_monitor_crd: AtomicBool,
     /// Consecutive failures per DfsCluster, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// The operator's identity per TLS cluster: the CA it was issued
+    /// under, and when.
+    pub identities: Mutex<HashMap<String, Identity>>,
 }
 
 impl Context {
@@ -194,7 +224,35 @@ impl Context {
             recorder,
             service_monitor_crd: AtomicBool::new(service_monitor_crd),
             failures: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The operator's identity for the cluster `obj` under `ca`: kept while
+    /// the CA stays and for a day (it is issued for a week), else issued
+    /// again.
+    fn identity(
+        &self,
+        obj: &DfsCluster,
+        ca: &dfs_common::pki::Ca,
+    ) -> Result<Arc<dfs_common::tls::Tls>, Error> {
+        let key = Self::key(obj);
+        let mut ids = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((pem, tls, at)) = ids.get(&key)
+            && pem == ca.pem()
+            && at.elapsed() < IDENTITY_REISSUE
+        {
+            return Ok(tls.clone());
+        }
+        let tls = pki::operator_identity(ca).map_err(|message| Error::Pki {
+            cluster: obj.name_any(),
+            message,
+        })?;
+        ids.insert(
+            key,
+            (ca.pem().to_string(), tls.clone(), std::time::Instant::now()),
+        );
+        Ok(tls)
     }
 
     fn key(obj: &DfsCluster) -> String {
@@ -531,7 +589,19 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
         .map(|n| (n.name_any(), n.labels().get(NODE_LABEL).cloned()))
         .collect();
     let (coordinator_pods, datanode_pods) = list_pods(&ctx.client, &ns, &name).await?;
-    let url = build::coordinator_url(&name, &ns);
+    let url = build::coordinator_url(&name, &ns, valid.tls);
+    // A TLS cluster's CA and token keys exist before anything that uses
+    // them; the operator calls its coordinators with an identity of its own
+    // from that CA.
+    let ca = if valid.tls {
+        let ca = pki::ensure_ca(&ctx.client, obj, &valid).await?;
+        ctx.coordinator
+            .use_identity(&url, Some(ctx.identity(obj, &ca)?));
+        Some(ca)
+    } else {
+        ctx.coordinator.use_identity(&url, None);
+        None
+    };
     let facts: Option<ClusterFacts> = if obj.spec.cluster_operation.stopped {
         None
     } else {
@@ -543,6 +613,12 @@ async fn reconcile_inner(obj: &DfsCluster, ctx: &Context) -> Result<Action, Erro
             }
         }
     };
+
+    if let Some(ca) = &ca {
+        let nodes: Vec<String> = node_list.items.iter().map(|n| n.name_any()).collect();
+        let known = pki::known_ids(facts.as_ref(), previous);
+        pki::ensure_identities(&ctx.client, obj, &valid, ca, &nodes, &known).await?;
+    }
 
     // The group's membership: which members run, whether it has formed
     // (sticky: once `existing`, never `new` again).

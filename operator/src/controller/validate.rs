@@ -30,6 +30,8 @@ pub struct ValidSpec {
     pub chunk_size: u64,
     /// Datanode reserve in bytes.
     pub reserve: u64,
+    /// Mutual TLS and chunk tokens on (`spec.security.tls`).
+    pub tls: bool,
 }
 
 /// Why a spec was rejected: every problem found, for the Warning event.
@@ -59,6 +61,24 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
         problems.push(format!(
             "metadata.name must be at most {MAX_NAME_LEN} characters"
         ));
+    }
+    if let Some(secret) = &spec.security.access_secret {
+        let dns = !secret.is_empty()
+            && secret.len() <= 253
+            && secret
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !dns {
+            problems.push(format!(
+                "security.accessSecret {secret:?} is not a Secret name (lowercase DNS subdomain)"
+            ));
+        }
+        if !spec.security.tls {
+            problems.push(
+                "security.accessSecret needs security.tls: principals come from certificates"
+                    .into(),
+            );
+        }
     }
     let namespace = cluster.namespace().unwrap_or_default();
     if namespace.is_empty() {
@@ -123,8 +143,14 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
         ("coordinator.podOverrides", &spec.coordinator.pod_overrides),
         ("datanode.podOverrides", &spec.datanode.pod_overrides),
     ] {
-        if o.as_ref().is_some_and(|v| !v.is_object()) {
-            problems.push(format!("{what} must be an object (a partial pod template)"));
+        match o {
+            Some(v) if !v.is_object() => {
+                problems.push(format!("{what} must be an object (a partial pod template)"));
+            }
+            Some(v) => {
+                problems.extend(privileges_in(v).into_iter().map(|p| format!("{what}: {p}")))
+            }
+            None => {}
         }
     }
     match owner {
@@ -134,9 +160,88 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
             owner,
             chunk_size,
             reserve,
+            tls: spec.security.tls,
         }),
         _ => Err(InvalidSpec(problems)),
     }
+}
+
+/// What a partial pod template would add beyond the hardened pods the
+/// operator builds: privileges, host namespaces, host paths, a root user,
+/// an unconfined seccomp profile, a ServiceAccount token. Overrides may
+/// tune scheduling, resources, labels and the like, never these.
+fn privileges_in(overrides: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let mut found = Vec::new();
+    let Some(spec) = overrides.get("spec") else {
+        return found;
+    };
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec.get(key) == Some(&Value::Bool(true)) {
+            found.push(format!("spec.{key} is not allowed"));
+        }
+    }
+    if spec.get("hostUsers") == Some(&Value::Bool(true)) {
+        found.push("spec.hostUsers is not allowed".into());
+    }
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(true)) {
+        found.push("spec.automountServiceAccountToken: neither component needs a token".into());
+    }
+    if let Some(volumes) = spec.get("volumes").and_then(Value::as_array) {
+        for (i, v) in volumes.iter().enumerate() {
+            if v.get("hostPath").is_some() {
+                found.push(format!(
+                    "spec.volumes[{i}]: hostPath volumes are not allowed"
+                ));
+            }
+        }
+    }
+    let check_context = |where_: &str, ctx: &Value, found: &mut Vec<String>| {
+        let is = |k: &str, v: Value| ctx.get(k) == Some(&v);
+        if is("privileged", Value::Bool(true)) {
+            found.push(format!("{where_}.privileged is not allowed"));
+        }
+        if is("allowPrivilegeEscalation", Value::Bool(true)) {
+            found.push(format!("{where_}.allowPrivilegeEscalation is not allowed"));
+        }
+        if is("runAsNonRoot", Value::Bool(false)) || is("runAsUser", Value::from(0)) {
+            found.push(format!("{where_}: running as root is not allowed"));
+        }
+        if is("readOnlyRootFilesystem", Value::Bool(false)) {
+            found.push(format!("{where_}.readOnlyRootFilesystem must stay true"));
+        }
+        if ctx
+            .pointer("/capabilities/add")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+        {
+            found.push(format!("{where_}.capabilities.add is not allowed"));
+        }
+        if ctx.pointer("/seccompProfile/type") == Some(&Value::from("Unconfined")) {
+            found.push(format!("{where_}.seccompProfile Unconfined is not allowed"));
+        }
+    };
+    if let Some(ctx) = spec.get("securityContext") {
+        check_context("spec.securityContext", ctx, &mut found);
+    }
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if let Some(ctx) = c.get("securityContext") {
+                check_context(
+                    &format!("spec.{list}[{i}].securityContext"),
+                    ctx,
+                    &mut found,
+                );
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -199,5 +304,38 @@ mod tests {
     fn quantities() {
         assert!(is_quantity("10Gi") && is_quantity("1.5T") && is_quantity("100"));
         assert!(!is_quantity("Gi") && !is_quantity("10GB") && !is_quantity("0"));
+    }
+
+    #[test]
+    fn pod_overrides_cannot_add_privileges() {
+        let err = validate(&cluster(
+            "{datanode: {podOverrides: {spec: {hostNetwork: true, hostPID: true, automountServiceAccountToken: true, \
+             volumes: [{name: root, hostPath: {path: /}}], securityContext: {runAsUser: 0}, \
+             containers: [{name: datanode, securityContext: {privileged: true, allowPrivilegeEscalation: true, \
+             readOnlyRootFilesystem: false, capabilities: {add: [SYS_ADMIN]}, seccompProfile: {type: Unconfined}}}]}}}}",
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "spec.hostNetwork",
+            "spec.hostPID",
+            "automountServiceAccountToken",
+            "hostPath volumes",
+            "spec.securityContext: running as root",
+            "containers[0].securityContext.privileged",
+            "allowPrivilegeEscalation",
+            "readOnlyRootFilesystem",
+            "capabilities.add",
+            "Unconfined",
+        ] {
+            assert!(text.contains(want), "{want} missing from: {text}");
+        }
+        assert_eq!(err.0.len(), 10, "{text}");
+        // Tuning stays allowed.
+        validate(&cluster(
+            "{coordinator: {podOverrides: {metadata: {labels: {team: a}}, spec: {priorityClassName: high, \
+             containers: [{name: coordinator, securityContext: {readOnlyRootFilesystem: true}}]}}}}",
+        ))
+        .unwrap();
     }
 }

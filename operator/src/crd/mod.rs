@@ -76,6 +76,9 @@ pub struct DfsClusterSpec {
     /// What happens to stored data when the DfsCluster is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Transport security and authorization.
+    #[serde(default)]
+    pub security: SecuritySpec,
 }
 
 fn default_replication() -> u32 {
@@ -322,6 +325,44 @@ impl Default for MetricsSpec {
 
 fn default_true() -> bool {
     true
+}
+
+/// Transport security and authorization (docs/security.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// Mutual TLS 1.3 on every hop and coordinator-signed chunk tokens. The
+    /// operator creates the cluster's CA (Secret `<name>-ca`), issues every
+    /// component its certificate (`<name>-coordinator-tls`,
+    /// `<name>-datanode-tls`, one identity per Kubernetes node, and an admin
+    /// client identity in `<name>-admin-tls`), creates the token keys
+    /// (`<name>-token-keys`) and renews certificates before they expire.
+    /// `false` runs every process with `--insecure` (plain text, nobody
+    /// authenticated): only on a network you trust.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// A Secret holding an access file (key `access`) that grants client
+    /// principals read, write or admin on path prefixes; mounted into the
+    /// coordinators and reloaded when it changes. Without it every client
+    /// of the cluster's CA may read and write everything.
+    #[serde(default)]
+    pub access_secret: Option<String>,
+    /// Create a NetworkPolicy admitting to the gRPC ports only this
+    /// cluster's pods, the operator and pods labelled
+    /// `dfs.io/client: <cluster name>` (metrics ports stay open to
+    /// scrapers).
+    #[serde(default = "default_true")]
+    pub network_policy: bool,
+}
+
+impl Default for SecuritySpec {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            access_secret: None,
+            network_policy: true,
+        }
+    }
 }
 
 /// Operational switches.

@@ -237,6 +237,8 @@ impl DockerCluster {
             "dfs",
         ];
         full.extend_from_slice(args);
+        // Docker-network scenarios exercise faults, not TLS.
+        full.push("--insecure");
         self.containers.push(name.to_string());
         docker(&full).map(|_| ())
     }

@@ -140,6 +140,7 @@ impl Rig {
             .net
             .command(host, dfs_bin())
             .args(&args)
+            .arg("--insecure")
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(f.try_clone().expect("dup log"))

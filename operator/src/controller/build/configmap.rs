@@ -48,7 +48,7 @@ pub(super) fn config(cluster: &DfsCluster, v: &ValidSpec) -> ConfigMap {
             (KEY_CHUNK_SIZE.into(), v.chunk_size.to_string()),
             (
                 KEY_COORDINATOR.into(),
-                coordinator_url(&v.name, &v.namespace),
+                coordinator_url(&v.name, &v.namespace, v.tls),
             ),
             (KEY_RESERVE.into(), v.reserve.to_string()),
         ])),

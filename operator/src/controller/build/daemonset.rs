@@ -10,16 +10,19 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HostPathVolumeSource,
+    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HostPathVolumeSource,
     ObjectFieldSelector, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::configmap::{KEY_COORDINATOR, KEY_RESERVE};
-use super::statefulset::{container_port, env_from_config, finish_template, pod_spec, probe};
+use super::statefulset::{
+    RUN_AS, container_port, env_from_config, finish_template, hardened_container, pod_spec, probe,
+    secret_volume,
+};
 use super::{
-    CONTAINER_DATA_DIR, DATANODE, DATANODE_METRICS_PORT, DATANODE_PORT, Names, TOPOLOGY_MOUNT,
-    meta, selector_labels,
+    CONTAINER_DATA_DIR, DATANODE, DATANODE_METRICS_PORT, DATANODE_PORT, Names, TLS_MOUNT,
+    TOPOLOGY_MOUNT, meta, selector_labels,
 };
 use crate::controller::validate::ValidSpec;
 use crate::crd::DfsCluster;
@@ -41,6 +44,47 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// The init container that gives the hostPath data directory (created by
+/// the kubelet as root) to the datanode's user: the one process of the pod
+/// that runs as root, with CAP_CHOWN as its only capability, no privilege
+/// escalation, a read-only root filesystem, and nothing else mounted. It
+/// changes only what belongs to someone else, so after the first start it
+/// changes nothing. This is the datanode's hostPath exception to the
+/// `restricted` Pod Security Standard (docs/kubernetes.md).
+fn data_dir_owner(cluster: &DfsCluster) -> Container {
+    let image = &cluster.spec.image;
+    let mut ctx = hardened_container();
+    ctx.run_as_user = Some(0);
+    ctx.run_as_group = Some(0);
+    ctx.run_as_non_root = Some(false);
+    ctx.capabilities = Some(Capabilities {
+        drop: Some(vec!["ALL".into()]),
+        add: Some(vec!["CHOWN".into()]),
+    });
+    Container {
+        name: DATA_DIR_OWNER.into(),
+        image: Some(format!("{}:{}", image.repository, image.tag)),
+        image_pull_policy: Some(image.pull_policy.as_str().into()),
+        command: Some(vec!["dfs-datanode".into()]),
+        args: Some(vec![
+            "--data-dir".into(),
+            CONTAINER_DATA_DIR.into(),
+            "--chown-data-dir".into(),
+            format!("{RUN_AS}:{RUN_AS}"),
+        ]),
+        security_context: Some(ctx),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: CONTAINER_DATA_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+/// Name of the datanode pod's init container ([`data_dir_owner`]).
+pub const DATA_DIR_OWNER: &str = "data-dir-owner";
+
 pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (DaemonSet, String) {
     let spec = &cluster.spec.datanode;
     let names = Names(&v.name);
@@ -50,7 +94,10 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
         field_env("DFS_HOST", "spec.nodeName"),
         EnvVar {
             name: "DFS_ADVERTISE".into(),
-            value: Some(format!("http://$(POD_IP):{DATANODE_PORT}")),
+            value: Some(format!(
+                "{}://$(POD_IP):{DATANODE_PORT}",
+                super::scheme(v.tls)
+            )),
             ..EnvVar::default()
         },
         env_from_config(v, "DFS_COORDINATOR", KEY_COORDINATOR),
@@ -67,6 +114,41 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
         "--topology-dir".into(),
         TOPOLOGY_MOUNT.into(),
     ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: CONTAINER_DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "topology".into(),
+            mount_path: TOPOLOGY_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut secrets = Vec::new();
+    if v.tls {
+        // Every node's identity is in the one Secret; the pod reads its
+        // own node's pair (`<node>.crt`, `<node>.key`).
+        args.extend([
+            "--tls-dir".into(),
+            TLS_MOUNT.into(),
+            "--tls-name".into(),
+            "$(DFS_HOST)".into(),
+        ]);
+        secret_volume(
+            &mut secrets,
+            &mut mounts,
+            "tls",
+            names.datanode_tls(),
+            TLS_MOUNT,
+        );
+    } else {
+        // Asked for in the spec (security.tls: false): plain text, said
+        // explicitly as the servers demand.
+        args.push("--insecure".into());
+    }
     args.extend(spec.args.iter().cloned());
     let container = Container {
         name: DATANODE.into(),
@@ -82,19 +164,7 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
         readiness_probe: Some(probe("/readyz", "metrics")),
         liveness_probe: Some(probe("/healthz", "metrics")),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "data".into(),
-                mount_path: CONTAINER_DATA_DIR.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "topology".into(),
-                mount_path: TOPOLOGY_MOUNT.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     let mut scheduling = spec.scheduling.clone();
@@ -104,7 +174,9 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
             .insert(STOPPED_SELECTOR.0.into(), STOPPED_SELECTOR.1.into());
     }
     let mut pod = pod_spec(cluster, &scheduling, container);
-    pod.volumes = Some(vec![
+    pod.init_containers = Some(vec![data_dir_owner(cluster)]);
+    let shared = pod.volumes.take().into_iter().flatten();
+    pod.volumes = Some(Vec::from([
         Volume {
             name: "data".into(),
             host_path: Some(HostPathVolumeSource {
@@ -122,7 +194,9 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
             }),
             ..Volume::default()
         },
-    ]);
+    ]));
+    pod.volumes.get_or_insert_with(Vec::new).extend(shared);
+    pod.volumes.get_or_insert_with(Vec::new).extend(secrets);
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(super::labels(v, cluster, Some(DATANODE))),

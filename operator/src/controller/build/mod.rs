@@ -10,6 +10,7 @@
 
 mod configmap;
 mod daemonset;
+mod networkpolicy;
 mod pdb;
 mod service;
 mod servicemonitor;
@@ -28,6 +29,7 @@ use crate::controller::validate::ValidSpec;
 use crate::crd::DfsCluster;
 
 pub use configmap::KEY_INITIAL_CLUSTER_STATE;
+pub use networkpolicy::OPERATOR_POD_LABEL;
 pub use servicemonitor::service_monitor_resource;
 pub use statefulset::member_url;
 
@@ -95,12 +97,56 @@ impl Names<'_> {
     pub fn datanode_metrics(&self) -> String {
         format!("{}-datanode-metrics", self.0)
     }
+    /// The cluster's CA (`ca.crt`, `ca.key`).
+    pub fn ca(&self) -> String {
+        format!("{}-ca", self.0)
+    }
+    /// The coordinators' TLS identity.
+    pub fn coordinator_tls(&self) -> String {
+        format!("{}-coordinator-tls", self.0)
+    }
+    /// The datanodes' TLS identities, one pair per Kubernetes node.
+    pub fn datanode_tls(&self) -> String {
+        format!("{}-datanode-tls", self.0)
+    }
+    /// The admin client identity.
+    pub fn admin_tls(&self) -> String {
+        format!("{}-admin-tls", self.0)
+    }
+    /// The chunk-token keys.
+    pub fn token_keys(&self) -> String {
+        format!("{}-token-keys", self.0)
+    }
+    /// The NetworkPolicy of the cluster's pods.
+    pub fn network_policy(&self) -> String {
+        format!("{}-dfs", self.0)
+    }
+}
+
+/// Where a TLS identity Secret is mounted in the pods.
+pub const TLS_MOUNT: &str = "/etc/dfs/tls";
+/// Where the token-key Secret is mounted in the coordinator pods.
+pub const TOKEN_KEYS_MOUNT: &str = "/etc/dfs/token-keys";
+/// The key file in the token-key Secret (`--token-keys <mount>/token-keys`).
+pub const TOKEN_KEYS_KEY: &str = "token-keys";
+/// The access file in the Secret `spec.security.accessSecret` names.
+pub const ACCESS_KEY: &str = "access";
+/// Where the access Secret is mounted in the coordinator pods.
+pub const ACCESS_MOUNT: &str = "/etc/dfs/access";
+/// Pod label admitting a client pod through the cluster's NetworkPolicy
+/// (value: the DfsCluster's name).
+pub const CLIENT_LABEL: &str = "dfs.io/client";
+
+/// `https` with TLS, `http` without.
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
 /// The coordinator's in-cluster gRPC URL.
-pub fn coordinator_url(name: &str, namespace: &str) -> String {
+pub fn coordinator_url(name: &str, namespace: &str, tls: bool) -> String {
     format!(
-        "http://{}.{namespace}.svc:{COORDINATOR_PORT}",
+        "{}://{}.{namespace}.svc:{COORDINATOR_PORT}",
+        scheme(tls),
         Names(name).coordinator()
     )
 }
@@ -190,6 +236,8 @@ pub struct Desired {
     pub daemonset: DaemonSet,
     /// Prometheus-operator scrape config, when wanted and possible.
     pub service_monitor: Option<DynamicObject>,
+    /// Who may reach the pods' gRPC ports (`spec.security.networkPolicy`).
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Template hash of the coordinator pods.
     pub coordinator_hash: String,
     /// Template hash of the datanode pods.
@@ -213,6 +261,11 @@ pub fn desired(cluster: &DfsCluster, v: &ValidSpec, observed: &Observed) -> Desi
         daemonset,
         service_monitor: (cluster.spec.metrics.enabled && observed.service_monitor_crd)
             .then(|| servicemonitor::build(cluster, v)),
+        network_policy: cluster
+            .spec
+            .security
+            .network_policy
+            .then(|| networkpolicy::build(cluster, v)),
         coordinator_hash,
         datanode_hash,
     }

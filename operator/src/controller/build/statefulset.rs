@@ -9,9 +9,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
-    PodTemplateSpec, Probe, VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapKeySelector, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -19,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::configmap::{KEY_CHUNK_SIZE, KEY_REPLICATION};
 use super::{
-    CONTAINER_DATA_DIR, COORDINATOR, COORDINATOR_METRICS_PORT, COORDINATOR_PORT, Names,
-    TEMPLATE_HASH, hash_json, merge_patch, meta, selector_labels,
+    ACCESS_KEY, ACCESS_MOUNT, CONTAINER_DATA_DIR, COORDINATOR, COORDINATOR_METRICS_PORT,
+    COORDINATOR_PORT, Names, TEMPLATE_HASH, TLS_MOUNT, TOKEN_KEYS_KEY, TOKEN_KEYS_MOUNT, hash_json,
+    merge_patch, meta, selector_labels,
 };
 use crate::controller::validate::ValidSpec;
 use crate::crd::{DeletionPolicy, DfsCluster, Scheduling};
@@ -62,12 +64,116 @@ pub(super) fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-/// Pod spec parts shared by both components.
+/// The user and group the image runs as (distroless `nonroot`).
+pub const RUN_AS: i64 = 65532;
+
+/// Where the pods' only writable scratch space is mounted (an emptyDir:
+/// the root filesystem is read-only).
+pub const TMP_MOUNT: &str = "/tmp";
+
+/// The container's privileges: none beyond running the binary (the
+/// `restricted` Pod Security Standard).
+pub(super) fn hardened_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Fills every hardening field an override left unset.
+fn reharden(template: &mut PodTemplateSpec) {
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    pod.automount_service_account_token.get_or_insert(false);
+    let want = hardened_pod();
+    let ctx = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    ctx.run_as_non_root = ctx.run_as_non_root.or(want.run_as_non_root);
+    ctx.run_as_user = ctx.run_as_user.or(want.run_as_user);
+    ctx.run_as_group = ctx.run_as_group.or(want.run_as_group);
+    ctx.fs_group = ctx.fs_group.or(want.fs_group);
+    if ctx.seccomp_profile.is_none() {
+        ctx.seccomp_profile = want.seccomp_profile;
+    }
+    let containers = pod
+        .containers
+        .iter_mut()
+        .chain(pod.init_containers.iter_mut().flatten());
+    for c in containers {
+        let want = hardened_container();
+        let ctx = c
+            .security_context
+            .get_or_insert_with(SecurityContext::default);
+        ctx.allow_privilege_escalation = ctx
+            .allow_privilege_escalation
+            .or(want.allow_privilege_escalation);
+        ctx.read_only_root_filesystem = ctx
+            .read_only_root_filesystem
+            .or(want.read_only_root_filesystem);
+        ctx.run_as_non_root = ctx.run_as_non_root.or(want.run_as_non_root);
+        ctx.run_as_user = ctx.run_as_user.or(want.run_as_user);
+        ctx.run_as_group = ctx.run_as_group.or(want.run_as_group);
+        let caps = ctx.capabilities.get_or_insert_with(Capabilities::default);
+        if caps
+            .drop
+            .as_ref()
+            .is_none_or(|d| !d.iter().any(|c| c == "ALL"))
+        {
+            caps.drop.get_or_insert_with(Vec::new).push("ALL".into());
+        }
+        if ctx.seccomp_profile.is_none() {
+            ctx.seccomp_profile = want.seccomp_profile;
+        }
+    }
+}
+
+fn hardened_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        // Makes the coordinator's PersistentVolume writable by that user.
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// Pod spec parts shared by both components: non-root, read-only root
+/// filesystem with an emptyDir `/tmp`, no capabilities, the runtime's
+/// default seccomp profile, and no ServiceAccount token (neither component
+/// talks to the Kubernetes API).
 pub(super) fn pod_spec(
     cluster: &DfsCluster,
     scheduling: &Scheduling,
-    container: Container,
+    mut container: Container,
 ) -> PodSpec {
+    container.security_context = Some(hardened_container());
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: "tmp".into(),
+            mount_path: TMP_MOUNT.into(),
+            ..VolumeMount::default()
+        });
     let image = &cluster.spec.image;
     let secrets: Vec<_> = image
         .pull_secrets
@@ -82,6 +188,16 @@ pub(super) fn pod_spec(
         tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
         affinity: scheduling.affinity.clone(),
         termination_grace_period_seconds: Some(30),
+        automount_service_account_token: Some(false),
+        security_context: Some(hardened_pod()),
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("64Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
         ..PodSpec::default()
     }
 }
@@ -101,6 +217,10 @@ pub(super) fn finish_template(
         if let Ok(t) = serde_json::from_value(value) {
             template = t;
         }
+        // An override may replace the container list or null a field out
+        // (JSON merge patch); validation refused what adds privileges, and
+        // what it left unset gets the hardened value back.
+        reharden(&mut template);
     }
     let hash = hash_json(&(&template, config_hash));
     template
@@ -110,6 +230,33 @@ pub(super) fn finish_template(
         .get_or_insert_with(BTreeMap::new)
         .insert(TEMPLATE_HASH.into(), hash.clone());
     (template, hash)
+}
+
+/// Mounts Secret `secret` read-only at `path` (as a whole directory, not
+/// subPath, so that renewed files reach the running process), readable by
+/// the pod's group only.
+pub(super) fn secret_volume(
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+    name: &str,
+    secret: String,
+    path: &str,
+) {
+    volumes.push(Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
 }
 
 /// The `--peers` of the coordinator group: its one seed, pod 0, at its
@@ -124,7 +271,8 @@ pub(super) fn peers(v: &ValidSpec) -> String {
 pub fn member_url(v: &ValidSpec, ordinal: u64) -> String {
     let names = Names(&v.name);
     format!(
-        "http://{}-{ordinal}.{}.{}.svc:{COORDINATOR_PORT}",
+        "{}://{}-{ordinal}.{}.{}.svc:{COORDINATOR_PORT}",
+        super::scheme(v.tls),
         names.coordinator(),
         names.coordinator_headless(),
         v.namespace
@@ -181,6 +329,51 @@ pub(super) fn build(
         "--metrics-addr".into(),
         format!("0.0.0.0:{COORDINATOR_METRICS_PORT}"),
     ];
+    let mut mounts = vec![VolumeMount {
+        name: "data".into(),
+        mount_path: CONTAINER_DATA_DIR.into(),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = Vec::new();
+    if v.tls {
+        args.extend([
+            "--tls-dir".into(),
+            TLS_MOUNT.into(),
+            "--token-keys".into(),
+            format!("{TOKEN_KEYS_MOUNT}/{TOKEN_KEYS_KEY}"),
+        ]);
+        secret_volume(
+            &mut volumes,
+            &mut mounts,
+            "tls",
+            names.coordinator_tls(),
+            TLS_MOUNT,
+        );
+        secret_volume(
+            &mut volumes,
+            &mut mounts,
+            "token-keys",
+            names.token_keys(),
+            TOKEN_KEYS_MOUNT,
+        );
+        if let Some(access) = &cluster.spec.security.access_secret {
+            args.extend([
+                "--access-file".into(),
+                format!("{ACCESS_MOUNT}/{ACCESS_KEY}"),
+            ]);
+            secret_volume(
+                &mut volumes,
+                &mut mounts,
+                "access",
+                access.clone(),
+                ACCESS_MOUNT,
+            );
+        }
+    } else {
+        // Asked for in the spec (security.tls: false): plain text, said
+        // explicitly as the servers demand.
+        args.push("--insecure".into());
+    }
     args.extend(spec.args.iter().cloned());
     let container = Container {
         name: COORDINATOR.into(),
@@ -196,19 +389,17 @@ pub(super) fn build(
         readiness_probe: Some(probe("/readyz", "metrics")),
         liveness_probe: Some(probe("/healthz", "metrics")),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: CONTAINER_DATA_DIR.into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
+    let mut pod = pod_spec(cluster, &spec.scheduling, container);
+    pod.volumes.get_or_insert_with(Vec::new).extend(volumes);
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(super::labels(v, cluster, Some(COORDINATOR))),
             ..ObjectMeta::default()
         }),
-        spec: Some(pod_spec(cluster, &spec.scheduling, container)),
+        spec: Some(pod),
     };
     let (template, hash) = finish_template(template, spec.pod_overrides.as_ref(), config_hash);
     let when_deleted = match cluster.spec.deletion_policy {
