@@ -128,7 +128,9 @@ pub struct Client {
     pub(crate) plans: Batcher<UploadFileRequest, UploadPlan>,
     /// ConfirmUpload calls of concurrent puts, sent together.
     pub(crate) confirms: Batcher<ConfirmUploadRequest, ConfirmUploadResponse>,
-    datanodes: Arc<Mutex<HashMap<String, Channel>>>,
+    /// By node id and address: with TLS a channel admits only the datanode
+    /// of that node id, so one address under two ids needs two channels.
+    datanodes: Arc<Mutex<HashMap<(String, String), Channel>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -257,23 +259,25 @@ impl Client {
         &self.config
     }
 
-    /// The one lazily connected HTTP/2 channel to the datanode at `address`,
-    /// shared by every stream to it.
-    pub(crate) fn datanode_channel(&self, address: &str) -> Result<Channel, String> {
+    /// The one lazily connected HTTP/2 channel to the datanode `node_id` at
+    /// `address`, shared by every stream to it.
+    pub(crate) fn datanode_channel(&self, node_id: &str, address: &str) -> Result<Channel, String> {
         let mut cache = self.datanodes.lock().expect("datanode cache lock poisoned");
-        if let Some(channel) = cache.get(address) {
+        let key = (node_id.to_string(), address.to_string());
+        if let Some(channel) = cache.get(&key) {
             return Ok(channel.clone());
         }
-        // Chunk bytes go only to datanodes of the cluster (with TLS: their
-        // certificate says so), whatever address a map or plan names.
+        // Chunk bytes go only to the datanode the map or plan names (with
+        // TLS: its certificate names that node id), whatever address it
+        // gives: another datanode's identity cannot stand in for it.
         let channel = dfs_common::transport::lazy_channel_to(
             address,
             self.config.connect_timeout,
             &self.config.security,
-            &[dfs_common::tls::Kind::Datanode],
+            dfs_common::tls::Expect::datanode(node_id),
         )
         .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
-        cache.insert(address.to_string(), channel.clone());
+        cache.insert(key, channel.clone());
         Ok(channel)
     }
 

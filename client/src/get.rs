@@ -84,7 +84,7 @@ impl Client {
             _ => {}
         }
         let map = self.chunk_map(remote).await?;
-        let renew = Renewal::new(remote);
+        let renew = Renewal::new(remote, &map);
         let file_info = map.file;
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -135,7 +135,7 @@ impl Client {
     /// integrity check of a file, and the read path `dfs bench` measures.
     pub async fn verify(&self, remote: &str) -> Result<FileInfo, ClientError> {
         let map = self.chunk_map(remote).await?;
-        let renew = &Renewal::new(remote);
+        let renew = &Renewal::new(remote, &map);
         futures::stream::iter(map.chunks)
             .map(|loc| async move {
                 let mut sink = Sink::<tokio::io::Sink>::Discard;
@@ -164,7 +164,7 @@ impl Client {
         progress: Option<crate::ProgressFn>,
     ) -> Result<FileInfo, ClientError> {
         let map = self.chunk_map(remote).await?;
-        let renew = Renewal::new(remote);
+        let renew = Renewal::new(remote, &map);
         let mut sink = Sink::Stream(writer);
         for loc in &map.chunks {
             self.download_chunk(&renew, loc, &mut sink, progress.as_ref())
@@ -190,7 +190,7 @@ impl Client {
         let remote = renew.remote;
         let mut loc = std::borrow::Cow::Borrowed(loc);
         let mut renewed = false;
-        if loc.token.as_ref().is_some_and(expiring) {
+        if loc.token.as_ref().is_some_and(|t| renew.expiring(t)) {
             loc = std::borrow::Cow::Owned(renew.location(self, &loc).await?);
             renewed = true;
         }
@@ -214,7 +214,7 @@ impl Client {
             next += 1;
             match self
                 .stream_chunk_from(
-                    &replica.address,
+                    &replica,
                     loc.chunk_id.as_str(),
                     loc.token.as_ref(),
                     loc.offset,
@@ -258,7 +258,7 @@ impl Client {
     #[allow(clippy::too_many_arguments)]
     async fn stream_chunk_from<W: AsyncWrite + Unpin>(
         &self,
-        address: &str,
+        replica: &crate::types::Replica,
         chunk_id: &str,
         token: Option<&dfs_proto::ChunkToken>,
         file_offset: u64,
@@ -271,7 +271,7 @@ impl Client {
         if *done == size {
             return Ok(());
         }
-        let channel = self.datanode_channel(address)?;
+        let channel = self.datanode_channel(replica.node_id.as_str(), &replica.address)?;
         let idle = self.config.stream_idle_timeout;
         let request = DownloadChunkStreamRequest {
             session_id: String::new(),
@@ -323,15 +323,36 @@ impl Client {
     }
 }
 
-/// How far ahead of its expiry a read token is renewed before use.
+/// How far ahead of its expiry a read token is renewed before use, at
+/// most: tokens issued for less than twice this are renewed when half
+/// their lifetime is left, so that a fresh map is not already "expiring"
+/// (which would cost one chunk-map call per chunk).
 const RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Whether a token expires within [`RENEW_BEFORE`] (by this client's clock).
-fn expiring(token: &dfs_proto::ChunkToken) -> bool {
-    let now = std::time::SystemTime::now()
+fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    token.expires_at_unix_s < now.saturating_add(RENEW_BEFORE.as_secs())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How long before expiry the tokens of `map`, fetched at `now`, are
+/// renewed: [`RENEW_BEFORE`], or half the shortest lifetime when that is
+/// less (by this client's clock; a token already expired by it gives 0).
+fn margin_of(map: &crate::ChunkMap, now: u64) -> u64 {
+    margin(
+        map.chunks
+            .iter()
+            .filter_map(|c| c.token.as_ref())
+            .map(|t| t.expires_at_unix_s),
+        now,
+    )
+}
+
+/// [`margin_of`] the tokens expiring at `expiries`.
+fn margin(expiries: impl Iterator<Item = u64>, now: u64) -> u64 {
+    expiries
+        .map(|at| at.saturating_sub(now) / 2)
+        .fold(RENEW_BEFORE.as_secs(), u64::min)
 }
 
 /// Fresh read tokens for one download: at most one chunk-map call at a
@@ -340,14 +361,25 @@ fn expiring(token: &dfs_proto::ChunkToken) -> bool {
 struct Renewal<'a> {
     remote: &'a str,
     latest: tokio::sync::Mutex<Option<Arc<crate::ChunkMap>>>,
+    /// Seconds before expiry a token counts as expiring ([`margin_of`] the
+    /// latest map).
+    margin_s: std::sync::atomic::AtomicU64,
 }
 
 impl<'a> Renewal<'a> {
-    fn new(remote: &'a str) -> Self {
+    /// Renewals for a download that started with `map`.
+    fn new(remote: &'a str, map: &crate::ChunkMap) -> Self {
         Self {
             remote,
             latest: tokio::sync::Mutex::new(None),
+            margin_s: margin_of(map, now_unix_s()).into(),
         }
+    }
+
+    /// Whether `token` is to be renewed before use.
+    fn expiring(&self, token: &dfs_proto::ChunkToken) -> bool {
+        let margin = self.margin_s.load(std::sync::atomic::Ordering::Relaxed);
+        token.expires_at_unix_s < now_unix_s().saturating_add(margin)
     }
 
     /// `loc` with a fresh token (and the replicas the coordinator lists
@@ -363,13 +395,17 @@ impl<'a> Renewal<'a> {
             m.chunks
                 .iter()
                 .find(|c| c.index == loc.index)
-                .filter(|c| !c.token.as_ref().is_some_and(expiring))
+                .filter(|c| !c.token.as_ref().is_some_and(|t| self.expiring(t)))
                 .cloned()
         };
         let found = match latest.as_deref().and_then(usable) {
             Some(c) => c,
             None => {
                 let map = Arc::new(client.chunk_map(self.remote).await?);
+                self.margin_s.store(
+                    margin_of(&map, now_unix_s()),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 *latest = Some(map.clone());
                 map.chunks
                     .iter()
@@ -423,5 +459,23 @@ impl From<tonic::Status> for ReplicaError {
 impl std::fmt::Display for ReplicaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens of minutes are renewed 30 s ahead; short-lived ones at half
+    /// their lifetime, so a map just fetched is never "expiring" (one map
+    /// per chunk) unless its tokens are already expired by this clock.
+    #[test]
+    fn the_renewal_margin_follows_the_shortest_lifetime() {
+        let now = 1_000_000;
+        assert_eq!(margin([now + 300, now + 600].into_iter(), now), 30);
+        assert_eq!(margin(std::iter::empty(), now), 30);
+        assert_eq!(margin([now + 600, now + 10].into_iter(), now), 5);
+        assert_eq!(margin([now + 1].into_iter(), now), 0);
+        assert_eq!(margin([now - 5].into_iter(), now), 0);
     }
 }

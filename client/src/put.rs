@@ -406,7 +406,7 @@ impl Client {
             .first()
             .ok_or_else(|| AttemptError::other("the plan names no datanode".into()))?;
         let channel = self
-            .datanode_channel(&primary.address)
+            .datanode_channel(&primary.node_id, &primary.address)
             .map_err(AttemptError::other)?;
         let node = primary.node_id.as_str();
 

@@ -253,7 +253,7 @@ pub fn datanode_id(data_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{Kind, Tls};
+    use crate::tls::{Expect, Kind, Tls};
 
     #[test]
     fn civil_dates_from_day_counts() {
@@ -374,9 +374,22 @@ mod tests {
             tokio::spawn(async move { while conns.next().await.is_some() {} });
             let uri: http::Uri = format!("https://{addr}").parse().unwrap();
             let r = client
-                .connect(uri, &[Kind::Datanode, Kind::Coordinator])
+                .connect(
+                    uri.clone(),
+                    &Expect::from(&[Kind::Datanode, Kind::Coordinator]),
+                )
                 .await;
             assert_eq!(r.is_ok(), ok, "{name}: {:?}", r.err());
+            if ok {
+                // Dialled for a node id, a datanode must be that node: one
+                // datanode's identity does not answer for another's.
+                let r = client.connect(uri.clone(), &Expect::datanode(name)).await;
+                assert!(r.is_ok(), "{name}: {:?}", r.err());
+                let r = client.connect(uri, &Expect::datanode("other")).await;
+                let e = r.err().expect("another datanode's identity was taken");
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+                assert!(e.to_string().contains("datanode/other"), "{e}");
+            }
         }
     }
 }

@@ -548,12 +548,11 @@ impl Tls {
         })
     }
 
-    /// Dials `uri` and performs the client side of a handshake, verifying
-    /// that the server's certificate is valid for the URI's host.
-    /// Dials `uri` over TLS; the server's certificate must name one of
-    /// `expect` (a primary's fan-out reaches only datanodes of this
-    /// cluster, whatever address a plan names).
-    pub(crate) async fn connect(&self, uri: http::Uri, expect: &[Kind]) -> std::io::Result<Conn> {
+    /// Dials `uri` over TLS; the server's certificate must be valid for the
+    /// URI's host (datanodes: see [`ClusterVerifier`]) and name whom
+    /// `expect` says (a primary's fan-out reaches only the datanodes of
+    /// this cluster its plan names, whatever address the plan gives).
+    pub(crate) async fn connect(&self, uri: http::Uri, expect: &Expect) -> std::io::Result<Conn> {
         let host = uri
             .host()
             .ok_or_else(|| std::io::Error::other(format!("no host in {uri}")))?;
@@ -582,10 +581,10 @@ impl Tls {
             .and_then(|c| c.first())
             .ok_or_else(|| std::io::Error::other(format!("{uri} presented no certificate")))
             .and_then(|c| Principal::of_certificate(c).map_err(std::io::Error::other))?;
-        if !expect.contains(&server.kind) {
+        if let Err(wanted) = expect.check(&server) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("{uri} is {server}, not one of: {}", kind_list(expect)),
+                format!("{uri} is {server}, not {wanted}"),
             ));
         }
         Ok(Conn {
@@ -953,17 +952,62 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Whom a dialled server must be.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// Any principal of one of these kinds (a coordinator member, whichever
+    /// the URL reaches; its name is checked against the URL's host).
+    Kinds(&'static [Kind]),
+    /// Exactly this principal: a datanode dialled for the node id a plan,
+    /// a chunk map or a command names. Datanodes are not checked against
+    /// their address (pod IPs are unknown at issue), so without this one
+    /// stolen datanode identity could answer for every other datanode.
+    Exactly(Arc<Principal>),
+}
+
+impl Expect {
+    /// The datanode whose node id is `node_id`.
+    pub fn datanode(node_id: &str) -> Self {
+        Expect::Exactly(Arc::new(Principal::new(Kind::Datanode, node_id)))
+    }
+
+    /// `Err` names what was wanted when `server` is not it.
+    fn check(&self, server: &Principal) -> Result<(), String> {
+        match self {
+            Expect::Kinds(kinds) if kinds.contains(&server.kind) => Ok(()),
+            Expect::Kinds(kinds) => Err(format!("one of: {}", kind_list(kinds))),
+            Expect::Exactly(p) if **p == *server => Ok(()),
+            Expect::Exactly(p) => Err(p.to_string()),
+        }
+    }
+}
+
+impl From<&'static [Kind]> for Expect {
+    fn from(kinds: &'static [Kind]) -> Self {
+        Expect::Kinds(kinds)
+    }
+}
+
+impl<const N: usize> From<&'static [Kind; N]> for Expect {
+    fn from(kinds: &'static [Kind; N]) -> Self {
+        Expect::Kinds(kinds)
+    }
+}
+
 /// Dials TLS connections for a tonic channel with the current credentials.
 #[derive(Clone)]
 pub struct Connector {
     tls: Arc<Tls>,
-    expect: &'static [Kind],
+    expect: Arc<Expect>,
 }
 
 impl Connector {
-    /// Dials only servers whose certificate names one of `kinds`.
-    pub fn new(tls: Arc<Tls>, expect: &'static [Kind]) -> Self {
-        Self { tls, expect }
+    /// Dials only servers `expect` admits.
+    pub fn new(tls: Arc<Tls>, expect: impl Into<Expect>) -> Self {
+        Self {
+            tls,
+            expect: Arc::new(expect.into()),
+        }
     }
 }
 
@@ -977,10 +1021,10 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let (tls, expect) = (self.tls.clone(), self.expect);
+        let (tls, expect) = (self.tls.clone(), self.expect.clone());
         Box::pin(async move {
             Ok(hyper_util::rt::TokioIo::new(
-                tls.connect(uri, expect).await?,
+                tls.connect(uri, &expect).await?,
             ))
         })
     }

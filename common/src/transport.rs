@@ -90,10 +90,11 @@ pub enum ChannelError {
 }
 
 /// A lazily connecting channel to `url` (connects on first use, reconnects
-/// after failures), with the shared settings, to a server that must be one
-/// of `kinds`. The URL's scheme decides: `https` is mutual TLS with the
-/// current credentials of `security` (each new connection takes up
-/// reloaded files) and the server's certificate must name one of `kinds`;
+/// after failures), with the shared settings, to a server that must be whom
+/// `expect` names (kinds, or one datanode's principal). The URL's scheme
+/// decides: `https` is mutual TLS with the current credentials of
+/// `security` (each new connection takes up reloaded files) and the
+/// server's certificate must name whom `expect` says;
 /// `http` is plain TCP, refused by a process that runs TLS. A plan or a
 /// map that names a plain-text or foreign address is thus refused before a
 /// byte is sent, and a client certificate of the same CA (valid for
@@ -102,18 +103,18 @@ pub fn lazy_channel_to(
     url: &str,
     connect_timeout: Duration,
     security: &Security,
-    kinds: &'static [crate::tls::Kind],
+    expect: impl Into<crate::tls::Expect>,
 ) -> Result<Channel, ChannelError> {
-    connect_lazy_to(endpoint(url, connect_timeout)?, security, kinds)
+    connect_lazy_to(endpoint(url, connect_timeout)?, security, expect)
 }
 
 /// [`lazy_channel_to`] for an endpoint with its own settings.
 pub fn connect_lazy_to(
     endpoint: Endpoint,
     security: &Security,
-    kinds: &'static [crate::tls::Kind],
+    expect: impl Into<crate::tls::Expect>,
 ) -> Result<Channel, ChannelError> {
-    match connector(&endpoint, security, kinds)? {
+    match connector(&endpoint, security, expect)? {
         Some(c) => Ok(endpoint.connect_with_connector_lazy(c)),
         None => Ok(endpoint.connect_lazy()),
     }
@@ -123,9 +124,9 @@ pub fn connect_lazy_to(
 pub async fn connect_to(
     endpoint: Endpoint,
     security: &Security,
-    kinds: &'static [crate::tls::Kind],
+    expect: impl Into<crate::tls::Expect>,
 ) -> Result<Channel, ChannelError> {
-    Ok(match connector(&endpoint, security, kinds)? {
+    Ok(match connector(&endpoint, security, expect)? {
         Some(c) => endpoint.connect_with_connector(c).await?,
         None => endpoint.connect().await?,
     })
@@ -135,7 +136,7 @@ pub async fn connect_to(
 fn connector(
     endpoint: &Endpoint,
     security: &Security,
-    kinds: &'static [crate::tls::Kind],
+    expect: impl Into<crate::tls::Expect>,
 ) -> Result<Option<Connector>, ChannelError> {
     if endpoint.uri().scheme_str() != Some("https") {
         return if security.is_tls() {
@@ -148,7 +149,7 @@ fn connector(
         .credentials()
         .cloned()
         .ok_or_else(|| ChannelError::NoCredentials(endpoint.uri().to_string()))?;
-    Ok(Some(Connector::new(tls, kinds)))
+    Ok(Some(Connector::new(tls, expect)))
 }
 
 #[cfg(test)]

@@ -117,29 +117,102 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
 /// `uid:gid`, changing only what belongs to someone else; returns how many
 /// entries changed. Symbolic links are changed themselves, never followed.
 /// A directory that already belongs to `uid:gid` is not descended into:
-/// what is below it was made by that user (the datanode), and the caller
-/// holds CAP_CHOWN only, not the right to read another user's private
-/// directories. For `--chown-data-dir`: a kubelet-made hostPath directory
-/// handed to the datanode's unprivileged user. Blocking.
+/// what is below it was made by that user (the datanode) or by an earlier
+/// run, and the caller holds CAP_CHOWN only, not the right to read another
+/// user's private directories. That holds because a directory changes
+/// owner only after everything under it did (depth first, the directory
+/// last): a run killed part-way leaves the directory it was in still
+/// root's, and the next run completes it. For `--chown-data-dir`: a
+/// kubelet-made hostPath directory handed to the datanode's unprivileged
+/// user. Blocking.
 pub fn chown_tree(dir: &Path, uid: u32, gid: u32) -> io::Result<u64> {
+    chown_tree_at_most(dir, uid, gid, u64::MAX)
+}
+
+/// [`chown_tree`] that stops after `budget` changes (a run cut short, for
+/// tests).
+fn chown_tree_at_most(dir: &Path, uid: u32, gid: u32, budget: u64) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     fs::create_dir_all(dir)?;
     let mut changed = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path)?;
-        if meta.uid() == uid && meta.gid() == gid {
-            continue;
+    // (path, its children are done): a directory is pushed back above its
+    // children and changed when it comes up again.
+    let mut pending = vec![(dir.to_path_buf(), false)];
+    while let Some((path, children_done)) = pending.pop() {
+        if changed == budget {
+            break;
         }
-        // The children are listed while the directory is still root's:
-        // after the change, root without DAC_READ_SEARCH may not read it.
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path)? {
-                pending.push(entry?.path());
+        if !children_done {
+            let meta = fs::symlink_metadata(&path)?;
+            if meta.uid() == uid && meta.gid() == gid {
+                continue;
+            }
+            // The children are listed while the directory is still root's:
+            // after the change, root without DAC_READ_SEARCH may not read it.
+            if meta.is_dir() {
+                pending.push((path.clone(), true));
+                for entry in fs::read_dir(&path)? {
+                    pending.push((entry?.path(), false));
+                }
+                continue;
             }
         }
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
         changed += 1;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn owners(dir: &Path) -> Vec<(PathBuf, u32, u32)> {
+        let mut out = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(p) = pending.pop() {
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                for e in fs::read_dir(&p).unwrap() {
+                    pending.push(e.unwrap().path());
+                }
+            }
+            out.push((p, meta.uid(), meta.gid()));
+        }
+        out
+    }
+
+    /// A run cut short after any number of changes is completed by the
+    /// next one: no directory is marked done while something under it is
+    /// still someone else's. (Needs root, as the init container is: chown
+    /// to another user needs CAP_CHOWN.)
+    #[test]
+    fn a_run_cut_short_anywhere_is_completed_by_the_next() {
+        let (uid, gid) = (65532, 65533);
+        for cut in 0..12 {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("data");
+            for sub in ["volumes/a", "volumes/b", "chunks/00/11"] {
+                fs::create_dir_all(dir.join(sub)).unwrap();
+                fs::write(dir.join(sub).join("f"), b"x").unwrap();
+            }
+            let outside = root.path().join("outside");
+            fs::write(&outside, b"not the datanode's").unwrap();
+            let outside_owner = fs::metadata(&outside).unwrap().uid();
+            std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+            let entries = owners(&dir).len() as u64;
+            let first = chown_tree_at_most(&dir, uid, gid, cut)
+                .expect("chown needs root (CAP_CHOWN), as the init container has");
+            assert_eq!(first, cut.min(entries));
+            let second = chown_tree(&dir, uid, gid).unwrap();
+            assert_eq!(first + second, entries, "cut after {cut}");
+            for (p, u, g) in owners(&dir) {
+                assert_eq!((u, g), (uid, gid), "{} after a cut at {cut}", p.display());
+            }
+            assert_eq!(chown_tree(&dir, uid, gid).unwrap(), 0);
+            // The link was changed itself, its target never.
+            assert_eq!(fs::metadata(&outside).unwrap().uid(), outside_owner);
+        }
+    }
 }

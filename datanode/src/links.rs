@@ -32,12 +32,12 @@ struct Link {
 }
 
 impl Link {
-    fn open(peers: &Peers, address: &str) -> Result<Arc<Link>, Status> {
-        let mut client = peers.client(address)?;
+    fn open(peers: &Peers, target: &Target) -> Result<Arc<Link>, Status> {
+        let mut client = peers.client(&target.node_id, &target.address)?;
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let waiters: Arc<Mutex<Option<Waiters>>> = Arc::new(Mutex::new(Some(HashMap::new())));
         let answers = waiters.clone();
-        let address = address.to_string();
+        let address = target.address.clone();
         tokio::spawn(async move {
             let result = async {
                 let mut responses = client
@@ -106,10 +106,10 @@ fn outcome(r: SmallChunkResult) -> Result<ChunkReplicas, Status> {
     }
 }
 
-/// The links of this node to its peers, by address.
+/// The links of this node to its peers, by node id and address.
 #[derive(Default)]
 pub struct Links {
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    links: Mutex<HashMap<(String, String), Arc<Link>>>,
     unsupported: Mutex<HashMap<String, Instant>>,
     seq: AtomicU64,
 }
@@ -128,15 +128,16 @@ impl Links {
         }
     }
 
-    fn link(&self, peers: &Peers, address: &str) -> Result<Arc<Link>, Status> {
+    fn link(&self, peers: &Peers, target: &Target) -> Result<Arc<Link>, Status> {
         let mut links = self.links.lock().expect("links lock");
-        if let Some(l) = links.get(address)
+        let key = (target.node_id.clone(), target.address.clone());
+        if let Some(l) = links.get(&key)
             && l.is_open()
         {
             return Ok(l.clone());
         }
-        let l = Link::open(peers, address)?;
-        links.insert(address.to_string(), l.clone());
+        let l = Link::open(peers, target)?;
+        links.insert(key, l.clone());
         Ok(l)
     }
 
@@ -154,7 +155,7 @@ impl Links {
         let len = frame.data.len() as u64;
         // Twice: a link found broken (the peer restarted) is reopened once.
         for _ in 0..2 {
-            let link = self.link(peers, &target.address)?;
+            let link = self.link(peers, target)?;
             let seq = self.seq.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             match link.waiters.lock().expect("link lock").as_mut() {

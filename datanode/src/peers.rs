@@ -31,7 +31,8 @@ pub const MAX_PEER_CHANNELS: usize = 1024;
 /// Lazily connected, cached channels to other datanodes: one HTTP/2
 /// connection per peer carries every concurrent stream to it.
 pub struct Peers {
-    channels: Mutex<HashMap<String, Channel>>,
+    /// By node id and address (see [`Peers::channel`]).
+    channels: Mutex<HashMap<(String, String), Channel>>,
     security: dfs_common::tls::Security,
 }
 
@@ -44,27 +45,30 @@ impl Peers {
         }
     }
 
-    /// A client for the datanode at `address`.
-    pub fn client(&self, address: &str) -> Result<DataNodeClient<Channel>, Status> {
-        Ok(DataNodeClient::new(self.channel(address)?)
+    /// A client for the datanode `node_id` at `address`.
+    pub fn client(&self, node_id: &str, address: &str) -> Result<DataNodeClient<Channel>, Status> {
+        Ok(DataNodeClient::new(self.channel(node_id, address)?)
             .max_decoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(dfs_common::transport::MAX_MESSAGE_BYTES))
     }
 
-    /// The one lazily connected channel to the datanode at `address`.
-    pub fn channel(&self, address: &str) -> Result<Channel, Status> {
+    /// The one lazily connected channel to the datanode `node_id` at
+    /// `address`.
+    pub fn channel(&self, node_id: &str, address: &str) -> Result<Channel, Status> {
+        let key = (node_id.to_string(), address.to_string());
         let channel = {
             let mut map = self.channels.lock().expect("peers lock");
-            match map.get(address) {
+            match map.get(&key) {
                 Some(c) => c.clone(),
                 None => {
-                    // Only datanodes of this cluster: a plan's target is
-                    // never an arbitrary server (no SSRF through fan-out).
+                    // Only the datanode the signed plan names: a target is
+                    // never an arbitrary server (no SSRF through fan-out),
+                    // nor another datanode holding its own identity.
                     let c = dfs_common::transport::lazy_channel_to(
                         address,
                         CONNECT_TIMEOUT,
                         &self.security,
-                        &[dfs_common::tls::Kind::Datanode],
+                        dfs_common::tls::Expect::datanode(node_id),
                     )
                     .map_err(|e| {
                         Status::invalid_argument(format!(
@@ -76,7 +80,7 @@ impl Peers {
                     {
                         map.remove(&victim);
                     }
-                    map.insert(address.to_string(), c.clone());
+                    map.insert(key, c.clone());
                     c
                 }
             }
@@ -94,14 +98,14 @@ mod tests {
         let peers = Peers::new(dfs_common::tls::Security::insecure());
         for port in 0..(MAX_PEER_CHANNELS + 100) {
             peers
-                .channel(&format!("http://127.0.0.1:{}", 10_000 + port))
+                .channel("dn", &format!("http://127.0.0.1:{}", 10_000 + port))
                 .unwrap();
         }
         assert_eq!(peers.channels.lock().unwrap().len(), MAX_PEER_CHANNELS);
         // A cached peer keeps its one channel.
         let before = peers.channels.lock().unwrap().len();
-        peers.channel("http://127.0.0.1:10500").unwrap();
-        peers.channel("http://127.0.0.1:10500").unwrap();
+        peers.channel("dn", "http://127.0.0.1:10500").unwrap();
+        peers.channel("dn", "http://127.0.0.1:10500").unwrap();
         assert!(peers.channels.lock().unwrap().len() <= before);
     }
 }

@@ -491,7 +491,7 @@ impl Forward {
     fn start(node: &Node, target: Target, header: &ReplicaHeader) -> Self {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_FRAMES);
         let requests = replicate_messages(header, ReceiverStream::new(rx));
-        let channel = node.peers.channel(&target.address);
+        let channel = node.peers.channel(&target.node_id, &target.address);
         let task = tokio::spawn(async move {
             // Frames go out in pieces, their data never copied (see
             // dfs_proto::chunk_stream).
@@ -1329,7 +1329,7 @@ async fn rollback(
         let token = token.cloned();
         async move {
             let result = async {
-                let mut client = node.peers.client(&target.address)?;
+                let mut client = node.peers.client(&target.node_id, &target.address)?;
                 client
                     .delete_chunk(DeleteChunkRequest {
                         chunk_id: chunk_id.clone(),

@@ -294,7 +294,7 @@ pub async fn replicate_to(
         None
     });
     let result = async {
-        let mut client = node.peers.client(&target.address)?;
+        let mut client = node.peers.client(&target.node_id, &target.address)?;
         // The target's first answer is bounded too: over a connection that
         // broke silently (a partition) the call would otherwise wait for
         // HTTP/2 keepalive, past the coordinator's own deadline for the

@@ -784,6 +784,14 @@ fn a_download_outliving_its_read_tokens_renews_them() {
             after >= before + 2.0,
             "the tokens were renewed from fresh maps: {before} -> {after} DownloadFile calls"
         );
+        // Tokens of 3 s are renewed at half their life, not 30 s ahead: a
+        // fresh map is not "expiring" at once, so the download takes the
+        // first map and one renewal after the stall (a refusal at most one
+        // more), never one map per chunk.
+        assert!(
+            after <= before + 3.0,
+            "one chunk map per chunk: {before} -> {after} DownloadFile calls"
+        );
         // A token that expired is refused outright by these datanodes: the
         // renewal above is what kept the download going.
         let map = client.chunk_map("/slow/file").await.unwrap();

@@ -267,6 +267,80 @@ async fn tls_trap(dir: &std::path::Path) -> (SocketAddr, Arc<AtomicU64>) {
     (addr, received)
 }
 
+/// Plans a 4 KiB upload of `path` as the caller of `coordinator`, then
+/// uploads it to the planned primary with its real write token and write
+/// quorum 1, but with the fan-out targets `targets` makes of the planned
+/// nodes. The node ids that stored the chunk (the primary's answer).
+async fn fan_out(
+    coordinator: &mut pb::coordinator_client::CoordinatorClient<Channel>,
+    security: &Security,
+    path: &str,
+    targets: impl FnOnce(&[pb::NodeAddress]) -> Vec<pb::NodeAddress>,
+) -> Vec<String> {
+    let data = payload(9, 4096);
+    let plan = coordinator
+        .upload_file(pb::UploadFileRequest {
+            path: path.into(),
+            size: data.len() as u64,
+            replication: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("a plan for the caller's own upload")
+        .into_inner();
+    let chunk = plan.chunks[0].clone();
+    assert_eq!(chunk.nodes.len(), 3, "{chunk:?}");
+    assert!(chunk.token.is_some(), "a TLS plan carries a write token");
+    let primary: SocketAddr = chunk.nodes[0]
+        .address
+        .trim_start_matches("https://")
+        .parse()
+        .expect("the primary's address");
+    let checksum = dfs_proto::frame::checksum(&data);
+    let frame = pb::ChunkData {
+        data: data.clone(),
+        offset: 0,
+        is_final: true,
+        frame_checksum: checksum,
+        session_id: String::new(),
+        prepare: Some(pb::PrepareChunkUploadRequest {
+            chunk: Some(pb::ChunkMeta {
+                chunk_id: chunk.chunk_id.clone(),
+                checksum,
+                size: data.len() as u64,
+                ..Default::default()
+            }),
+            targets: targets(&chunk.nodes),
+            write_quorum: 1,
+            session_id: String::new(),
+            token: chunk.token.clone(),
+        }),
+    };
+    let mut stored = Vec::new();
+    let mut dn = datanode_as(primary, security).await;
+    let mut answers = dn
+        .upload_chunk_stream(futures::stream::iter([frame]))
+        .await
+        .expect("the primary takes the upload its token covers")
+        .into_inner();
+    while let Some(m) = answers.message().await.expect("the primary's answer") {
+        if let Some(pb::upload_chunk_response::Kind::Replicas(r)) = m.kind {
+            stored = r.replicas;
+        }
+    }
+    coordinator
+        .abort_upload(pb::AbortUploadRequest {
+            upload_id: plan.upload_id,
+        })
+        .await
+        .expect("the caller aborts its own upload");
+    assert!(
+        stored.first() == Some(&chunk.nodes[0].node_id),
+        "the primary stored its copy: {stored:?}"
+    );
+    stored
+}
+
 fn code_of(e: &ClientError) -> String {
     match e {
         ClientError::Denied { .. } => "denied".into(),
@@ -502,10 +576,13 @@ fn every_door_is_closed_to_callers_without_the_right_certificate() {
         );
         dfs_chaos::replicated_map(&admin, "/sec/big.bin", 3, &[]).await;
 
-        // 7b. A client naming fan-out targets outside the cluster: a
-        // plain-text server and a TLS server whose certificate (of this
-        // CA) is not a datanode's. The primary sends neither a byte of a
-        // request; the chunk lands on the primary only.
+        // 7b. A client with a real write token naming fan-out targets
+        // outside the cluster under the plan's node ids: a plain-text
+        // server, a TLS server whose certificate (of this CA) is not a
+        // datanode's, and (7d) a server holding another datanode's
+        // identity at the address of a planned node. The primary sends
+        // none of them a byte of a request; the chunk lands on the primary
+        // only.
         let plain_trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plain_addr = plain_trap.local_addr().unwrap();
         let plain_hits = Arc::new(AtomicU64::new(0));
@@ -517,47 +594,33 @@ fn every_door_is_closed_to_callers_without_the_right_certificate() {
         });
         let alice_dir = pki.root.join("alice");
         let (tls_addr, tls_bytes) = tls_trap(&alice_dir).await;
-        let data = payload(9, 4096);
-        let frame = pb::ChunkData {
-            data: data.clone(),
-            offset: 0,
-            is_final: true,
-            frame_checksum: dfs_proto::frame::checksum(&data),
-            session_id: String::new(),
-            prepare: Some(pb::PrepareChunkUploadRequest {
-                chunk: Some(pb::ChunkMeta {
-                    chunk_id: dfs_common::id::random_hex_id(),
-                    checksum: dfs_proto::frame::checksum(&data),
-                    size: data.len() as u64,
-                    ..Default::default()
-                }),
-                targets: vec![
-                    pb::NodeAddress {
-                        node_id: dfs_common::id::random_hex_id(),
-                        address: format!("http://{plain_addr}"),
-                    },
-                    pb::NodeAddress {
-                        node_id: dfs_common::id::random_hex_id(),
-                        address: format!("https://{tls_addr}"),
-                    },
-                ],
-                write_quorum: 1,
-                session_id: String::new(),
-                token: Default::default(),
-            }),
-        };
-        let mut stored: Vec<String> = Vec::new();
-        if let Ok(r) = dn_alice
-            .upload_chunk_stream(futures::stream::iter([frame]))
-            .await
-        {
-            let mut answers = r.into_inner();
-            while let Ok(Some(m)) = answers.message().await {
-                if let Some(pb::upload_chunk_response::Kind::Replicas(r)) = m.kind {
-                    stored = r.replicas;
-                }
-            }
-        }
+        let (dn_trap_addr, dn_trap_bytes) = tls_trap(&impostor_dir).await;
+        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-b.bin", |nodes| {
+            vec![
+                pb::NodeAddress {
+                    node_id: nodes[1].node_id.clone(),
+                    address: format!("http://{plain_addr}"),
+                },
+                pb::NodeAddress {
+                    node_id: nodes[2].node_id.clone(),
+                    address: format!("https://{tls_addr}"),
+                },
+            ]
+        })
+        .await;
+        assert_eq!(stored.len(), 1, "stored on {stored:?}");
+        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-d.bin", |nodes| {
+            vec![
+                pb::NodeAddress {
+                    node_id: nodes[1].node_id.clone(),
+                    address: format!("https://{dn_trap_addr}"),
+                },
+                nodes[2].clone(),
+            ]
+        })
+        .await;
+        // The control: the planned node at its own address got its copy.
+        assert_eq!(stored.len(), 2, "stored on {stored:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             plain_hits.load(Ordering::Relaxed),
@@ -569,7 +632,11 @@ fn every_door_is_closed_to_callers_without_the_right_certificate() {
             0,
             "the primary sent a request to a server that is not a datanode"
         );
-        assert!(stored.len() <= 1, "stored on {stored:?}");
+        assert_eq!(
+            dn_trap_bytes.load(Ordering::Relaxed),
+            0,
+            "the primary sent a request to another datanode's identity at a planned node's address"
+        );
 
         // 7c. A server with a client certificate of this CA posing as the
         // coordinator: the admin's client library refuses it before any
