@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::metrics::{Metrics, stream};
-use crate::peers::{Peers, Target};
+use crate::peers::{MAX_PEER_CHANNELS, Peers, Target};
 use crate::wire::{Frame, ReplicaHeader, small_chunk};
 
 /// Chunks queued towards one peer before senders wait.
@@ -137,6 +137,16 @@ impl Links {
             return Ok(l.clone());
         }
         let l = Link::open(peers, target)?;
+        // Bounded as the peer channels are: the addresses come from the
+        // uploading client. Closed links go first, then any one.
+        if links.len() >= MAX_PEER_CHANNELS {
+            links.retain(|_, l| l.is_open());
+            if links.len() >= MAX_PEER_CHANNELS
+                && let Some(victim) = links.keys().next().cloned()
+            {
+                links.remove(&victim);
+            }
+        }
         links.insert(key, l.clone());
         Ok(l)
     }
@@ -186,5 +196,27 @@ impl Links {
             "no small-chunk link to {}",
             target.address
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Targets come from plans (node ids a token names) but their addresses
+    /// from the uploading client: however many distinct ones it names, the
+    /// primary keeps at most as many links as it keeps peer channels.
+    #[tokio::test]
+    async fn the_link_table_is_bounded() {
+        let peers = Peers::new(dfs_common::tls::Security::insecure());
+        let links = Links::default();
+        for port in 0..(MAX_PEER_CHANNELS + 100) {
+            let target = Target {
+                node_id: "dn".into(),
+                address: format!("http://127.0.0.1:{}", 10_000 + port),
+            };
+            links.link(&peers, &target).unwrap();
+        }
+        assert!(links.links.lock().unwrap().len() <= MAX_PEER_CHANNELS);
     }
 }
