@@ -6,6 +6,12 @@
 //! cargo run --release -p dfs-coordinator --example namespace_bench [clients] [iterations] [connections]
 //! ```
 //!
+//! With `DFS_BENCH_COORDINATORS=3` the coordinator is instead a group of
+//! three `dfs-coordinator` processes (`--peers`, Raft, each on its own temp
+//! dir) started from the `dfs-coordinator` binary beside the example's
+//! directory (build it first: `cargo build --release -p dfs-coordinator`),
+//! and the clients talk to its leader.
+//!
 //! Phase 1: each client repeats UploadFile + ConfirmUpload (a 1 KiB file,
 //! two durable commands) + Stat + ListDirectory. Phase 2: 100,000 Mkdir in
 //! one directory (durable), then the directory is listed page by page.
@@ -40,6 +46,10 @@ async fn main() -> anyhow::Result<()> {
     let connections: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
 
     let dir = tempfile::tempdir()?;
+    let group = std::env::var("DFS_BENCH_COORDINATORS").ok().as_deref() == Some("3");
+    if group {
+        return run_group(dir.path(), clients, iterations, connections).await;
+    }
     let mut config = Config::for_data_dir(dir.path());
     config.heartbeat_interval = Duration::from_secs(3);
     config.suspect_after = Some(Duration::from_secs(3600));
@@ -53,9 +63,88 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
+    let channels = phases(&url, clients, iterations, connections).await?;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(metrics_addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        for line in text.lines().filter(|l| {
+            l.starts_with("dfs_coordinator_metadata_commit_batch_size_sum")
+                || l.starts_with("dfs_coordinator_metadata_commit_batch_size_count")
+                || l.starts_with("dfs_coordinator_metadata_commit_duration_seconds_sum")
+        }) {
+            println!("{line}");
+        }
+    }
+    drop(channels);
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok(())
+}
+
+/// The same phases against a group of three coordinator processes.
+async fn run_group(
+    dir: &std::path::Path,
+    clients: usize,
+    iterations: usize,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/examples/namespace_bench -> target/<profile>/dfs-coordinator
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("dfs-coordinator"))
+        .filter(|b| b.exists())
+        .ok_or_else(|| anyhow::anyhow!("no dfs-coordinator beside {}", exe.display()))?;
+    // The fake datanodes never heartbeat: keep them alive for the run.
+    let members = dfs_testkit::group::group_with(
+        &bin,
+        dir,
+        &["--heartbeat-interval", "30m", "--dead-after", "2h"],
+    );
+    let leader = dfs_testkit::group::wait_leader(&members, Duration::from_secs(30)).await;
+    // A new leader rebuilds its view of the datanodes once it has taken
+    // over; registrations before that would be dropped with the old view.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "group of 3 ({}), leader {}",
+        bin.display(),
+        members[leader].url
+    );
+    let ran = phases(&members[leader].url, clients, iterations, connections).await;
+    if let Ok(keep) = std::env::var("DFS_BENCH_LOGS") {
+        for m in &members {
+            std::fs::copy(&m.log, format!("{keep}/c{}.log", m.id))?;
+        }
+    }
+    if ran.is_err() {
+        for m in &members {
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- member {} ({}):", m.id, m.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+    drop(members);
+    ran.map(drop)
+}
+
+/// Registers three fake datanodes, then runs both phases against `url`.
+async fn phases(
+    url: &str,
+    clients: usize,
+    iterations: usize,
+    connections: usize,
+) -> anyhow::Result<Vec<CoordinatorClient<Channel>>> {
     let mut channels = Vec::new();
     for _ in 0..connections {
-        channels.push(connect(&url).await?);
+        channels.push(connect(url).await?);
     }
     for i in 0..3 {
         channels[0]
@@ -163,7 +252,15 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Phase 2: 100,000 entries in one directory, then a paged listing.
-    const ENTRIES: usize = 100_000;
+    // DFS_BENCH_MKDIRS: how many (default 100,000; 0 skips the phase).
+    let entries: usize = std::env::var("DFS_BENCH_MKDIRS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    if entries == 0 {
+        return Ok(channels);
+    }
     let start = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -173,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                if i >= ENTRIES {
+                if i >= entries {
                     break;
                 }
                 c.mkdir(MkdirRequest {
@@ -190,8 +287,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "phase 2: {ENTRIES} durable Mkdir in {secs:.2} s = {:.0} ops/s",
-        ENTRIES as f64 / secs
+        "phase 2: {entries} durable Mkdir in {secs:.2} s = {:.0} ops/s",
+        entries as f64 / secs
     );
     for page_size in [10_000u32, 1_000] {
         let mut c = channels[0].clone();
@@ -215,28 +312,11 @@ async fn main() -> anyhow::Result<()> {
             }
             token = page.next_page_token;
         }
-        anyhow::ensure!(seen == ENTRIES, "listed {seen} entries");
+        anyhow::ensure!(seen == entries, "listed {seen} entries");
         println!(
-            "list of a {ENTRIES}-entry directory, {pages} pages of {page_size}: {:.3} s",
+            "list of a {entries}-entry directory, {pages} pages of {page_size}: {:.3} s",
             start.elapsed().as_secs_f64()
         );
     }
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(metrics_addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).await?;
-        for line in text.lines().filter(|l| {
-            l.starts_with("dfs_coordinator_metadata_commit_batch_size_sum")
-                || l.starts_with("dfs_coordinator_metadata_commit_batch_size_count")
-                || l.starts_with("dfs_coordinator_metadata_commit_duration_seconds_sum")
-        }) {
-            println!("{line}");
-        }
-    }
-    let _ = stop_tx.send(());
-    server.await??;
-    Ok(())
+    Ok(channels)
 }

@@ -1173,8 +1173,24 @@ impl Namespace {
 
     /// Rebuilds the state from a snapshot.
     pub fn restore(snapshot: Snapshot) -> Result<Self, NamespaceError> {
+        // Sized once: growing a map of millions of chunk ids doubles and
+        // rehashes it over and over, touching fresh memory each time.
+        let chunk_count = snapshot
+            .entries
+            .iter()
+            .map(|e| match e {
+                SnapshotEntry::File { file, .. } => file.chunks.len(),
+                SnapshotEntry::Dir { .. } => 0,
+            })
+            .sum::<usize>()
+            + snapshot
+                .uploads
+                .iter()
+                .map(|u| u.chunks.len())
+                .sum::<usize>();
         let mut ns = Namespace {
             cluster_id: snapshot.cluster_id,
+            chunk_index: HashMap::with_capacity(chunk_count),
             ..Namespace::default()
         };
         for entry in snapshot.entries {

@@ -81,6 +81,11 @@ impl Drop for Member {
 /// Starts a group of three members of `bin` with their directories in
 /// `dir`.
 pub fn group(bin: impl AsRef<Path>, dir: &Path) -> Vec<Member> {
+    group_with(bin, dir, &[])
+}
+
+/// [`group`], each member started with `extra` arguments too.
+pub fn group_with(bin: impl AsRef<Path>, dir: &Path, extra: &[&str]) -> Vec<Member> {
     let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
     let peers = peers(&addrs);
     addrs
@@ -88,24 +93,26 @@ pub fn group(bin: impl AsRef<Path>, dir: &Path) -> Vec<Member> {
         .enumerate()
         .map(|(i, a)| {
             let id = i as u64 + 1;
+            let mut args: Vec<String> = vec![
+                "--listen".into(),
+                a.to_string(),
+                "--metrics-addr".into(),
+                free_addr().to_string(),
+                "--data-dir".into(),
+                dir.join(format!("c{id}")).display().to_string(),
+                "--raft-id".into(),
+                id.to_string(),
+                "--peers".into(),
+                peers.clone(),
+                "--exit-with-parent".into(),
+                "--insecure".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
             let mut m = Member {
                 id,
                 url: format!("http://{a}"),
                 bin: bin.as_ref().to_path_buf(),
-                args: vec![
-                    "--listen".into(),
-                    a.to_string(),
-                    "--metrics-addr".into(),
-                    free_addr().to_string(),
-                    "--data-dir".into(),
-                    dir.join(format!("c{id}")).display().to_string(),
-                    "--raft-id".into(),
-                    id.to_string(),
-                    "--peers".into(),
-                    peers.clone(),
-                    "--exit-with-parent".into(),
-                    "--insecure".into(),
-                ],
+                args,
                 log: dir.join(format!("c{id}.log")),
                 child: None,
             };

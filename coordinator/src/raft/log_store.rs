@@ -83,6 +83,7 @@ impl LogStore {
                         INCARNATION,
                         encode(&i, StorageIOError::write)?,
                         StorageIOError::write,
+                        redb::Durability::Immediate,
                     )
                     .await?;
                 i
@@ -121,11 +122,13 @@ impl LogStore {
         key: &'static str,
         bytes: Vec<u8>,
         kind: fn(openraft::AnyError) -> StorageIOError<MemberId>,
+        durability: redb::Durability,
     ) -> Result<(), RaftStorageError> {
         let db = self.db.clone();
         blocking(kind, move || {
             let w = |e: redb::Error| storage_err(kind, e);
-            let txn = db.begin_write().map_err(|e| w(e.into()))?;
+            let mut txn = db.begin_write().map_err(|e| w(e.into()))?;
+            txn.set_durability(durability).map_err(|e| w(e.into()))?;
             {
                 let mut t = txn.open_table(STATE).map_err(|e| w(e.into()))?;
                 t.insert(key, bytes.as_slice()).map_err(|e| w(e.into()))?;
@@ -192,8 +195,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<MemberId>) -> Result<(), RaftStorageError> {
         let bytes = encode(vote, StorageIOError::write_vote)?;
-        self.put_state(VOTE, bytes, StorageIOError::write_vote)
-            .await
+        self.put_state(
+            VOTE,
+            bytes,
+            StorageIOError::write_vote,
+            redb::Durability::Immediate,
+        )
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<MemberId>>, RaftStorageError> {
@@ -204,9 +212,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<MemberId>>,
     ) -> Result<(), RaftStorageError> {
+        // Not fsynced: the committed index only lets a restarted member
+        // apply its log before it hears from a leader. Losing the newest
+        // value in a crash leaves an older one (never one past the durable
+        // log, which is written with every append's fsync), and openraft
+        // learns the rest from the leader. Fsyncing it cost every member a
+        // second fsync per replication round, with Raft's core waiting.
         let bytes = encode(&committed, StorageIOError::write)?;
-        self.put_state(COMMITTED, bytes, StorageIOError::write)
-            .await
+        self.put_state(
+            COMMITTED,
+            bytes,
+            StorageIOError::write,
+            redb::Durability::None,
+        )
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<MemberId>>, RaftStorageError> {
