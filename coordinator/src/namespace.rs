@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{NsPath, PathError};
 
+mod restore;
+pub use restore::RestoreSeed;
+
 pub use dfs_common::id::{ChunkId, ClusterId, NodeId, UploadId};
 
 /// A chunk of a confirmed file.
@@ -1182,68 +1185,17 @@ impl Namespace {
                 SnapshotEntry::File { file, .. } => file.chunks.len(),
                 SnapshotEntry::Dir { .. } => 0,
             })
-            .sum::<usize>()
-            + snapshot
-                .uploads
-                .iter()
-                .map(|u| u.chunks.len())
-                .sum::<usize>();
-        let mut ns = Namespace {
-            cluster_id: snapshot.cluster_id,
-            chunk_index: HashMap::with_capacity(chunk_count),
-            ..Namespace::default()
-        };
+            .sum::<usize>();
+        let mut r = restore::Restorer::new(chunk_count);
         for entry in snapshot.entries {
-            match entry {
-                SnapshotEntry::Dir { path, meta } => {
-                    let p = NsPath::parse(&path)?;
-                    ns.create_dirs(&p, meta.created_ms);
-                    if let Entry::Dir(d) = ns
-                        .dir_mut(&p.parent())?
-                        .children
-                        .get_mut(p.name())
-                        .expect("created above")
-                    {
-                        d.meta = meta;
-                    }
-                }
-                SnapshotEntry::File { path, file } => {
-                    let p = NsPath::parse(&path)?;
-                    ns.create_dirs(&p.parent(), file.created_ms);
-                    ns.files += 1;
-                    ns.chunks += file.chunks.len() as u64;
-                    for c in &file.chunks {
-                        ns.chunk_index.insert(
-                            c.id.clone(),
-                            ChunkOwner::File {
-                                size: c.size,
-                                replication: file.replication,
-                                checksum: c.checksum,
-                                algorithm: c.algorithm,
-                            },
-                        );
-                    }
-                    ns.dir_mut(&p.parent())?
-                        .children
-                        .insert(p.name().to_string(), Entry::File(file));
-                }
-            }
+            r.entry(entry)?;
         }
-        for upload in snapshot.uploads {
-            for c in &upload.chunks {
-                ns.chunk_index
-                    .insert(c.chunk_id.clone(), ChunkOwner::Upload);
-            }
-            ns.uploads.insert(upload.upload_id.clone(), upload);
-        }
-        for node in snapshot.nodes {
-            ns.nodes.insert(node.node_id.clone(), node);
-        }
-        for r in snapshot.once {
-            ns.once.order.push_back((r.request_id.clone(), r.at_ms));
-            ns.once.outcomes.insert(r.request_id, r.outcome);
-        }
-        Ok(ns)
+        Ok(r.finish(
+            snapshot.cluster_id,
+            snapshot.uploads,
+            snapshot.nodes,
+            snapshot.once,
+        ))
     }
 
     /// Every confirmed file's chunks (for seeding the replica map).
@@ -1568,6 +1520,59 @@ mod tests {
         assert_eq!(back.nodes(), ns.nodes());
         assert_eq!(back.cluster_id(), Some(&named("c")));
         assert_eq!(back.stat(&p("/x/y")).unwrap().created_ms, 3);
+    }
+
+    /// Decoded entry by entry ([`RestoreSeed`]), in JSON or MessagePack,
+    /// a snapshot gives the namespace that decoding it whole and restoring
+    /// gives: tree, chunk index, uploads, nodes, cluster id and request ids.
+    #[test]
+    fn a_streamed_restore_equals_a_whole_one() {
+        use serde::de::DeserializeSeed;
+        let mut ns = setup();
+        ns.apply(&Command::InitCluster {
+            cluster_id: named("c"),
+        })
+        .unwrap();
+        ns.apply(&Command::Mkdir {
+            path: "/x/y".into(),
+            parents: true,
+            now_ms: 3,
+        })
+        .unwrap();
+        ns.apply(&begin("u", "/x/f", &[4, 2], false)).unwrap();
+        ns.apply(&confirm_cmd(&ns, "u", &["n1", "n2"])).unwrap();
+        ns.apply(&begin("v", "/x/g", &[4], false)).unwrap();
+        ns.apply(&once(
+            "r1",
+            9,
+            Command::Mkdir {
+                path: "/z".into(),
+                parents: false,
+                now_ms: 9,
+            },
+        ))
+        .unwrap();
+        let snap = ns.snapshot();
+        let image = |n: &Namespace| serde_json::to_value(n.snapshot()).unwrap();
+        let whole = Namespace::restore(snap.clone()).unwrap();
+        let from_json = Namespace::restore_streamed(&serde_json::to_vec(&snap).unwrap()).unwrap();
+        let packed = rmp_serde::to_vec_named(&snap).unwrap();
+        let from_msgpack = RestoreSeed
+            .deserialize(&mut rmp_serde::Deserializer::from_read_ref(&packed))
+            .unwrap();
+        for back in [&from_json, &from_msgpack] {
+            assert_eq!(image(back), image(&whole));
+            assert_eq!(image(back), image(&ns));
+            assert_eq!(
+                (back.file_count(), back.dir_count(), back.chunk_count()),
+                (ns.file_count(), ns.dir_count(), ns.chunk_count())
+            );
+            assert_eq!(back.chunk_index(), ns.chunk_index());
+            assert_eq!(back.uploads(), ns.uploads());
+            assert_eq!(back.nodes(), ns.nodes());
+            assert_eq!(back.cluster_id(), Some(&named("c")));
+        }
+        assert!(!snap.once.is_empty(), "the request id is in the snapshot");
     }
 
     fn once(id: &str, now_ms: u64, command: Command) -> Command {

@@ -20,10 +20,11 @@ use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::{BatchResult, MemberId, Node, RaftStorageError, TypeConfig, blocking, storage_err};
-use crate::namespace::{Command, Namespace, Outcome, Snapshot as NsSnapshot};
+use crate::namespace::{Command, Namespace, Outcome, RestoreSeed, Snapshot as NsSnapshot};
 use crate::store::Applied;
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
@@ -224,11 +225,52 @@ fn restore(data: &[u8]) -> Result<Namespace, RaftStorageError> {
             std::io::Error::other(e.to_string()),
         )
     };
-    let d: SnapshotData = match data.strip_prefix(MSGPACK_MAGIC) {
-        Some(rest) => rmp_serde::from_slice(rest).map_err(|e| read_err(Box::new(e)))?,
-        None => serde_json::from_slice(data).map_err(|e| read_err(Box::new(e)))?,
-    };
-    Namespace::restore(d.namespace).map_err(|e| storage_err(StorageIOError::read_state_machine, e))
+    // Decoded straight into the namespace (`RestoreSeed`), never as a
+    // whole `SnapshotData` beside it.
+    match data.strip_prefix(MSGPACK_MAGIC) {
+        Some(rest) => DataSeed
+            .deserialize(&mut rmp_serde::Deserializer::from_read_ref(rest))
+            .map_err(|e| read_err(Box::new(e))),
+        None => {
+            let mut de = serde_json::Deserializer::from_slice(data);
+            let ns = DataSeed
+                .deserialize(&mut de)
+                .map_err(|e| read_err(Box::new(e)))?;
+            de.end().map_err(|e| read_err(Box::new(e)))?;
+            Ok(ns)
+        }
+    }
+}
+
+/// Decodes a [`SnapshotData`] into its namespace, through [`RestoreSeed`].
+struct DataSeed;
+
+impl<'de> DeserializeSeed<'de> for DataSeed {
+    type Value = Namespace;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Namespace, D::Error> {
+        d.deserialize_struct("SnapshotData", &["namespace"], self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed {
+    type Value = Namespace;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a coordinator snapshot")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Namespace, A::Error> {
+        let mut ns = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "namespace" && ns.is_none() {
+                ns = Some(map.next_value_seed(RestoreSeed)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        ns.ok_or_else(|| de::Error::missing_field("namespace"))
+    }
 }
 
 fn as_snapshot(s: &StoredSnapshot) -> Snapshot<TypeConfig> {
