@@ -130,7 +130,12 @@ impl Env {
 
     /// Polls `kubectl get <args> -o jsonpath=<path>` until it equals `want`.
     fn wait_for(&self, what: &str, args: &[&str], jsonpath: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_within(60, what, args, jsonpath, want);
+    }
+
+    /// [`Env::wait_for`] with a deadline of `secs` seconds.
+    fn wait_within(&self, secs: u64, what: &str, args: &[&str], jsonpath: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         let jp = format!("jsonpath={jsonpath}");
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -319,6 +324,37 @@ fn operator_reconciles_scales_and_repairs() {
         "ca.crt node-a.crt node-a.key node-b.crt node-b.key",
         "{keys}"
     );
+    // A node that joins is seen when it joins, not at the next periodic
+    // reconcile (10 s busy, 60 s idle): its datanode pod cannot start
+    // before its identity exists.
+    env.apply(
+        "node-c.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-c, labels: {topology.kubernetes.io/zone: zone-3}}\n",
+    );
+    env.wait_within(
+        8,
+        "the joining node in the topology map",
+        &["configmap", "demo-topology"],
+        "{.data.node-c}",
+        "zone-3",
+    );
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let keys = env.must(&[
+            "get",
+            "secret",
+            "demo-datanode-tls",
+            "-o",
+            "go-template={{range $k, $v := .data}}{{$k}} {{end}}",
+        ]);
+        if keys.contains("node-c.crt") && keys.contains("node-c.key") {
+            break;
+        }
+        if Instant::now() > deadline {
+            env.fail(&format!("no identity for the joining node: {keys}"));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let args = env.must(&[
         "get",
         "statefulset",

@@ -777,6 +777,20 @@ fn spec_or_deletion(obj: &DfsCluster) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What a node change means to a cluster: its existence (the predicate
+/// keeps one value per node, so a new node always passes) and its labels
+/// but the one the operator sets itself ([`NODE_LABEL`]).
+fn node_placement(node: &Node) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    for (k, v) in node.labels() {
+        if k != NODE_LABEL {
+            (k, v).hash(&mut h);
+        }
+    }
+    Some(h.finish())
+}
+
 /// Runs the operator until `shutdown` resolves (or leadership is lost).
 pub async fn run(
     client: Client,
@@ -861,7 +875,24 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_deletion, Default::default());
+    // Nodes joining, leaving or changing zone: every cluster reconciles
+    // then, not at its next periodic pass, so a new node's datanode
+    // identity (and its topology entry) exists by the time its datanode
+    // pod starts. Our own `dfs.io/datanode` label is left out, or each
+    // labelling would trigger another pass.
+    let clusters_of_node = reader.clone();
+    let node_changes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(node_placement, Default::default());
     let controller = Controller::for_stream(main_stream, reader)
+        .watches_stream(node_changes, move |_node: Node| {
+            clusters_of_node
+                .state()
+                .iter()
+                .map(|c| kube::runtime::reflector::ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .owns(owned::<StatefulSet>(&client, &children_cfg), owned_cfg())
         .owns(owned::<DaemonSet>(&client, &children_cfg), owned_cfg())
         .owns(owned::<ConfigMap>(&client, &children_cfg), owned_cfg())
