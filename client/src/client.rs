@@ -1,8 +1,7 @@
 //! The [`Client`]: a connection to a coordinator plus a cache of channels to
 //! the datanodes it names, and the namespace and admin calls.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dfs_proto::coordinator_client::CoordinatorClient;
@@ -130,7 +129,7 @@ pub struct Client {
     pub(crate) confirms: Batcher<ConfirmUploadRequest, ConfirmUploadResponse>,
     /// By node id and address: with TLS a channel admits only the datanode
     /// of that node id, so one address under two ids needs two channels.
-    datanodes: Arc<Mutex<HashMap<(String, String), Channel>>>,
+    datanodes: Arc<dfs_common::transport::DatanodeChannels>,
 }
 
 impl std::fmt::Debug for Client {
@@ -246,11 +245,14 @@ impl Client {
         }
         let coordinators = Coordinators::new(members, 0, config.failover_timeout);
         Client {
-            config,
             plans: batch::coordinator_batcher(coordinators.clone()),
             confirms: batch::coordinator_batcher(coordinators.clone()),
+            datanodes: Arc::new(dfs_common::transport::DatanodeChannels::new(
+                config.security.clone(),
+                config.connect_timeout,
+            )),
             coordinators,
-            datanodes: Arc::default(),
+            config,
         }
     }
 
@@ -262,23 +264,13 @@ impl Client {
     /// The one lazily connected HTTP/2 channel to the datanode `node_id` at
     /// `address`, shared by every stream to it.
     pub(crate) fn datanode_channel(&self, node_id: &str, address: &str) -> Result<Channel, String> {
-        let mut cache = self.datanodes.lock().expect("datanode cache lock poisoned");
-        let key = (node_id.to_string(), address.to_string());
-        if let Some(channel) = cache.get(&key) {
-            return Ok(channel.clone());
-        }
         // Chunk bytes go only to the datanode the map or plan names (with
         // TLS: its certificate names that node id), whatever address it
-        // gives: another datanode's identity cannot stand in for it.
-        let channel = dfs_common::transport::lazy_channel_to(
-            address,
-            self.config.connect_timeout,
-            &self.config.security,
-            dfs_common::tls::Expect::datanode(node_id),
-        )
-        .map_err(|e| format!("invalid datanode address {address:?}: {e}"))?;
-        cache.insert(key, channel.clone());
-        Ok(channel)
+        // gives: another datanode's identity cannot stand in for it. The
+        // cache is bounded: the addresses come from the coordinator.
+        self.datanodes
+            .channel(node_id, address)
+            .map_err(|e| format!("invalid datanode address {address:?}: {e}"))
     }
 
     /// A read request, marked stale when the configuration allows it.

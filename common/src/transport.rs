@@ -162,3 +162,95 @@ mod tests {
         assert!(endpoint("not a url", Duration::from_secs(1)).is_err());
     }
 }
+
+/// Most datanode channels a [`DatanodeChannels`] keeps: a cluster's
+/// datanodes with room to spare. Past it, one cached channel is dropped (it
+/// reconnects on its next use), so no plan or chunk map can make a process
+/// hold a channel per address it names.
+pub const MAX_DATANODE_CHANNELS: usize = 1024;
+
+/// Lazily connected, cached channels to datanodes, by node id and address:
+/// one HTTP/2 connection per datanode carries every concurrent stream to
+/// it. A channel is secured to reach only the datanode named (with TLS its
+/// certificate must name that node id: [`crate::tls::Expect::datanode`]),
+/// whatever address it was given. Used by the client library and by the
+/// datanodes' fan-out and repair copies.
+pub struct DatanodeChannels {
+    channels: std::sync::Mutex<std::collections::HashMap<(String, String), Channel>>,
+    connect_timeout: Duration,
+    security: Security,
+    cap: usize,
+}
+
+impl DatanodeChannels {
+    /// No channels yet; each will be secured as `security` says.
+    pub fn new(security: Security, connect_timeout: Duration) -> Self {
+        Self::with_cap(security, connect_timeout, MAX_DATANODE_CHANNELS)
+    }
+
+    /// [`DatanodeChannels::new`] keeping at most `cap` channels.
+    pub fn with_cap(security: Security, connect_timeout: Duration, cap: usize) -> Self {
+        Self {
+            channels: Default::default(),
+            connect_timeout,
+            security,
+            cap: cap.max(1),
+        }
+    }
+
+    /// The one lazily connected channel to the datanode `node_id` at
+    /// `address`.
+    pub fn channel(&self, node_id: &str, address: &str) -> Result<Channel, ChannelError> {
+        let key = (node_id.to_string(), address.to_string());
+        let mut map = self.channels.lock().expect("datanode channels lock");
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let c = lazy_channel_to(
+            address,
+            self.connect_timeout,
+            &self.security,
+            crate::tls::Expect::datanode(node_id),
+        )?;
+        if map.len() >= self.cap
+            && let Some(victim) = map.keys().next().cloned()
+        {
+            map.remove(&victim);
+        }
+        map.insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// Channels cached now.
+    pub fn len(&self) -> usize {
+        self.channels.lock().expect("datanode channels lock").len()
+    }
+
+    /// True when none is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod datanode_channel_tests {
+    use super::*;
+
+    /// However many addresses callers name, the cache stays at its cap,
+    /// and a cached datanode keeps its one channel.
+    #[tokio::test]
+    async fn the_datanode_channel_cache_is_bounded() {
+        let cache = DatanodeChannels::with_cap(Security::insecure(), Duration::from_secs(1), 64);
+        for port in 0..200 {
+            cache
+                .channel("dn", &format!("http://127.0.0.1:{}", 10_000 + port))
+                .unwrap();
+        }
+        assert_eq!(cache.len(), 64);
+        cache.channel("dn", "http://127.0.0.1:10199").unwrap();
+        cache.channel("dn", "http://127.0.0.1:10199").unwrap();
+        assert_eq!(cache.len(), 64);
+        assert!(cache.channel("dn", "not a url").is_err());
+        assert_eq!(cache.len(), 64, "a refused address is not cached");
+    }
+}

@@ -3,8 +3,6 @@
 //! to it shares. Below the node state and the replication pipeline; knows
 //! nothing of either.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dfs_proto::data_node_client::DataNodeClient;
@@ -23,25 +21,20 @@ pub struct Target {
     pub address: String,
 }
 
-/// Most peer channels kept: a cluster's datanodes with room to spare. Past
-/// it, one cached channel is dropped (it reconnects on its next use), so
-/// no caller can make a node hold a channel per address it names.
-pub const MAX_PEER_CHANNELS: usize = 1024;
+/// Most peer channels kept (see [`dfs_common::transport::DatanodeChannels`]).
+pub const MAX_PEER_CHANNELS: usize = dfs_common::transport::MAX_DATANODE_CHANNELS;
 
 /// Lazily connected, cached channels to other datanodes: one HTTP/2
 /// connection per peer carries every concurrent stream to it.
 pub struct Peers {
-    /// By node id and address (see [`Peers::channel`]).
-    channels: Mutex<HashMap<(String, String), Channel>>,
-    security: dfs_common::tls::Security,
+    channels: dfs_common::transport::DatanodeChannels,
 }
 
 impl Peers {
     /// No channels yet; each will be secured as `security` says.
     pub fn new(security: dfs_common::tls::Security) -> Self {
         Self {
-            channels: Mutex::default(),
-            security,
+            channels: dfs_common::transport::DatanodeChannels::new(security, CONNECT_TIMEOUT),
         }
     }
 
@@ -53,39 +46,13 @@ impl Peers {
     }
 
     /// The one lazily connected channel to the datanode `node_id` at
-    /// `address`.
+    /// `address`. Only the datanode the signed plan names: a target is
+    /// never an arbitrary server (no SSRF through fan-out), nor another
+    /// datanode holding its own identity.
     pub fn channel(&self, node_id: &str, address: &str) -> Result<Channel, Status> {
-        let key = (node_id.to_string(), address.to_string());
-        let channel = {
-            let mut map = self.channels.lock().expect("peers lock");
-            match map.get(&key) {
-                Some(c) => c.clone(),
-                None => {
-                    // Only the datanode the signed plan names: a target is
-                    // never an arbitrary server (no SSRF through fan-out),
-                    // nor another datanode holding its own identity.
-                    let c = dfs_common::transport::lazy_channel_to(
-                        address,
-                        CONNECT_TIMEOUT,
-                        &self.security,
-                        dfs_common::tls::Expect::datanode(node_id),
-                    )
-                    .map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "invalid datanode address {address:?}: {e}"
-                        ))
-                    })?;
-                    if map.len() >= MAX_PEER_CHANNELS
-                        && let Some(victim) = map.keys().next().cloned()
-                    {
-                        map.remove(&victim);
-                    }
-                    map.insert(key, c.clone());
-                    c
-                }
-            }
-        };
-        Ok(channel)
+        self.channels.channel(node_id, address).map_err(|e| {
+            Status::invalid_argument(format!("invalid datanode address {address:?}: {e}"))
+        })
     }
 }
 
@@ -101,11 +68,11 @@ mod tests {
                 .channel("dn", &format!("http://127.0.0.1:{}", 10_000 + port))
                 .unwrap();
         }
-        assert_eq!(peers.channels.lock().unwrap().len(), MAX_PEER_CHANNELS);
+        assert_eq!(peers.channels.len(), MAX_PEER_CHANNELS);
         // A cached peer keeps its one channel.
-        let before = peers.channels.lock().unwrap().len();
+        let before = peers.channels.len();
         peers.channel("dn", "http://127.0.0.1:10500").unwrap();
         peers.channel("dn", "http://127.0.0.1:10500").unwrap();
-        assert!(peers.channels.lock().unwrap().len() <= before);
+        assert!(peers.channels.len() <= before);
     }
 }
