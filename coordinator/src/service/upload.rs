@@ -204,6 +204,14 @@ impl CoordinatorService {
             .metrics
             .receipts_refused
             .inc_by(refused_receipts as u64);
+        // What follows reads the namespace (the first answer, the plan).
+        // A leader that has just taken over may not have applied every
+        // entry committed before it led: the plan a client holds, or the
+        // first confirm of this retry, would be missing, and the confirm
+        // refused NOT_FOUND (seen in the chaos leader-kill scenario). The
+        // read barrier waits until it has (at once with one coordinator,
+        // or under the leader's lease).
+        self.ctx.reads.wait(&self.ctx.metrics).await?;
         // A retry of a confirm already applied (its answer lost, say in a
         // leader change) gets the first answer: the upload id is the key.
         let key = format!("confirm/{upload_id}");
