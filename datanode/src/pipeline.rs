@@ -35,7 +35,7 @@ use tracing::Instrument;
 use crate::metrics::{GaugeGuard, stream};
 use crate::node::{Node, UploadSession};
 use crate::peers::Target;
-use crate::store::{ChunkId, Store, StoreError, Stored};
+use crate::store::{ChunkId, Reservation, Store, StoreError, Stored};
 use crate::table::StoredChunk;
 use crate::wire::{
     Acks, DataPathError, Frame, FrameSource, Opening, ReplicaHeader, UploadStart, chunk_meta,
@@ -287,7 +287,7 @@ pub(crate) fn receive_frame(
 enum WriterMsg {
     /// Bytes to write, with their room in the store's write buffer.
     Data(Bytes, tokio::sync::OwnedSemaphorePermit),
-    Finish(u64, Option<u32>),
+    Finish(u64, Option<u32>, Option<Reservation>),
 }
 
 /// The local copy of a chunk: a chunk file written by its own thread, or a
@@ -359,15 +359,18 @@ impl LocalWrite {
         }
     }
 
+    /// Stores the copy; `reservation` (the space promised to this write)
+    /// becomes used space as the chunk is recorded, never both at once.
     pub(crate) async fn finish(
         self,
         size: u64,
         checksum: Option<u32>,
+        reservation: Option<Reservation>,
     ) -> Result<Stored, DataPathError> {
         match self {
-            LocalWrite::File(f) => f.finish(size, checksum).await,
+            LocalWrite::File(f) => f.finish(size, checksum, reservation).await,
             LocalWrite::Small { store, id, parts } => Ok(store
-                .put_small(&id, parts, size, checksum)?
+                .put_small_reserved(&id, parts, size, checksum, reservation)?
                 .wait_stored()
                 .await?),
         }
@@ -414,7 +417,9 @@ impl FileWrite {
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     WriterMsg::Data(b, _room) => w.write(&b)?,
-                    WriterMsg::Finish(size, checksum) => return w.finish_stored(size, checksum),
+                    WriterMsg::Finish(size, checksum, reservation) => {
+                        return w.finish_reserved(size, checksum, reservation);
+                    }
                 }
             }
             Err(StoreError::Cancelled)
@@ -463,10 +468,16 @@ impl FileWrite {
         Ok(())
     }
 
-    async fn finish(mut self, size: u64, checksum: Option<u32>) -> Result<Stored, DataPathError> {
+    async fn finish(
+        mut self,
+        size: u64,
+        checksum: Option<u32>,
+        reservation: Option<Reservation>,
+    ) -> Result<Stored, DataPathError> {
         self.take_slot().await;
         let tx = self.tx.take().expect("writer open");
-        if tx.send(WriterMsg::Finish(size, checksum)).await.is_err() {
+        let finish = WriterMsg::Finish(size, checksum, reservation);
+        if tx.send(finish).await.is_err() {
             return Err(self.result().await);
         }
         match self.join.take().expect("writer running").await {
@@ -787,14 +798,12 @@ pub async fn upload(
         let reservation = session.reservation.take();
         let mut ends = Ends::new(&node, size, checksum);
         ends.local(async move {
-            let stored = match local {
-                Some(local) => local.finish(size, Some(checksum)).await,
+            match local {
+                Some(local) => local.finish(size, Some(checksum), reservation).await,
                 // Not the primary's fault towards the client: the quorum
                 // holds the chunk, or says why it does not.
                 None => Err(DataPathError::Quorum(local_dropped.unwrap_or_default())),
-            };
-            drop(reservation);
-            stored
+            }
         });
         for mut f in forwards.drain(..) {
             let node = node.clone();
@@ -1251,9 +1260,7 @@ async fn upload_whole(
     ends.local(async move {
         let mut local = LocalWrite::start_primary(store, id, size);
         local.write(data).await?;
-        let stored = local.finish(size, Some(crc)).await;
-        drop(reservation);
-        stored
+        local.finish(size, Some(crc), reservation).await
     });
     for target in &session.targets {
         let (node, target, header, frame) =
@@ -1391,8 +1398,9 @@ pub async fn replicate(
                 return Err(DataPathError::Gone("sender"));
             }
         }
-        let stored = local.finish(size, Some(check.crc)).await?;
-        drop(reservation);
+        let stored = local
+            .finish(size, Some(check.crc), Some(reservation))
+            .await?;
         Ok(stored_answer(&node, chunk_id, stored))
     }
     .await;

@@ -133,8 +133,9 @@ async fn store(
         receive_frame(node, &mut check, &frame, stream::REPLICATE)?;
         let mut local = LocalWrite::start(node.store.clone(), chunk_id.clone(), size);
         local.write(frame.data).await?;
-        let stored = local.finish(size, Some(check.crc)).await?;
-        drop(reservation);
+        let stored = local
+            .finish(size, Some(check.crc), Some(reservation))
+            .await?;
         Ok(crate::pipeline::stored_answer(node, chunk_id, stored))
     }
     .await;

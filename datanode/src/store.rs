@@ -55,7 +55,7 @@ use crate::volume::{PendingPut, Volumes};
 
 pub(crate) use crate::fsio::io_err;
 pub use crate::fsio::{StoreError, sync_dir, write_atomic};
-pub use crate::table::{ClaimGuard, Delta, State, StoredChunk};
+pub use crate::table::{ClaimGuard, Delta, Reservation, State, StoredChunk};
 
 const _: () = assert!(crate::volume::MAX_RECORD_DATA == BLOCK_BYTES);
 
@@ -534,7 +534,8 @@ impl Store {
         st.promised += bytes;
         self.metrics.capacity_reserved.set(st.promised as i64);
         Ok(Reservation {
-            store: self.clone(),
+            state: self.state.clone(),
+            gauge: self.metrics.capacity_reserved.clone(),
             bytes,
         })
     }
@@ -631,7 +632,15 @@ impl Store {
         })
     }
 
-    fn commit(&self, id: &ChunkId, tmp: &Path, meta: StoredChunk) -> Result<bool, StoreError> {
+    /// Renames the finished temp file into place and records the chunk; the
+    /// session's `reservation` turns into used space in the same step.
+    fn commit(
+        &self,
+        id: &ChunkId,
+        tmp: &Path,
+        meta: StoredChunk,
+        reservation: Option<Reservation>,
+    ) -> Result<bool, StoreError> {
         let _claim = match self.claim(id, meta)? {
             Claim::Stored(_) => {
                 // The same bytes are there already: keep them, drop ours.
@@ -691,6 +700,7 @@ impl Store {
             }
             return Err(e);
         }
+        let mut reservation = reservation;
         {
             let mut st = self.state.lock().expect("store lock");
             if st.index.remove(id).is_some() {
@@ -698,9 +708,15 @@ impl Store {
                 self.volumes.delete(id);
             }
             st.insert_chunk(id.clone(), meta);
+            if let Some(r) = reservation.as_mut() {
+                r.settle(&mut st);
+            }
         }
         self.after_good_copy(id);
         self.update_gauges();
+        // Settled above (a no-op drop): the gauges just published already
+        // count these bytes once, as used.
+        drop(reservation);
         Ok(true)
     }
 
@@ -768,6 +784,19 @@ impl Store {
         expected_size: u64,
         expected_checksum: Option<u32>,
     ) -> Result<SmallPut, StoreError> {
+        self.put_small_reserved(id, parts, expected_size, expected_checksum, None)
+    }
+
+    /// [`Store::put_small`] for a session that was promised the space:
+    /// `reservation` turns into used space when the chunk is indexed.
+    pub fn put_small_reserved(
+        &self,
+        id: &ChunkId,
+        parts: Vec<Bytes>,
+        expected_size: u64,
+        expected_checksum: Option<u32>,
+        reservation: Option<Reservation>,
+    ) -> Result<SmallPut, StoreError> {
         let size: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if size != expected_size {
             return Err(StoreError::Mismatch {
@@ -804,7 +833,9 @@ impl Store {
         match self.claim(id, meta)? {
             Claim::Stored(chunk) => Ok(SmallPut::Stored(chunk)),
             Claim::New(guard) => Ok(SmallPut::Pending {
-                pending: self.volumes.put(id, parts, size as u32, crc, Some(guard)),
+                pending: self
+                    .volumes
+                    .put(id, parts, size as u32, crc, Some(guard), reservation),
                 store: self.self_arc(),
                 id: id.clone(),
             }),
@@ -1135,20 +1166,6 @@ impl SmallPut {
     }
 }
 
-/// Space promised to an open session; released on drop.
-pub struct Reservation {
-    store: Arc<Store>,
-    bytes: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let mut st = self.store.state.lock().expect("store lock");
-        st.promised = st.promised.saturating_sub(self.bytes);
-        self.store.metrics.capacity_reserved.set(st.promised as i64);
-    }
-}
-
 /// A chunk being written to its temp file. Dropping it without
 /// [`ChunkWriter::finish`] removes the temp file: nothing partial stays.
 pub struct ChunkWriter {
@@ -1204,9 +1221,21 @@ impl ChunkWriter {
     /// (false: the same bytes were stored already). Other bytes under a
     /// stored id are refused with [`StoreError::AlreadyExists`].
     pub fn finish_stored(
+        self,
+        expected_size: u64,
+        expected_checksum: Option<u32>,
+    ) -> Result<Stored, StoreError> {
+        self.finish_reserved(expected_size, expected_checksum, None)
+    }
+
+    /// [`ChunkWriter::finish_stored`] for a session that was promised the
+    /// space: `reservation` turns into used space when the chunk is
+    /// recorded (released if it is not).
+    pub fn finish_reserved(
         mut self,
         expected_size: u64,
         expected_checksum: Option<u32>,
+        reservation: Option<Reservation>,
     ) -> Result<Stored, StoreError> {
         if self.size != expected_size {
             return Err(StoreError::Mismatch {
@@ -1247,7 +1276,7 @@ impl ChunkWriter {
                 size: self.size,
                 checksum: self.crc,
             };
-            let created = self.store.commit(&self.id, &tmp, meta)?;
+            let created = self.store.commit(&self.id, &tmp, meta, reservation)?;
             Ok(Stored {
                 chunk: meta,
                 created,
@@ -2010,6 +2039,55 @@ mod tests {
         assert!(matches!(s.reserve(600), Err(StoreError::NoSpace { .. })));
         drop(a);
         let _b = s.reserve(600).unwrap();
+    }
+
+    #[test]
+    fn a_stored_chunk_stops_being_promised_as_it_starts_being_used() {
+        // A chunk file and a small chunk: their session's promise must turn
+        // into used space in one step, or a heartbeat (or the published
+        // gauges) in between counts the bytes twice and the coordinator
+        // sees a node fuller than it is.
+        const CAP: u64 = 10_000_000;
+        for size in [200_000u64, 1_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(
+                dir.path(),
+                StoreOptions {
+                    capacity: Some(CAP),
+                    ..StoreOptions::default()
+                },
+                Metrics::new(),
+            )
+            .unwrap();
+            let data = vec![7u8; size as usize];
+            let crc = crc32c::crc32c(&data);
+            let r = s.reserve(size).unwrap();
+            assert_eq!(s.capacity().free, CAP - size);
+            let id = ChunkId::random();
+            if s.is_small(size) {
+                s.put_small_reserved(&id, vec![Bytes::from(data)], size, Some(crc), Some(r))
+                    .unwrap()
+                    .wait_blocking()
+                    .unwrap();
+            } else {
+                let mut w = s.create_writer(&id).unwrap();
+                w.write(&data).unwrap();
+                w.finish_reserved(size, Some(crc), Some(r)).unwrap();
+            }
+            let cap = s.capacity();
+            assert_eq!(
+                (cap.used, cap.promised, cap.free),
+                (size, 0, CAP - size),
+                "{size} bytes"
+            );
+            // What the node publishes agrees with what it knows.
+            assert_eq!(
+                s.metrics.capacity_free.get(),
+                cap.free as i64,
+                "{size} bytes"
+            );
+            assert_eq!(s.metrics.capacity_reserved.get(), 0, "{size} bytes");
+        }
     }
 
     #[test]

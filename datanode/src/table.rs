@@ -58,6 +58,45 @@ pub struct State {
     pub(crate) unavailable: Vec<ChunkId>,
 }
 
+/// Space promised to an open session: counted in [`State::promised`] until
+/// its chunk is stored ([`Reservation::settle`], under the same lock as the
+/// insert, so the bytes are never counted as both promised and used) or the
+/// session ends without storing it (drop).
+pub struct Reservation {
+    pub(crate) state: Arc<Mutex<State>>,
+    /// `dfs_datanode_capacity_reserved_bytes`.
+    pub(crate) gauge: prometheus::IntGauge,
+    pub(crate) bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes still promised.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The chunk is being recorded in `st`: its bytes stop being promised in
+    /// the same critical section in which they start being used.
+    pub(crate) fn settle(&mut self, st: &mut State) {
+        st.promised = st.promised.saturating_sub(self.bytes);
+        self.bytes = 0;
+        self.gauge.set(st.promised as i64);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            // Settled (or empty): no lock to take, so a settled reservation
+            // may be dropped while the store lock is held.
+            return;
+        }
+        let mut st = self.state.lock().expect("store lock");
+        st.promised = st.promised.saturating_sub(self.bytes);
+        self.gauge.set(st.promised as i64);
+    }
+}
+
 /// Releases a claimed id when the write ends (committed or not). A small
 /// chunk's guard travels with its record to the volume committer, which
 /// drops it only once the chunk is in the index (after releasing the store

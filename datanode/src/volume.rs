@@ -70,7 +70,7 @@ use tokio::sync::oneshot;
 
 use crate::fsio::{StoreError, io_err, sync_dir};
 use crate::metrics::Metrics;
-use crate::table::{ClaimGuard, State, StoredChunk};
+use crate::table::{ClaimGuard, Reservation, State, StoredChunk};
 use dfs_common::id::ChunkId;
 
 pub use crate::table::{Index, SmallLoc, VolumeStat};
@@ -650,6 +650,8 @@ enum Job {
         reply: oneshot::Sender<Result<StoredChunk, StoreError>>,
         /// The writer's claim on the id, released once it is indexed.
         claim: Option<ClaimGuard>,
+        /// The session's promised space, settled as the chunk is indexed.
+        reservation: Option<Reservation>,
     },
     /// Appends a delete record (the index entry is already gone).
     Delete(ChunkId),
@@ -765,6 +767,7 @@ impl Volumes {
         size: u32,
         crc: u32,
         claim: Option<ClaimGuard>,
+        reservation: Option<Reservation>,
     ) -> PendingPut {
         let (reply, rx) = oneshot::channel();
         let job = Job::Put {
@@ -774,6 +777,7 @@ impl Volumes {
             crc,
             reply,
             claim,
+            reservation,
         };
         if let Err(mpsc::SendError(Job::Put { reply, .. })) = self.send(job) {
             let _ = reply.send(Err(StoreError::Cancelled));
@@ -1042,6 +1046,7 @@ impl Writer {
         let mut replies = Vec::with_capacity(puts);
         // Released after the store lock (a guard's drop takes it).
         let mut claims = Vec::with_capacity(puts);
+        let mut settled = Vec::with_capacity(puts);
         {
             let mut st = self.state.lock().expect("store lock");
             for (job, off) in batch.into_iter().zip(offsets) {
@@ -1052,6 +1057,7 @@ impl Writer {
                         crc,
                         reply,
                         claim,
+                        reservation,
                         ..
                     } => {
                         claims.push(claim);
@@ -1066,6 +1072,10 @@ impl Writer {
                         };
                         st.index.put(id.clone(), loc);
                         st.insert_chunk(id, meta);
+                        if let Some(mut r) = reservation {
+                            r.settle(&mut st);
+                            settled.push(r);
+                        }
                         replies.push((reply, meta));
                     }
                     Job::Delete(id) => {
@@ -1080,7 +1090,7 @@ impl Writer {
             }
             (self.on_change)(&st);
         }
-        drop(claims);
+        drop((claims, settled));
         for (reply, meta) in replies {
             let _ = reply.send(Ok(meta));
         }
