@@ -71,11 +71,75 @@ impl From<InvalidId> for tonic::Status {
     }
 }
 
+/// How an id kind holds its text. Hex ids are 32 ASCII bytes kept inline (no
+/// heap allocation, a clone is a copy: the namespace holds two per chunk);
+/// node ids are shared text (a clone is a reference count: every replica
+/// entry of a node can point at one copy).
+trait Repr: Sized {
+    /// `s` has passed the id's rule.
+    fn from_valid(s: &str) -> Self;
+    fn text(&self) -> &str;
+    /// `n` as 32 lowercase hex characters.
+    fn from_u128(n: u128) -> Self {
+        Self::from_valid(&format!("{n:032x}"))
+    }
+}
+
+/// 32 lowercase hex characters, inline.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct HexText([u8; HEX_ID_LEN]);
+
+impl Repr for HexText {
+    fn from_valid(s: &str) -> Self {
+        let mut b = [0u8; HEX_ID_LEN];
+        b.copy_from_slice(s.as_bytes());
+        HexText(b)
+    }
+
+    fn text(&self) -> &str {
+        // Only ever made from a string that passed the hex rule.
+        std::str::from_utf8(&self.0).expect("a hex id is ASCII")
+    }
+
+    /// Without a formatted string in between (the coordinator turns its
+    /// chunk index's 128-bit keys back into ids this way, per chunk).
+    fn from_u128(n: u128) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; HEX_ID_LEN];
+        for (i, d) in b.iter_mut().enumerate() {
+            *d = DIGITS[((n >> (4 * (HEX_ID_LEN - 1 - i))) & 0xf) as usize];
+        }
+        HexText(b)
+    }
+}
+
+/// Hashes as its text does, so a map keyed by the id can be searched with a
+/// `&str` (`Borrow<str>`).
+impl std::hash::Hash for HexText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text().hash(state)
+    }
+}
+
+/// Shared text (node ids: up to 128 characters, few distinct values).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct SharedText(std::sync::Arc<str>);
+
+impl Repr for SharedText {
+    fn from_valid(s: &str) -> Self {
+        SharedText(s.into())
+    }
+
+    fn text(&self) -> &str {
+        &self.0
+    }
+}
+
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $check:ident) => {
+    ($(#[$doc:meta])* $name:ident, $repr:ty, $kind:literal, $rule:literal, $check:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name($repr);
 
         impl $name {
             /// What kind of id this is, for messages.
@@ -86,7 +150,7 @@ macro_rules! id_type {
             /// Validates `s`.
             pub fn parse(s: &str) -> Result<Self, InvalidId> {
                 if $check(s) {
-                    Ok(Self(s.to_string()))
+                    Ok(Self(<$repr>::from_valid(s)))
                 } else {
                     Err(Self::invalid(s))
                 }
@@ -105,29 +169,29 @@ macro_rules! id_type {
             /// characters (valid under every id rule): deterministic ids for
             /// planning and tests.
             pub fn from_u128(n: u128) -> Self {
-                Self(format!("{n:032x}"))
+                Self(<$repr>::from_u128(n))
             }
 
             /// A fresh random id (128 random bits, from the one generator).
             pub fn random() -> Self {
-                Self(random_hex_id())
+                Self(<$repr>::from_valid(&random_hex_id()))
             }
 
             /// The id as text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.text()
             }
 
             /// The id as an owned string (for the wire).
             pub fn into_string(self) -> String {
-                self.0
+                self.as_str().to_owned()
             }
         }
 
         impl TryFrom<String> for $name {
             type Error = InvalidId;
             fn try_from(s: String) -> Result<Self, InvalidId> {
-                if $check(&s) { Ok(Self(s)) } else { Err(Self::invalid(&s)) }
+                Self::parse(&s)
             }
         }
 
@@ -147,65 +211,80 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.into_string()
             }
         }
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({:?})", stringify!($name), self.0)
+                write!(f, "{}({:?})", stringify!($name), self.as_str())
             }
         }
 
         /// Stored as its text (metadata log rows, snapshots, JSON).
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
 
         /// Loaded with the same rule as at the gRPC edge: a stored id that
         /// breaks it is corruption, and loading fails instead of guessing.
+        /// Borrowed text is parsed in place (no string is allocated for an
+        /// id that is kept inline).
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::try_from(s).map_err(serde::de::Error::custom)
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "a {}: {}", $kind, $rule)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::parse(s).map_err(E::custom)
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<$name, E> {
+                        let s = std::str::from_utf8(b).map_err(E::custom)?;
+                        self.visit_str(s)
+                    }
+                }
+                d.deserialize_str(Visit)
             }
         }
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                self.as_str() == other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                self.as_str() == *other
             }
         }
 
         impl PartialEq<String> for $name {
             fn eq(&self, other: &String) -> bool {
-                &self.0 == other
+                self.as_str() == other
             }
         }
     };
@@ -215,6 +294,7 @@ id_type!(
     /// A chunk's id: 32 lowercase hex characters, chosen by the coordinator
     /// when it plans an upload and never given other bytes afterwards.
     ChunkId,
+    HexText,
     "chunk id",
     "32 lowercase hex characters",
     is_hex_id
@@ -222,6 +302,7 @@ id_type!(
 id_type!(
     /// An open upload's id (32 lowercase hex characters).
     UploadId,
+    HexText,
     "upload id",
     "32 lowercase hex characters",
     is_hex_id
@@ -230,6 +311,7 @@ id_type!(
     /// A cluster's id (32 lowercase hex characters), made once by its first
     /// coordinator; datanodes obey only the cluster they first joined.
     ClusterId,
+    HexText,
     "cluster id",
     "32 lowercase hex characters",
     is_hex_id
@@ -238,6 +320,7 @@ id_type!(
     /// A datanode's id: generated on its first start, or set by an operator
     /// (a pod name, say), so the rule is wider than the hex ids'.
     NodeId,
+    SharedText,
     "node id",
     "1-128 characters of [A-Za-z0-9._:-]",
     is_node_id
@@ -380,6 +463,35 @@ mod tests {
         );
         // A hostile value is cut.
         assert!(status.message().len() < 200);
+    }
+
+    #[test]
+    fn ids_are_held_compactly_and_found_by_their_text() {
+        // A hex id is its 32 bytes, inline; a node id shares its text.
+        assert_eq!(std::mem::size_of::<ChunkId>(), HEX_ID_LEN);
+        assert_eq!(std::mem::size_of::<NodeId>(), 16);
+        let id = ChunkId::from_u128(0xabc);
+        let node = NodeId::parse("dn-0.rack-a").unwrap();
+        let shared = node.clone();
+        assert!(std::ptr::eq(node.as_str(), shared.as_str()));
+        // Hash agrees with the text's, so maps can be searched by &str.
+        let chunks: std::collections::HashMap<ChunkId, u8> = [(id.clone(), 1)].into();
+        assert_eq!(chunks.get(id.as_str()), Some(&1));
+        assert_eq!(chunks.get("00000000000000000000000000000abc"), Some(&1));
+        let nodes: std::collections::HashSet<NodeId> = [node].into();
+        assert!(nodes.contains("dn-0.rack-a"));
+        // Ordered as text (BTreeMaps keyed by ids list in text order).
+        assert!(ChunkId::from_u128(0x9) < ChunkId::from_u128(0xa));
+        let n = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        assert_eq!(ChunkId::from_u128(n), format!("{n:032x}"));
+        assert_eq!(NodeId::from_u128(n), format!("{n:032x}"));
+        assert_eq!(ChunkId::from_u128(u128::MAX), "f".repeat(32));
+        // Borrowed and owned text (and MessagePack's bytes) load alike.
+        let owned: ChunkId = serde_json::from_str("\"00000000000000000000000000000abc\"").unwrap();
+        assert_eq!(owned, id);
+        let packed = rmp_serde::to_vec(&id).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ChunkId>(&packed).unwrap(), id);
+        assert!(serde_json::from_str::<ChunkId>("\"../x\"").is_err());
     }
 
     #[test]

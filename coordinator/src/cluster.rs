@@ -1272,13 +1272,14 @@ impl Cluster {
         let mut good: Vec<&NodeId> = Vec::new();
         let mut sources: Vec<&NodeId> = Vec::new();
         let mut healthy: Vec<&Candidate> = Vec::new();
-        for (chunk, owner) in ns.chunk_index() {
+        for (key, owner) in ns.chunk_index() {
             let ChunkOwner::File {
                 size, replication, ..
             } = *owner
             else {
                 continue;
             };
+            let chunk = &key.id();
             let holders = self.replicas.get(chunk).unwrap_or(&empty);
             good.clear();
             sources.clear();

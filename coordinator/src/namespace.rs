@@ -65,16 +65,20 @@ pub struct DirRecord {
     pub modified_ms: u64,
 }
 
+/// A name's entry, boxed: a directory's map holds a slot per child, most
+/// of them empty at any moment (B-tree nodes run about half full), so a slot
+/// is kept to a pointer and the record lives once on the heap.
 #[derive(Debug, Clone)]
 enum Entry {
-    File(FileRecord),
-    Dir(Dir),
+    File(Box<FileRecord>),
+    Dir(Box<Dir>),
 }
 
 #[derive(Debug, Clone, Default)]
 struct Dir {
     meta: DirRecord,
-    children: BTreeMap<String, Entry>,
+    /// Children by name (boxed text: no spare capacity per name).
+    children: BTreeMap<Box<str>, Entry>,
 }
 
 /// One chunk of an open upload.
@@ -289,6 +293,24 @@ pub struct EntryInfo {
     pub version: u64,
 }
 
+/// A chunk id as its 128 bits: the chunk index's key. Half the bytes of the
+/// id's text, in a table with a slot per chunk of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkKey([u8; 16]);
+
+impl ChunkKey {
+    /// The key of `id` (a valid chunk id is 32 hex characters: 128 bits).
+    pub fn of(id: &ChunkId) -> ChunkKey {
+        let n = u128::from_str_radix(id.as_str(), 16).expect("a chunk id is 32 hex characters");
+        ChunkKey(n.to_be_bytes())
+    }
+
+    /// The chunk id this is the key of.
+    pub fn id(self) -> ChunkId {
+        ChunkId::from_u128(u128::from_be_bytes(self.0))
+    }
+}
+
 /// Who references a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkOwner {
@@ -361,7 +383,7 @@ pub struct Namespace {
     root: Dir,
     uploads: BTreeMap<UploadId, Upload>,
     nodes: BTreeMap<NodeId, NodeRecord>,
-    chunk_index: HashMap<ChunkId, ChunkOwner>,
+    chunk_index: HashMap<ChunkKey, ChunkOwner>,
     files: u64,
     dirs: u64,
     chunks: u64,
@@ -529,7 +551,7 @@ impl Namespace {
 
     /// Who references `chunk_id`, if anyone.
     pub fn chunk_owner(&self, chunk_id: &ChunkId) -> Option<ChunkOwner> {
-        self.chunk_index.get(chunk_id).copied()
+        self.chunk_index.get(&ChunkKey::of(chunk_id)).copied()
     }
 
     /// True when this namespace released `chunk_id` lately (see
@@ -539,7 +561,7 @@ impl Namespace {
     }
 
     /// Every chunk referenced by a file or an upload.
-    pub fn chunk_index(&self) -> &HashMap<ChunkId, ChunkOwner> {
+    pub fn chunk_index(&self) -> &HashMap<ChunkKey, ChunkOwner> {
         &self.chunk_index
     }
 
@@ -584,7 +606,7 @@ impl Namespace {
     fn dir(&self, path: &NsPath) -> Result<&Dir, NamespaceError> {
         let mut dir = &self.root;
         for c in path.components() {
-            match dir.children.get(c) {
+            match dir.children.get(c.as_str()) {
                 Some(Entry::Dir(d)) => dir = d,
                 Some(Entry::File(_)) => {
                     return Err(NamespaceError::NotADirectory {
@@ -604,7 +626,7 @@ impl Namespace {
     fn dir_mut(&mut self, path: &NsPath) -> Result<&mut Dir, NamespaceError> {
         let mut dir = &mut self.root;
         for c in path.components() {
-            match dir.children.get_mut(c) {
+            match dir.children.get_mut(c.as_str()) {
                 Some(Entry::Dir(d)) => dir = d,
                 Some(Entry::File(_)) => {
                     return Err(NamespaceError::NotADirectory {
@@ -624,7 +646,7 @@ impl Namespace {
     /// Describes a path.
     pub fn stat(&self, path: &NsPath) -> Result<EntryInfo, NamespaceError> {
         if path.is_root() {
-            return Ok(info_of(path, &Entry::Dir(Dir::default())));
+            return Ok(info_of(path, &Entry::Dir(Box::default())));
         }
         Ok(info_of(path, self.lookup(path)?))
     }
@@ -665,11 +687,11 @@ impl Namespace {
         let start = if after.is_empty() {
             Bound::Unbounded
         } else {
-            Bound::Excluded(after.to_string())
+            Bound::Excluded(after)
         };
         let mut out = Vec::with_capacity(limit.min(dir.children.len()));
         let mut more = false;
-        for (name, entry) in dir.children.range::<String, _>((start, Bound::Unbounded)) {
+        for (name, entry) in dir.children.range::<str, _>((start, Bound::Unbounded)) {
             if out.len() == limit {
                 more = true;
                 break;
@@ -693,7 +715,7 @@ impl Namespace {
         // Every existing ancestor must be a directory.
         let mut dir = &self.root;
         for c in &path.components()[..path.components().len() - 1] {
-            match dir.children.get(c) {
+            match dir.children.get(c.as_str()) {
                 Some(Entry::Dir(d)) => dir = d,
                 Some(Entry::File(_)) => {
                     return Err(NamespaceError::NotADirectory {
@@ -746,7 +768,7 @@ impl Namespace {
                 self.check_upload_target(&path, upload.overwrite)?;
                 for c in &upload.chunks {
                     self.chunk_index
-                        .insert(c.chunk_id.clone(), ChunkOwner::Upload);
+                        .insert(ChunkKey::of(&c.chunk_id), ChunkOwner::Upload);
                 }
                 self.uploads
                     .insert(upload.upload_id.clone(), upload.clone());
@@ -767,12 +789,12 @@ impl Namespace {
                 };
                 let upload = self.uploads.get_mut(upload_id).expect("checked above");
                 let planned = &mut upload.chunks[pos];
-                self.chunk_index.remove(&planned.chunk_id);
+                self.chunk_index.remove(&ChunkKey::of(&planned.chunk_id));
                 self.released.insert(planned.chunk_id.clone());
                 planned.chunk_id = chunk_id.clone();
                 planned.nodes = nodes.clone();
                 self.chunk_index
-                    .insert(chunk_id.clone(), ChunkOwner::Upload);
+                    .insert(ChunkKey::of(chunk_id), ChunkOwner::Upload);
                 Ok(Outcome::Done)
             }
             Command::ConfirmUpload {
@@ -845,8 +867,9 @@ impl Namespace {
     fn drop_upload(&mut self, upload_id: &UploadId) {
         if let Some(upload) = self.uploads.remove(upload_id) {
             for c in upload.chunks {
-                if self.chunk_index.get(&c.chunk_id) == Some(&ChunkOwner::Upload) {
-                    self.chunk_index.remove(&c.chunk_id);
+                let key = ChunkKey::of(&c.chunk_id);
+                if self.chunk_index.get(&key) == Some(&ChunkOwner::Upload) {
+                    self.chunk_index.remove(&key);
                     self.released.insert(c.chunk_id);
                 }
             }
@@ -873,7 +896,7 @@ impl Namespace {
         let comps = path.components();
         for (i, c) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
-            match dir.children.get(c) {
+            match dir.children.get(c.as_str()) {
                 Some(Entry::Dir(d)) => {
                     if last {
                         return if parents {
@@ -917,15 +940,15 @@ impl Namespace {
         let mut created = 0;
         let mut dir = &mut self.root;
         for c in path.components() {
-            let entry = dir.children.entry(c.clone()).or_insert_with(|| {
+            let entry = dir.children.entry(c.as_str().into()).or_insert_with(|| {
                 created += 1;
-                Entry::Dir(Dir {
+                Entry::Dir(Box::new(Dir {
                     meta: DirRecord {
                         created_ms: now_ms,
                         modified_ms: now_ms,
                     },
                     children: BTreeMap::new(),
-                })
+                }))
             });
             match entry {
                 Entry::Dir(d) => dir = d,
@@ -1005,6 +1028,14 @@ impl Namespace {
         Ok(())
     }
 
+    /// The registered node's own id value for `n` (shared by every replica
+    /// on that node instead of one copy per replica), or `n` itself.
+    fn node_key(&self, n: &NodeId) -> NodeId {
+        self.nodes
+            .get_key_value(n)
+            .map_or_else(|| n.clone(), |(k, _)| k.clone())
+    }
+
     fn confirm_commit(
         &mut self,
         upload_id: &UploadId,
@@ -1015,12 +1046,22 @@ impl Namespace {
         let path = path.clone();
         let upload = self.uploads.remove(upload_id).expect("checked above");
         self.create_dirs(&path.parent(), now_ms);
+        let chunks = chunks
+            .iter()
+            .map(|c| ChunkRecord {
+                id: c.id.clone(),
+                checksum: c.checksum,
+                size: c.size,
+                algorithm: c.algorithm,
+                replicas: c.replicas.iter().map(|n| self.node_key(n)).collect(),
+            })
+            .collect();
         let parent = self.dir_mut(&path.parent()).expect("created above");
         let mut file = FileRecord {
             size: upload.size,
             replication: upload.replication,
             chunk_size: upload.chunk_size,
-            chunks: chunks.to_vec(),
+            chunks,
             created_ms: now_ms,
             modified_ms: now_ms,
             version: 1,
@@ -1033,12 +1074,12 @@ impl Namespace {
         }
         parent
             .children
-            .insert(path.name().to_string(), Entry::File(file.clone()));
+            .insert(path.name().into(), Entry::File(Box::new(file.clone())));
         if let Some(Entry::File(old)) = old {
             self.files -= 1;
             self.chunks -= old.chunks.len() as u64;
             for c in old.chunks {
-                self.chunk_index.remove(&c.id);
+                self.chunk_index.remove(&ChunkKey::of(&c.id));
                 self.released.insert(c.id);
             }
         }
@@ -1046,7 +1087,7 @@ impl Namespace {
         self.chunks += file.chunks.len() as u64;
         for c in &file.chunks {
             self.chunk_index.insert(
-                c.id.clone(),
+                ChunkKey::of(&c.id),
                 ChunkOwner::File {
                     size: c.size,
                     replication: file.replication,
@@ -1055,7 +1096,7 @@ impl Namespace {
                 },
             );
         }
-        Ok(Outcome::Entry(info_of(&path, &Entry::File(file))))
+        Ok(Outcome::Entry(info_of(&path, &Entry::File(Box::new(file)))))
     }
 
     fn delete(&mut self, path: &NsPath, recursive: bool) -> Result<Outcome, NamespaceError> {
@@ -1081,7 +1122,7 @@ impl Namespace {
         self.dirs -= dirs;
         self.chunks -= chunks.len() as u64;
         for c in &chunks {
-            self.chunk_index.remove(c);
+            self.chunk_index.remove(&ChunkKey::of(c));
             self.released.insert(c.clone());
         }
         Ok(Outcome::Deleted {
@@ -1128,9 +1169,7 @@ impl Namespace {
         src_parent.meta.modified_ms = now_ms;
         let dst_parent = self.dir_mut(&destination.parent()).expect("checked above");
         dst_parent.meta.modified_ms = now_ms;
-        dst_parent
-            .children
-            .insert(destination.name().to_string(), entry);
+        dst_parent.children.insert(destination.name().into(), entry);
         self.stat(destination).map(Outcome::Entry)
     }
 
@@ -1149,7 +1188,7 @@ impl Namespace {
                     }
                     Entry::File(f) => out.push(SnapshotEntry::File {
                         path: p.to_string(),
-                        file: f.clone(),
+                        file: FileRecord::clone(f),
                     }),
                 }
             }
@@ -1292,6 +1331,22 @@ mod tests {
 
     fn p(s: &str) -> NsPath {
         NsPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_key_is_its_id_in_128_bits() {
+        for id in [
+            ChunkId::random(),
+            ChunkId::from_u128(0),
+            ChunkId::from_u128(u128::MAX),
+            ChunkId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        ] {
+            assert_eq!(ChunkKey::of(&id).id(), id);
+        }
+        assert_ne!(
+            ChunkKey::of(&ChunkId::from_u128(1)),
+            ChunkKey::of(&ChunkId::from_u128(1 << 64))
+        );
     }
 
     #[test]

@@ -7,21 +7,24 @@
 //! memory touched for the first time, which on this kind of machine costs
 //! more than the decoding.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    ChunkOwner, ClusterId, Entry, Namespace, NamespaceError, NodeRecord, OnceRecord, SnapshotEntry,
-    Upload,
+    ChunkKey, ChunkOwner, ClusterId, Entry, Namespace, NamespaceError, NodeRecord, OnceRecord,
+    SnapshotEntry, Upload,
 };
 use crate::path::NsPath;
+use dfs_common::id::NodeId;
 
 /// A namespace being rebuilt from a snapshot's entries, parents first.
 pub(super) struct Restorer {
     ns: Namespace,
+    /// One copy of each replica's node id, shared by every chunk on it.
+    node_ids: HashSet<NodeId>,
 }
 
 impl Restorer {
@@ -32,6 +35,7 @@ impl Restorer {
                 chunk_index: HashMap::with_capacity(chunks),
                 ..Namespace::default()
             },
+            node_ids: HashSet::new(),
         }
     }
 
@@ -51,14 +55,24 @@ impl Restorer {
                     d.meta = meta;
                 }
             }
-            SnapshotEntry::File { path, file } => {
+            SnapshotEntry::File { path, mut file } => {
                 let p = NsPath::parse(&path)?;
+                for c in &mut file.chunks {
+                    for n in &mut c.replicas {
+                        match self.node_ids.get(n) {
+                            Some(shared) => *n = shared.clone(),
+                            None => {
+                                self.node_ids.insert(n.clone());
+                            }
+                        }
+                    }
+                }
                 ns.create_dirs(&p.parent(), file.created_ms);
                 ns.files += 1;
                 ns.chunks += file.chunks.len() as u64;
                 for c in &file.chunks {
                     ns.chunk_index.insert(
-                        c.id.clone(),
+                        ChunkKey::of(&c.id),
                         ChunkOwner::File {
                             size: c.size,
                             replication: file.replication,
@@ -69,7 +83,7 @@ impl Restorer {
                 }
                 ns.dir_mut(&p.parent())?
                     .children
-                    .insert(p.name().to_string(), Entry::File(file));
+                    .insert(p.name().into(), Entry::File(Box::new(file)));
             }
         }
         Ok(())
@@ -88,12 +102,14 @@ impl Restorer {
         for upload in uploads {
             for c in &upload.chunks {
                 ns.chunk_index
-                    .insert(c.chunk_id.clone(), ChunkOwner::Upload);
+                    .insert(ChunkKey::of(&c.chunk_id), ChunkOwner::Upload);
             }
             ns.uploads.insert(upload.upload_id.clone(), upload);
         }
         for node in nodes {
-            ns.nodes.insert(node.node_id.clone(), node);
+            let key = self.node_ids.get(&node.node_id).cloned();
+            ns.nodes
+                .insert(key.unwrap_or_else(|| node.node_id.clone()), node);
         }
         for r in once {
             ns.once.order.push_back((r.request_id.clone(), r.at_ms));
