@@ -10,6 +10,9 @@
 //!     act       controller::roll (one pod at a time behind the coordinator's gate),
 //!               controller::nodes (datanode state → Node label)
 //!     status    controller::status (written only when it changed)
+//!
+//!   watch PodCertificateRequests ──▶ controller::signer (datanode pod
+//!     certificates: verify pod → DaemonSet → DfsCluster, sign, write status)
 //! ```
 //!
 //! - [`crd`]: the resource types; `dfs-operator crd` prints the CRD.

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Datanode pods deleted for a roll.
     pub pods_rolled: IntCounter,
+    /// PodCertificateRequests for the datanode signer handled, by outcome
+    /// (`issued`, `denied`, `failed`).
+    pub pod_certificate_requests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -65,12 +68,24 @@ impl Default for Metrics {
             "Pods deleted by the operator to roll them to a new template.",
         )
         .expect("valid metric");
+        let pod_certificate_requests = IntCounterVec::new(
+            Opts::new(
+                "dfs_operator_pod_certificate_requests_total",
+                "PodCertificateRequests for the datanode signer handled, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in PodCertificateOutcome::ALL {
+            pod_certificate_requests.with_label_values(&[outcome.label()]);
+        }
         let m = Self {
             registry,
             reconciles,
             failures,
             duration,
             pods_rolled,
+            pod_certificate_requests,
         };
         for c in m.collectors() {
             m.registry.register(c).expect("metric names are unique");
@@ -81,12 +96,13 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Every metric, as registered.
-    fn collectors(&self) -> [Box<dyn Collector>; 4] {
+    fn collectors(&self) -> [Box<dyn Collector>; 5] {
         [
             Box::new(self.reconciles.clone()),
             Box::new(self.failures.clone()),
             Box::new(self.duration.clone()),
             Box::new(self.pods_rolled.clone()),
+            Box::new(self.pod_certificate_requests.clone()),
         ]
     }
 }
@@ -209,5 +225,30 @@ mod tests {
         }
         let labels: Vec<&str> = all.iter().map(Error::metric_label).collect();
         assert_eq!(labels, RECONCILE_ERRORS);
+    }
+}
+
+/// How a request ended, for `dfs_operator_pod_certificate_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodCertificateOutcome {
+    /// A certificate was issued.
+    Issued,
+    /// The request was refused (not one of our datanodes, bad input).
+    Denied,
+    /// The signer could not issue a certificate for a request it accepted.
+    Failed,
+}
+
+impl PodCertificateOutcome {
+    /// Every outcome (the metric's label values).
+    pub const ALL: [Self; 3] = [Self::Issued, Self::Denied, Self::Failed];
+
+    /// The metric label, which is also the condition type, lowercased.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
     }
 }

@@ -986,3 +986,248 @@ mod fake_group {
         }
     }
 }
+
+/// A PodCertificateRequest as the kubelet makes it, for `pod` (name, UID)
+/// on `node`, with a CSR made with `key`.
+fn pod_certificate_request(
+    name: &str,
+    pod: &str,
+    pod_uid: &str,
+    node: &str,
+    key: &rcgen::KeyPair,
+) -> String {
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(key)
+        .expect("a CSR")
+        .der()
+        .to_vec();
+    let csr = k8s_openapi::ByteString(csr);
+    let pcr = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "PodCertificateRequest",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "signerName": dfs_operator::controller::signer::SIGNER_NAME,
+            "podName": pod,
+            "podUID": pod_uid,
+            "nodeName": node,
+            "nodeUID": format!("uid-of-{node}"),
+            "serviceAccountName": "default",
+            "serviceAccountUID": "uid-of-default",
+            "maxExpirationSeconds": 86400,
+            "stubPKCS10Request": csr,
+        },
+    });
+    serde_json::to_string(&pcr).expect("json")
+}
+
+/// With `datanodeCredentials: podCertificate` the operator is the signer of
+/// its datanodes' pod certificates. The test plays the kubelet (the
+/// emulator has none): a pod controlled by the datanode DaemonSet, on a
+/// node, asks for a certificate and gets one naming that node's datanode,
+/// for its own key, from the cluster's CA; a pod the DaemonSet did not
+/// make, and a request naming another node than the pod's, are denied and
+/// get no certificate. The datanode Secret then holds only the CA
+/// certificate, and the DaemonSet mounts no Secret whole.
+#[test]
+fn operator_signs_pod_certificates_only_for_its_datanodes() {
+    use rcgen::PublicKeyData;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let python = venv_python().unwrap_or_else(|why| panic!("operator e2e cannot run: {why}"));
+    let mut env = start(&python);
+    let crd = Command::new(env!("CARGO_BIN_EXE_dfs-operator"))
+        .arg("crd")
+        .output()
+        .expect("dfs-operator crd");
+    env.apply("crd.yaml", &String::from_utf8(crd.stdout).expect("utf-8"));
+    env.apply(
+        "nodes.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-b}\n",
+    );
+    env.start_operator();
+    env.apply(
+        "cluster.yaml",
+        "apiVersion: dfs.io/v1alpha1\nkind: DfsCluster\nmetadata: {name: demo, namespace: default}\n\
+         spec:\n  coordinator: {replicas: 1}\n  security: {datanodeCredentials: podCertificate}\n",
+    );
+    env.wait_for(
+        "the datanode pods' podCertificate volume",
+        &["daemonset", "demo-datanode"],
+        r#"{.spec.template.spec.volumes[?(@.name=="tls")].projected.sources[1].podCertificate.signerName}"#,
+        "dfs.io/datanode",
+    );
+    let secret_volumes = env.must(&[
+        "get",
+        "daemonset",
+        "demo-datanode",
+        "-o",
+        "jsonpath={.spec.template.spec.volumes[*].secret.secretName}",
+    ]);
+    assert_eq!(secret_volumes.trim(), "", "no Secret is mounted whole");
+    env.wait_for(
+        "the datanode Secret with only the CA certificate",
+        &["secret", "demo-datanode-tls"],
+        "{.metadata.name}",
+        "demo-datanode-tls",
+    );
+    let keys = env.must(&[
+        "get",
+        "secret",
+        "demo-datanode-tls",
+        "-o",
+        "go-template={{range $k, $v := .data}}{{$k}} {{end}}",
+    ]);
+    assert_eq!(keys.trim(), "ca.crt", "no node's key in the Secret: {keys}");
+    let ds_uid = env.must(&[
+        "get",
+        "daemonset",
+        "demo-datanode",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let selector = env.must(&[
+        "get",
+        "daemonset",
+        "demo-datanode",
+        "-o",
+        "jsonpath={.spec.selector.matchLabels}",
+    ]);
+    let hash = env.must(&[
+        "get",
+        "daemonset",
+        "demo-datanode",
+        "-o",
+        r#"jsonpath={.spec.template.metadata.annotations.dfs\.io/template-hash}"#,
+    ]);
+
+    // The pods: one as the DaemonSet controller makes it (the selector's
+    // labels, the current template, never ready here, so the operator's
+    // roll leaves it alone), and one it did not make.
+    env.apply(
+        "pods.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: demo-datanode-x1\n  namespace: default\n  labels: {selector}\n  \
+             annotations: {{dfs.io/template-hash: \"{hash}\"}}\n  ownerReferences:\n  \
+             - {{apiVersion: apps/v1, kind: DaemonSet, name: demo-datanode, uid: {ds_uid}, controller: true}}\n\
+             spec:\n  nodeName: node-a\n  containers: [{{name: datanode, image: dfs}}]\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: intruder, namespace: default}}\n\
+             spec:\n  nodeName: node-a\n  containers: [{{name: x, image: x}}]\n"
+        ),
+    );
+    let uid_of = |pod: &str| env.must(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+    let (datanode_uid, intruder_uid) = (uid_of("demo-datanode-x1"), uid_of("intruder"));
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let other_key = rcgen::KeyPair::generate().expect("a key");
+    env.apply(
+        "requests.json",
+        &[
+            pod_certificate_request("good", "demo-datanode-x1", &datanode_uid, "node-a", &key),
+            pod_certificate_request("intruder", "intruder", &intruder_uid, "node-a", &other_key),
+            pod_certificate_request(
+                "wrong-node",
+                "demo-datanode-x1",
+                &datanode_uid,
+                "node-b",
+                &other_key,
+            ),
+        ]
+        .join("\n"),
+    );
+
+    // Issued, for the pod's key, naming node-a's datanode, from the CA.
+    env.wait_within(
+        20,
+        "the datanode pod's certificate",
+        &["podcertificaterequest", "good"],
+        "{.status.conditions[0].type}",
+        "Issued",
+    );
+    let chain = env.must(&[
+        "get",
+        "podcertificaterequest",
+        "good",
+        "-o",
+        "jsonpath={.status.certificateChain}",
+    ]);
+    let (who, not_after) = dfs_common::pki::describe(&chain).expect("a certificate");
+    let want = dfs_operator::controller::pki::datanode_id(
+        "default",
+        "demo",
+        "node-a",
+        &Default::default(),
+    );
+    assert_eq!(
+        who,
+        dfs_common::tls::Principal::new(dfs_common::tls::Kind::Datanode, want)
+    );
+    let der = x509_parser::pem::parse_x509_pem(chain.as_bytes())
+        .expect("PEM")
+        .1
+        .contents;
+    let (_, cert) = X509Certificate::from_der(&der).expect("X.509");
+    assert_eq!(
+        cert.public_key().raw,
+        key.subject_public_key_info().as_slice(),
+        "certified for the pod's own key"
+    );
+    let ca = env.must(&[
+        "get",
+        "secret",
+        "demo-ca",
+        "-o",
+        r#"go-template={{index .data "ca.crt" | base64decode}}"#,
+    ]);
+    let ca_der = x509_parser::pem::parse_x509_pem(ca.as_bytes())
+        .expect("CA PEM")
+        .1
+        .contents;
+    let (_, ca_cert) = X509Certificate::from_der(&ca_der).expect("CA X.509");
+    cert.verify_signature(Some(ca_cert.public_key()))
+        .expect("signed by the cluster's CA");
+    let status_after = env.must(&[
+        "get",
+        "podcertificaterequest",
+        "good",
+        "-o",
+        "jsonpath={.status.notAfter}",
+    ]);
+    let status_after: k8s_openapi::jiff::Timestamp = status_after.trim().parse().expect("a time");
+    assert_eq!(status_after.as_second(), not_after);
+    assert!(
+        not_after - cert.validity().not_before.timestamp() <= 86_400,
+        "within maxExpirationSeconds"
+    );
+
+    // Denied, without a certificate: a pod the DaemonSet did not make, and
+    // a request for another node than the pod runs on.
+    for (name, reason) in [("intruder", "NotADatanode"), ("wrong-node", "NodeMismatch")] {
+        env.wait_within(
+            20,
+            &format!("the denial of {name}"),
+            &["podcertificaterequest", name],
+            "{.status.conditions[0].type}/{.status.conditions[0].reason}",
+            &format!("Denied/{reason}"),
+        );
+        let chain = env.must(&[
+            "get",
+            "podcertificaterequest",
+            name,
+            "-o",
+            "jsonpath={.status.certificateChain}",
+        ]);
+        assert_eq!(chain.trim(), "", "{name} got a certificate");
+    }
+    let log = env.operator_log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("metrics_addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| env.fail("no metrics address logged"))
+        .to_string();
+    let metrics = http_get(&addr, "/metrics");
+    for (outcome, n) in [("issued", 1), ("denied", 2), ("failed", 0)] {
+        let line =
+            format!("dfs_operator_pod_certificate_requests_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+}

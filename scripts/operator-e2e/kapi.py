@@ -21,6 +21,8 @@ kubectl and kube-rs; this shim adds what they need:
 - watches as newline-delimited JSON with an `application/json` content type,
   starting after the requested resourceVersion;
 - the `groupVersion` of `/api/v1` ("v1");
+- `certificates.k8s.io/v1` `podcertificaterequests` (with a status
+  subresource), which kmock's bundled list predates;
 - server-side printing (`as=Table`) with a CRD's additionalPrinterColumns,
   so `kubectl get` shows them.
 
@@ -142,6 +144,19 @@ class KubeShim(kmock.KubernetesEmulator):
         self.events = []      # (rv, (group, plural), event)
         self.changed = asyncio.Condition()
         self.columns = {}     # (group, plural) -> additionalPrinterColumns
+        # certificates.k8s.io/v1 PodCertificateRequest (GA in Kubernetes
+        # 1.37) is newer than kmock's bundled list. Served like any
+        # namespaced kind with a status subresource; the admission checks of
+        # a real API server (proof of possession, pod/node consistency) are
+        # not emulated, which is why the signer checks them itself.
+        self.resources[kmock.resource('certificates.k8s.io', 'v1', 'podcertificaterequests')] = kmock.ResourceInfo(
+            kind='PodCertificateRequest',
+            singular='podcertificaterequest',
+            namespaced=True,
+            verbs=['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'],
+            shortnames=[],
+            subresources=['status'],
+        )
 
     # ------------------------------------------------------------ discovery
 

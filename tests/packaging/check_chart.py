@@ -169,19 +169,24 @@ def check_rbac_bounds(docs):
                 fail(f"RBAC {d['kind']} uses a wildcard: {r}")
             if "secrets" in r.get("resources", []) and sorted(r["verbs"]) != ["create", "get", "patch"]:
                 fail(f"RBAC {d['kind']} grants more than get/create/patch on secrets: {r}")
+            if "signers" in r.get("resources", []) and (
+                    r.get("resourceNames") != ["dfs.io/datanode"] or r["verbs"] != ["sign"]):
+                fail(f"RBAC {d['kind']} may sign for more than the signer dfs.io/datanode: {r}")
 
 
 def check_namespaced_rbac(docs, namespace):
     # watchNamespace: every namespaced right is a Role there; the
-    # ClusterRole keeps only cluster-scoped reads and Node labels.
+    # ClusterRole keeps only cluster-scoped reads, Node labels and the
+    # datanode signer's name (signer names are cluster-wide).
     check_rbac_bounds(docs)
     cluster = [r for d in by_kind(docs, "ClusterRole") for r in d["rules"]]
     scoped = sorted(res for r in cluster for res in r["resources"])
-    (ok if scoped == ["customresourcedefinitions", "nodes"] else fail)(
-        f"watchNamespace: the ClusterRole covers only CRDs and nodes (got {scoped})")
+    (ok if scoped == ["customresourcedefinitions", "nodes", "signers"] else fail)(
+        f"watchNamespace: the ClusterRole covers only CRDs, nodes and signers (got {scoped})")
     roles = [d for d in by_kind(docs, "Role") if d["metadata"].get("namespace") == namespace]
     res = sorted(x for d in roles for r in d["rules"] for x in r["resources"])
-    want = {"dfsclusters", "secrets", "statefulsets", "pods", "networkpolicies", "events"}
+    want = {"dfsclusters", "secrets", "statefulsets", "pods", "networkpolicies", "events",
+            "podcertificaterequests", "podcertificaterequests/status"}
     (ok if want <= set(res) else fail)(f"watchNamespace: a Role in {namespace} holds the namespaced rights (got {res})")
 
 

@@ -10,6 +10,9 @@
 //! same spec. Owned objects are watched, so a hand-edited StatefulSet is put
 //! back. Invalid specs emit one Warning event and wait for a change; errors
 //! requeue with exponential backoff.
+//!
+//! Beside it, on the leader too, [`signer`] answers the PodCertificateRequests
+//! of datanode pods (`spec.security.datanodeCredentials: podCertificate`).
 
 pub mod apply;
 pub mod build;
@@ -17,6 +20,7 @@ pub mod membership;
 pub mod nodes;
 pub mod pki;
 pub mod roll;
+pub mod signer;
 pub mod status;
 pub mod validate;
 
@@ -885,6 +889,7 @@ pub async fn run(
         .default_backoff()
         .touched_objects()
         .predicate_filter(node_placement, Default::default());
+    let signer_ctx = Arc::new(signer::Context::new(client.clone(), ctx.metrics.clone()));
     let controller = Controller::for_stream(main_stream, reader)
         .watches_stream(node_changes, move |_node: Node| {
             clusters_of_node
@@ -909,6 +914,12 @@ pub async fn run(
                 Err(e) => tracing::debug!("reconcile error: {e}"),
             }
         });
+    // The signer of the datanodes' pod certificates runs beside the
+    // controller, on the leader only (two signers would race to answer).
+    let signer = signer::run(signer_ctx, config.namespace.clone(), stopped());
+    let controller = async move {
+        futures::future::join(controller, signer).await;
+    };
     readiness.set(true);
     tracing::info!(service_monitor_crd = sm, "controller running");
     let result = match &config.leader {

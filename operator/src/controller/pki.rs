@@ -9,7 +9,10 @@
 //!   `<node>.crt` and `<node>.key`): a datanode's node id is in its
 //!   certificate, and a DaemonSet cannot mount a different Secret per pod,
 //!   so every pod mounts the one Secret and reads its own node's pair
-//!   (`--tls-name $(node name)`);
+//!   (`--tls-name $(node name)`). With `datanodeCredentials:
+//!   podCertificate` that Secret holds only `ca.crt`, and each datanode
+//!   pod's own key is certified by the signer ([`super::signer`]) with the
+//!   identity [`datanode_id`] gives its node;
 //! - an admin client identity (`<name>-admin-tls`) for people and jobs;
 //! - its own identity for its calls to the coordinators, in memory only.
 //!
@@ -37,7 +40,7 @@ use kube::{Client, ResourceExt};
 use super::Error;
 use super::build::{MANAGER, Names, meta};
 use super::validate::ValidSpec;
-use crate::crd::DfsCluster;
+use crate::crd::{DatanodeCredentials, DfsCluster};
 
 /// Validity of the certificates the operator issues, in days.
 pub const LEAF_DAYS: i64 = 90;
@@ -224,6 +227,13 @@ pub fn datanode_data(
         }
     }
     Ok(data)
+}
+
+/// The datanode Secret's data with pod certificates: `ca.crt` alone, the
+/// one file of it the datanode pods mount. The pairs of secret mode go (a
+/// server-side apply of this data replaces them).
+pub fn pod_certificate_datanode_data(ca: &Ca) -> BTreeMap<String, String> {
+    BTreeMap::from([(CA_FILE.to_string(), ca.pem().to_string())])
 }
 
 /// Whether a Kubernetes node name can be a Secret key stem (`<node>.crt`).
@@ -425,9 +435,15 @@ pub async fn ensure_identities(
         let want = secret(v, cluster, name, data, Some(issued_for(&who, &hosts)));
         apply_if_changed(&api, have.as_ref(), want).await?;
     }
-    // The datanodes' Secret, one pair per node.
+    // The datanodes' Secret, one pair per node; with pod certificates
+    // only the CA certificate (each pod's key is its own, certified by
+    // the signer), so no pod can read another node's key.
     let name = names.datanode_tls();
     let have = api.get_opt(&name).await.map_err(secret_err(&name))?;
+    if v.datanode_credentials == DatanodeCredentials::PodCertificate {
+        let data = pod_certificate_datanode_data(ca);
+        return apply_if_changed(&api, have.as_ref(), secret(v, cluster, name, data, None)).await;
+    }
     let old = have.as_ref().map(text);
     let usable: Vec<String> = nodes.iter().filter(|n| node_key_ok(n)).cloned().collect();
     for n in nodes.iter().filter(|n| !node_key_ok(n)) {

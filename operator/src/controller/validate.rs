@@ -7,7 +7,7 @@ use dfs_common::size::ByteSize;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::DfsCluster;
+use crate::crd::{DatanodeCredentials, DfsCluster};
 
 /// Longest DfsCluster name: the longest derived name
 /// (`<name>-coordinator-headless`) must fit a 63-character DNS label.
@@ -32,6 +32,9 @@ pub struct ValidSpec {
     pub reserve: u64,
     /// Mutual TLS and chunk tokens on (`spec.security.tls`).
     pub tls: bool,
+    /// Where the datanodes' certificates come from (only meaningful with
+    /// `tls`).
+    pub datanode_credentials: DatanodeCredentials,
 }
 
 /// Why a spec was rejected: every problem found, for the Warning event.
@@ -79,6 +82,14 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
                     .into(),
             );
         }
+    }
+    if spec.security.datanode_credentials == DatanodeCredentials::PodCertificate
+        && !spec.security.tls
+    {
+        problems.push(
+            "security.datanodeCredentials: podCertificate needs security.tls: there is nothing to certify without TLS"
+                .into(),
+        );
     }
     let namespace = cluster.namespace().unwrap_or_default();
     if namespace.is_empty() {
@@ -161,6 +172,7 @@ pub fn validate(cluster: &DfsCluster) -> Result<ValidSpec, InvalidSpec> {
             chunk_size,
             reserve,
             tls: spec.security.tls,
+            datanode_credentials: spec.security.datanode_credentials,
         }),
         _ => Err(InvalidSpec(problems)),
     }
@@ -262,6 +274,26 @@ mod tests {
         assert_eq!(v.reserve, 1 << 30);
         assert_eq!(v.owner.uid, "u1");
         assert_eq!(v.owner.controller, Some(true));
+    }
+
+    #[test]
+    fn pod_certificates_need_tls() {
+        let v = validate(&cluster("{}")).unwrap();
+        assert_eq!(v.datanode_credentials, DatanodeCredentials::Secret);
+        let v = validate(&cluster(
+            "{security: {datanodeCredentials: podCertificate}}",
+        ))
+        .unwrap();
+        assert_eq!(v.datanode_credentials, DatanodeCredentials::PodCertificate);
+        let err = validate(&cluster(
+            "{security: {tls: false, datanodeCredentials: podCertificate}}",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("podCertificate needs security.tls"),
+            "{err}"
+        );
     }
 
     #[test]

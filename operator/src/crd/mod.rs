@@ -353,6 +353,17 @@ pub struct SecuritySpec {
     /// scrapers).
     #[serde(default = "default_true")]
     pub network_policy: bool,
+    /// Where each datanode pod gets its certificate. `secret` (the
+    /// default, any Kubernetes version): every node's identity in the one
+    /// Secret `<name>-datanode-tls`, mounted into every datanode pod, so a
+    /// pod taken over holds every node's key. `podCertificate` (Kubernetes
+    /// 1.37 or later): the kubelet makes each pod its own key and asks for a
+    /// certificate through a PodCertificateRequest, which the operator
+    /// signs (signer `dfs.io/datanode`) only for a datanode pod of this
+    /// cluster on the node it names; the Secret then holds only `ca.crt`.
+    /// Needs `tls: true`.
+    #[serde(default)]
+    pub datanode_credentials: DatanodeCredentials,
 }
 
 impl Default for SecuritySpec {
@@ -361,8 +372,23 @@ impl Default for SecuritySpec {
             tls: true,
             access_secret: None,
             network_policy: true,
+            datanode_credentials: DatanodeCredentials::default(),
         }
     }
+}
+
+/// Where a datanode pod's TLS identity comes from
+/// (`spec.security.datanodeCredentials`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DatanodeCredentials {
+    /// One Secret with every node's certificate and key, mounted into
+    /// every datanode pod (works on every Kubernetes version).
+    #[default]
+    Secret,
+    /// A `podCertificate` projected volume: a key made by the kubelet for
+    /// this pod alone, certified by the operator (Kubernetes 1.37+).
+    PodCertificate,
 }
 
 /// Operational switches.

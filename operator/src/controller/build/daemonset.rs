@@ -8,10 +8,12 @@
 //! label of the nodes) mounted into the pod at [`TOPOLOGY_MOUNT`]: the
 //! datanode's `--topology-dir` reads `<dir>/<host>` at each registration.
 
+use dfs_common::tls::{CA_FILE, CERT_FILE, KEY_FILE};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, PodTemplateSpec, Volume, VolumeMount,
+    KeyToPath, ObjectFieldSelector, PodCertificateProjection, PodTemplateSpec,
+    ProjectedVolumeSource, SecretProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -25,7 +27,7 @@ use super::{
     TOPOLOGY_MOUNT, meta, selector_labels,
 };
 use crate::controller::validate::ValidSpec;
-use crate::crd::DfsCluster;
+use crate::crd::{DatanodeCredentials, DfsCluster};
 
 /// Node selector that matches no node: a stopped cluster runs no datanode.
 pub const STOPPED_SELECTOR: (&str, &str) = ("dfs.io/stopped", "true");
@@ -82,6 +84,58 @@ fn data_dir_owner(cluster: &DfsCluster) -> Container {
     }
 }
 
+/// The signer name the datanode pods' `podCertificate` volumes ask for (the
+/// operator signs as it: `controller::signer`).
+pub const SIGNER_NAME: &str = "dfs.io/datanode";
+
+/// The key type the kubelet makes for a datanode pod: ECDSA P-256, the
+/// type of every other identity of the cluster (rustls with ring verifies
+/// it; the signer also takes P-384 and Ed25519).
+pub const POD_CERTIFICATE_KEY_TYPE: &str = "ECDSAP256";
+/// Longest life of a datanode pod certificate the kubelet asks for: a day
+/// (the API server's default). The kubelet renews it well before.
+pub const POD_CERTIFICATE_MAX_EXPIRATION_SECONDS: i32 = 86_400;
+
+/// The `tls` volume of a datanode pod with pod certificates: the CA
+/// certificate (and nothing else) from the datanode Secret, and a
+/// `podCertificate` source for our signer, written where the datanode's
+/// `--tls-dir` looks (`ca.crt`, `tls.crt`, `tls.key`).
+fn pod_certificate_volume(names: &Names<'_>) -> Volume {
+    Volume {
+        name: "tls".into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(vec![
+                VolumeProjection {
+                    secret: Some(SecretProjection {
+                        name: names.datanode_tls(),
+                        items: Some(vec![KeyToPath {
+                            key: CA_FILE.into(),
+                            path: CA_FILE.into(),
+                            ..KeyToPath::default()
+                        }]),
+                        optional: Some(false),
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    pod_certificate: Some(PodCertificateProjection {
+                        signer_name: SIGNER_NAME.into(),
+                        key_type: POD_CERTIFICATE_KEY_TYPE.into(),
+                        key_path: Some(KEY_FILE.into()),
+                        certificate_chain_path: Some(CERT_FILE.into()),
+                        max_expiration_seconds: Some(POD_CERTIFICATE_MAX_EXPIRATION_SECONDS),
+                        ..PodCertificateProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// Name of the datanode pod's init container ([`data_dir_owner`]).
 pub const DATA_DIR_OWNER: &str = "data-dir-owner";
 
@@ -128,7 +182,19 @@ pub(super) fn build(cluster: &DfsCluster, v: &ValidSpec, config_hash: &str) -> (
         },
     ];
     let mut secrets = Vec::new();
-    if v.tls {
+    if v.tls && v.datanode_credentials == DatanodeCredentials::PodCertificate {
+        // The kubelet makes this pod a key of its own and asks the operator
+        // (the signer) for its certificate; the pod sees `tls.key`,
+        // `tls.crt` and, from the datanode Secret, only `ca.crt`.
+        args.extend(["--tls-dir".into(), TLS_MOUNT.into()]);
+        secrets.push(pod_certificate_volume(&names));
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    } else if v.tls {
         // Every node's identity is in the one Secret; the pod reads its
         // own node's pair (`<node>.crt`, `<node>.key`).
         args.extend([

@@ -29,6 +29,7 @@ use crate::controller::validate::ValidSpec;
 use crate::crd::DfsCluster;
 
 pub use configmap::KEY_INITIAL_CLUSTER_STATE;
+pub use daemonset::SIGNER_NAME;
 pub use networkpolicy::OPERATOR_POD_LABEL;
 pub use servicemonitor::service_monitor_resource;
 pub use statefulset::member_url;

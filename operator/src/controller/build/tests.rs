@@ -612,3 +612,63 @@ fn tls_clusters_mount_their_identities_and_insecure_is_explicit() {
     );
     assert!(e.contains("needs security.tls"), "{e}");
 }
+
+/// With `datanodeCredentials: podCertificate` a datanode pod no longer
+/// mounts the Secret of every node's keys: its `tls` volume projects only
+/// `ca.crt` from that Secret and a `podCertificate` for our signer, at the
+/// file names the datanode's `--tls-dir` reads, and it picks no node's
+/// pair by name. The coordinators keep their Secrets.
+#[test]
+fn pod_certificate_datanodes_mount_only_their_own_key_and_the_ca() {
+    use crate::crd::DatanodeCredentials;
+    let mut cluster = fixture("full");
+    let secret_mode = {
+        let v = validate(&cluster).unwrap();
+        desired(&cluster, &v, &observed())
+    };
+    cluster.spec.security.datanode_credentials = DatanodeCredentials::PodCertificate;
+    let v = validate(&cluster).unwrap();
+    let d = desired(&cluster, &v, &observed());
+    let dn = d.daemonset.spec.template.spec.clone().unwrap();
+    let args = dn.containers[0].args.clone().unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--tls-dir", super::TLS_MOUNT])
+    );
+    assert!(!args.iter().any(|a| a == "--tls-name"), "{args:?}");
+    assert!(!args.iter().any(|a| a == "--insecure"), "{args:?}");
+    let volumes = dn.volumes.clone().unwrap();
+    assert!(
+        volumes.iter().all(|v| v.secret.is_none()),
+        "no whole Secret is mounted: {volumes:?}"
+    );
+    let tls = volumes.iter().find(|v| v.name == "tls").unwrap();
+    let sources = tls.projected.as_ref().unwrap().sources.clone().unwrap();
+    assert_eq!(sources.len(), 2);
+    let secret = sources[0].secret.as_ref().unwrap();
+    assert_eq!(secret.name, "big-datanode-tls");
+    let items = secret.items.clone().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("ca.crt", "ca.crt")
+    );
+    let pc = sources[1].pod_certificate.as_ref().unwrap();
+    assert_eq!(pc.signer_name, crate::controller::signer::SIGNER_NAME);
+    assert_eq!(pc.key_type, "ECDSAP256");
+    assert_eq!(pc.key_path.as_deref(), Some("tls.key"));
+    assert_eq!(pc.certificate_chain_path.as_deref(), Some("tls.crt"));
+    assert!(pc.credential_bundle_path.is_none());
+    let mount = dn.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "tls")
+        .unwrap();
+    assert_eq!(mount.mount_path, super::TLS_MOUNT);
+    assert_eq!(mount.read_only, Some(true));
+    assert!(mount.sub_path.is_none());
+    // Switching modes rolls the datanodes; the coordinators stay as they were.
+    assert_ne!(d.datanode_hash, secret_mode.datanode_hash);
+    assert_eq!(d.statefulset, secret_mode.statefulset);
+}
