@@ -194,24 +194,7 @@ impl Ca {
         days: i64,
     ) -> Result<Issued, TlsError> {
         let key = KeyPair::generate().map_err(generate_err)?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, principal.to_string());
-        params.subject_alt_names.push(SanType::URI(
-            principal.uri().try_into().map_err(generate_err)?,
-        ));
-        for h in hosts {
-            params.subject_alt_names.push(match h.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName((*h).try_into().map_err(generate_err)?),
-            });
-        }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let mut params = leaf_params(principal, hosts)?;
         validity(&mut params, days);
         let cert = params.signed_by(&key, &self.issuer).map_err(generate_err)?;
         Ok(Issued {
@@ -219,6 +202,49 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+
+    /// A certificate (PEM) for `principal` over a public key made elsewhere
+    /// (a kubelet's, for a pod certificate: the private key never leaves
+    /// its pod), valid from `not_before` to `not_after` (Unix seconds). The
+    /// same names and usages as [`Ca::issue_pem`] with no host names.
+    pub fn certify(
+        &self,
+        principal: &Principal,
+        key: &impl rcgen::PublicKeyData,
+        not_before: u64,
+        not_after: u64,
+    ) -> Result<String, TlsError> {
+        let mut params = leaf_params(principal, &[])?;
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + std::time::Duration::from_secs(not_before);
+        params.not_after = epoch + std::time::Duration::from_secs(not_after);
+        let cert = params.signed_by(key, &self.issuer).map_err(generate_err)?;
+        Ok(cert.pem())
+    }
+}
+
+/// The names and usages of every leaf certificate: the principal as common
+/// name and URI SAN, `hosts` as DNS or IP SANs, for both ends of mutual TLS.
+fn leaf_params(principal: &Principal, hosts: &[&str]) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, principal.to_string());
+    params.subject_alt_names.push(SanType::URI(
+        principal.uri().try_into().map_err(generate_err)?,
+    ));
+    for h in hosts {
+        params.subject_alt_names.push(match h.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*h).try_into().map_err(generate_err)?),
+        });
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
 }
 
 /// The principal a PEM certificate names and its notAfter (Unix

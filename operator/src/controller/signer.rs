@@ -34,10 +34,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
-    PublicKeyData, SanType, SubjectPublicKeyInfo,
-};
+use rcgen::{PublicKeyData, SubjectPublicKeyInfo};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -382,15 +379,8 @@ pub fn public_key(csr_der: &[u8]) -> Result<SubjectPublicKeyInfo, Refusal> {
 }
 
 /// The cluster's CA as a signer, from its CA Secret's data.
-pub struct SigningCa {
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl std::fmt::Debug for SigningCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningCa").finish_non_exhaustive()
-    }
-}
+#[derive(Debug)]
+pub struct SigningCa(dfs_common::pki::Ca);
 
 impl SigningCa {
     /// The CA in a CA Secret's data (`ca.crt`, `ca.key`), as
@@ -399,9 +389,9 @@ impl SigningCa {
         let (Some(cert), Some(key)) = (data.get(CA_FILE), data.get(CA_KEY)) else {
             return Err(format!("the CA Secret lacks {CA_FILE} or {CA_KEY}"));
         };
-        let key = KeyPair::from_pem(key).map_err(|e| e.to_string())?;
-        let issuer = Issuer::from_ca_cert_pem(cert, key).map_err(|e| e.to_string())?;
-        Ok(Self { issuer })
+        dfs_common::pki::Ca::from_pem(cert, key)
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -440,26 +430,12 @@ pub fn issue(
     let lifetime = max.min(LEAF_DAYS * DAY);
     let not_before = now.saturating_sub(BACKDATE_SECONDS).max(0);
     let not_after = not_before + lifetime;
-    let sign_err = |e: rcgen::Error| Refusal::Sign { why: e.to_string() };
     let who = Principal::new(Kind::Datanode, node_id);
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, who.to_string());
-    params
-        .subject_alt_names
-        .push(SanType::URI(who.uri().try_into().map_err(sign_err)?));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + Duration::from_secs(not_before as u64);
-    params.not_after = epoch + Duration::from_secs(not_after as u64);
-    let cert = params.signed_by(key, &ca.issuer).map_err(sign_err)?;
+    let chain =
+        ca.0.certify(&who, key, not_before as u64, not_after as u64)
+            .map_err(|e| Refusal::Sign { why: e.to_string() })?;
     Ok(Signed {
-        chain: cert.pem(),
+        chain,
         not_before,
         not_after,
         begin_refresh_at: not_after - lifetime / 3,
