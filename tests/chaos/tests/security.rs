@@ -268,13 +268,16 @@ async fn tls_trap(dir: &std::path::Path) -> (SocketAddr, Arc<AtomicU64>) {
 }
 
 /// Plans a 4 KiB upload of `path` as the caller of `coordinator`, then
-/// uploads it to the planned primary with its real write token and write
-/// quorum 1, but with the fan-out targets `targets` makes of the planned
-/// nodes. The node ids that stored the chunk (the primary's answer).
+/// uploads it to the planned primary with its real write token and
+/// `write_quorum`, but with the fan-out targets `targets` makes of the
+/// planned nodes. The node ids that stored the chunk (the primary's answer,
+/// which comes once `write_quorum` copies are stored: a copy still on its
+/// way then is not listed).
 async fn fan_out(
     coordinator: &mut pb::coordinator_client::CoordinatorClient<Channel>,
     security: &Security,
     path: &str,
+    write_quorum: u32,
     targets: impl FnOnce(&[pb::NodeAddress]) -> Vec<pb::NodeAddress>,
 ) -> Vec<String> {
     let data = payload(9, 4096);
@@ -311,7 +314,7 @@ async fn fan_out(
                 ..Default::default()
             }),
             targets: targets(&chunk.nodes),
-            write_quorum: 1,
+            write_quorum,
             session_id: String::new(),
             token: chunk.token.clone(),
         }),
@@ -595,7 +598,7 @@ fn every_door_is_closed_to_callers_without_the_right_certificate() {
         let alice_dir = pki.root.join("alice");
         let (tls_addr, tls_bytes) = tls_trap(&alice_dir).await;
         let (dn_trap_addr, dn_trap_bytes) = tls_trap(&impostor_dir).await;
-        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-b.bin", |nodes| {
+        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-b.bin", 1, |nodes| {
             vec![
                 pb::NodeAddress {
                     node_id: nodes[1].node_id.clone(),
@@ -609,7 +612,10 @@ fn every_door_is_closed_to_callers_without_the_right_certificate() {
         })
         .await;
         assert_eq!(stored.len(), 1, "stored on {stored:?}");
-        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-d.bin", |nodes| {
+        // Write quorum 2: the answer waits for the second copy, so the count
+        // does not race the replica (at quorum 1 a loaded machine answered
+        // before it, in CI).
+        let stored = fan_out(&mut as_alice, &alice, "/sec/fanout-d.bin", 2, |nodes| {
             vec![
                 pb::NodeAddress {
                     node_id: nodes[1].node_id.clone(),
