@@ -19,7 +19,7 @@ use dfs_coordinator::namespace::{
     ChunkRecord, Command, Namespace, NodeRecord, PlannedChunkRecord, Upload,
 };
 use dfs_coordinator::raft::TypeConfig;
-use dfs_coordinator::raft::state_machine::{Plain, StateMachine};
+use dfs_coordinator::raft::state_machine::{Plain, SnapshotBytes, StateMachine};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 
@@ -139,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
-    let bytes = snapshot.snapshot.get_ref().len();
+    let bytes = snapshot.snapshot.len();
     println!(
         "build: {:.2} s, {:.0} MiB ({:.0} bytes per entry)",
         t.elapsed().as_secs_f64(),
@@ -165,10 +165,12 @@ async fn main() -> anyhow::Result<()> {
     let fresh_db = Arc::new(redb::Database::create(fresh_dir.path().join("raft.redb"))?);
     let mut fresh =
         StateMachine::open(fresh_db, Arc::new(Mutex::new(Namespace::new())), Plain).await?;
+    // As a follower has it: received into bytes of its own.
+    let received = Box::new(SnapshotBytes::Owned(std::io::Cursor::new(
+        snapshot.snapshot.into_vec(),
+    )));
     let t = Instant::now();
-    fresh
-        .install_snapshot(&snapshot.meta, snapshot.snapshot)
-        .await?;
+    fresh.install_snapshot(&snapshot.meta, received).await?;
     println!(
         "install on a new member: {:.2} s",
         t.elapsed().as_secs_f64()

@@ -42,8 +42,6 @@ pub mod membership;
 pub mod network;
 pub mod state_machine;
 
-use std::io::Cursor;
-
 use openraft::{AnyError, StorageError, StorageIOError};
 
 use crate::namespace::{Command, NamespaceError, Outcome};
@@ -93,7 +91,7 @@ openraft::declare_raft_types!(
         R = BatchResult,
         NodeId = MemberId,
         Node = Node,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = state_machine::SnapshotBytes,
 );
 
 /// A storage failure as openraft wants it.
