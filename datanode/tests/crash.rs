@@ -36,10 +36,14 @@ async fn connect(
 ) -> dfs_proto::data_node_client::DataNodeClient<tonic::transport::Channel> {
     let addr = format!("http://127.0.0.1:{port}");
     for _ in 0..3000 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
+        // A connection to itself is not the datanode: with nothing
+        // listening yet, Linux can pick the target port as the source port
+        // and the connect "succeeds" (TCP simultaneous open). That made the
+        // client below fail with "connection refused" in CI.
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+            && s.local_addr().ok() != s.peer_addr().ok()
         {
+            drop(s);
             return client(&addr).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
