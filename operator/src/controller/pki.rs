@@ -263,7 +263,8 @@ pub fn coordinator_hosts(v: &ValidSpec) -> Vec<String> {
     ]
 }
 
-fn text(secret: &Secret) -> BTreeMap<String, String> {
+/// A Secret's data as text (entries that are not UTF-8 left out).
+pub(super) fn text(secret: &Secret) -> BTreeMap<String, String> {
     secret
         .data
         .iter()

@@ -579,7 +579,7 @@ async fn decide(
     else {
         return Err(Error::NoCa { name: ca_name });
     };
-    let ca = match SigningCa::from_data(&text(&ca_secret)) {
+    let ca = match SigningCa::from_data(&pki::text(&ca_secret)) {
         Ok(ca) => ca,
         Err(why) => {
             return Ok(Err(Refusal::BadCa {
@@ -597,7 +597,7 @@ async fn decide(
         .get_opt(&dn_name)
         .await
         .map_err(read_err("Secret", &dn_name))?
-        .map(|s| text(&s))
+        .map(|s| pki::text(&s))
         .and_then(|d| d.get(&format!("{}.crt", verified.node)).cloned())
         .and_then(|c| dfs_common::pki::describe(&c).ok())
         .filter(|(p, _)| p.kind == Kind::Datanode)
@@ -608,15 +608,6 @@ async fn decide(
         pki::datanode_id(&ns, &verified.cluster, &verified.node, &known)
     });
     Ok(issue(&ca, &id, &key, pcr.spec.max_expiration_seconds, now))
-}
-
-fn text(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-        .collect()
 }
 
 fn unix_now() -> i64 {
